@@ -1,0 +1,147 @@
+//! The application: shared state, the composed router, and the per-request middleware
+//! (request ids, one log line per request, body limit, JSON fallbacks).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use ferry_core::ports::{Store, Upstream};
+use ferry_core::principal::Principal;
+use ferry_core::{ApiError, ErrorKind};
+use serde_json::json;
+
+use crate::auth::Authenticator;
+use crate::error::{ErrorKindTag, Failure};
+use crate::{admin, clock, gateway, openapi};
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub upstream: Arc<dyn Upstream>,
+    pub auth: Arc<Authenticator>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Larger request bodies are refused with 413 before they are read whole.
+    pub max_request_body_bytes: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> RouterConfig {
+        RouterConfig {
+            max_request_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// The whole HTTP surface of the functions, ready to be served by any runtime.
+pub fn router(state: AppState, config: &RouterConfig) -> Router {
+    Router::new()
+        .merge(gateway::routes())
+        .nest("/admin/v1", admin::routes())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_request_body_bytes))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// The request id of the call being served (also sent back in `x-request-id`).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+async fn request_context(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = clock::new_request_id();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    let status = response.status().as_u16();
+    let error_type = response.extensions().get::<ErrorKindTag>().map(|tag| tag.0);
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(%request_id, %method, %path, status, elapsed_ms, error_type, "request failed");
+    } else {
+        tracing::info!(%request_id, %method, %path, status, elapsed_ms, error_type, "request");
+    }
+    response
+}
+
+/// The authenticated caller; rejects with 401 before the body is read.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Failure> {
+        state
+            .auth
+            .authenticate(&parts.headers)
+            .await
+            .map(Caller)
+            .map_err(Failure)
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the store answers; the pool joins this check when it lands.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "not ready: store");
+            Failure(
+                ApiError::new(ErrorKind::NoCapacity, "not ready: the store is unavailable")
+                    .retry_after(1),
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn not_found(request: Request) -> Failure {
+    Failure(
+        ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "Unknown route: {} {}",
+                request.method(),
+                request.uri().path()
+            ),
+        )
+        .with_code("unknown_url"),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Failure {
+    Failure(ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!(
+            "Method {} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    ))
+}

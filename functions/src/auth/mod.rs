@@ -1,0 +1,169 @@
+//! Authentication: turns a bearer credential (an API key or an OIDC JWT) into a [`Principal`].
+
+mod jwt;
+mod key_cache;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, header};
+use ferry_core::api_key::ApiKey;
+use ferry_core::ports::Store;
+use ferry_core::principal::{Credential, Principal, Role};
+use ferry_core::{ApiError, ErrorKind};
+
+pub use jwt::{JwtConfig, JwtConfigError, JwtVerifier};
+use key_cache::KeyCache;
+
+use crate::clock;
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// How long a replica may trust a looked-up key (and a miss); bounds how late a revocation
+    /// made on another replica takes effect here.
+    pub key_cache_ttl: Duration,
+    pub jwt: Option<JwtConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            key_cache_ttl: Duration::from_secs(5),
+            jwt: None,
+        }
+    }
+}
+
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    keys: KeyCache,
+    jwt: Option<JwtVerifier>,
+}
+
+fn unauthenticated(message: &str, code: &str) -> ApiError {
+    ApiError::new(ErrorKind::Unauthenticated, message).with_code(code)
+}
+
+impl Authenticator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: AuthConfig,
+        http: reqwest::Client,
+    ) -> Result<Authenticator, JwtConfigError> {
+        let jwt = config
+            .jwt
+            .map(|jwt| JwtVerifier::new(jwt, http))
+            .transpose()?;
+        Ok(Authenticator {
+            store,
+            keys: KeyCache::new(config.key_cache_ttl),
+            jwt,
+        })
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let token = bearer_token(headers)?;
+        if token.starts_with(ferry_core::api_key::PREFIX) {
+            return self.authenticate_key(token).await;
+        }
+        match &self.jwt {
+            Some(verifier) if token.split('.').count() == 3 => {
+                self.authenticate_jwt(verifier, token).await
+            }
+            _ => Err(unauthenticated(
+                "Incorrect API key provided.",
+                "invalid_api_key",
+            )),
+        }
+    }
+
+    async fn authenticate_key(&self, token: &str) -> Result<Principal, ApiError> {
+        let key = ApiKey::parse(token)
+            .map_err(|_| unauthenticated("Incorrect API key provided.", "invalid_api_key"))?;
+        let record = match self.keys.get(key.public_id()) {
+            Some(cached) => cached,
+            None => {
+                let found = self.store.find_key(key.public_id()).await?;
+                self.keys.put(key.public_id(), found.clone());
+                found
+            }
+        };
+        let record = record
+            .filter(|record| key.verify(&record.secret_hash))
+            .ok_or_else(|| unauthenticated("Incorrect API key provided.", "invalid_api_key"))?;
+        if !record.is_live(clock::unix_seconds()) {
+            return Err(unauthenticated(
+                "This API key has been revoked or has expired.",
+                "invalid_api_key",
+            ));
+        }
+        Ok(Principal {
+            tenant_id: record.tenant_id,
+            role: record.role,
+            credential: Credential::ApiKey { key_id: record.id },
+            model_allowlist: record.models,
+        })
+    }
+
+    async fn authenticate_jwt(
+        &self,
+        verifier: &JwtVerifier,
+        token: &str,
+    ) -> Result<Principal, ApiError> {
+        let identity = verifier.verify(token).await?;
+        if identity.role != Role::Operator {
+            let tenant_id = identity
+                .tenant_id
+                .as_deref()
+                .ok_or_else(|| unauthenticated("The token names no tenant.", "invalid_token"))?;
+            if self.store.get_tenant(tenant_id).await?.is_none() {
+                return Err(unauthenticated(
+                    "The token's tenant is not known here.",
+                    "invalid_token",
+                ));
+            }
+        }
+        Ok(Principal {
+            tenant_id: if identity.role == Role::Operator {
+                None
+            } else {
+                identity.tenant_id
+            },
+            role: identity.role,
+            credential: Credential::Jwt {
+                subject: identity.subject,
+                issuer: identity.issuer,
+            },
+            model_allowlist: None,
+        })
+    }
+
+    /// Drops what this replica remembers of a key, so its revocation takes effect here at once.
+    pub fn forget_key(&self, public_id: &str) {
+        self.keys.forget(public_id);
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        unauthenticated(
+            "You didn't provide an API key. Send it in the Authorization header as `Bearer fy_…`.",
+            "missing_api_key",
+        )
+    })?;
+    let value = value.to_str().map_err(|_| {
+        unauthenticated(
+            "The Authorization header is not valid text.",
+            "invalid_api_key",
+        )
+    })?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(unauthenticated(
+            "The Authorization header must be `Bearer <token>`.",
+            "invalid_api_key",
+        ));
+    }
+    Ok(token)
+}

@@ -1,0 +1,22 @@
+//! `ferry-functions`: Ferry's stateless functions as axum routers — the OpenAI-compatible
+//! gateway (`/v1`) and the admin API (`/admin/v1`) — with the adapters they run on: the SQLite
+//! store, the HTTP upstream, and identity (API keys and OIDC JWTs).
+//!
+//! Handlers never know which runtime serves them (a local process, Knative or Lambda).
+
+pub mod admin;
+mod app;
+pub mod auth;
+pub mod clock;
+mod error;
+mod extract;
+mod gateway;
+mod meter;
+mod openapi;
+mod relay;
+pub mod store;
+pub mod upstream;
+
+pub use app::{AppState, RouterConfig, router};
+pub use error::Failure;
+pub use openapi::{ApiDoc, openapi_json};

@@ -1,0 +1,58 @@
+//! `/openapi.json`: the whole HTTP surface, generated from the handlers and types themselves.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{admin, gateway};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Ferry", description = "OpenAI-compatible pay-per-call LLM gateway and its admin API."),
+    paths(
+        gateway::chat_completions,
+        gateway::completions,
+        gateway::embeddings,
+        gateway::list_models,
+        gateway::get_model,
+        admin::create_tenant,
+        admin::list_tenants,
+        admin::get_tenant,
+        admin::create_key,
+        admin::list_keys,
+        admin::revoke_key,
+        admin::put_model,
+        admin::list_models,
+        admin::get_model,
+        admin::delete_model,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "gateway", description = "OpenAI-compatible endpoints"), (name = "admin", description = "Tenants, keys and models"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (fy_…) or an OIDC JWT"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The document as pretty JSON, for `ferry openapi` and client generators.
+pub fn openapi_json() -> Result<String, serde_json::Error> {
+    ApiDoc::openapi().to_pretty_json()
+}

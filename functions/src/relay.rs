@@ -1,0 +1,180 @@
+//! Relays an upstream SSE stream to the caller as it arrives, metering on the way.
+//!
+//! A task reads the upstream and writes to a small channel that is the response body. When the
+//! caller goes away the channel closes, the task stops and drops the upstream connection (so the
+//! backend stops generating), and the tokens delivered so far are metered. Usage is always asked
+//! of the upstream; the usage chunk is passed on only to callers who asked for it.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use ferry_core::openai::Usage;
+use ferry_core::ports::ByteStream;
+use ferry_core::sse::{DONE_EVENT, SseParser, data_event};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::meter::Meter;
+
+/// Status recorded for a stream its caller abandoned (nginx's "client closed request").
+const CLIENT_CLOSED: u16 = 499;
+
+pub fn relay(upstream: ByteStream, meter: Meter, include_usage: bool) -> Response {
+    let (sender, receiver) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(pump(upstream, sender, meter, include_usage));
+    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(bytes), receiver))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells reverse proxies not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+struct Progress {
+    usage: Option<Usage>,
+    /// Chunks that carried generated text; the fallback count when no usage arrives.
+    content_chunks: u64,
+    first_token_after: Option<Duration>,
+}
+
+async fn pump(
+    mut upstream: ByteStream,
+    sender: mpsc::Sender<Bytes>,
+    meter: Meter,
+    include_usage: bool,
+) {
+    let mut parser = SseParser::new();
+    let mut progress = Progress {
+        usage: None,
+        content_chunks: 0,
+        first_token_after: None,
+    };
+    let status = loop {
+        let Some(chunk) = upstream.next().await else {
+            break 200;
+        };
+        let bytes = match chunk {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, "upstream stream broke");
+                let api_error = error.to_api_error();
+                let event = json!({
+                    "object": "chat.completion.chunk",
+                    "model": meter.model_id(),
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+                    "error": api_error.body().error,
+                });
+                let _ = sender
+                    .send(Bytes::from(data_event(&event.to_string())))
+                    .await;
+                break api_error.kind.status();
+            }
+        };
+        let mut out = String::new();
+        for event in parser.feed(&bytes) {
+            if event.is_done() {
+                out.push_str(DONE_EVENT);
+            } else if let Some(data) = rewrite(&event.data, &meter, include_usage, &mut progress) {
+                out.push_str(&data_event(&data));
+            }
+        }
+        if !out.is_empty() && sender.send(Bytes::from(out)).await.is_err() {
+            break CLIENT_CLOSED;
+        }
+    };
+    let usage = match progress.usage {
+        Some(usage) => usage,
+        None => {
+            // The upstream never reported usage (the caller left, or it broke): charge for
+            // what was delivered, one token per content chunk, as OpenAI-style servers send.
+            let mut usage = Usage {
+                completion_tokens: progress.content_chunks,
+                ..Usage::default()
+            };
+            meter.price_usage(&mut usage);
+            usage
+        }
+    };
+    meter
+        .record(&usage, status, progress.first_token_after)
+        .await;
+}
+
+/// One upstream event as the caller should see it, or `None` to drop it.
+fn rewrite(
+    data: &str,
+    meter: &Meter,
+    include_usage: bool,
+    progress: &mut Progress,
+) -> Option<String> {
+    let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
+        return Some(data.to_owned());
+    };
+    let Some(object) = chunk.as_object_mut() else {
+        return Some(data.to_owned());
+    };
+    let has_content = object
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(|choices| {
+            choices.iter().any(|choice| {
+                choice
+                    .pointer("/delta/content")
+                    .and_then(Value::as_str)
+                    .is_some_and(|text| !text.is_empty())
+                    || choice
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .is_some_and(|text| !text.is_empty())
+            })
+        });
+    if has_content {
+        progress.content_chunks += 1;
+        progress
+            .first_token_after
+            .get_or_insert_with(|| meter.elapsed());
+    }
+    object.insert("model".into(), Value::String(meter.model_id().to_owned()));
+    let reported = object
+        .get("usage")
+        .filter(|usage| usage.is_object())
+        .cloned();
+    if let Some(reported) = reported {
+        let mut usage: Usage = serde_json::from_value(reported).unwrap_or_default();
+        meter.price_usage(&mut usage);
+        let only_usage = object
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty);
+        if !include_usage {
+            progress.usage = Some(usage);
+            if only_usage {
+                return None;
+            }
+            object.remove("usage");
+        } else {
+            object.insert(
+                "usage".into(),
+                serde_json::to_value(&usage).unwrap_or(Value::Null),
+            );
+            progress.usage = Some(usage);
+        }
+    } else if !include_usage {
+        object.remove("usage");
+    }
+    Some(chunk.to_string())
+}

@@ -1,0 +1,5 @@
+//! Store adapters: implementations of [`ferry_core::ports::Store`].
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;

@@ -1,0 +1,590 @@
+//! `SqliteStore`: the embedded store of `ferry serve`. One SQLite file in WAL mode, migrated on
+//! open. Calls run on tokio's blocking pool so a slow disk never stalls the async workers.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ferry_core::Money;
+use ferry_core::model::ModelSpec;
+use ferry_core::ports::{
+    Billing, KeyLimits, KeyRecord, Store, StoreError, StoreResult, StoredModel, Tenant, UsageRecord,
+};
+use ferry_core::principal::Role;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+/// Schema versions in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &["CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        billing TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        public_id TEXT NOT NULL UNIQUE,
+        secret_hash TEXT NOT NULL,
+        tenant_id TEXT REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        models TEXT,
+        limits TEXT NOT NULL,
+        credit_cap_nanos INTEGER,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER
+     );
+     CREATE INDEX api_keys_by_tenant ON api_keys(tenant_id, created_at);
+     CREATE TABLE models (
+        id TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE usage_events (
+        request_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        key_id TEXT,
+        model TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        ttft_ms INTEGER,
+        created_at INTEGER NOT NULL
+     );
+     CREATE INDEX usage_by_tenant ON usage_events(tenant_id, created_at);"];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("SqliteStore")
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn to_sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_sql_int(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let connection = Connection::open(path).map_err(unavailable)?;
+        SqliteStore::prepare(connection)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> StoreResult<SqliteStore> {
+        SqliteStore::prepare(Connection::open_in_memory().map_err(unavailable)?)
+    }
+
+    fn prepare(mut connection: Connection) -> StoreResult<SqliteStore> {
+        // WAL lets readers run beside the writer; NORMAL sync is durable across process crashes.
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+            .map_err(unavailable)?;
+        migrate(&mut connection)?;
+        Ok(SqliteStore {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    async fn with<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .map_err(|_| unavailable("connection lock poisoned"))?;
+            work(&mut connection)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+fn migrate(connection: &mut Connection) -> StoreResult<()> {
+    let applied: usize = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(unavailable)?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let transaction = connection.transaction().map_err(unavailable)?;
+        transaction.execute_batch(migration).map_err(unavailable)?;
+        transaction
+            .pragma_update(None, "user_version", index + 1)
+            .map_err(unavailable)?;
+        transaction.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn is_constraint_violation(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(failure, _) if failure.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<Tenant> {
+    let billing: String = row.get(2)?;
+    Ok(Tenant {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        billing: Billing::parse(&billing).unwrap_or(Billing::Prepaid),
+        created_at: from_sql_int(row.get(3)?),
+    })
+}
+
+const KEY_COLUMNS: &str = "id, public_id, secret_hash, tenant_id, name, role, models, limits, credit_cap_nanos, created_at, expires_at, revoked_at";
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let role: String = row.get(5)?;
+    let models: Option<String> = row.get(6)?;
+    let limits: String = row.get(7)?;
+    let decode = |index: usize, error: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            Box::new(error),
+        )
+    };
+    Ok(KeyRecord {
+        id: row.get(0)?,
+        public_id: row.get(1)?,
+        secret_hash: row.get(2)?,
+        tenant_id: row.get(3)?,
+        name: row.get(4)?,
+        role: Role::parse(&role).unwrap_or(Role::Member),
+        models: models
+            .map(|models| serde_json::from_str(&models))
+            .transpose()
+            .map_err(|error| decode(6, error))?,
+        limits: serde_json::from_str::<KeyLimits>(&limits).map_err(|error| decode(7, error))?,
+        credit_cap: row.get::<_, Option<i64>>(8)?.map(Money::from_nanos),
+        created_at: from_sql_int(row.get(9)?),
+        expires_at: row.get::<_, Option<i64>>(10)?.map(from_sql_int),
+        revoked_at: row.get::<_, Option<i64>>(11)?.map(from_sql_int),
+    })
+}
+
+fn model_from_row(row: &Row<'_>) -> rusqlite::Result<StoredModel> {
+    let spec: String = row.get(0)?;
+    let spec: ModelSpec = serde_json::from_str(&spec).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(error))
+    })?;
+    Ok(StoredModel {
+        spec,
+        created_at: from_sql_int(row.get(1)?),
+    })
+}
+
+const USAGE_COLUMNS: &str = "request_id, tenant_id, key_id, model, deployment, endpoint, prompt_tokens, cached_tokens, \
+     completion_tokens, cost_nanos, status, latency_ms, ttft_ms, created_at";
+
+fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
+    Ok(UsageRecord {
+        request_id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        key_id: row.get(2)?,
+        model: row.get(3)?,
+        deployment: row.get(4)?,
+        endpoint: row.get(5)?,
+        prompt_tokens: from_sql_int(row.get(6)?),
+        cached_tokens: from_sql_int(row.get(7)?),
+        completion_tokens: from_sql_int(row.get(8)?),
+        cost: Money::from_nanos(row.get(9)?),
+        status: u16::try_from(row.get::<_, i64>(10)?).unwrap_or(0),
+        latency_ms: from_sql_int(row.get(11)?),
+        ttft_ms: row.get::<_, Option<i64>>(12)?.map(from_sql_int),
+        created_at: from_sql_int(row.get(13)?),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.with(|connection| {
+            connection
+                .query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
+        let tenant = tenant.clone();
+        self.with(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO tenants (id, name, billing, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        tenant.id,
+                        tenant.name,
+                        tenant.billing.as_str(),
+                        to_sql_int(tenant.created_at)
+                    ],
+                )
+                .map_err(|error| {
+                    if is_constraint_violation(&error) {
+                        StoreError::Conflict("tenant".into())
+                    } else {
+                        unavailable(error)
+                    }
+                })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>> {
+        let id = id.to_owned();
+        self.with(move |connection| {
+            connection
+                .query_row(
+                    "SELECT id, name, billing, created_at FROM tenants WHERE id = ?1",
+                    [id],
+                    tenant_from_row,
+                )
+                .optional()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        self.with(|connection| {
+            let mut statement = connection
+                .prepare("SELECT id, name, billing, created_at FROM tenants ORDER BY id")
+                .map_err(unavailable)?;
+            let tenants = statement
+                .query_map([], tenant_from_row)
+                .map_err(unavailable)?;
+            tenants.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn create_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        let key = key.clone();
+        self.with(move |connection| {
+            let models = key.models.as_ref().map(serde_json::to_string).transpose().map_err(unavailable)?;
+            let limits = serde_json::to_string(&key.limits).map_err(unavailable)?;
+            connection
+                .execute(
+                    &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+                    params![
+                        key.id,
+                        key.public_id,
+                        key.secret_hash,
+                        key.tenant_id,
+                        key.name,
+                        key.role.as_str(),
+                        models,
+                        limits,
+                        key.credit_cap.map(Money::nanos),
+                        to_sql_int(key.created_at),
+                        key.expires_at.map(to_sql_int),
+                        key.revoked_at.map(to_sql_int),
+                    ],
+                )
+                .map_err(|error| if is_constraint_violation(&error) { StoreError::Conflict("key".into()) } else { unavailable(error) })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_key(&self, public_id: &str) -> StoreResult<Option<KeyRecord>> {
+        let public_id = public_id.to_owned();
+        self.with(move |connection| {
+            connection
+                .query_row(
+                    &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE public_id = ?1"),
+                    [public_id],
+                    key_from_row,
+                )
+                .optional()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, tenant_id: &str) -> StoreResult<Vec<KeyRecord>> {
+        let tenant_id = tenant_id.to_owned();
+        self.with(move |connection| {
+            let mut statement = connection
+                .prepare(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"))
+                .map_err(unavailable)?;
+            let keys = statement.query_map([tenant_id], key_from_row).map_err(unavailable)?;
+            keys.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool> {
+        let key_id = key_id.to_owned();
+        self.with(move |connection| {
+            let changed = connection
+                .execute(
+                    "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    params![key_id, to_sql_int(at)],
+                )
+                .map_err(unavailable)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn list_operator_keys(&self) -> StoreResult<Vec<KeyRecord>> {
+        self.with(|connection| {
+            let mut statement = connection
+                .prepare(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id IS NULL AND revoked_at IS NULL ORDER BY created_at DESC"
+                ))
+                .map_err(unavailable)?;
+            let keys = statement.query_map([], key_from_row).map_err(unavailable)?;
+            keys.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel> {
+        let model = model.clone();
+        self.with(move |connection| {
+            let spec = serde_json::to_string(&model).map_err(unavailable)?;
+            let created_at: i64 = connection
+                .query_row(
+                    "INSERT INTO models (id, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+                     ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at
+                     RETURNING created_at",
+                    params![model.id, spec, to_sql_int(now)],
+                    |row| row.get(0),
+                )
+                .map_err(unavailable)?;
+            Ok(StoredModel { spec: model, created_at: from_sql_int(created_at) })
+        })
+        .await
+    }
+
+    async fn get_model(&self, id: &str) -> StoreResult<Option<StoredModel>> {
+        let id = id.to_owned();
+        self.with(move |connection| {
+            connection
+                .query_row(
+                    "SELECT spec, created_at FROM models WHERE id = ?1",
+                    [id],
+                    model_from_row,
+                )
+                .optional()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_models(&self) -> StoreResult<Vec<StoredModel>> {
+        self.with(|connection| {
+            let mut statement = connection
+                .prepare("SELECT spec, created_at FROM models ORDER BY id")
+                .map_err(unavailable)?;
+            let models = statement
+                .query_map([], model_from_row)
+                .map_err(unavailable)?;
+            models.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn delete_model(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.with(move |connection| {
+            Ok(connection
+                .execute("DELETE FROM models WHERE id = ?1", [id])
+                .map_err(unavailable)?
+                == 1)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, usage: &UsageRecord) -> StoreResult<bool> {
+        let usage = usage.clone();
+        self.with(move |connection| {
+            // The request id is the primary key: a replayed record is ignored, never doubled.
+            let inserted = connection
+                .execute(
+                    &format!(
+                        "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                         ON CONFLICT (request_id) DO NOTHING"
+                    ),
+                    params![
+                        usage.request_id,
+                        usage.tenant_id,
+                        usage.key_id,
+                        usage.model,
+                        usage.deployment,
+                        usage.endpoint,
+                        to_sql_int(usage.prompt_tokens),
+                        to_sql_int(usage.cached_tokens),
+                        to_sql_int(usage.completion_tokens),
+                        usage.cost.nanos(),
+                        i64::from(usage.status),
+                        to_sql_int(usage.latency_ms),
+                        usage.ttft_ms.map(to_sql_int),
+                        to_sql_int(usage.created_at),
+                    ],
+                )
+                .map_err(unavailable)?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn list_usage(&self, tenant_id: &str) -> StoreResult<Vec<UsageRecord>> {
+        let tenant_id = tenant_id.to_owned();
+        self.with(move |connection| {
+            let mut statement = connection
+                .prepare(&format!("SELECT {USAGE_COLUMNS} FROM usage_events WHERE tenant_id = ?1 ORDER BY created_at, request_id"))
+                .map_err(unavailable)?;
+            let rows = statement.query_map([tenant_id], usage_from_row).map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(id: &str) -> Tenant {
+        Tenant {
+            id: id.into(),
+            name: format!("{id} inc"),
+            billing: Billing::Prepaid,
+            created_at: 10,
+        }
+    }
+
+    fn key(id: &str, tenant_id: Option<&str>) -> KeyRecord {
+        KeyRecord {
+            id: format!("key_{id}"),
+            public_id: id.into(),
+            secret_hash: "h".into(),
+            tenant_id: tenant_id.map(str::to_owned),
+            name: "k".into(),
+            role: Role::Member,
+            models: Some(vec!["m".into()]),
+            limits: KeyLimits {
+                rpm: Some(5),
+                tpm: None,
+            },
+            credit_cap: Some(Money::from_nanos(7)),
+            created_at: 1,
+            expires_at: Some(99),
+            revoked_at: None,
+        }
+    }
+
+    fn usage(request_id: &str, tenant_id: &str) -> UsageRecord {
+        UsageRecord {
+            request_id: request_id.into(),
+            tenant_id: tenant_id.into(),
+            key_id: None,
+            model: "m".into(),
+            deployment: "d".into(),
+            endpoint: "chat.completions".into(),
+            prompt_tokens: 3,
+            cached_tokens: 0,
+            completion_tokens: 4,
+            cost: Money::from_nanos(12),
+            status: 200,
+            latency_ms: 5,
+            ttft_ms: Some(1),
+            created_at: 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn tenants_and_keys_round_trip_and_stay_apart() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.create_tenant(&tenant("a")).await.unwrap();
+        store.create_tenant(&tenant("b")).await.unwrap();
+        assert_eq!(
+            store.create_tenant(&tenant("a")).await,
+            Err(StoreError::Conflict("tenant".into()))
+        );
+        store.create_key(&key("one", Some("a"))).await.unwrap();
+        store.create_key(&key("two", Some("b"))).await.unwrap();
+        assert_eq!(
+            store.find_key("one").await.unwrap(),
+            Some(key("one", Some("a")))
+        );
+        assert_eq!(
+            store.list_keys("a").await.unwrap(),
+            vec![key("one", Some("a"))]
+        );
+        assert!(store.revoke_key("key_one", 50).await.unwrap());
+        assert!(!store.revoke_key("key_one", 51).await.unwrap());
+        assert_eq!(
+            store
+                .find_key("one")
+                .await
+                .unwrap()
+                .and_then(|key| key.revoked_at),
+            Some(50)
+        );
+        assert_eq!(store.list_tenants().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn usage_is_recorded_once_per_request() {
+        let store = SqliteStore::in_memory().unwrap();
+        assert!(store.record_usage(&usage("r1", "a")).await.unwrap());
+        assert!(!store.record_usage(&usage("r1", "a")).await.unwrap());
+        store.record_usage(&usage("r2", "b")).await.unwrap();
+        assert_eq!(store.list_usage("a").await.unwrap(), vec![usage("r1", "a")]);
+    }
+
+    #[tokio::test]
+    async fn models_keep_their_creation_time() {
+        let store = SqliteStore::in_memory().unwrap();
+        let spec: ModelSpec = serde_json::from_value(serde_json::json!({
+            "id": "m", "deployments": [{"id": "d", "upstream": {"url": "http://x/v1", "model": "up"}}]
+        }))
+        .unwrap();
+        assert_eq!(store.put_model(&spec, 5).await.unwrap().created_at, 5);
+        assert_eq!(store.put_model(&spec, 9).await.unwrap().created_at, 5);
+        assert!(store.delete_model("m").await.unwrap());
+        assert_eq!(store.get_model("m").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn reopening_a_file_keeps_data_and_schema() {
+        let directory =
+            std::env::temp_dir().join(format!("ferry-store-test-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("ferry.db");
+        SqliteStore::open(&path)
+            .unwrap()
+            .create_tenant(&tenant("a"))
+            .await
+            .unwrap();
+        let reopened = SqliteStore::open(&path).unwrap();
+        assert_eq!(reopened.get_tenant("a").await.unwrap(), Some(tenant("a")));
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+}

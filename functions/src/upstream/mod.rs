@@ -1,0 +1,5 @@
+//! Upstream adapters: implementations of [`ferry_core::ports::Upstream`].
+
+mod http;
+
+pub use http::{HttpUpstream, UpstreamConfig};

@@ -1,0 +1,19 @@
+//! `ferry-core` is Ferry's domain: the OpenAI wire types, ids, exact money, API-key rules,
+//! principals and roles, model routes and prices, and the port traits that adapters implement.
+//!
+//! Invariant: nothing in this crate does I/O. Time and randomness come in as arguments, so every
+//! rule here is a plain function with table tests, and the crate builds for `wasm32-wasip1`.
+
+pub mod api_key;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod money;
+pub mod openai;
+pub mod ports;
+pub mod principal;
+pub mod sse;
+pub mod usage;
+
+pub use error::{ApiError, ErrorKind};
+pub use money::Money;

@@ -1,0 +1,260 @@
+//! Models, their deployments and prices, and how a call picks a deployment.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::money::Money;
+
+/// An OpenAI-compatible server a deployment forwards to (vLLM, TGI, a hosted API…).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpstreamTarget {
+    /// Base URL up to and including `/v1`, e.g. `http://127.0.0.1:8000/v1`.
+    pub url: String,
+    /// The model name the upstream knows.
+    pub model: String,
+    /// Sent as `Authorization: Bearer …` to the upstream; never shown back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Deployment {
+    pub id: String,
+    pub upstream: UpstreamTarget,
+    /// Share of traffic relative to the other deployments; 0 takes none (a drained deployment).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Prices per million tokens and per call, in exact USD.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Price {
+    pub input_per_mtok_usd: Money,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok_usd: Option<Money>,
+    pub output_per_mtok_usd: Money,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_call_usd: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit_usd: Option<Money>,
+}
+
+/// `POST /admin/v1/models`, and a model as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelSpec {
+    pub id: String,
+    pub deployments: Vec<Deployment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+}
+
+/// A model id is what callers type in `model`: keep it to a URL- and log-safe alphabet.
+fn is_valid_model_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"-_.:/@".contains(&byte))
+}
+
+impl ModelSpec {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if !is_valid_model_id(&self.id) {
+            return Err(ApiError::invalid(
+                "id",
+                "id must be 1-128 characters of letters, digits and -_.:/@",
+            ));
+        }
+        if self.deployments.is_empty() {
+            return Err(ApiError::invalid(
+                "deployments",
+                "a model needs at least one deployment",
+            ));
+        }
+        for (index, deployment) in self.deployments.iter().enumerate() {
+            let param = |field: &str| format!("deployments[{index}].{field}");
+            if deployment.id.trim().is_empty() {
+                return Err(ApiError::invalid(
+                    param("id"),
+                    "deployment id must not be empty",
+                ));
+            }
+            if self.deployments[..index]
+                .iter()
+                .any(|earlier| earlier.id == deployment.id)
+            {
+                return Err(ApiError::invalid(
+                    param("id"),
+                    "deployment ids must be unique within a model",
+                ));
+            }
+            let url = &deployment.upstream.url;
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.len() < "http://x".len()
+            {
+                return Err(ApiError::invalid(
+                    param("upstream.url"),
+                    "upstream url must be an http:// or https:// URL",
+                ));
+            }
+            if deployment.upstream.model.trim().is_empty() {
+                return Err(ApiError::invalid(
+                    param("upstream.model"),
+                    "upstream model must not be empty",
+                ));
+            }
+        }
+        if self
+            .deployments
+            .iter()
+            .all(|deployment| deployment.weight == 0)
+        {
+            return Err(ApiError::invalid(
+                "deployments",
+                "at least one deployment needs a weight above 0",
+            ));
+        }
+        if let Some(price) = &self.price {
+            let amounts = [
+                ("price.input_per_mtok_usd", Some(price.input_per_mtok_usd)),
+                (
+                    "price.cached_input_per_mtok_usd",
+                    price.cached_input_per_mtok_usd,
+                ),
+                ("price.output_per_mtok_usd", Some(price.output_per_mtok_usd)),
+                ("price.per_call_usd", price.per_call_usd),
+                ("price.cache_hit_usd", price.cache_hit_usd),
+            ];
+            if let Some((param, _)) = amounts
+                .iter()
+                .find(|(_, amount)| amount.is_some_and(Money::is_negative))
+            {
+                return Err(ApiError::invalid(*param, "prices must not be negative"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks a deployment by weight. `roll` is any random number; the same roll picks the same
+    /// deployment, so the choice is testable and the randomness stays with the caller.
+    pub fn choose_deployment(&self, roll: u64) -> Option<&Deployment> {
+        let total: u64 = self
+            .deployments
+            .iter()
+            .map(|deployment| u64::from(deployment.weight))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut point = roll % total;
+        for deployment in &self.deployments {
+            let weight = u64::from(deployment.weight);
+            if point < weight {
+                return Some(deployment);
+            }
+            point -= weight;
+        }
+        None
+    }
+
+    /// The model as shown back to administrators: upstream keys are replaced by a marker.
+    pub fn redacted(&self) -> ModelSpec {
+        let mut shown = self.clone();
+        for deployment in &mut shown.deployments {
+            if deployment.upstream.api_key.is_some() {
+                deployment.upstream.api_key = Some("(set)".to_owned());
+            }
+        }
+        shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(value: serde_json::Value) -> ModelSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn deployment(id: &str, weight: u32) -> serde_json::Value {
+        json!({"id": id, "upstream": {"url": "http://127.0.0.1:1/v1", "model": "m"}, "weight": weight})
+    }
+
+    #[test]
+    fn weighted_choice_follows_weights() {
+        let model = spec(
+            json!({"id": "m", "deployments": [deployment("a", 1), deployment("b", 3), deployment("c", 0)]}),
+        );
+        let picks: Vec<&str> = (0..8)
+            .map(|roll| model.choose_deployment(roll).unwrap().id.as_str())
+            .collect();
+        assert_eq!(picks, ["a", "b", "b", "b", "a", "b", "b", "b"]);
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let cases: &[(serde_json::Value, Option<&str>)] = &[
+            (
+                json!({"id": "ok-model_1.2:latest", "deployments": [deployment("a", 1)]}),
+                None,
+            ),
+            (
+                json!({"id": "", "deployments": [deployment("a", 1)]}),
+                Some("id"),
+            ),
+            (
+                json!({"id": "bad id", "deployments": [deployment("a", 1)]}),
+                Some("id"),
+            ),
+            (json!({"id": "m", "deployments": []}), Some("deployments")),
+            (
+                json!({"id": "m", "deployments": [deployment("a", 0)]}),
+                Some("deployments"),
+            ),
+            (
+                json!({"id": "m", "deployments": [deployment("a", 1), deployment("a", 1)]}),
+                Some("deployments[1].id"),
+            ),
+            (
+                json!({"id": "m", "deployments": [{"id": "a", "upstream": {"url": "ftp://x", "model": "m"}}]}),
+                Some("deployments[0].upstream.url"),
+            ),
+            (
+                json!({"id": "m", "deployments": [deployment("a", 1)], "price": {"input_per_mtok_usd": "-1", "output_per_mtok_usd": "1"}}),
+                Some("price.input_per_mtok_usd"),
+            ),
+        ];
+        for (value, expected) in cases {
+            let result = spec(value.clone()).validate();
+            assert_eq!(
+                result.err().and_then(|error| error.param).as_deref(),
+                *expected,
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn redaction_hides_upstream_keys() {
+        let model = spec(
+            json!({"id": "m", "deployments": [{"id": "a", "upstream": {"url": "https://x/v1", "model": "m", "api_key": "sk-secret"}}]}),
+        );
+        let shown = serde_json::to_string(&model.redacted()).unwrap();
+        assert!(!shown.contains("sk-secret"));
+        assert!(shown.contains("(set)"));
+    }
+}

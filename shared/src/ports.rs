@@ -1,0 +1,338 @@
+//! The ports: what the functions need from the outside world, as traits. Adapters (SQLite,
+//! DynamoDB, an HTTP upstream, the GPU pool) implement them at the edges.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ErrorKind};
+use crate::model::{ModelSpec, UpstreamTarget};
+use crate::money::Money;
+use crate::principal::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Billing {
+    /// Pays ahead: every call holds credit first.
+    Prepaid,
+    /// Pays after: invoiced for what was used.
+    Postpaid,
+}
+
+impl Billing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Billing::Prepaid => "prepaid",
+            Billing::Postpaid => "postpaid",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Billing> {
+        match text {
+            "prepaid" => Some(Billing::Prepaid),
+            "postpaid" => Some(Billing::Postpaid),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub billing: Billing,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// Per-key rate limits (requests and tokens per minute).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+}
+
+/// An API key as stored: everything but the secret, which is kept only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// `key_<public id>`.
+    pub id: String,
+    pub public_id: String,
+    pub secret_hash: String,
+    /// `None` for operator keys.
+    pub tenant_id: Option<String>,
+    pub name: String,
+    pub role: Role,
+    pub models: Option<Vec<String>>,
+    pub limits: KeyLimits,
+    pub credit_cap: Option<Money>,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    pub revoked_at: Option<u64>,
+}
+
+impl KeyRecord {
+    pub fn is_live(&self, now: u64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|expires_at| now < expires_at)
+    }
+}
+
+/// A model as stored, with when it was first registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredModel {
+    pub spec: ModelSpec,
+    pub created_at: u64,
+}
+
+/// One call, as metered. `request_id` makes recording idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub request_id: String,
+    /// The tenant billed, or `operator` for the operator's own calls.
+    pub tenant_id: String,
+    pub key_id: Option<String>,
+    pub model: String,
+    pub deployment: String,
+    pub endpoint: String,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost: Money,
+    pub status: u16,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists: {0}")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::Conflict(what) => {
+                ApiError::new(ErrorKind::Conflict, format!("{what} already exists"))
+            }
+            // The detail goes to the logs, not to the caller.
+            StoreError::Unavailable(_) => {
+                ApiError::new(ErrorKind::Internal, "the store is unavailable; try again")
+                    .retry_after(1)
+            }
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Tenants, keys, models and usage. Implemented by `SqliteStore` (embedded) and cloud stores.
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()>;
+    async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>>;
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+
+    async fn create_key(&self, key: &KeyRecord) -> StoreResult<()>;
+    async fn find_key(&self, public_id: &str) -> StoreResult<Option<KeyRecord>>;
+    async fn list_keys(&self, tenant_id: &str) -> StoreResult<Vec<KeyRecord>>;
+    /// Marks the key revoked; false when there is no such live key.
+    async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool>;
+    /// Operator keys (no tenant) that are still live, newest first.
+    async fn list_operator_keys(&self) -> StoreResult<Vec<KeyRecord>>;
+
+    /// Creates or replaces a model; `created_at` of an existing model is kept.
+    async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel>;
+    async fn get_model(&self, id: &str) -> StoreResult<Option<StoredModel>>;
+    async fn list_models(&self) -> StoreResult<Vec<StoredModel>>;
+    async fn delete_model(&self, id: &str) -> StoreResult<bool>;
+
+    /// Records one call; false when this request id was recorded already.
+    async fn record_usage(&self, usage: &UsageRecord) -> StoreResult<bool>;
+    async fn list_usage(&self, tenant_id: &str) -> StoreResult<Vec<UsageRecord>>;
+}
+
+/// The OpenAI endpoints a backend serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The path under the upstream's `/v1` base.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat.completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// One request to a backend: the caller's body with `model` already rewritten.
+#[derive(Debug, Clone)]
+pub struct UpstreamCall {
+    pub target: UpstreamTarget,
+    pub endpoint: Endpoint,
+    pub body: serde_json::Value,
+    pub stream: bool,
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+pub enum UpstreamReply {
+    /// A whole JSON response.
+    Complete(serde_json::Value),
+    /// Raw SSE bytes as they arrive, not buffered.
+    Stream(ByteStream),
+}
+
+impl std::fmt::Debug for UpstreamReply {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamReply::Complete(body) => formatter.debug_tuple("Complete").field(body).finish(),
+            UpstreamReply::Stream(_) => formatter.write_str("Stream(..)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not reach the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    #[error("the upstream answered {status}: {message}")]
+    Status {
+        status: u16,
+        message: String,
+        retry_after_seconds: Option<u64>,
+    },
+    #[error("the upstream broke the protocol: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// What the caller sees. The upstream's own message is passed on only for a request the
+    /// upstream judged invalid; everything else is Ferry's fault to report, not the upstream's.
+    pub fn to_api_error(&self) -> ApiError {
+        match self {
+            UpstreamError::Connect(_) => ApiError::new(
+                ErrorKind::UpstreamFailed,
+                "the model backend could not be reached",
+            )
+            .retry_after(1),
+            UpstreamError::Timeout => ApiError::new(
+                ErrorKind::UpstreamTimeout,
+                "the model backend did not answer in time",
+            ),
+            UpstreamError::Status {
+                status: 400 | 404 | 422,
+                message,
+                ..
+            } => ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("the model backend rejected the request: {message}"),
+            ),
+            UpstreamError::Status {
+                status: 429 | 503,
+                retry_after_seconds,
+                ..
+            } => ApiError::new(
+                ErrorKind::NoCapacity,
+                "the model backend is at capacity; retry shortly",
+            )
+            .retry_after(retry_after_seconds.unwrap_or(1)),
+            UpstreamError::Status { .. } | UpstreamError::Protocol(_) => ApiError::new(
+                ErrorKind::UpstreamFailed,
+                "the model backend failed to answer",
+            ),
+        }
+    }
+}
+
+/// A backend that speaks the OpenAI API: an HTTP upstream, or the GPU pool.
+#[async_trait]
+pub trait Upstream: Send + Sync {
+    async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_map_to_the_contract() {
+        let status = |status: u16| UpstreamError::Status {
+            status,
+            message: "m".into(),
+            retry_after_seconds: None,
+        };
+        let cases = [
+            (UpstreamError::Connect("refused".into()), 502),
+            (UpstreamError::Timeout, 504),
+            (status(400), 400),
+            (status(422), 400),
+            (status(401), 502),
+            (status(429), 503),
+            (status(503), 503),
+            (status(500), 502),
+            (UpstreamError::Protocol("bad json".into()), 502),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.to_api_error().kind.status(), expected, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_secrets_and_addresses_stay_hidden() {
+        let error = UpstreamError::Connect("tcp connect error 10.0.0.7:8000".into()).to_api_error();
+        assert!(!error.message.contains("10.0.0.7"));
+    }
+
+    #[test]
+    fn keys_expire_and_revoke() {
+        let key = |expires_at, revoked_at| KeyRecord {
+            id: "key_x".into(),
+            public_id: "x".into(),
+            secret_hash: String::new(),
+            tenant_id: None,
+            name: "n".into(),
+            role: Role::Member,
+            models: None,
+            limits: KeyLimits::default(),
+            credit_cap: None,
+            created_at: 0,
+            expires_at,
+            revoked_at,
+        };
+        assert!(key(None, None).is_live(100));
+        assert!(key(Some(101), None).is_live(100));
+        assert!(!key(Some(100), None).is_live(100));
+        assert!(!key(None, Some(50)).is_live(100));
+    }
+}

@@ -1,0 +1,100 @@
+//! Token usage and what it costs.
+
+use crate::model::Price;
+use crate::money::Money;
+use crate::openai::Usage;
+
+const TOKENS_PER_MTOK: i128 = 1_000_000;
+
+/// The cost of one call at `price`: tokens times per-million prices, plus the per-call fee.
+///
+/// Token charges are summed exactly in nanodollars × tokens and rounded up once to a whole
+/// nanodollar, so the rounding never depends on how a bill is split. Cached prompt tokens are
+/// billed at the cached price when there is one, else at the input price.
+pub fn cost(price: &Price, usage: &Usage) -> Money {
+    let cached = usage.cached_tokens().min(usage.prompt_tokens);
+    let uncached = usage.prompt_tokens - cached;
+    let cached_price = price
+        .cached_input_per_mtok_usd
+        .unwrap_or(price.input_per_mtok_usd);
+    let scaled = i128::from(uncached) * i128::from(price.input_per_mtok_usd.nanos())
+        + i128::from(cached) * i128::from(cached_price.nanos())
+        + i128::from(usage.completion_tokens) * i128::from(price.output_per_mtok_usd.nanos());
+    let tokens_nanos = (scaled + TOKENS_PER_MTOK - 1).div_euclid(TOKENS_PER_MTOK);
+    let per_call = price.per_call_usd.unwrap_or(Money::ZERO).nanos();
+    let total = tokens_nanos.saturating_add(i128::from(per_call));
+    Money::from_nanos(i64::try_from(total).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::PromptTokensDetails;
+
+    fn usage(prompt: u64, cached: u64, completion: u64) -> Usage {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: cached,
+            }),
+            cost: None,
+        }
+    }
+
+    fn price(input: &str, cached: Option<&str>, output: &str, per_call: Option<&str>) -> Price {
+        Price {
+            input_per_mtok_usd: input.parse().unwrap(),
+            cached_input_per_mtok_usd: cached.map(|text| text.parse().unwrap()),
+            output_per_mtok_usd: output.parse().unwrap(),
+            per_call_usd: per_call.map(|text| text.parse().unwrap()),
+            cache_hit_usd: None,
+        }
+    }
+
+    #[test]
+    fn costs_are_exact_and_round_up_once() {
+        let cases = [
+            (
+                price("1", None, "2", None),
+                usage(1_000_000, 0, 1_000_000),
+                "3.00",
+            ),
+            (
+                price("0.15", None, "0.60", None),
+                usage(10, 0, 20),
+                "0.0000135",
+            ),
+            (
+                price("0.15", Some("0.075"), "0.60", None),
+                usage(10, 10, 0),
+                "0.00000075",
+            ),
+            (
+                price("0.000001", None, "0", None),
+                usage(1, 0, 0),
+                "0.000000001",
+            ),
+            (price("0", None, "0", Some("0.01")), usage(5, 0, 5), "0.01"),
+            (
+                price("3", Some("1"), "15", Some("0.001")),
+                usage(100, 40, 50),
+                "0.00197",
+            ),
+            (price("1", None, "1", None), usage(0, 0, 0), "0.00"),
+            (
+                price("1", Some("0.5"), "1", None),
+                usage(2, 5, 0),
+                "0.000001",
+            ),
+        ];
+        for (price, usage, expected) in cases {
+            assert_eq!(
+                cost(&price, &usage).to_string(),
+                expected,
+                "{price:?} {usage:?}"
+            );
+        }
+    }
+}

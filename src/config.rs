@@ -1,0 +1,175 @@
+//! `ferry serve` configuration: defaults, then the TOML file, then flags and environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferry_core::model::ModelSpec;
+use ferry_functions::auth::{AuthConfig, JwtConfig};
+use ferry_functions::upstream::UpstreamConfig;
+use serde::Deserialize;
+
+/// The config file (`--config`, or `ferry.toml` in the data directory). Every section and
+/// field is optional; unknown keys are errors so a typo never passes silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+    /// Models registered (created or replaced) at every start.
+    #[serde(default)]
+    pub models: Vec<ModelSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Where to listen; `--addr` / `FERRY_ADDR` win over it.
+    pub addr: Option<SocketAddr>,
+    /// Larger request bodies get 413. Default 8 MiB.
+    pub max_request_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// How long a looked-up API key is trusted before it is read again. Default 5.
+    pub key_cache_ttl_seconds: Option<u64>,
+    /// OIDC: accept JWTs from this identity provider.
+    pub jwt: Option<JwtConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub connect_timeout_seconds: Option<u64>,
+    pub request_timeout_seconds: Option<u64>,
+    pub stream_idle_timeout_seconds: Option<u64>,
+}
+
+/// The validated configuration `serve` runs with.
+#[derive(Debug)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_request_body_bytes: usize,
+    pub auth: AuthConfig,
+    pub upstream: UpstreamConfig,
+    pub models: Vec<ModelSpec>,
+}
+
+pub struct Overrides {
+    pub addr: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub config_file: Option<PathBuf>,
+}
+
+const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
+    let default_file = overrides.data_dir.join("ferry.toml");
+    let file = match &overrides.config_file {
+        Some(path) => read(path)?,
+        None if default_file.exists() => read(&default_file)?,
+        None => FileConfig::default(),
+    };
+    for model in &file.models {
+        model.validate().map_err(|error| {
+            anyhow::anyhow!(
+                "config: models `{}`: {}: {}",
+                model.id,
+                error.param.unwrap_or_default(),
+                error.message
+            )
+        })?;
+    }
+    let upstream_defaults = UpstreamConfig::default();
+    let seconds =
+        |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_secs);
+    Ok(Config {
+        addr: match overrides.addr.or(file.server.addr) {
+            Some(addr) => addr,
+            None => DEFAULT_ADDR.parse()?,
+        },
+        data_dir: overrides.data_dir,
+        max_request_body_bytes: file
+            .server
+            .max_request_body_bytes
+            .unwrap_or(8 * 1024 * 1024),
+        auth: AuthConfig {
+            key_cache_ttl: Duration::from_secs(file.auth.key_cache_ttl_seconds.unwrap_or(5)),
+            jwt: file.auth.jwt,
+        },
+        upstream: UpstreamConfig {
+            connect_timeout: seconds(
+                file.upstream.connect_timeout_seconds,
+                upstream_defaults.connect_timeout,
+            ),
+            request_timeout: seconds(
+                file.upstream.request_timeout_seconds,
+                upstream_defaults.request_timeout,
+            ),
+            stream_idle_timeout: seconds(
+                file.upstream.stream_idle_timeout_seconds,
+                upstream_defaults.stream_idle_timeout,
+            ),
+        },
+        models: file.models,
+    })
+}
+
+fn read(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn reads_a_full_config() {
+        let config = parse(
+            r#"
+            [server]
+            addr = "0.0.0.0:9000"
+            max_request_body_bytes = 1024
+            [auth]
+            key_cache_ttl_seconds = 1
+            [auth.jwt]
+            jwks_url = "http://127.0.0.1:1/jwks"
+            issuer = "https://idp"
+            audience = "ferry"
+            role_map = { admins = "tenant-admin" }
+            [[models]]
+            id = "small"
+            deployments = [{ id = "a", upstream = { url = "http://127.0.0.1:8000/v1", model = "m" } }]
+            price = { input_per_mtok_usd = "0.10", output_per_mtok_usd = "0.40" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.server.max_request_body_bytes, Some(1024));
+        assert_eq!(config.models[0].deployments[0].weight, 1);
+        assert_eq!(config.auth.jwt.unwrap().role_map.len(), 1);
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        let error = parse("[server]\nadress = \"x\"").unwrap_err().to_string();
+        assert!(error.contains("adress"), "{error}");
+        assert!(
+            parse("[auth.jwt]\njwks_url = \"x\"").is_err(),
+            "missing issuer and audience"
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! `ferry serve`: the all-in-one process — gateway, admin API and embedded SQLite store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ferry_functions::admin::{OperatorKey, ensure_operator_key};
+use ferry_functions::auth::Authenticator;
+use ferry_functions::store::SqliteStore;
+use ferry_functions::upstream::HttpUpstream;
+use ferry_functions::{AppState, RouterConfig};
+use tokio::net::TcpListener;
+
+use crate::config::{self, Config, Overrides};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Where to listen (HOST:PORT; port 0 picks a free one). Default 127.0.0.1:8080.
+    #[arg(long, env = "FERRY_ADDR")]
+    addr: Option<SocketAddr>,
+    /// Where the embedded store and the default config file live.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
+    data_dir: PathBuf,
+    /// A TOML config file (default: ferry.toml in the data directory, if present).
+    #[arg(long, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// The operator key to accept; without it one is generated on first start and printed once.
+    #[arg(long, env = "FERRY_OPERATOR_KEY", hide_env_values = true)]
+    operator_key: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "FERRY_LOG_JSON")]
+    log_json: bool,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    let config = config::load(Overrides {
+        addr: args.addr,
+        data_dir: args.data_dir,
+        config_file: args.config,
+    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let store = Arc::new(
+        SqliteStore::open(&config.data_dir.join("ferry.db")).context("opening the store")?,
+    );
+    let operator_key = ensure_operator_key(store.as_ref(), args.operator_key.as_deref())
+        .await
+        .context("operator key")?;
+    for model in &config.models {
+        ferry_core::ports::Store::put_model(
+            store.as_ref(),
+            model,
+            ferry_functions::clock::unix_seconds(),
+        )
+        .await?;
+    }
+    let http = reqwest::Client::builder().build().context("HTTP client")?;
+    let state = AppState {
+        store: store.clone(),
+        upstream: Arc::new(HttpUpstream::new(config.upstream.clone()).context("upstream client")?),
+        auth: Arc::new(Authenticator::new(store, config.auth.clone(), http)?),
+    };
+    let router = ferry_functions::router(
+        state,
+        &RouterConfig {
+            max_request_body_bytes: config.max_request_body_bytes,
+        },
+    );
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    print_welcome(&config, addr, &operator_key);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+}
+
+fn print_welcome(config: &Config, addr: SocketAddr, operator_key: &OperatorKey) {
+    let key = match operator_key {
+        OperatorKey::Generated(key) => {
+            println!("operator key (shown once; keep it, or set FERRY_OPERATOR_KEY): {key}");
+            key.clone()
+        }
+        OperatorKey::Configured => "$FERRY_OPERATOR_KEY".to_owned(),
+        OperatorKey::Existing => {
+            println!(
+                "an operator key was printed on first start; set FERRY_OPERATOR_KEY to use a key of your own"
+            );
+            "$FERRY_OPERATOR_KEY".to_owned()
+        }
+    };
+    let model = config
+        .models
+        .first()
+        .map_or("my-model", |model| model.id.as_str());
+    let base = format!("http://{addr}");
+    println!(
+        r#"
+Register an OpenAI-compatible upstream (vLLM, TGI, llama.cpp, a hosted API) as a model:
+  curl {base}/admin/v1/models -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \
+    -d '{{"id":"{model}","deployments":[{{"id":"primary","upstream":{{"url":"http://127.0.0.1:8000/v1","model":"served-model-name"}}}}]}}'
+
+Call it:
+  curl {base}/v1/chat/completions -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \
+    -d '{{"model":"{model}","messages":[{{"role":"user","content":"Hello!"}}]}}'
+
+Or from Python (pip install openai):
+  from openai import OpenAI
+  client = OpenAI(base_url="{base}/v1", api_key="{key}")
+  print(client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
+"#
+    );
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: no new connections, finishing the ones in flight");
+}
