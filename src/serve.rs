@@ -45,9 +45,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = Arc::new(
         SqliteStore::open(&config.data_dir.join("ferry.db")).context("opening the store")?,
     );
-    let operator_key = ensure_operator_key(store.as_ref(), args.operator_key.as_deref())
-        .await
-        .context("operator key")?;
+    let operator_key = ensure_operator_key(
+        store.as_ref(),
+        args.operator_key.as_deref().filter(|key| !key.is_empty()),
+    )
+    .await
+    .context("operator key")?;
     for model in &config.models {
         ferry_core::ports::Store::put_model(
             store.as_ref(),

@@ -12,7 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use ferry_core::openai::Usage;
-use ferry_core::ports::ByteStream;
+use ferry_core::ports::{ByteStream, UpstreamError};
 use ferry_core::sse::{DONE_EVENT, SseParser, data_event};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -63,9 +63,16 @@ async fn pump(
         content_chunks: 0,
         first_token_after: None,
     };
+    let mut saw_done = false;
     let status = loop {
-        let Some(chunk) = upstream.next().await else {
-            break 200;
+        let chunk = match upstream.next().await {
+            Some(chunk) => chunk,
+            // Every OpenAI-compatible server ends with `[DONE]`; ending without it means the
+            // upstream died mid-generation (a close-delimited body looks complete otherwise).
+            None if saw_done => break 200,
+            None => Err(UpstreamError::Protocol(
+                "the stream ended before [DONE]".into(),
+            )),
         };
         let bytes = match chunk {
             Ok(bytes) => bytes,
@@ -87,6 +94,7 @@ async fn pump(
         let mut out = String::new();
         for event in parser.feed(&bytes) {
             if event.is_done() {
+                saw_done = true;
                 out.push_str(DONE_EVENT);
             } else if let Some(data) = rewrite(&event.data, &meter, include_usage, &mut progress) {
                 out.push_str(&data_event(&data));

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: Rust unit, router and integration tests; the wasm
+# build of the domain crate; and end-to-end tests that drive the real `ferry` binary with the
+# official OpenAI Python SDK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add wasm32-wasip1 >/dev/null
+cargo build --workspace --bins --locked
+cargo test --workspace --locked
+cargo build -p ferry-core --target wasm32-wasip1 --locked
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+FERRY_BIN=target/debug/ferry .venv/bin/python -m pytest tests/e2e -q
