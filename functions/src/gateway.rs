@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::app::{AppState, Caller, RequestId};
 use crate::clock;
-use crate::error::HandlerResult;
+use crate::error::{Failure, HandlerResult};
 use crate::extract::JsonBody;
 use crate::meter::{Meter, MeterParams};
 use crate::relay::relay;
@@ -231,11 +231,9 @@ async fn dispatch(
         UpstreamReply::Stream(stream) if call.stream => {
             Ok(relay(stream, meter, call.include_usage))
         }
-        UpstreamReply::Stream(_) => Err(ApiError::new(
-            ErrorKind::UpstreamFailed,
-            "The model backend streamed an unrequested stream.",
-        )
-        .into()),
+        // A whole answer to a streamed request, or a stream to a plain one: the backend is broken.
+        UpstreamReply::Complete(_) if call.stream => Err(wrong_mode()),
+        UpstreamReply::Stream(_) => Err(wrong_mode()),
         UpstreamReply::Complete(mut response) => {
             let mut usage: Usage = response
                 .get("usage")
@@ -253,4 +251,12 @@ async fn dispatch(
             Ok(Json(response).into_response())
         }
     }
+}
+
+fn wrong_mode() -> Failure {
+    ApiError::new(
+        ErrorKind::UpstreamFailed,
+        "The model backend answered in the wrong mode.",
+    )
+    .into()
 }

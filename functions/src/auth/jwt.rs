@@ -44,9 +44,13 @@ pub struct JwtConfig {
     /// Tolerated clock skew for `exp` and `nbf`.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
-    /// Least time between two JWKS fetches triggered by unknown key ids.
+    /// Least time between two JWKS fetches (successful or not) triggered by unknown key ids,
+    /// so tokens with made-up `kid`s cannot hammer the identity provider.
     #[serde(default = "default_refresh")]
     pub jwks_min_refresh_seconds: u64,
+    /// Keys older than this are refetched, so a key the provider withdrew stops working.
+    #[serde(default = "default_max_age")]
+    pub jwks_max_age_seconds: u64,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -66,6 +70,9 @@ fn default_leeway() -> u64 {
 }
 fn default_refresh() -> u64 {
     10
+}
+fn default_max_age() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +97,7 @@ pub struct JwtIdentity {
 struct Jwks {
     keys: HashMap<String, (Jwk, DecodingKey)>,
     fetched_at: Option<Instant>,
+    attempted_at: Option<Instant>,
 }
 
 pub struct JwtVerifier {
@@ -134,6 +142,7 @@ impl JwtVerifier {
             jwks: RwLock::new(Jwks {
                 keys: HashMap::new(),
                 fetched_at: None,
+                attempted_at: None,
             }),
             refreshing: Mutex::new(()),
         })
@@ -223,31 +232,47 @@ impl JwtVerifier {
         }
     }
 
+    fn is_stale(&self, jwks: &Jwks) -> bool {
+        let max_age = Duration::from_secs(self.config.jwks_max_age_seconds);
+        jwks.fetched_at
+            .is_none_or(|fetched_at| fetched_at.elapsed() >= max_age)
+    }
+
     async fn key(&self, kid: &str) -> Result<Option<(Jwk, DecodingKey)>, ApiError> {
-        if let Some(key) = self.jwks.read().await.keys.get(kid) {
-            return Ok(Some(key.clone()));
+        {
+            let jwks = self.jwks.read().await;
+            if let Some(key) = jwks.keys.get(kid).filter(|_| !self.is_stale(&jwks)) {
+                return Ok(Some(key.clone()));
+            }
         }
         let _refreshing = self.refreshing.lock().await;
         {
-            let jwks = self.jwks.read().await;
-            if let Some(key) = jwks.keys.get(kid) {
+            let mut jwks = self.jwks.write().await;
+            if let Some(key) = jwks.keys.get(kid).filter(|_| !self.is_stale(&jwks)) {
                 return Ok(Some(key.clone()));
             }
             let min_interval = Duration::from_secs(self.config.jwks_min_refresh_seconds);
             if jwks
-                .fetched_at
-                .is_some_and(|fetched_at| fetched_at.elapsed() < min_interval)
+                .attempted_at
+                .is_some_and(|attempted_at| attempted_at.elapsed() < min_interval)
             {
-                return Ok(None);
+                return Ok(jwks.keys.get(kid).cloned());
             }
+            jwks.attempted_at = Some(Instant::now());
         }
-        let keys = self.fetch().await?;
-        let mut jwks = self.jwks.write().await;
-        *jwks = Jwks {
-            keys,
-            fetched_at: Some(Instant::now()),
-        };
-        Ok(jwks.keys.get(kid).cloned())
+        match self.fetch().await {
+            Ok(keys) => {
+                let mut jwks = self.jwks.write().await;
+                jwks.keys = keys;
+                jwks.fetched_at = Some(Instant::now());
+                Ok(jwks.keys.get(kid).cloned())
+            }
+            // While the provider is down, keys already known keep working.
+            Err(error) => match self.jwks.read().await.keys.get(kid) {
+                Some(key) => Ok(Some(key.clone())),
+                None => Err(error),
+            },
+        }
     }
 
     async fn fetch(&self) -> Result<HashMap<String, (Jwk, DecodingKey)>, ApiError> {

@@ -1,0 +1,677 @@
+//! The gateway and admin HTTP contract through the real router: keys and tenants, model access,
+//! dispatch to a recording fake backend, pricing and metering, input validation, and the JSON
+//! error shape of every failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use ferry_core::Money;
+use ferry_core::ports::{Store, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
+use ferry_functions::admin::{OperatorKey, ensure_operator_key};
+use ferry_functions::auth::{AuthConfig, Authenticator};
+use ferry_functions::store::SqliteStore;
+use ferry_functions::{AppState, RouterConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// The upstream name of the `allowed` model's only deployment.
+const ALLOWED_UPSTREAM_MODEL: &str = "org/allowed-7b-instruct";
+
+// ---------------------------------------------------------------------------------------------
+// A fake model backend that remembers what it was asked.
+
+#[derive(Default)]
+struct RecordingUpstream {
+    calls: Mutex<Vec<UpstreamCall>>,
+}
+
+impl RecordingUpstream {
+    fn calls(&self) -> Vec<UpstreamCall> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Upstream for RecordingUpstream {
+    async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
+        let model = call.body["model"].clone();
+        self.calls.lock().unwrap().push(call);
+        Ok(UpstreamReply::Complete(json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello!"},
+                "finish_reason": "stop",
+            }],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+        })))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ferry, its operator, and one tenant with a member key.
+
+struct Ferry {
+    app: Router,
+    store: Arc<SqliteStore>,
+    upstream: Arc<RecordingUpstream>,
+    operator_key: String,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Ferry {
+    async fn start() -> Ferry {
+        Ferry::start_with(RouterConfig::default()).await
+    }
+
+    async fn start_with(config: RouterConfig) -> Ferry {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        let OperatorKey::Generated(operator_key) =
+            ensure_operator_key(store.as_ref(), None).await.unwrap()
+        else {
+            unreachable!("a new store has no operator key yet");
+        };
+        // A long cache: revocation must take effect through `forget_key`, not by expiry.
+        let auth = Authenticator::new(
+            store.clone(),
+            AuthConfig {
+                key_cache_ttl: Duration::from_secs(300),
+                jwt: None,
+            },
+            reqwest::Client::new(),
+        )
+        .unwrap();
+        let upstream = Arc::new(RecordingUpstream::default());
+        let state = AppState {
+            store: store.clone(),
+            upstream: upstream.clone(),
+            auth: Arc::new(auth),
+        };
+        Ferry {
+            app: ferry_functions::router(state, &config),
+            store,
+            upstream,
+            operator_key,
+        }
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Body) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = key {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        self.send(request.body(body).unwrap()).await
+    }
+
+    async fn get(&self, path: &str, key: Option<&str>) -> Answer {
+        self.call(Method::GET, path, key, Body::empty()).await
+    }
+
+    async fn post(&self, path: &str, key: &str, body: &Value) -> Answer {
+        self.post_raw(path, key, serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    async fn post_raw(&self, path: &str, key: &str, bytes: Vec<u8>) -> Answer {
+        self.call(Method::POST, path, Some(key), Body::from(bytes))
+            .await
+    }
+
+    async fn delete(&self, path: &str, key: &str) -> Answer {
+        self.call(Method::DELETE, path, Some(key), Body::empty())
+            .await
+    }
+
+    /// The operator's setup: tenant `Acme`, models `allowed` (priced) and `other`, and a member
+    /// key limited to `allowed`.
+    async fn with_acme() -> (Ferry, Member) {
+        let ferry = Ferry::start().await;
+        let member = ferry.set_up_acme().await;
+        (ferry, member)
+    }
+
+    async fn set_up_acme(&self) -> Member {
+        let operator = self.operator_key.as_str();
+        let tenant = self
+            .post("/admin/v1/tenants", operator, &json!({"name": "Acme"}))
+            .await;
+        assert_eq!(tenant.status, StatusCode::CREATED, "{}", tenant.body);
+        let tenant_id = tenant.body["id"].as_str().unwrap().to_owned();
+
+        for model in [
+            model_spec("allowed", ALLOWED_UPSTREAM_MODEL),
+            model_spec("other", "org/other-70b"),
+        ] {
+            let registered = self.post("/admin/v1/models", operator, &model).await;
+            assert_eq!(registered.status, StatusCode::OK, "{}", registered.body);
+        }
+
+        let key = self
+            .post(
+                &format!("/admin/v1/tenants/{tenant_id}/keys"),
+                operator,
+                &json!({"name": "ci", "role": "member", "models": ["allowed"]}),
+            )
+            .await;
+        assert_eq!(key.status, StatusCode::CREATED, "{}", key.body);
+        Member {
+            tenant_id,
+            key_id: key.body["id"].as_str().unwrap().to_owned(),
+            key: key.body["key"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+struct Member {
+    tenant_id: String,
+    key_id: String,
+    key: String,
+}
+
+fn model_spec(id: &str, upstream_model: &str) -> Value {
+    json!({
+        "id": id,
+        "deployments": [{
+            "id": format!("{id}-primary"),
+            "upstream": {"url": "http://upstream.invalid/v1", "model": upstream_model},
+        }],
+        "price": {"input_per_mtok_usd": "1", "output_per_mtok_usd": "2"},
+    })
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Say hello."}]})
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The OpenAI error shape: exactly `message`, `type`, `param` and `code` under `error`.
+/// Returns the error object for further checks.
+fn assert_openai_error(answer: &Answer, status: StatusCode) -> &serde_json::Map<String, Value> {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert!(answer.body["error"].is_object(), "{}", answer.body);
+    let error = answer.body["error"].as_object().unwrap();
+    let mut fields: Vec<&str> = error.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["code", "message", "param", "type"],
+        "{}",
+        answer.body
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|message| !message.is_empty()),
+        "{}",
+        answer.body
+    );
+    assert!(error["type"].is_string(), "{}", answer.body);
+    for nullable in ["param", "code"] {
+        assert!(
+            error[nullable].is_null() || error[nullable].is_string(),
+            "{}",
+            answer.body
+        );
+    }
+    error
+}
+
+fn assert_error_code(answer: &Answer, status: StatusCode, error_type: &str, code: &str) {
+    let error = assert_openai_error(answer, status);
+    assert_eq!(error["type"], error_type, "{}", answer.body);
+    assert_eq!(error["code"], code, "{}", answer.body);
+}
+
+fn request_id(answer: &Answer) -> String {
+    let value = answer
+        .headers
+        .get("x-request-id")
+        .expect("every response carries x-request-id");
+    let text = value.to_str().unwrap().to_owned();
+    assert!(!text.is_empty());
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every response, authentication.
+
+#[tokio::test]
+async fn every_response_carries_its_own_request_id() {
+    let ferry = Ferry::start().await;
+    let success = ferry.get("/v1/models", Some(&ferry.operator_key)).await;
+    let no_route = ferry.get("/v1/nothing-here", None).await;
+    let unauthenticated = ferry.get("/v1/models", None).await;
+    assert_eq!(success.status, StatusCode::OK);
+    assert_eq!(no_route.status, StatusCode::NOT_FOUND);
+    assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+
+    let ids: HashSet<String> = [&success, &no_route, &unauthenticated]
+        .into_iter()
+        .map(request_id)
+        .collect();
+    assert_eq!(ids.len(), 3, "request ids repeat: {ids:?}");
+}
+
+#[tokio::test]
+async fn callers_without_a_valid_key_are_turned_away_with_401() {
+    let ferry = Ferry::start().await;
+    let missing = ferry.get("/v1/models", None).await;
+    assert_error_code(
+        &missing,
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "missing_api_key",
+    );
+    assert_eq!(missing.headers[header::WWW_AUTHENTICATE], "Bearer");
+
+    let unknown = format!("fy_{}_{}", "a".repeat(12), "b".repeat(32));
+    let bad_credentials = [
+        "not-a-key",
+        "fy_tooshort_x",
+        "sk-proj-0123456789abcdef",
+        unknown.as_str(),
+    ];
+    for credential in bad_credentials {
+        let answer = ferry.get("/v1/models", Some(credential)).await;
+        assert_error_code(
+            &answer,
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_api_key",
+        );
+    }
+
+    let wrong_scheme = Request::get("/v1/models")
+        .header(
+            header::AUTHORIZATION,
+            format!("Basic {}", ferry.operator_key),
+        )
+        .body(Body::empty())
+        .unwrap();
+    assert_error_code(
+        &ferry.send(wrong_scheme).await,
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid_api_key",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenants and keys.
+
+#[tokio::test]
+async fn the_operator_creates_a_tenant_and_a_member_key_whose_secret_is_shown_only_once() {
+    let ferry = Ferry::start().await;
+    let tenant = ferry
+        .post(
+            "/admin/v1/tenants",
+            &ferry.operator_key,
+            &json!({"name": "Acme"}),
+        )
+        .await;
+    assert_eq!(tenant.status, StatusCode::CREATED, "{}", tenant.body);
+    let tenant_id = tenant.body["id"].as_str().unwrap();
+    assert!(tenant_id.starts_with("tnt_"), "{tenant_id}");
+    assert_eq!(tenant.body["name"], "Acme");
+
+    let keys_path = format!("/admin/v1/tenants/{tenant_id}/keys");
+    let created = ferry
+        .post(
+            &keys_path,
+            &ferry.operator_key,
+            &json!({"name": "ci", "role": "member", "models": ["allowed"]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let secret = created.body["key"].as_str().unwrap();
+    assert!(secret.starts_with("fy_"), "{secret}");
+    assert_eq!(created.body["tenant_id"], tenant_id);
+    assert_eq!(created.body["role"], "member");
+    assert_eq!(created.body["models"], json!(["allowed"]));
+
+    let listed = ferry.get(&keys_path, Some(&ferry.operator_key)).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let keys = listed.body["data"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["id"], created.body["id"]);
+    assert!(keys[0].get("key").is_none(), "listing leaks the secret");
+    assert!(!listed.body.to_string().contains(secret));
+}
+
+#[tokio::test]
+async fn a_member_key_may_not_create_tenants() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let answer = ferry
+        .post("/admin/v1/tenants", &member.key, &json!({"name": "Evil"}))
+        .await;
+    assert_error_code(
+        &answer,
+        StatusCode::FORBIDDEN,
+        "permission_error",
+        "operator_only",
+    );
+}
+
+#[tokio::test]
+async fn a_key_that_would_already_have_expired_is_refused_at_creation() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let keys_path = format!("/admin/v1/tenants/{}/keys", member.tenant_id);
+    let answer = ferry
+        .post(
+            &keys_path,
+            &ferry.operator_key,
+            &json!({"name": "stale", "role": "member", "expires_at": unix_now() - 60}),
+        )
+        .await;
+    let error = assert_openai_error(&answer, StatusCode::BAD_REQUEST);
+    assert_eq!(error["param"], "expires_at");
+
+    let future = ferry
+        .post(
+            &keys_path,
+            &ferry.operator_key,
+            &json!({"name": "fresh", "role": "member", "expires_at": unix_now() + 3600}),
+        )
+        .await;
+    assert_eq!(future.status, StatusCode::CREATED, "{}", future.body);
+}
+
+#[tokio::test]
+async fn a_revoked_key_stops_working_on_the_very_next_call() {
+    let (ferry, member) = Ferry::with_acme().await;
+    // Warm the key cache, so the revocation has to evict the cached key.
+    let before = ferry.get("/v1/models", Some(&member.key)).await;
+    assert_eq!(before.status, StatusCode::OK, "{}", before.body);
+
+    let revoked = ferry
+        .delete(
+            &format!("/admin/v1/keys/{}", member.key_id),
+            &ferry.operator_key,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    assert!(revoked.body["revoked_at"].is_u64(), "{}", revoked.body);
+
+    let after = ferry.get("/v1/models", Some(&member.key)).await;
+    assert_error_code(
+        &after,
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid_api_key",
+    );
+    let chat_after = ferry
+        .post("/v1/chat/completions", &member.key, &chat("allowed"))
+        .await;
+    assert_eq!(chat_after.status, StatusCode::UNAUTHORIZED);
+    assert!(ferry.upstream.calls().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models and completions.
+
+#[tokio::test]
+async fn a_member_sees_only_the_models_its_key_allows() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let ids = |answer: &Answer| -> Vec<String> {
+        answer.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|model| model["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let member_view = ferry.get("/v1/models", Some(&member.key)).await;
+    assert_eq!(member_view.status, StatusCode::OK, "{}", member_view.body);
+    assert_eq!(ids(&member_view), ["allowed"]);
+
+    let operator_view = ferry.get("/v1/models", Some(&ferry.operator_key)).await;
+    assert_eq!(ids(&operator_view), ["allowed", "other"]);
+}
+
+#[tokio::test]
+async fn a_chat_completion_reaches_the_deployment_and_comes_back_priced_under_the_public_name() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let answer = ferry
+        .post("/v1/chat/completions", &member.key, &chat("allowed"))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["model"], "allowed");
+    assert_eq!(answer.body["choices"][0]["message"]["content"], "Hello!");
+    let usage = &answer.body["usage"];
+    assert_eq!(usage["prompt_tokens"], 7);
+    assert_eq!(usage["completion_tokens"], 5);
+    assert_eq!(usage["total_tokens"], 12);
+    // 7 tokens at $1/Mtok + 5 tokens at $2/Mtok = $17/Mtok.
+    assert_eq!(usage["cost"], "0.000017");
+
+    let calls = ferry.upstream.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].target.model, ALLOWED_UPSTREAM_MODEL);
+    assert_eq!(calls[0].body["model"], ALLOWED_UPSTREAM_MODEL);
+    assert_eq!(calls[0].body["messages"][0]["content"], "Say hello.");
+    assert!(!calls[0].stream);
+}
+
+#[tokio::test]
+async fn a_successful_call_is_metered_exactly_once() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let answer = ferry
+        .post("/v1/chat/completions", &member.key, &chat("allowed"))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+
+    let usage = ferry.store.list_usage(&member.tenant_id).await.unwrap();
+    assert_eq!(usage.len(), 1, "{usage:?}");
+    let record = &usage[0];
+    assert_eq!(record.prompt_tokens, 7);
+    assert_eq!(record.completion_tokens, 5);
+    assert_eq!(record.model, "allowed");
+    assert_eq!(record.deployment, "allowed-primary");
+    assert_eq!(record.endpoint, "chat.completions");
+    assert_eq!(record.key_id.as_deref(), Some(member.key_id.as_str()));
+    assert_eq!(record.status, 200);
+    assert_eq!(record.cost, "0.000017".parse::<Money>().unwrap());
+    assert_eq!(record.request_id, request_id(&answer));
+}
+
+#[tokio::test]
+async fn a_model_outside_the_keys_allowlist_is_forbidden() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let answer = ferry
+        .post("/v1/chat/completions", &member.key, &chat("other"))
+        .await;
+    let error = assert_openai_error(&answer, StatusCode::FORBIDDEN);
+    assert_eq!(error["code"], "model_not_allowed");
+    assert_eq!(error["param"], "model");
+    assert!(ferry.upstream.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_not_found() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let answer = ferry
+        .post("/v1/chat/completions", &member.key, &chat("no-such-model"))
+        .await;
+    let error = assert_openai_error(&answer, StatusCode::NOT_FOUND);
+    assert_eq!(error["code"], "model_not_found");
+    assert_eq!(error["param"], "model");
+    assert!(ferry.upstream.calls().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input.
+
+#[tokio::test]
+async fn bad_request_bodies_are_400s_that_name_the_parameter_at_fault() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let json = |value: Value| serde_json::to_vec(&value).unwrap();
+    let cases: [(&str, Vec<u8>, Option<&str>); 5] = [
+        (
+            "malformed JSON",
+            br#"{"model": "allowed", "messages": ["#.to_vec(),
+            None,
+        ),
+        (
+            "a field of the wrong type",
+            json(json!({
+                "model": "allowed",
+                "messages": [{"role": "user", "content": "hi"}],
+                "temperature": "hot",
+            })),
+            Some("temperature"),
+        ),
+        (
+            "a missing field",
+            json(json!({"model": "allowed"})),
+            Some("messages"),
+        ),
+        (
+            "bytes that are not UTF-8",
+            b"{\"model\": \"allowed\", \"messages\": [\xff\xfe]}".to_vec(),
+            None,
+        ),
+        (
+            "no messages",
+            json(json!({"model": "allowed", "messages": []})),
+            Some("messages"),
+        ),
+    ];
+    for (case, body, param) in cases {
+        let answer = ferry
+            .post_raw("/v1/chat/completions", &member.key, body)
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{case}: {}",
+            answer.body
+        );
+        let error = assert_openai_error(&answer, StatusCode::BAD_REQUEST);
+        assert_eq!(error["type"], "invalid_request_error", "{case}");
+        assert_eq!(error["param"], json!(param), "{case}: {}", answer.body);
+    }
+    assert!(ferry.upstream.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_body_over_the_configured_limit_is_refused_with_413() {
+    let ferry = Ferry::start_with(RouterConfig {
+        max_request_body_bytes: 1024,
+    })
+    .await;
+    let member = ferry.set_up_acme().await;
+    let big = json!({
+        "model": "allowed",
+        "messages": [{"role": "user", "content": "x".repeat(4096)}],
+    });
+    let answer = ferry.post("/v1/chat/completions", &member.key, &big).await;
+    assert_error_code(
+        &answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "request_too_large",
+    );
+    assert!(ferry.upstream.calls().is_empty());
+
+    // A body within the limit still goes through.
+    let small = ferry
+        .post("/v1/chat/completions", &member.key, &chat("allowed"))
+        .await;
+    assert_eq!(small.status, StatusCode::OK, "{}", small.body);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rest of the surface.
+
+#[tokio::test]
+async fn the_openapi_document_describes_chat_completions() {
+    let ferry = Ferry::start().await;
+    let answer = ferry.get("/openapi.json", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(
+        answer.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert!(
+        answer.body["paths"]["/v1/chat/completions"]["post"].is_object(),
+        "{}",
+        answer.body["paths"]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_a_json_404() {
+    let ferry = Ferry::start().await;
+    let answer = ferry
+        .get("/v2/does-not-exist", Some(&ferry.operator_key))
+        .await;
+    assert_error_code(
+        &answer,
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        "unknown_url",
+    );
+    request_id(&answer);
+}
+
+#[tokio::test]
+async fn the_wrong_method_on_a_known_route_is_a_json_405() {
+    let ferry = Ferry::start().await;
+    let wrong = [
+        (Method::GET, "/v1/chat/completions"),
+        (Method::PUT, "/admin/v1/tenants"),
+    ];
+    for (method, path) in wrong {
+        let answer = ferry
+            .call(method, path, Some(&ferry.operator_key), Body::empty())
+            .await;
+        let error = assert_openai_error(&answer, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(error["type"], "invalid_request_error", "{path}");
+        request_id(&answer);
+    }
+}
