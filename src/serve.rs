@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use ferry_core::model::{Deployment, ModelSpec, UpstreamTarget};
+use ferry_core::ports::Store;
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::Authenticator;
 use ferry_functions::store::SqliteStore;
@@ -13,6 +15,7 @@ use ferry_functions::{AppState, RouterConfig};
 use tokio::net::TcpListener;
 
 use crate::config::{self, Config, Overrides};
+use crate::models::{ModelChoiceArgs, ModelStoreArgs};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -31,14 +34,21 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FERRY_LOG_JSON")]
     log_json: bool,
+    /// Serve no local models: only upstreams registered through the admin API or config.
+    #[arg(long, env = "FERRY_NO_LOCAL_MODELS")]
+    no_local_models: bool,
+    #[command(flatten)]
+    models: ModelChoiceArgs,
+    #[command(flatten)]
+    store: ModelStoreArgs,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
     let config = config::load(Overrides {
         addr: args.addr,
-        data_dir: args.data_dir,
-        config_file: args.config,
+        data_dir: args.data_dir.clone(),
+        config_file: args.config.clone(),
     })?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -59,6 +69,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
+    let local_models = if args.no_local_models {
+        Vec::new()
+    } else {
+        start_local_worker(&args, &config, store.as_ref()).await?
+    };
     let http = reqwest::Client::builder().build().context("HTTP client")?;
     let state = AppState {
         store: store.clone(),
@@ -75,8 +90,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
+    let example_model = config
+        .models
+        .first()
+        .map(|model| model.id.clone())
+        .or_else(|| local_models.first().cloned());
+    print_welcome(example_model.as_deref(), addr, &operator_key);
+    // Last, so whoever waits for this line has the whole welcome already.
     println!("listening on http://{addr}");
-    print_welcome(&config, addr, &operator_key);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
@@ -84,7 +105,63 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(json: bool) {
+/// Loads the local models (pulling them on first start), serves them on a loopback port as a
+/// pool replica, and points their models' deployments at it. Returns the model ids.
+async fn start_local_worker(
+    args: &ServeArgs,
+    config: &Config,
+    store: &dyn Store,
+) -> anyhow::Result<Vec<String>> {
+    let worker_config = args
+        .models
+        .worker_config(args.store.pull_options(&config.data_dir));
+    let models = tokio::task::spawn_blocking(move || ferry_worker::worker::load(&worker_config))
+        .await?
+        .context("local models")?;
+    let ids: Vec<String> = models
+        .chat
+        .iter()
+        .map(|model| model.id.clone())
+        .chain(models.embedding.iter().map(|model| model.id.clone()))
+        .collect();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the local worker")?;
+    let url = format!("http://{}/v1", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, ferry_worker::server::router(models)).await {
+            tracing::error!(%error, "local worker stopped");
+        }
+    });
+    for id in &ids {
+        let deployment = Deployment {
+            id: "local".into(),
+            upstream: UpstreamTarget {
+                url: url.clone(),
+                model: id.clone(),
+                api_key: None,
+            },
+            weight: 1,
+        };
+        // The worker's port changes every start; the operator's price (if any) is kept.
+        let price = store
+            .get_model(id)
+            .await?
+            .and_then(|existing| existing.spec.price);
+        let spec = ModelSpec {
+            id: id.clone(),
+            deployments: vec![deployment],
+            price,
+        };
+        store
+            .put_model(&spec, ferry_functions::clock::unix_seconds())
+            .await?;
+        tracing::info!(model = %id, %url, "serving local model");
+    }
+    Ok(ids)
+}
+
+pub(crate) fn init_logging(json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
@@ -97,7 +174,7 @@ fn init_logging(json: bool) {
     }
 }
 
-fn print_welcome(config: &Config, addr: SocketAddr, operator_key: &OperatorKey) {
+fn print_welcome(example_model: Option<&str>, addr: SocketAddr, operator_key: &OperatorKey) {
     let key = match operator_key {
         OperatorKey::Generated(key) => {
             println!("operator key (shown once; keep it, or set FERRY_OPERATOR_KEY): {key}");
@@ -111,16 +188,13 @@ fn print_welcome(config: &Config, addr: SocketAddr, operator_key: &OperatorKey) 
             "$FERRY_OPERATOR_KEY".to_owned()
         }
     };
-    let model = config
-        .models
-        .first()
-        .map_or("my-model", |model| model.id.as_str());
+    let model = example_model.unwrap_or("my-model");
     let base = format!("http://{addr}");
     println!(
         r#"
 Register an OpenAI-compatible upstream (vLLM, TGI, llama.cpp, a hosted API) as a model:
   curl {base}/admin/v1/models -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \
-    -d '{{"id":"{model}","deployments":[{{"id":"primary","upstream":{{"url":"http://127.0.0.1:8000/v1","model":"served-model-name"}}}}]}}'
+    -d '{{"id":"my-model","deployments":[{{"id":"primary","upstream":{{"url":"http://127.0.0.1:8000/v1","model":"served-model-name"}}}}]}}'
 
 Call it:
   curl {base}/v1/chat/completions -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \
@@ -134,7 +208,7 @@ Or from Python (pip install openai):
     );
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {

@@ -5,6 +5,7 @@
 //! rule here is a plain function with table tests, and the crate builds for `wasm32-wasip1`.
 
 pub mod api_key;
+pub mod body;
 pub mod error;
 pub mod ids;
 pub mod model;

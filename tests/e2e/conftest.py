@@ -32,7 +32,7 @@ def ferry_binary():
 class Ferry:
     """A running `ferry serve`: its base URL, operator key, and everything it printed."""
 
-    def __init__(self, data_dir, env=None, args=()):
+    def __init__(self, data_dir, env=None, args=("--no-local-models",), start_timeout=30):
         self.operator_key = make_key()
         self.lines = []
         environment = {**os.environ, "FERRY_OPERATOR_KEY": self.operator_key, "FERRY_LOG": "warn", **(env or {})}
@@ -46,7 +46,7 @@ class Ferry:
         ready = queue.Queue()
         threading.Thread(target=self._read, args=(ready,), daemon=True).start()
         try:
-            self.url = ready.get(timeout=30)
+            self.url = ready.get(timeout=start_timeout)
         except queue.Empty:
             self.stop()
             raise RuntimeError("ferry did not start:\n" + "\n".join(self.lines))
@@ -70,6 +70,11 @@ class Ferry:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def model_cache():
+    """Pulled models are shared by every test run (and with the Rust tests)."""
+    return os.environ.get("FERRY_MODELS_DIR", str(ROOT / "target" / "ferry-models"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,99 @@
+//! The `Engine` port of a worker: text generation as a stream of events. Implemented by the
+//! native candle engine (`native`) and by a wrapper of an external OpenAI-compatible server
+//! (`external`, for vLLM or TGI).
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::sampling::SamplingParams;
+use crate::template::TemplateMessage;
+
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Rendered through the model's chat template.
+    Chat(Vec<TemplateMessage>),
+    /// Used as is (legacy completions).
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    /// Defaults to what is left of the context window.
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    /// Independent completions of the same prompt (`n`); choice `i` samples with `seed + i`.
+    pub n: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Sent first, once the prompt is tokenized.
+    Started {
+        prompt_tokens: usize,
+    },
+    Delta {
+        index: usize,
+        text: String,
+    },
+    Finished {
+        index: usize,
+        reason: FinishReason,
+        completion_tokens: usize,
+    },
+    /// Generation broke; no more events follow.
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the engine's queue is full")]
+    Overloaded,
+    #[error("the engine is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the autoscaler reads from `/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EngineStats {
+    pub queue_depth: usize,
+    pub max_queue: usize,
+    pub active_sequences: usize,
+    pub max_batch: usize,
+    pub kv_cache_tokens: usize,
+    pub kv_cache_capacity_tokens: usize,
+    pub generated_tokens_total: u64,
+    pub tokens_per_second: f64,
+}
+
+pub type EventStream = mpsc::UnboundedReceiver<Event>;
+
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Queues a request; events arrive on the returned stream. Dropping the stream cancels
+    /// the request and frees its batch slot.
+    async fn generate(&self, request: GenerateRequest) -> Result<EventStream, EngineError>;
+
+    fn stats(&self) -> EngineStats;
+}

@@ -1,0 +1,174 @@
+//! An engine that wraps an external OpenAI-compatible server (vLLM, TGI, SGLang…), so a pool
+//! replica can run a third-party engine behind the same worker API and stats.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use ferry_core::sse::SseParser;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::engine::{
+    Engine, EngineError, EngineStats, Event, EventStream, FinishReason, GenerateRequest, Prompt,
+};
+
+pub struct ExternalEngine {
+    base_url: String,
+    model: String,
+    http: reqwest::Client,
+    active: Arc<AtomicUsize>,
+}
+
+impl ExternalEngine {
+    /// `base_url` up to `/v1`; `model` is the name the external server serves.
+    pub fn new(base_url: &str, model: &str, http: reqwest::Client) -> ExternalEngine {
+        ExternalEngine {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            model: model.to_owned(),
+            http,
+            active: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for ExternalEngine {
+    async fn generate(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
+        let (path, mut body) = match &request.prompt {
+            Prompt::Chat(messages) => ("/chat/completions", json!({"messages": messages})),
+            Prompt::Text(text) => ("/completions", json!({"prompt": text})),
+            Prompt::Tokens(tokens) => ("/completions", json!({"prompt": tokens})),
+        };
+        let sampling = &request.sampling;
+        body["model"] = json!(self.model);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        body["temperature"] = json!(sampling.temperature);
+        body["top_p"] = json!(sampling.top_p);
+        body["seed"] = json!(sampling.seed);
+        body["n"] = json!(request.n);
+        if let Some(top_k) = sampling.top_k {
+            body["top_k"] = json!(top_k);
+        }
+        if let Some(max_tokens) = request.max_tokens {
+            body["max_tokens"] = json!(max_tokens);
+        }
+        if !request.stop.is_empty() {
+            body["stop"] = json!(request.stop);
+        }
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|error| {
+                EngineError::Unavailable(format!("the external engine is unreachable: {error}"))
+            })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        {
+            return Err(EngineError::Overloaded);
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(if status.is_client_error() {
+                EngineError::Invalid(text)
+            } else {
+                EngineError::Unavailable(text)
+            });
+        }
+        let (sender, events) = mpsc::unbounded_channel();
+        let active = self.active.clone();
+        active.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            relay(response, &sender).await;
+            active.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(events)
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineStats {
+            active_sequences: self.active.load(Ordering::Relaxed),
+            ..EngineStats::default()
+        }
+    }
+}
+
+/// Turns the external server's SSE chunks into engine events; stops when the caller leaves.
+async fn relay(response: reqwest::Response, sender: &mpsc::UnboundedSender<Event>) {
+    let mut body = response.bytes_stream();
+    let mut parser = SseParser::new();
+    let mut completion_by_choice: Vec<usize> = Vec::new();
+    let mut started = false;
+    while let Some(chunk) = body.next().await {
+        let Ok(bytes) = chunk else {
+            let _ = sender.send(Event::Failed("the external engine's stream broke".into()));
+            return;
+        };
+        for event in parser.feed(&bytes) {
+            if event.is_done() {
+                return;
+            }
+            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            if let Some(usage) = chunk.get("usage").filter(|usage| usage.is_object()) {
+                let prompt_tokens = usage
+                    .get("prompt_tokens")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0) as usize;
+                if !started {
+                    started = sender.send(Event::Started { prompt_tokens }).is_ok();
+                }
+            }
+            for choice in chunk
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                if completion_by_choice.len() <= index {
+                    completion_by_choice.resize(index + 1, 0);
+                }
+                let text = choice
+                    .pointer("/delta/content")
+                    .or_else(|| choice.get("text"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !started {
+                    started = sender.send(Event::Started { prompt_tokens: 0 }).is_ok();
+                }
+                if !text.is_empty() {
+                    completion_by_choice[index] += 1;
+                    if sender
+                        .send(Event::Delta {
+                            index,
+                            text: text.to_owned(),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                    let reason = if reason == "length" {
+                        FinishReason::Length
+                    } else {
+                        FinishReason::Stop
+                    };
+                    let _ = sender.send(Event::Finished {
+                        index,
+                        reason,
+                        completion_tokens: completion_by_choice[index],
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The worker's HTTP API: OpenAI-compatible `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and `/v1/models`, plus `/healthz`, `/readyz` and `/stats` for the scaler.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_core::openai::{
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, EmbeddingVector, EncodingFormat,
+    MessageContent, ModelList, ModelObject, PromptTokensDetails, TextOrTokens, Usage,
+};
+use ferry_core::sse::{DONE_EVENT, data_event};
+use ferry_core::{ApiError, ErrorKind};
+use serde_json::{Value, json};
+
+use crate::embed::{EmbeddingEngine, EmbeddingInput};
+use crate::engine::{Engine, EngineError, Event, EventStream, GenerateRequest, Prompt};
+use crate::sampling::SamplingParams;
+use crate::template::TemplateMessage;
+
+pub struct ChatModel {
+    pub id: String,
+    pub engine: Arc<dyn Engine>,
+}
+
+pub struct EmbeddingModel {
+    pub id: String,
+    pub engine: Arc<EmbeddingEngine>,
+}
+
+/// What one worker serves.
+#[derive(Clone, Default)]
+pub struct WorkerModels {
+    pub chat: Option<Arc<ChatModel>>,
+    pub embedding: Option<Arc<EmbeddingModel>>,
+}
+
+pub fn router(models: WorkerModels) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(list_models))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/stats", get(stats))
+        .with_state(models)
+}
+
+/// A failure rendered with the OpenAI error body.
+struct Failure(ApiError);
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Failure {
+        Failure(error)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(self.0.body())).into_response();
+        if let Some(seconds) = self.0.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(error: EngineError) -> Failure {
+        Failure(match error {
+            EngineError::Invalid(message) => {
+                ApiError::new(ErrorKind::InvalidRequest, message).with_param("messages")
+            }
+            EngineError::Overloaded => ApiError::new(
+                ErrorKind::NoCapacity,
+                "The worker's queue is full; retry shortly.",
+            )
+            .retry_after(1),
+            EngineError::Unavailable(message) => {
+                ApiError::new(ErrorKind::NoCapacity, message).retry_after(5)
+            }
+        })
+    }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // Ids and default seeds only: a clock-derived fallback is acceptable here.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = (nanos >> ((index % 16) * 8)) as u8;
+        }
+    }
+    bytes
+}
+
+fn response_id(prefix: &str) -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    format!(
+        "{prefix}-{}",
+        ferry_core::ids::uuid_v7(millis, random()).simple()
+    )
+}
+
+fn chat_model(models: &WorkerModels, requested: &str) -> Result<Arc<ChatModel>, ApiError> {
+    models
+        .chat
+        .clone()
+        .filter(|model| model.id == requested)
+        .ok_or_else(|| ApiError::unknown_model(requested))
+}
+
+/// Sampling settings from a request; `top_k` is an extension many servers accept.
+fn sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<i64>,
+    raw: &Value,
+) -> SamplingParams {
+    SamplingParams {
+        temperature: temperature.unwrap_or(1.0),
+        top_p: top_p.unwrap_or(1.0),
+        top_k: raw.get("top_k").and_then(Value::as_u64).map(|k| k as usize),
+        seed: seed.map_or_else(|| u64::from_le_bytes(random()), |seed| seed as u64),
+    }
+}
+
+/// How a response is shaped: chat chunks with deltas, or text completion choices.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Chat,
+    Text,
+}
+
+struct Reply {
+    shape: Shape,
+    id: String,
+    model: String,
+    created: u64,
+    n: usize,
+    include_usage: bool,
+}
+
+async fn chat_completions(
+    State(models): State<WorkerModels>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let parsed = ferry_core::body::parse::<ChatCompletionRequest>(&body)?;
+    let request = parsed.typed;
+    request.validate()?;
+    let model = chat_model(&models, &request.model)?;
+    let messages = request
+        .messages
+        .iter()
+        .map(|message| TemplateMessage {
+            role: serde_json::to_value(message.role)
+                .ok()
+                .and_then(|role| role.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            content: message
+                .content
+                .as_ref()
+                .map(MessageContent::text)
+                .unwrap_or_default(),
+        })
+        .collect();
+    let n = request.n.unwrap_or(1) as usize;
+    let generate = GenerateRequest {
+        prompt: Prompt::Chat(messages),
+        sampling: sampling(
+            request.temperature,
+            request.top_p,
+            request.seed,
+            &parsed.raw,
+        ),
+        max_tokens: request.max_output_tokens().map(|tokens| tokens as usize),
+        stop: request
+            .stop
+            .as_ref()
+            .map(|stop| stop.sequences())
+            .unwrap_or_default(),
+        n,
+    };
+    let events = model.engine.generate(generate).await?;
+    let reply = Reply {
+        shape: Shape::Chat,
+        id: response_id("chatcmpl"),
+        model: model.id.clone(),
+        created: unix_seconds(),
+        n,
+        include_usage: request
+            .stream_options
+            .as_ref()
+            .is_some_and(|options| options.include_usage),
+    };
+    if request.is_stream() {
+        Ok(stream(events, reply))
+    } else {
+        whole(events, reply).await
+    }
+}
+
+async fn completions(State(models): State<WorkerModels>, body: Bytes) -> Result<Response, Failure> {
+    let parsed = ferry_core::body::parse::<CompletionRequest>(&body)?;
+    let request = parsed.typed;
+    request.validate()?;
+    let model = chat_model(&models, &request.model)?;
+    let prompt = match &request.prompt {
+        TextOrTokens::Text(text) => Prompt::Text(text.clone()),
+        TextOrTokens::Tokens(tokens) => Prompt::Tokens(tokens.clone()),
+        TextOrTokens::Texts(texts) if texts.len() == 1 => Prompt::Text(texts[0].clone()),
+        TextOrTokens::TokenArrays(arrays) if arrays.len() == 1 => Prompt::Tokens(arrays[0].clone()),
+        _ => {
+            return Err(
+                ApiError::invalid("prompt", "this worker takes one prompt per request").into(),
+            );
+        }
+    };
+    let n = request.n.unwrap_or(1) as usize;
+    let generate = GenerateRequest {
+        prompt,
+        sampling: sampling(
+            request.temperature,
+            request.top_p,
+            request.seed,
+            &parsed.raw,
+        ),
+        // The legacy API's default is 16 tokens.
+        max_tokens: Some(request.max_tokens.unwrap_or(16) as usize),
+        stop: request
+            .stop
+            .as_ref()
+            .map(|stop| stop.sequences())
+            .unwrap_or_default(),
+        n,
+    };
+    let events = model.engine.generate(generate).await?;
+    let reply = Reply {
+        shape: Shape::Text,
+        id: response_id("cmpl"),
+        model: model.id.clone(),
+        created: unix_seconds(),
+        n,
+        include_usage: request
+            .stream_options
+            .as_ref()
+            .is_some_and(|options| options.include_usage),
+    };
+    if request.is_stream() {
+        Ok(stream(events, reply))
+    } else {
+        whole(events, reply).await
+    }
+}
+
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> Usage {
+    Usage {
+        prompt_tokens: prompt_tokens as u64,
+        completion_tokens: completion_tokens as u64,
+        total_tokens: (prompt_tokens + completion_tokens) as u64,
+        prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 0 }),
+        cost: None,
+    }
+}
+
+async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, Failure> {
+    let mut texts = vec![String::new(); reply.n];
+    let mut reasons = vec![None; reply.n];
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Started {
+                prompt_tokens: count,
+            } => prompt_tokens = count,
+            Event::Delta { index, text } => texts[index].push_str(&text),
+            Event::Finished {
+                index,
+                reason,
+                completion_tokens: count,
+            } => {
+                reasons[index] = Some(reason.as_str());
+                completion_tokens += count;
+            }
+            Event::Failed(message) => {
+                return Err(ApiError::new(ErrorKind::Internal, message).into());
+            }
+        }
+    }
+    let choices: Vec<Value> = texts
+        .into_iter()
+        .zip(reasons)
+        .enumerate()
+        .map(|(index, (text, reason))| match reply.shape {
+            Shape::Chat => json!({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": null}),
+            Shape::Text => json!({"index": index, "text": text, "finish_reason": reason, "logprobs": null}),
+        })
+        .collect();
+    let object = match reply.shape {
+        Shape::Chat => "chat.completion",
+        Shape::Text => "text_completion",
+    };
+    Ok(Json(json!({
+        "id": reply.id, "object": object, "created": reply.created, "model": reply.model,
+        "choices": choices, "usage": usage(prompt_tokens, completion_tokens),
+    }))
+    .into_response())
+}
+
+struct StreamState {
+    events: EventStream,
+    reply: Reply,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    finished: usize,
+    over: bool,
+}
+
+impl StreamState {
+    fn chunk(&self, choices: Value, usage: Option<Usage>) -> String {
+        let object = match self.reply.shape {
+            Shape::Chat => "chat.completion.chunk",
+            Shape::Text => "text_completion",
+        };
+        let mut chunk = json!({"id": self.reply.id, "object": object, "created": self.reply.created, "model": self.reply.model, "choices": choices});
+        if let Some(usage) = usage {
+            chunk["usage"] = serde_json::to_value(usage).unwrap_or(Value::Null);
+        }
+        data_event(&chunk.to_string())
+    }
+
+    fn choice(&self, index: usize, text: Option<&str>, role: bool, reason: Option<&str>) -> Value {
+        match self.reply.shape {
+            Shape::Chat => {
+                let mut delta = json!({});
+                if role {
+                    delta["role"] = json!("assistant");
+                }
+                if let Some(text) = text {
+                    delta["content"] = json!(text);
+                }
+                json!({"index": index, "delta": delta, "finish_reason": reason, "logprobs": null})
+            }
+            Shape::Text => {
+                json!({"index": index, "text": text.unwrap_or_default(), "finish_reason": reason, "logprobs": null})
+            }
+        }
+    }
+
+    /// The SSE text for one engine event (possibly several chunks), and whether the stream ends.
+    fn render(&mut self, event: Event) -> String {
+        match event {
+            Event::Started { prompt_tokens } => {
+                self.prompt_tokens = prompt_tokens;
+                if self.reply.shape == Shape::Chat {
+                    (0..self.reply.n)
+                        .map(|index| {
+                            self.chunk(json!([self.choice(index, Some(""), true, None)]), None)
+                        })
+                        .collect()
+                } else {
+                    String::new()
+                }
+            }
+            Event::Delta { index, text } => {
+                self.chunk(json!([self.choice(index, Some(&text), false, None)]), None)
+            }
+            Event::Finished {
+                index,
+                reason,
+                completion_tokens,
+            } => {
+                self.completion_tokens += completion_tokens;
+                self.finished += 1;
+                let mut out = self.chunk(
+                    json!([self.choice(index, None, false, Some(reason.as_str()))]),
+                    None,
+                );
+                if self.finished == self.reply.n {
+                    if self.reply.include_usage {
+                        out.push_str(&self.chunk(
+                            json!([]),
+                            Some(usage(self.prompt_tokens, self.completion_tokens)),
+                        ));
+                    }
+                    out.push_str(DONE_EVENT);
+                    self.over = true;
+                }
+                out
+            }
+            Event::Failed(message) => {
+                self.over = true;
+                let error = ApiError::new(ErrorKind::Internal, message).body();
+                data_event(&json!({"error": error.error, "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}]}).to_string())
+            }
+        }
+    }
+}
+
+/// Streams events as SSE. The body owns the event stream: when the caller disconnects the
+/// body is dropped, the stream with it, and the engine frees the sequence's slot.
+fn stream(events: EventStream, reply: Reply) -> Response {
+    let state = StreamState {
+        events,
+        reply,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        finished: 0,
+        over: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut state| async move {
+        if state.over {
+            return None;
+        }
+        let event = state.events.recv().await?;
+        let text = state.render(event);
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), state))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn embeddings(State(models): State<WorkerModels>, body: Bytes) -> Result<Response, Failure> {
+    let request = ferry_core::body::parse::<EmbeddingRequest>(&body)?.typed;
+    request.validate()?;
+    let model = models
+        .embedding
+        .clone()
+        .filter(|model| model.id == request.model)
+        .ok_or_else(|| ApiError::unknown_model(&request.model))?;
+    if request.dimensions.is_some() {
+        return Err(ApiError::invalid(
+            "dimensions",
+            "this model does not support choosing dimensions",
+        )
+        .into());
+    }
+    let inputs: Vec<EmbeddingInput> = match request.input {
+        TextOrTokens::Text(text) => vec![EmbeddingInput::Text(text)],
+        TextOrTokens::Texts(texts) => texts.into_iter().map(EmbeddingInput::Text).collect(),
+        TextOrTokens::Tokens(tokens) => vec![EmbeddingInput::Tokens(tokens)],
+        TextOrTokens::TokenArrays(arrays) => {
+            arrays.into_iter().map(EmbeddingInput::Tokens).collect()
+        }
+    };
+    let engine = model.engine.clone();
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || engine.embed(&inputs))
+        .await
+        .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))?
+        .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))?;
+    let base64 = request.encoding_format == Some(EncodingFormat::Base64);
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                EmbeddingVector::Base64(ferry_core::openai::embedding_to_base64(vector))
+            } else {
+                EmbeddingVector::Float(vector.clone())
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let usage = json!({"prompt_tokens": tokens, "total_tokens": tokens});
+    Ok(
+        Json(json!({"object": "list", "data": data, "model": model.id, "usage": usage}))
+            .into_response(),
+    )
+}
+
+async fn list_models(State(models): State<WorkerModels>) -> Json<ModelList> {
+    let ids = models
+        .chat
+        .iter()
+        .map(|model| model.id.clone())
+        .chain(models.embedding.iter().map(|model| model.id.clone()));
+    let data = ids
+        .map(|id| ModelObject {
+            id,
+            object: "model".into(),
+            created: 0,
+            owned_by: "ferry-worker".into(),
+        })
+        .collect();
+    Json(ModelList {
+        object: "list".into(),
+        data,
+    })
+}
+
+/// The router exists only once the models have loaded, so answering at all means ready.
+async fn readyz(State(models): State<WorkerModels>) -> Json<Value> {
+    Json(
+        json!({"status": "ready", "chat": models.chat.as_ref().map(|model| &model.id), "embedding": models.embedding.as_ref().map(|model| &model.id)}),
+    )
+}
+
+async fn stats(State(models): State<WorkerModels>) -> Json<Value> {
+    Json(json!({
+        "chat": models.chat.as_ref().map(|model| json!({"model": model.id, "engine": model.engine.stats()})),
+        "embedding": models.embedding.as_ref().map(|model| json!({"model": model.id})),
+    }))
+}
