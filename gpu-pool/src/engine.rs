@@ -60,14 +60,24 @@ pub enum Event {
         reason: FinishReason,
         completion_tokens: usize,
     },
+    /// Exact totals, when the engine learns them only at the end (an external server's
+    /// usage chunk); they replace the counts of `Started` and `Finished`.
+    Usage {
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
     /// Generation broke; no more events follow.
     Failed(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EngineError {
+    /// The prompt cannot be used (empty, malformed token ids, template refused it).
     #[error("{0}")]
     Invalid(String),
+    /// Prompt plus requested completion do not fit the model's context.
+    #[error("{0}")]
+    ContextExceeded(String),
     #[error("the engine's queue is full")]
     Overloaded,
     #[error("the engine is unavailable: {0}")]

@@ -84,8 +84,9 @@ impl Engine for ExternalEngine {
         let (sender, events) = mpsc::unbounded_channel();
         let active = self.active.clone();
         active.fetch_add(1, Ordering::Relaxed);
+        let n = request.n.max(1);
         tokio::spawn(async move {
-            relay(response, &sender).await;
+            relay(response, &sender, n).await;
             active.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(events)
@@ -100,31 +101,32 @@ impl Engine for ExternalEngine {
 }
 
 /// Turns the external server's SSE chunks into engine events; stops when the caller leaves.
-async fn relay(response: reqwest::Response, sender: &mpsc::UnboundedSender<Event>) {
+/// Finishes are held until the stream ends, so they follow the upstream's exact usage.
+async fn relay(response: reqwest::Response, sender: &mpsc::UnboundedSender<Event>, n: usize) {
     let mut body = response.bytes_stream();
     let mut parser = SseParser::new();
-    let mut completion_by_choice: Vec<usize> = Vec::new();
-    let mut started = false;
-    while let Some(chunk) = body.next().await {
+    let mut chunks_by_choice = vec![0usize; n];
+    let mut finishes: Vec<Option<FinishReason>> = vec![None; n];
+    let mut usage = None;
+    if sender.send(Event::Started { prompt_tokens: 0 }).is_err() {
+        return;
+    }
+    'stream: while let Some(chunk) = body.next().await {
         let Ok(bytes) = chunk else {
             let _ = sender.send(Event::Failed("the external engine's stream broke".into()));
             return;
         };
         for event in parser.feed(&bytes) {
             if event.is_done() {
-                return;
+                break 'stream;
             }
             let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
                 continue;
             };
-            if let Some(usage) = chunk.get("usage").filter(|usage| usage.is_object()) {
-                let prompt_tokens = usage
-                    .get("prompt_tokens")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0) as usize;
-                if !started {
-                    started = sender.send(Event::Started { prompt_tokens }).is_ok();
-                }
+            if let Some(reported) = chunk.get("usage").filter(|usage| usage.is_object()) {
+                let count =
+                    |key: &str| reported.get(key).and_then(Value::as_u64).unwrap_or(0) as usize;
+                usage = Some((count("prompt_tokens"), count("completion_tokens")));
             }
             for choice in chunk
                 .get("choices")
@@ -132,20 +134,18 @@ async fn relay(response: reqwest::Response, sender: &mpsc::UnboundedSender<Event
                 .into_iter()
                 .flatten()
             {
+                // An index beyond the choices asked for is the upstream's bug: ignore it.
                 let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                if completion_by_choice.len() <= index {
-                    completion_by_choice.resize(index + 1, 0);
+                if index >= n {
+                    continue;
                 }
                 let text = choice
                     .pointer("/delta/content")
                     .or_else(|| choice.get("text"))
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                if !started {
-                    started = sender.send(Event::Started { prompt_tokens: 0 }).is_ok();
-                }
                 if !text.is_empty() {
-                    completion_by_choice[index] += 1;
+                    chunks_by_choice[index] += 1;
                     if sender
                         .send(Event::Delta {
                             index,
@@ -157,18 +157,33 @@ async fn relay(response: reqwest::Response, sender: &mpsc::UnboundedSender<Event
                     }
                 }
                 if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                    let reason = if reason == "length" {
+                    finishes[index] = Some(if reason == "length" {
                         FinishReason::Length
                     } else {
                         FinishReason::Stop
-                    };
-                    let _ = sender.send(Event::Finished {
-                        index,
-                        reason,
-                        completion_tokens: completion_by_choice[index],
                     });
                 }
             }
         }
+    }
+    if finishes.iter().any(Option::is_none) {
+        let _ = sender.send(Event::Failed(
+            "the external engine ended before finishing".into(),
+        ));
+        return;
+    }
+    if let Some((prompt_tokens, completion_tokens)) = usage {
+        let _ = sender.send(Event::Usage {
+            prompt_tokens,
+            completion_tokens,
+        });
+    }
+    for (index, reason) in finishes.into_iter().enumerate() {
+        let reason = reason.unwrap_or(FinishReason::Stop);
+        let _ = sender.send(Event::Finished {
+            index,
+            reason,
+            completion_tokens: chunks_by_choice[index],
+        });
     }
 }

@@ -39,6 +39,9 @@ struct Layer {
     ffn_norm: Tensor,
 }
 
+/// Prompt tokens per prefill pass: bounds the attention matrix of a long prompt.
+const PREFILL_CHUNK: usize = 512;
+
 pub struct Llama {
     pub config: LlamaConfig,
     embeddings: Tensor,
@@ -246,7 +249,17 @@ impl Llama {
     }
 
     /// Feeds a prompt (or its continuation) to one sequence; returns the next-token logits.
+    /// Long prompts go through in chunks, so attention scores never exceed
+    /// `PREFILL_CHUNK × context` per head.
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache) -> candle_core::Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            logits = self.prefill_chunk(chunk, cache)?;
+        }
+        Ok(logits)
+    }
+
+    fn prefill_chunk(&self, tokens: &[u32], cache: &mut KvCache) -> candle_core::Result<Vec<f32>> {
         let length = tokens.len();
         let start = cache.len;
         let ids = Tensor::new(tokens, &self.device)?;

@@ -81,6 +81,7 @@ pub struct NativeEngine {
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
     context_length: usize,
+    vocab_size: usize,
     config: BatchingConfig,
     kv_capacity_tokens: usize,
 }
@@ -128,6 +129,11 @@ impl NativeEngine {
         }
         let model = Llama::load(&file, device)?;
         drop(file);
+        let vocab_size = model.config.vocab_size;
+        let config = BatchingConfig {
+            max_batch: config.max_batch.max(1),
+            ..config
+        };
         let facts = ModelFacts {
             context_length: model.config.context_length,
             kv_bytes_per_token: model.config.kv_bytes_per_token(),
@@ -140,7 +146,7 @@ impl NativeEngine {
             tokenizer: tokenizer.clone(),
             end_tokens,
             shared: shared.clone(),
-            max_batch: config.max_batch.max(1),
+            max_batch: config.max_batch,
             running: Vec::new(),
         };
         std::thread::Builder::new()
@@ -155,6 +161,7 @@ impl NativeEngine {
                 tokenizer,
                 template,
                 context_length: facts.context_length,
+                vocab_size,
                 config,
                 kv_capacity_tokens,
             },
@@ -165,7 +172,16 @@ impl NativeEngine {
     /// Token ids of a prompt, after the chat template for chat prompts.
     pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
         let text = match prompt {
-            Prompt::Tokens(tokens) => return Ok(tokens.clone()),
+            Prompt::Tokens(tokens) => {
+                // An id past the vocabulary would index out of bounds on the device.
+                if let Some(bad) = tokens.iter().find(|id| **id as usize >= self.vocab_size) {
+                    return Err(EngineError::Invalid(format!(
+                        "token id {bad} is outside the vocabulary of {}",
+                        self.vocab_size
+                    )));
+                }
+                return Ok(tokens.clone());
+            }
             Prompt::Text(text) => text.clone(),
             Prompt::Chat(messages) => self
                 .template
@@ -282,7 +298,12 @@ impl Scheduler {
                     }
                 };
                 self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                let others_waiting = !self.running.is_empty();
                 self.admit(job);
+                // A prefill stalls every running stream: admit one per step while they wait.
+                if others_waiting {
+                    break;
+                }
             }
             // A caller who went away frees their slot before the next step is paid for.
             self.running
@@ -417,7 +438,8 @@ impl Scheduler {
             sequence.done = true;
         };
         if self.end_tokens.contains(&token) {
-            let rest = sequence.stop.finish();
+            let held = sequence.detokenizer.finish(&self.tokenizer);
+            let rest = stop_or_flush(&mut sequence.stop, &held);
             return finish(sequence, FinishReason::Stop, rest);
         }
         let piece = sequence.detokenizer.push(&self.tokenizer, token);
@@ -426,7 +448,8 @@ impl Scheduler {
             StopOutcome::Continue(text) => {
                 let out_of_room = sequence.cache.len() + 1 >= self.model.config.context_length;
                 if sequence.generated >= sequence.max_tokens || out_of_room {
-                    let rest = text + &sequence.stop.finish();
+                    let held = sequence.detokenizer.finish(&self.tokenizer);
+                    let rest = text + &stop_or_flush(&mut sequence.stop, &held);
                     finish(sequence, FinishReason::Length, rest);
                 } else if !text.is_empty()
                     && sequence
@@ -441,5 +464,13 @@ impl Scheduler {
                 }
             }
         }
+    }
+}
+
+/// The last held-back text of a finished sequence, still cut at a stop sequence if one shows.
+fn stop_or_flush(stop: &mut StopMatcher, held: &str) -> String {
+    match stop.push(held) {
+        StopOutcome::Stopped(text) => text,
+        StopOutcome::Continue(text) => text + &stop.finish(),
     }
 }

@@ -46,26 +46,45 @@ impl Sampler {
     }
 
     /// Picks a token id from `logits` (one per vocabulary entry).
+    ///
+    /// Only plausible tokens are considered: those within `PLAUSIBLE` of the best logit
+    /// (after temperature) carry all but a vanishing share of the probability, so the sort
+    /// that top-k and top-p need runs over a few candidates, not the whole vocabulary.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature <= 1e-6 || self.params.top_k == Some(1) {
             return argmax(logits);
         }
         let temperature = self.params.temperature;
+        let best = logits
+            .iter()
+            .copied()
+            .filter(|logit| logit.is_finite())
+            .fold(f32::NEG_INFINITY, f32::max);
+        if !best.is_finite() {
+            return argmax(logits);
+        }
+        let floor = f64::from(best) / temperature - PLAUSIBLE;
         let mut candidates: Vec<(u32, f64)> = logits
             .iter()
             .enumerate()
             .filter(|(_, logit)| logit.is_finite())
             .map(|(id, logit)| (id as u32, f64::from(*logit) / temperature))
+            .filter(|(_, scaled)| *scaled >= floor)
             .collect();
-        if candidates.is_empty() {
-            return argmax(logits);
+        let needs_order = self
+            .params
+            .top_k
+            .is_some_and(|k| k > 0 && k < candidates.len())
+            || self.params.top_p < 1.0;
+        if needs_order {
+            candidates.sort_unstable_by(|left, right| {
+                right.1.total_cmp(&left.1).then(left.0.cmp(&right.0))
+            });
         }
-        candidates
-            .sort_unstable_by(|left, right| right.1.total_cmp(&left.1).then(left.0.cmp(&right.0)));
         if let Some(top_k) = self.params.top_k.filter(|k| *k > 0) {
             candidates.truncate(top_k);
         }
-        let max = candidates[0].1;
+        let max = f64::from(best) / temperature;
         let mut total = 0.0;
         for candidate in &mut candidates {
             candidate.1 = (candidate.1 - max).exp();
@@ -95,6 +114,10 @@ impl Sampler {
         candidates.last().map_or(0, |candidate| candidate.0)
     }
 }
+
+/// Tokens whose scaled logit is more than this below the best have probability under e^-30
+/// (about 1e-13) of the best one's: together, even over a 250k vocabulary, under 1e-7.
+const PLAUSIBLE: f64 = 30.0;
 
 fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;

@@ -12,7 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_core::openai::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, EmbeddingVector, EncodingFormat,
-    MessageContent, ModelList, ModelObject, PromptTokensDetails, TextOrTokens, Usage,
+    MessageContent, ModelList, ModelObject, PromptTokensDetails, Stop, StreamOptions, TextOrTokens,
+    Usage,
 };
 use ferry_core::sse::{DONE_EVENT, data_event};
 use ferry_core::{ApiError, ErrorKind};
@@ -75,22 +76,22 @@ impl IntoResponse for Failure {
     }
 }
 
-impl From<EngineError> for Failure {
-    fn from(error: EngineError) -> Failure {
-        Failure(match error {
-            EngineError::Invalid(message) => {
-                ApiError::new(ErrorKind::InvalidRequest, message).with_param("messages")
-            }
-            EngineError::Overloaded => ApiError::new(
-                ErrorKind::NoCapacity,
-                "The worker's queue is full; retry shortly.",
-            )
-            .retry_after(1),
-            EngineError::Unavailable(message) => {
-                ApiError::new(ErrorKind::NoCapacity, message).retry_after(5)
-            }
-        })
-    }
+/// An engine refusal as the caller sees it; `prompt_param` names the field holding the prompt.
+fn engine_failure(error: EngineError, prompt_param: &str) -> Failure {
+    Failure(match error {
+        EngineError::Invalid(message) => ApiError::invalid(prompt_param, message),
+        EngineError::ContextExceeded(message) => {
+            ApiError::invalid("max_tokens", message).with_code("context_length_exceeded")
+        }
+        EngineError::Overloaded => ApiError::new(
+            ErrorKind::NoCapacity,
+            "The worker's queue is full; retry shortly.",
+        )
+        .retry_after(1),
+        EngineError::Unavailable(message) => {
+            ApiError::new(ErrorKind::NoCapacity, message).retry_after(5)
+        }
+    })
 }
 
 fn unix_seconds() -> u64 {
@@ -195,30 +196,17 @@ async fn chat_completions(
             &parsed.raw,
         ),
         max_tokens: request.max_output_tokens().map(|tokens| tokens as usize),
-        stop: request
-            .stop
-            .as_ref()
-            .map(|stop| stop.sequences())
-            .unwrap_or_default(),
+        stop: stop_sequences(&request.stop),
         n,
     };
-    let events = model.engine.generate(generate).await?;
-    let reply = Reply {
-        shape: Shape::Chat,
-        id: response_id("chatcmpl"),
-        model: model.id.clone(),
-        created: unix_seconds(),
-        n,
-        include_usage: request
-            .stream_options
-            .as_ref()
-            .is_some_and(|options| options.include_usage),
-    };
-    if request.is_stream() {
-        Ok(stream(events, reply))
-    } else {
-        whole(events, reply).await
-    }
+    respond(
+        &model,
+        generate,
+        Shape::Chat,
+        &request.stream_options,
+        request.is_stream(),
+    )
+    .await
 }
 
 async fn completions(State(models): State<WorkerModels>, body: Bytes) -> Result<Response, Failure> {
@@ -248,30 +236,59 @@ async fn completions(State(models): State<WorkerModels>, body: Bytes) -> Result<
         ),
         // The legacy API's default is 16 tokens.
         max_tokens: Some(request.max_tokens.unwrap_or(16) as usize),
-        stop: request
-            .stop
-            .as_ref()
-            .map(|stop| stop.sequences())
-            .unwrap_or_default(),
+        stop: stop_sequences(&request.stop),
         n,
     };
-    let events = model.engine.generate(generate).await?;
+    respond(
+        &model,
+        generate,
+        Shape::Text,
+        &request.stream_options,
+        request.is_stream(),
+    )
+    .await
+}
+
+/// Queues the generation and answers with one JSON body or an SSE stream.
+async fn respond(
+    model: &ChatModel,
+    generate: GenerateRequest,
+    shape: Shape,
+    stream_options: &Option<StreamOptions>,
+    streamed: bool,
+) -> Result<Response, Failure> {
+    let n = generate.n;
+    let prompt_param = match shape {
+        Shape::Chat => "messages",
+        Shape::Text => "prompt",
+    };
+    let events = model
+        .engine
+        .generate(generate)
+        .await
+        .map_err(|error| engine_failure(error, prompt_param))?;
     let reply = Reply {
-        shape: Shape::Text,
-        id: response_id("cmpl"),
+        shape,
+        id: response_id(match shape {
+            Shape::Chat => "chatcmpl",
+            Shape::Text => "cmpl",
+        }),
         model: model.id.clone(),
         created: unix_seconds(),
         n,
-        include_usage: request
-            .stream_options
+        include_usage: stream_options
             .as_ref()
             .is_some_and(|options| options.include_usage),
     };
-    if request.is_stream() {
+    if streamed {
         Ok(stream(events, reply))
     } else {
         whole(events, reply).await
     }
+}
+
+fn stop_sequences(stop: &Option<Stop>) -> Vec<String> {
+    stop.as_ref().map(Stop::sequences).unwrap_or_default()
 }
 
 fn usage(prompt_tokens: usize, completion_tokens: usize) -> Usage {
@@ -288,24 +305,44 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, Failur
     let mut texts = vec![String::new(); reply.n];
     let mut reasons = vec![None; reply.n];
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut exact = None;
     while let Some(event) = events.recv().await {
         match event {
             Event::Started {
                 prompt_tokens: count,
             } => prompt_tokens = count,
-            Event::Delta { index, text } => texts[index].push_str(&text),
+            Event::Delta { index, text } => {
+                if let Some(choice) = texts.get_mut(index) {
+                    choice.push_str(&text);
+                }
+            }
             Event::Finished {
                 index,
                 reason,
                 completion_tokens: count,
             } => {
-                reasons[index] = Some(reason.as_str());
+                if let Some(slot) = reasons.get_mut(index) {
+                    *slot = Some(reason.as_str());
+                }
                 completion_tokens += count;
             }
+            Event::Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+            } => exact = Some((prompt, completion)),
             Event::Failed(message) => {
                 return Err(ApiError::new(ErrorKind::Internal, message).into());
             }
         }
+    }
+    if let Some((prompt, completion)) = exact {
+        (prompt_tokens, completion_tokens) = (prompt, completion);
+    }
+    if reasons.iter().any(Option::is_none) {
+        // The engine went away mid-generation: an answer cut short is not a success.
+        return Err(
+            ApiError::new(ErrorKind::Internal, "the engine stopped before finishing").into(),
+        );
     }
     let choices: Vec<Value> = texts
         .into_iter()
@@ -333,6 +370,7 @@ struct StreamState {
     prompt_tokens: usize,
     completion_tokens: usize,
     finished: usize,
+    exact: Option<(usize, usize)>,
     over: bool,
 }
 
@@ -398,20 +436,29 @@ impl StreamState {
                 );
                 if self.finished == self.reply.n {
                     if self.reply.include_usage {
-                        out.push_str(&self.chunk(
-                            json!([]),
-                            Some(usage(self.prompt_tokens, self.completion_tokens)),
-                        ));
+                        let (prompt, completion) = self
+                            .exact
+                            .unwrap_or((self.prompt_tokens, self.completion_tokens));
+                        out.push_str(&self.chunk(json!([]), Some(usage(prompt, completion))));
                     }
                     out.push_str(DONE_EVENT);
                     self.over = true;
                 }
                 out
             }
+            Event::Usage {
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                self.exact = Some((prompt_tokens, completion_tokens));
+                String::new()
+            }
             Event::Failed(message) => {
                 self.over = true;
                 let error = ApiError::new(ErrorKind::Internal, message).body();
-                data_event(&json!({"error": error.error, "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}]}).to_string())
+                // The product's contract: one last event with the error and finish_reason "error".
+                let choice = self.choice(0, None, false, Some("error"));
+                data_event(&json!({"error": error.error, "choices": [choice]}).to_string())
             }
         }
     }
@@ -426,13 +473,19 @@ fn stream(events: EventStream, reply: Reply) -> Response {
         prompt_tokens: 0,
         completion_tokens: 0,
         finished: 0,
+        exact: None,
         over: false,
     };
     let body = futures_util::stream::unfold(state, |mut state| async move {
         if state.over {
             return None;
         }
-        let event = state.events.recv().await?;
+        // The engine closing the stream before every choice finished is a failure too.
+        let event = state
+            .events
+            .recv()
+            .await
+            .unwrap_or_else(|| Event::Failed("the engine stopped before finishing".into()));
         let text = state.render(event);
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), state))
     });

@@ -157,7 +157,7 @@ pub fn pull(entry: &CatalogEntry, options: &PullOptions) -> Result<PathBuf, Sour
 /// Checks a file against its expected SHA-256; for local sources given with a checksum.
 pub fn verify(path: &Path, expected: &str) -> Result<(), SourceError> {
     let actual = sha256_file(path)?;
-    if actual != expected {
+    if !actual.eq_ignore_ascii_case(expected) {
         return Err(SourceError::Checksum {
             what: path.display().to_string(),
             expected: expected.into(),

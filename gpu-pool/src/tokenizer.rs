@@ -119,11 +119,16 @@ pub fn token_id(content: &Content, key: &str) -> Option<u32> {
 
 /// Turns generated token ids into text piece by piece. Text is released only once it decodes
 /// to whole characters: a multi-byte character split across tokens waits for its last byte.
+///
+/// Only a short window is decoded per token (the tokens since the last released piece, plus
+/// a few before them for context), so the cost per token does not grow with the output.
 #[derive(Debug, Default)]
 pub struct Detokenizer {
     tokens: Vec<u32>,
-    /// How much of the decoded text has been released.
-    released: usize,
+    /// Start of the context window: decoding from here gives correct spacing.
+    prefix_offset: usize,
+    /// Tokens before this have been released as text.
+    read_offset: usize,
 }
 
 impl Detokenizer {
@@ -133,18 +138,29 @@ impl Detokenizer {
 
     pub fn push(&mut self, tokenizer: &Tokenizer, token: u32) -> String {
         self.tokens.push(token);
-        let Ok(text) = tokenizer.decode(&self.tokens, true) else {
-            return String::new();
-        };
+        let decode = |tokens: &[u32]| tokenizer.decode(tokens, true).unwrap_or_default();
+        let prefix = decode(&self.tokens[self.prefix_offset..self.read_offset]);
+        let text = decode(&self.tokens[self.prefix_offset..]);
         // A trailing U+FFFD means an incomplete UTF-8 sequence: hold it back.
-        if text.ends_with('\u{FFFD}')
-            || text.len() < self.released
-            || !text.is_char_boundary(self.released)
-        {
+        if text.len() <= prefix.len() || text.ends_with('\u{FFFD}') {
             return String::new();
         }
-        let piece = text[self.released..].to_owned();
-        self.released = text.len();
+        let Some(piece) = text.get(prefix.len()..) else {
+            return String::new();
+        };
+        let piece = piece.to_owned();
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.tokens.len();
         piece
+    }
+
+    /// Whatever is still held back when generation ends (a cut-off character shows as U+FFFD).
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> String {
+        let decode = |tokens: &[u32]| tokenizer.decode(tokens, true).unwrap_or_default();
+        let prefix = decode(&self.tokens[self.prefix_offset..self.read_offset]);
+        let text = decode(&self.tokens[self.prefix_offset..]);
+        self.read_offset = self.tokens.len();
+        self.prefix_offset = self.read_offset;
+        text.get(prefix.len()..).unwrap_or_default().to_owned()
     }
 }

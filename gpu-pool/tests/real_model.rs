@@ -95,6 +95,7 @@ async fn drain(mut events: EventStream) -> Outcome {
                 outcome.reason = Some(reason);
                 outcome.completion_tokens = completion_tokens;
             }
+            Event::Usage { .. } => {}
             Event::Failed(message) => panic!("generation failed: {message}"),
         }
     }
@@ -404,4 +405,33 @@ async fn matches_candle_reference_implementation() {
     let ours = drain(engine.generate(request).await.unwrap()).await;
     assert_eq!(ours.text, expected);
     assert!(expected.contains("Paris"), "{expected}");
+}
+
+#[test]
+fn detokenizing_token_by_token_rebuilds_the_text_exactly() {
+    let file = std::fs::File::open(chat_path()).unwrap();
+    let content =
+        candle_core::quantized::gguf_file::Content::read(&mut std::io::BufReader::new(file))
+            .unwrap();
+    let tokenizer = ferry_worker::tokenizer::from_gguf(&content).unwrap();
+    for text in [
+        "café au lait, 東京タワー 🙂🚀 and 12345 digits",
+        "  leading spaces\n\ttabs",
+        "<|im_start|>user\nhi<|im_end|>",
+    ] {
+        let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        let mut detokenizer = ferry_worker::tokenizer::Detokenizer::new();
+        let mut pieces: Vec<String> = ids
+            .iter()
+            .map(|id| detokenizer.push(&tokenizer, *id))
+            .collect();
+        pieces.push(detokenizer.finish(&tokenizer));
+        assert!(
+            pieces.iter().all(|piece| !piece.contains('\u{FFFD}')),
+            "{pieces:?}"
+        );
+        // Special tokens are skipped when decoding, as in generated text.
+        let expected = text.replace("<|im_start|>", "").replace("<|im_end|>", "");
+        assert_eq!(pieces.concat(), expected);
+    }
 }

@@ -230,6 +230,8 @@ struct Sampling<'a> {
 /// Upper bound on `n`: more choices than this is a mistake or an abuse, never a need.
 pub const MAX_CHOICES: u32 = 16;
 pub const MAX_STOP_SEQUENCES: usize = 4;
+/// Longest stop sequence, in bytes: matching cost grows with it on every generated token.
+pub const MAX_STOP_BYTES: usize = 256;
 
 impl Sampling<'_> {
     fn validate(&self) -> Result<(), ApiError> {
@@ -592,6 +594,7 @@ mod tests {
             ),
             (json!({"stop": ["a", "b", "c", "d", "e"]}), Some("stop")),
             (json!({"stop": ""}), Some("stop")),
+            (json!({"stop": "x".repeat(257)}), Some("stop")),
             (
                 json!({"stream_options": {"include_usage": true}}),
                 Some("stream_options"),
