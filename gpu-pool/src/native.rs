@@ -214,7 +214,7 @@ impl Engine for NativeEngine {
             .max_tokens
             .is_some_and(|max_tokens| max_tokens > room)
         {
-            return Err(EngineError::Invalid(format!(
+            return Err(EngineError::ContextExceeded(format!(
                 "max_tokens plus the prompt's {} tokens exceeds the model's context of {} tokens",
                 prompt.len(),
                 self.context_length

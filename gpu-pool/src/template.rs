@@ -96,6 +96,12 @@ fn minijinja_contrib_pycompat(
         "endswith" => text.ends_with(argument(0)).into(),
         "upper" => text.to_uppercase().into(),
         "lower" => text.to_lowercase().into(),
+        // Python's `split()` without an argument splits on runs of whitespace.
+        "split" if argument(0).is_empty() => text
+            .split_whitespace()
+            .map(minijinja::Value::from)
+            .collect::<Vec<_>>()
+            .into(),
         "split" => text
             .split(argument(0))
             .map(minijinja::Value::from)

@@ -75,16 +75,22 @@ pub fn from_gguf(content: &Content) -> Result<Tokenizer, TokenizerError> {
         .and_then(|value| value.to_string().ok())
         .cloned()
         .unwrap_or_default();
-    // `smollm` (and llama-bpe style) split digits one by one before byte-level BPE.
+    // Each `pre` names a pre-tokenizer; guessing a wrong one would tokenize prompts unlike the
+    // model's training, so only the known ones are accepted.
     let byte_level = ByteLevel::new(false, true, true);
-    if pre == "smollm" || pre == "llama-bpe" {
-        tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+    match pre.as_str() {
+        // Digits one by one, then GPT-2 byte-level splitting.
+        "smollm" => tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
             Digits::new(true).into(),
             byte_level.into(),
-        ])));
-    } else {
-        tokenizer.with_pre_tokenizer(Some(byte_level));
-    }
+        ]))),
+        "gpt2" | "default" | "" => tokenizer.with_pre_tokenizer(Some(byte_level)),
+        other => {
+            return Err(TokenizerError::Unsupported(format!(
+                "gpt2 with the `{other}` pre-tokenizer"
+            )));
+        }
+    };
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
     let types: Vec<i32> = content
         .metadata

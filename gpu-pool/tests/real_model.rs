@@ -435,3 +435,90 @@ fn detokenizing_token_by_token_rebuilds_the_text_exactly() {
         assert_eq!(pieces.concat(), expected);
     }
 }
+
+#[tokio::test]
+async fn the_worker_api_reports_load_and_refuses_bad_input() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use ferry_worker::server::{ChatModel, WorkerModels, router};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let chat = ChatModel {
+        id: "smol".into(),
+        engine: engine(),
+    };
+    let app = router(WorkerModels {
+        chat: Some(Arc::new(chat)),
+        embedding: None,
+    });
+    let call = |method: &str, path: &str, body: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let json = |response: axum::response::Response| async move {
+        serde_json::from_slice::<serde_json::Value>(
+            &response.into_body().collect().await.unwrap().to_bytes(),
+        )
+        .unwrap()
+    };
+
+    let stats = app
+        .clone()
+        .oneshot(call("GET", "/stats", ""))
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), StatusCode::OK);
+    let engine_stats = json(stats).await["chat"]["engine"].clone();
+    for field in [
+        "queue_depth",
+        "active_sequences",
+        "kv_cache_tokens",
+        "kv_cache_capacity_tokens",
+        "tokens_per_second",
+    ] {
+        assert!(
+            engine_stats.get(field).is_some(),
+            "{field} missing from {engine_stats}"
+        );
+    }
+    assert_eq!(engine_stats["max_batch"], 16);
+
+    let bad_tokens = app
+        .clone()
+        .oneshot(call(
+            "POST",
+            "/v1/completions",
+            r#"{"model": "smol", "prompt": [4000000]}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(bad_tokens.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json(bad_tokens).await["error"]["param"], "prompt");
+
+    let too_long = app.clone().oneshot(call("POST", "/v1/chat/completions", r#"{"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9000}"#)).await.unwrap();
+    assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json(too_long).await["error"]["param"], "max_tokens");
+
+    let unknown = app
+        .clone()
+        .oneshot(call(
+            "POST",
+            "/v1/chat/completions",
+            r#"{"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.oneshot(call("GET", "/readyz", ""))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
