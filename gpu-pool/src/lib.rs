@@ -9,7 +9,7 @@ pub mod device;
 pub mod embed;
 pub mod engine;
 pub mod external;
-mod llama;
+pub mod llama;
 pub mod native;
 pub mod sampling;
 pub mod server;

@@ -28,13 +28,13 @@ impl LlamaConfig {
 }
 
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    gate: QMatMul,
-    down: QMatMul,
-    up: QMatMul,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    wo: Weight,
+    gate: Weight,
+    down: Weight,
+    up: Weight,
     attn_norm: Tensor,
     ffn_norm: Tensor,
 }
@@ -47,7 +47,7 @@ pub struct Llama {
     embeddings: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Weight,
     cos: Tensor,
     sin: Tensor,
     rms_eps: f32,
@@ -63,6 +63,10 @@ pub struct KvCache {
 impl KvCache {
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -103,8 +107,9 @@ impl GgufFile {
         Ok(GgufFile { content, map })
     }
 
-    /// Memory the loaded model needs: its weights, the dequantized embedding table, and KV
-    /// cache for `max_batch` sequences of `kv_tokens` each.
+    /// Memory the loaded model needs with hybrid weights: the (widened) quantized weights,
+    /// their f32 copy, the dequantized embedding table, and KV cache for `max_batch`
+    /// sequences of `kv_tokens` each.
     pub fn memory_estimate(&self, max_batch: usize, kv_tokens: usize) -> u64 {
         let weights = self.map.len() as u64;
         let count = |key: &str| self.number(&format!("llama.{key}")).unwrap_or(0.0) as u64;
@@ -122,6 +127,14 @@ impl GgufFile {
                 info.shape.dims().first().copied().unwrap_or(0) as u64
             });
         let embeddings = vocab * hidden * 4;
+        let elements: u64 = self
+            .content
+            .tensor_infos
+            .values()
+            .map(|info| info.shape.elem_count() as u64)
+            .sum();
+        // Q8_0 takes 34 bytes per 32 weights; f32 takes 4 bytes per weight.
+        let weights = weights.max(elements * 34 / 32) + elements * 4;
         let kv_per_token = layers * 2 * kv_heads * (hidden / heads) * 4;
         weights + embeddings + kv_per_token * (max_batch * kv_tokens) as u64
     }
@@ -150,8 +163,53 @@ impl GgufFile {
     }
 }
 
+/// How weight matrices are held in memory for the matmuls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// As stored in the file.
+    Native,
+    /// Block formats without fast CPU kernels in candle (Q4_1, Q5_0, Q5_1) are widened to
+    /// Q8_0, which has them; others stay as stored.
+    FastQuantized,
+    /// Dequantized to f32: dense GEMM, fast for prefill and large batches, 4 bytes a weight.
+    F32,
+    /// Both `FastQuantized` and `F32`: dense GEMM for prefill (many rows, where arithmetic
+    /// wins), the quantized kernels for decoding (where reading fewer bytes wins). Costs the
+    /// f32 copy in memory.
+    Hybrid,
+}
+
+/// Which kind of pass a matmul serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Many tokens of one sequence: dense GEMM wins where a dense copy exists.
+    Prefill,
+    /// One token per sequence: always the quantized kernels, row by row, so a sequence's
+    /// numbers (and its greedy text) never depend on what else shares its batch.
+    Decode,
+}
+
+/// A weight matrix in one or two forms.
+struct Weight {
+    quantized: QMatMul,
+    dense: Option<QMatMul>,
+}
+
+impl Weight {
+    fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
+        match (&self.dense, pass) {
+            (Some(dense), Pass::Prefill) => dense.forward(x),
+            _ => self.quantized.forward(x),
+        }
+    }
+}
+
 impl Llama {
-    pub fn load(file: &GgufFile, device: &Device) -> Result<Llama, LoadError> {
+    pub fn load(
+        file: &GgufFile,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Llama, LoadError> {
         let architecture = file
             .content
             .metadata
@@ -204,8 +262,8 @@ impl Llama {
                 .dequantize(device)
                 .map_err(format_error)
         };
-        let matmul = |name: &str| -> Result<QMatMul, LoadError> {
-            QMatMul::from_qtensor(file.tensor(name, device)?).map_err(format_error)
+        let matmul = |name: &str| -> Result<Weight, LoadError> {
+            to_matmul(file.tensor(name, device)?, device, format)
         };
         let mut layers = Vec::with_capacity(config.n_layer);
         for index in 0..config.n_layer {
@@ -232,7 +290,7 @@ impl Llama {
             embeddings: token_embeddings.dequantize(device).map_err(format_error)?,
             layers,
             norm: dense("output_norm.weight")?,
-            output: QMatMul::from_qtensor(output).map_err(format_error)?,
+            output: to_matmul(output, device, format)?,
             cos,
             sin,
             rms_eps,
@@ -276,7 +334,7 @@ impl Llama {
         };
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.rms_eps)?;
-            let (q, k, v) = self.project_qkv(layer, &h, 1, length)?;
+            let (q, k, v) = self.project_qkv(layer, &h, 1, length, Pass::Prefill)?;
             let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
             let (k, v) = append(slot, k, v)?;
@@ -284,14 +342,15 @@ impl Llama {
             let y = y
                 .transpose(1, 2)?
                 .reshape((1, length, self.config.hidden))?;
-            x = (layer.wo.forward(&y)? + x)?;
-            x = self.feed_forward(layer, x)?;
+            x = (layer.wo.forward(&y, Pass::Prefill)? + x)?;
+            x = self.feed_forward(layer, x, Pass::Prefill)?;
         }
         cache.len += length;
         let last = x.narrow(1, length - 1, 1)?;
-        let logits =
-            self.output
-                .forward(&candle_nn::ops::rms_norm(&last, &self.norm, self.rms_eps)?)?;
+        let logits = self.output.forward(
+            &candle_nn::ops::rms_norm(&last, &self.norm, self.rms_eps)?,
+            Pass::Decode,
+        )?;
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
     }
 
@@ -321,7 +380,7 @@ impl Llama {
                 .reshape((batch, 1, self.config.hidden))?;
         for (layer_index, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.rms_eps)?;
-            let (q, k, v) = self.project_qkv(layer, &h, batch, 1)?;
+            let (q, k, v) = self.project_qkv(layer, &h, batch, 1, Pass::Decode)?;
             let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
             // Attention is per sequence: each has its own history length.
@@ -336,15 +395,16 @@ impl Llama {
                 1,
                 self.config.hidden,
             ))?;
-            x = (layer.wo.forward(&y)? + x)?;
-            x = self.feed_forward(layer, x)?;
+            x = (layer.wo.forward(&y, Pass::Decode)? + x)?;
+            x = self.feed_forward(layer, x, Pass::Decode)?;
         }
         for cache in caches.iter_mut() {
             cache.len += 1;
         }
-        let logits =
-            self.output
-                .forward(&candle_nn::ops::rms_norm(&x, &self.norm, self.rms_eps)?)?;
+        let logits = self.output.forward(
+            &candle_nn::ops::rms_norm(&x, &self.norm, self.rms_eps)?,
+            Pass::Decode,
+        )?;
         logits
             .reshape((batch, self.config.vocab_size))?
             .to_dtype(DType::F32)?
@@ -357,6 +417,7 @@ impl Llama {
         h: &Tensor,
         batch: usize,
         length: usize,
+        pass: Pass,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let config = &self.config;
         let shape = |tensor: Tensor, heads: usize| -> candle_core::Result<Tensor> {
@@ -366,9 +427,9 @@ impl Llama {
                 .contiguous()
         };
         Ok((
-            shape(layer.wq.forward(h)?, config.n_head)?,
-            shape(layer.wk.forward(h)?, config.n_kv_head)?,
-            shape(layer.wv.forward(h)?, config.n_kv_head)?,
+            shape(layer.wq.forward(h, pass)?, config.n_head)?,
+            shape(layer.wk.forward(h, pass)?, config.n_kv_head)?,
+            shape(layer.wv.forward(h, pass)?, config.n_kv_head)?,
         ))
     }
 
@@ -391,11 +452,41 @@ impl Llama {
         candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
     }
 
-    fn feed_forward(&self, layer: &Layer, x: Tensor) -> candle_core::Result<Tensor> {
+    fn feed_forward(&self, layer: &Layer, x: Tensor, pass: Pass) -> candle_core::Result<Tensor> {
         let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.rms_eps)?;
-        let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-        layer.down.forward(&gated)? + x
+        let gated = (candle_nn::ops::silu(&layer.gate.forward(&h, pass)?)?
+            * layer.up.forward(&h, pass)?)?;
+        layer.down.forward(&gated, pass)? + x
     }
+}
+
+fn to_matmul(tensor: QTensor, device: &Device, format: WeightFormat) -> Result<Weight, LoadError> {
+    use candle_core::quantized::GgmlDType;
+    if format == WeightFormat::F32 {
+        let dense = tensor.dequantize(device).map_err(format_error)?;
+        return Ok(Weight {
+            quantized: QMatMul::Tensor(dense),
+            dense: None,
+        });
+    }
+    let dense = match format {
+        WeightFormat::Hybrid => Some(QMatMul::Tensor(
+            tensor.dequantize(device).map_err(format_error)?,
+        )),
+        _ => None,
+    };
+    let slow = matches!(
+        tensor.dtype(),
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+    );
+    let quantized = if slow && format != WeightFormat::Native {
+        let values = tensor.dequantize(device).map_err(format_error)?;
+        QMatMul::from_qtensor(QTensor::quantize(&values, GgmlDType::Q8_0).map_err(format_error)?)
+            .map_err(format_error)?
+    } else {
+        QMatMul::from_qtensor(tensor).map_err(format_error)?
+    };
+    Ok(Weight { quantized, dense })
 }
 
 fn append(

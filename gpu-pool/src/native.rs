@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::engine::{
     Engine, EngineError, EngineStats, Event, EventStream, FinishReason, GenerateRequest, Prompt,
 };
-use crate::llama::{GgufFile, KvCache, Llama, LoadError};
+use crate::llama::{GgufFile, KvCache, Llama, LoadError, WeightFormat};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::template::{ChatTemplate, TemplateError};
@@ -127,7 +127,7 @@ impl NativeEngine {
                 end_tokens.insert(id);
             }
         }
-        let model = Llama::load(&file, device)?;
+        let model = Llama::load(&file, device, WeightFormat::Hybrid)?;
         drop(file);
         let vocab_size = model.config.vocab_size;
         let config = BatchingConfig {

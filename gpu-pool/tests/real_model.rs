@@ -134,36 +134,54 @@ async fn answers_the_capital_of_france_greedily() {
 }
 
 /// Greedy continuations recorded from llama.cpp (llama-cpp-python 0.3.36) on the same file
-/// and chat template: the engine must reproduce them exactly. The first shows why the tests
-/// pass a system message: under the template's default system prompt this Q4_1 135M model
-/// answers the question wrongly, in llama.cpp and here alike.
-#[tokio::test]
-async fn greedy_output_matches_llama_cpp() {
+/// and chat template. With the weights as stored, our llama reproduces them token for token.
+/// The first shows why the other tests pass a system message: under the template's default
+/// system prompt this Q4_1 135M model answers the question wrongly, in llama.cpp too.
+///
+/// The engine itself runs widened (Q8_0) weights and f32 prefill for speed, so its numbers
+/// differ in the last bits and long greedy runs may part ways with llama.cpp's.
+#[test]
+fn greedy_output_matches_llama_cpp() {
+    use candle_core::Device;
+    use ferry_worker::llama::{GgufFile, Llama, WeightFormat};
     let engine = engine();
+    let file = GgufFile::open(&chat_path()).unwrap();
+    let model = Llama::load(&file, &Device::Cpu, WeightFormat::Native).unwrap();
+    let tokenizer = ferry_worker::tokenizer::from_gguf(&file.content).unwrap();
     let cases = [
         (
             None,
-            37,
             "L'Étoile, la Marseillaise, la femme, la femme au martyre, la femme au martyre,",
         ),
         (
             Some("You are a helpful assistant. Answer concisely."),
-            0,
             "The capital of France is Paris.",
         ),
     ];
-    for (system, prompt_tokens, expected) in cases {
-        let outcome = drain(
-            engine
-                .generate(conversation(system, "What is the capital of France?", 30))
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(outcome.text, expected, "system prompt {system:?}");
-        if prompt_tokens > 0 {
-            assert_eq!(outcome.prompt_tokens, prompt_tokens);
+    for (system, expected) in cases {
+        let prompt = engine
+            .tokenize(&conversation(system, "What is the capital of France?", 30).prompt)
+            .unwrap();
+        let mut cache = model.new_cache();
+        let mut logits = model.prefill(&prompt, &mut cache).unwrap();
+        let mut generated = Vec::new();
+        for _ in 0..30 {
+            let next = ferry_worker::sampling::Sampler::new(SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            })
+            .sample(&logits);
+            if next == 2 {
+                break;
+            }
+            generated.push(next);
+            logits = model.decode(&[next], &mut [&mut cache]).unwrap().remove(0);
         }
+        assert_eq!(
+            tokenizer.decode(&generated, true).unwrap(),
+            expected,
+            "system prompt {system:?}"
+        );
     }
 }
 
