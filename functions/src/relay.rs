@@ -49,6 +49,8 @@ struct Progress {
     /// Chunks that carried generated text; the fallback count when no usage arrives.
     content_chunks: u64,
     first_token_after: Option<Duration>,
+    /// The upstream sent its own error event (and so will send no `[DONE]`).
+    upstream_failed: bool,
 }
 
 async fn pump(
@@ -62,6 +64,7 @@ async fn pump(
         usage: None,
         content_chunks: 0,
         first_token_after: None,
+        upstream_failed: false,
     };
     let mut saw_done = false;
     let status = loop {
@@ -70,6 +73,8 @@ async fn pump(
             // Every OpenAI-compatible server ends with `[DONE]`; ending without it means the
             // upstream died mid-generation (a close-delimited body looks complete otherwise).
             None if saw_done => break 200,
+            // The caller already has the upstream's error event: one is enough.
+            None if progress.upstream_failed => break 502,
             None => Err(UpstreamError::Protocol(
                 "the stream ended before [DONE]".into(),
             )),
@@ -135,6 +140,9 @@ fn rewrite(
     let Some(object) = chunk.as_object_mut() else {
         return Some(data.to_owned());
     };
+    if object.contains_key("error") {
+        progress.upstream_failed = true;
+    }
     let has_content = object
         .get("choices")
         .and_then(Value::as_array)

@@ -2,6 +2,8 @@
 //! provider, tokens signed with `jsonwebtoken`, and Ferry's router answering `GET /v1/models`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -318,31 +320,7 @@ fn assert_accepted(answer: &Answer) {
 
 /// The OpenAI error shape: exactly `message`, `type`, `param` and `code` under `error`.
 fn assert_openai_error_shape(answer: &Answer) {
-    assert!(answer.body["error"].is_object(), "{}", answer.body);
-    let error = answer.body["error"].as_object().unwrap();
-    let mut fields: Vec<&str> = error.keys().map(String::as_str).collect();
-    fields.sort_unstable();
-    assert_eq!(
-        fields,
-        ["code", "message", "param", "type"],
-        "{}",
-        answer.body
-    );
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|message| !message.is_empty()),
-        "{}",
-        answer.body
-    );
-    assert!(error["type"].is_string(), "{}", answer.body);
-    for nullable in ["param", "code"] {
-        assert!(
-            error[nullable].is_null() || error[nullable].is_string(),
-            "{}",
-            answer.body
-        );
-    }
+    common::openai_error(&answer.body);
 }
 
 fn assert_openai_error(answer: &Answer, status: StatusCode, error_type: &str, code: &str) {

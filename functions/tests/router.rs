@@ -3,6 +3,8 @@
 //! error shape of every failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -227,36 +229,11 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// The OpenAI error shape: exactly `message`, `type`, `param` and `code` under `error`.
+/// The OpenAI error shape (see `common::openai_error`) with the expected status.
 /// Returns the error object for further checks.
 fn assert_openai_error(answer: &Answer, status: StatusCode) -> &serde_json::Map<String, Value> {
     assert_eq!(answer.status, status, "{}", answer.body);
-    assert!(answer.body["error"].is_object(), "{}", answer.body);
-    let error = answer.body["error"].as_object().unwrap();
-    let mut fields: Vec<&str> = error.keys().map(String::as_str).collect();
-    fields.sort_unstable();
-    assert_eq!(
-        fields,
-        ["code", "message", "param", "type"],
-        "{}",
-        answer.body
-    );
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|message| !message.is_empty()),
-        "{}",
-        answer.body
-    );
-    assert!(error["type"].is_string(), "{}", answer.body);
-    for nullable in ["param", "code"] {
-        assert!(
-            error[nullable].is_null() || error[nullable].is_string(),
-            "{}",
-            answer.body
-        );
-    }
-    error
+    common::openai_error(&answer.body)
 }
 
 fn assert_error_code(answer: &Answer, status: StatusCode, error_type: &str, code: &str) {

@@ -47,7 +47,8 @@ impl Engine for ExternalEngine {
         body["stream_options"] = json!({"include_usage": true});
         body["temperature"] = json!(sampling.temperature);
         body["top_p"] = json!(sampling.top_p);
-        body["seed"] = json!(sampling.seed);
+        // OpenAI-style servers take a signed 64-bit seed: keep all the bits.
+        body["seed"] = json!(sampling.seed as i64);
         body["n"] = json!(request.n);
         if let Some(top_k) = sampling.top_k {
             body["top_k"] = json!(top_k);

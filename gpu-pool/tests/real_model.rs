@@ -540,3 +540,60 @@ async fn the_worker_api_reports_load_and_refuses_bad_input() {
         StatusCode::OK
     );
 }
+
+/// The external-engine wrapper, driven against a real OpenAI-compatible server: a worker
+/// serving the real model on loopback.
+#[tokio::test]
+async fn the_external_engine_wraps_an_openai_compatible_server() {
+    use ferry_worker::external::ExternalEngine;
+    use ferry_worker::server::{ChatModel, WorkerModels, router};
+
+    let chat = ChatModel {
+        id: "smol".into(),
+        engine: engine(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router(WorkerModels {
+                chat: Some(Arc::new(chat)),
+                embedding: None,
+            }),
+        )
+        .await
+    });
+
+    let external = ExternalEngine::new(&base, "smol", reqwest::Client::new());
+    let request = conversation(
+        Some("You are a helpful AI assistant."),
+        "What is the capital of France?",
+        30,
+    );
+    let mut events = external.generate(request.clone()).await.unwrap();
+    let (mut text, mut usage, mut finished) = (String::new(), None, None);
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Delta { text: piece, .. } => text.push_str(&piece),
+            Event::Usage {
+                prompt_tokens,
+                completion_tokens,
+            } => usage = Some((prompt_tokens, completion_tokens)),
+            Event::Finished { reason, .. } => finished = Some(reason),
+            Event::Started { .. } => {}
+            Event::Failed(message) => panic!("{message}"),
+        }
+    }
+    let direct = drain(engine().generate(request).await.unwrap()).await;
+    assert_eq!(text, direct.text);
+    assert_eq!(finished, Some(FinishReason::Stop));
+    // Exact counts come from the upstream's usage chunk, not from counting chunks.
+    assert_eq!(
+        usage,
+        Some((direct.prompt_tokens, direct.completion_tokens))
+    );
+
+    let unreachable = ExternalEngine::new("http://127.0.0.1:9/v1", "smol", reqwest::Client::new());
+    assert!(unreachable.generate(ask("hi", 0.0, 0, 4)).await.is_err());
+}

@@ -5,6 +5,7 @@ Its behaviour is chosen by the upstream model name, so one server covers every c
   "broken"        answers 500
   "busy"          answers 429 with Retry-After
   "break-stream"  streams two chunks, then drops the connection
+  "error-event"   streams one chunk, then its own error event, and closes
   "slow-stream"   streams one chunk every 50 ms for a long time (for disconnect tests)
 Every request is recorded so tests can see what Ferry forwarded.
 """
@@ -117,6 +118,9 @@ def _make_handler(mock):
                 if model == "slow-stream":
                     return self._slow(kind, chunk_object)
                 for index, word in enumerate(words):
+                    if model == "error-event" and index == 1:
+                        self._event({"error": {"message": "the engine failed", "type": "server_error"}})
+                        return
                     if model == "break-stream" and index == 2:
                         self.wfile.flush()
                         self.connection.shutdown(2)

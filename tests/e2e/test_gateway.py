@@ -18,6 +18,7 @@ UPSTREAM_OF = {
     "busy-model": "busy",
     "break-model": "break-stream",
     "slow-model": "slow-stream",
+    "error-event-model": "error-event",
     "other-model": "echo",
 }
 
@@ -150,6 +151,16 @@ def test_a_stream_that_breaks_ends_with_an_error_event(client, ferry):
             received.append(chunk.choices[0].delta.content)
     assert received == ["You", " said:"]
     assert client.models.retrieve("echo-model").id == "echo-model"
+
+
+def test_an_upstream_error_event_reaches_the_caller_once(ferry, world):
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    body = {"model": "error-event-model", "messages": [{"role": "user", "content": "a b c"}], "stream": True}
+    with httpx.stream("POST", f"{ferry.url}/v1/chat/completions", json=body, headers=headers, timeout=10) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    errors = [event for event in events if '"error"' in event]
+    assert len(errors) == 1, events
+    assert "data: [DONE]" not in events
 
 
 def test_a_client_that_disconnects_stops_the_upstream(ferry, world, upstream):
