@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -20,7 +21,16 @@ pub enum EmbedError {
     Invalid(String),
     #[error("the model failed: {0}")]
     Model(#[from] candle_core::Error),
+    /// The caller's input cannot be embedded (a token id outside the vocabulary).
+    #[error("{0}")]
+    BadInput(String),
+    /// Too many calls are already waiting; retry later.
+    #[error("the embeddings engine is busy")]
+    Busy,
 }
+
+/// Calls that may wait for the engine; more are refused at once rather than queued.
+const MAX_WAITING: usize = 64;
 
 /// One input: text to tokenize, or token ids as the caller's tokenizer made them.
 #[derive(Debug, Clone)]
@@ -33,9 +43,11 @@ pub struct EmbeddingEngine {
     model: BertModel,
     tokenizer: Tokenizer,
     max_tokens: usize,
+    vocab_size: u32,
     device: Device,
     /// One forward pass at a time: parallel passes only fight over the same cores.
     busy: Mutex<()>,
+    waiting: AtomicUsize,
 }
 
 impl EmbeddingEngine {
@@ -46,14 +58,16 @@ impl EmbeddingEngine {
         };
         let config: Config = serde_json::from_slice(&read("config.json")?)
             .map_err(|error| EmbedError::Invalid(format!("config.json: {error}")))?;
-        let max_tokens = serde_json::from_slice::<serde_json::Value>(&read("config.json")?)
-            .ok()
-            .and_then(|value| {
-                value
-                    .get("max_position_embeddings")
-                    .and_then(serde_json::Value::as_u64)
-            })
-            .unwrap_or(512) as usize;
+        let raw_config: serde_json::Value = serde_json::from_slice(&read("config.json")?)
+            .map_err(|error| EmbedError::Invalid(format!("config.json: {error}")))?;
+        let config_number = |key: &str, default: u64| {
+            raw_config
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(default)
+        };
+        let max_tokens = config_number("max_position_embeddings", 512) as usize;
+        let vocab_size = u32::try_from(config_number("vocab_size", 0)).unwrap_or(u32::MAX);
         let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
             .map_err(|error| EmbedError::Invalid(format!("tokenizer.json: {error}")))?;
         // The shipped tokenizer pads to a fixed length; pad per batch instead, and mask.
@@ -76,13 +90,25 @@ impl EmbeddingEngine {
             model,
             tokenizer,
             max_tokens,
+            vocab_size,
             device: device.clone(),
             busy: Mutex::new(()),
+            waiting: AtomicUsize::new(0),
         })
     }
 
     /// Unit-length embeddings of `inputs`, in order, and the number of tokens they took.
     pub fn embed(&self, inputs: &[EmbeddingInput]) -> Result<(Vec<Vec<f32>>, usize), EmbedError> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(EmbedError::Busy);
+        }
+        let result = self.embed_now(inputs);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    fn embed_now(&self, inputs: &[EmbeddingInput]) -> Result<(Vec<Vec<f32>>, usize), EmbedError> {
         let _busy = self
             .busy
             .lock()
@@ -102,7 +128,14 @@ impl EmbeddingEngine {
             .iter()
             .map(|input| match input {
                 EmbeddingInput::Tokens(ids) => {
-                    Ok(ids.iter().copied().take(self.max_tokens).collect())
+                    match ids.iter().find(|id| **id >= self.vocab_size) {
+                        // Out of range would index past the embedding table on the device.
+                        Some(bad) => Err(EmbedError::BadInput(format!(
+                            "token id {bad} is outside the vocabulary of {}",
+                            self.vocab_size
+                        ))),
+                        None => Ok(ids.iter().copied().take(self.max_tokens).collect()),
+                    }
                 }
                 EmbeddingInput::Text(text) => self
                     .tokenizer

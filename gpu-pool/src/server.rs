@@ -19,7 +19,7 @@ use ferry_core::sse::{DONE_EVENT, data_event};
 use ferry_core::{ApiError, ErrorKind};
 use serde_json::{Value, json};
 
-use crate::embed::{EmbeddingEngine, EmbeddingInput};
+use crate::embed::{EmbedError, EmbeddingEngine, EmbeddingInput};
 use crate::engine::{Engine, EngineError, Event, EventStream, GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
 use crate::template::TemplateMessage;
@@ -527,7 +527,15 @@ async fn embeddings(State(models): State<WorkerModels>, body: Bytes) -> Result<R
     let (vectors, tokens) = tokio::task::spawn_blocking(move || engine.embed(&inputs))
         .await
         .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))?
-        .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))?;
+        .map_err(|error| match error {
+            EmbedError::BadInput(message) => ApiError::invalid("input", message),
+            EmbedError::Busy => ApiError::new(
+                ErrorKind::NoCapacity,
+                "The embeddings engine is busy; retry shortly.",
+            )
+            .retry_after(1),
+            other => ApiError::new(ErrorKind::Internal, other.to_string()),
+        })?;
     let base64 = request.encoding_format == Some(EncodingFormat::Base64);
     let data: Vec<Value> = vectors
         .iter()

@@ -318,6 +318,12 @@ fn embeddings_match_the_reference_similarity() {
     assert!((similar - 0.755).abs() < 0.01, "{similar}");
     let unrelated = cosine(&vectors[0], &vectors[2]);
     assert!(unrelated.abs() < 0.15, "{unrelated}");
+    // Token ids outside the vocabulary are the caller's error, not an out-of-bounds read.
+    let out_of_range = engine.embed(&[EmbeddingInput::Tokens(vec![101, 40_000, 102])]);
+    assert!(matches!(
+        out_of_range,
+        Err(ferry_worker::embed::EmbedError::BadInput(_))
+    ));
     // One input alone embeds the same as inside a padded batch.
     let (alone, _) = engine.embed(&inputs[1..2]).unwrap();
     assert!(cosine(&alone[0], &vectors[1]) > 0.9999);
