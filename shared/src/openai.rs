@@ -279,6 +279,15 @@ impl Sampling<'_> {
                     "stop sequences must not be empty",
                 ));
             }
+            if sequences
+                .iter()
+                .any(|sequence| sequence.len() > MAX_STOP_BYTES)
+            {
+                return Err(ApiError::invalid(
+                    "stop",
+                    format!("stop sequences are at most {MAX_STOP_BYTES} bytes"),
+                ));
+            }
         }
         if self.stream_options.is_some() && self.stream != Some(true) {
             return Err(ApiError::invalid(
