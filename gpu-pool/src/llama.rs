@@ -20,13 +20,6 @@ pub struct LlamaConfig {
     pub vocab_size: usize,
 }
 
-impl LlamaConfig {
-    /// Bytes of KV cache one token takes (keys and values, every layer, f32).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        self.n_layer * 2 * self.n_kv_head * self.head_dim * std::mem::size_of::<f32>()
-    }
-}
-
 struct Layer {
     wq: Weight,
     wk: Weight,

@@ -83,14 +83,6 @@ pub struct NativeEngine {
     context_length: usize,
     vocab_size: usize,
     config: BatchingConfig,
-    kv_capacity_tokens: usize,
-}
-
-/// The model-side facts a worker reports and placement needs.
-#[derive(Debug, Clone)]
-pub struct ModelFacts {
-    pub context_length: usize,
-    pub kv_bytes_per_token: usize,
 }
 
 impl NativeEngine {
@@ -98,7 +90,7 @@ impl NativeEngine {
         path: &Path,
         device: &Device,
         config: BatchingConfig,
-    ) -> Result<(NativeEngine, ModelFacts), NativeLoadError> {
+    ) -> Result<NativeEngine, NativeLoadError> {
         let file = GgufFile::open(path)?;
         let tokenizer = tokenizer::from_gguf(&file.content)?;
         let source = file
@@ -134,10 +126,7 @@ impl NativeEngine {
             max_batch: config.max_batch.max(1),
             ..config
         };
-        let facts = ModelFacts {
-            context_length: model.config.context_length,
-            kv_bytes_per_token: model.config.kv_bytes_per_token(),
-        };
+        let context_length = model.config.context_length;
         let tokenizer = Arc::new(tokenizer);
         let shared = Arc::new(Shared::default());
         let (jobs, receiver) = std_mpsc::channel();
@@ -153,20 +142,15 @@ impl NativeEngine {
             .name("ferry-engine".into())
             .spawn(move || scheduler.run(receiver))
             .map_err(NativeLoadError::Thread)?;
-        let kv_capacity_tokens = config.max_batch * facts.context_length;
-        Ok((
-            NativeEngine {
-                jobs,
-                shared,
-                tokenizer,
-                template,
-                context_length: facts.context_length,
-                vocab_size,
-                config,
-                kv_capacity_tokens,
-            },
-            facts,
-        ))
+        Ok(NativeEngine {
+            jobs,
+            shared,
+            tokenizer,
+            template,
+            context_length,
+            vocab_size,
+            config,
+        })
     }
 
     /// Token ids of a prompt, after the chat template for chat prompts.
@@ -250,7 +234,7 @@ impl Engine for NativeEngine {
             active_sequences: shared.active.load(Ordering::Relaxed),
             max_batch: self.config.max_batch,
             kv_cache_tokens: shared.kv_tokens.load(Ordering::Relaxed),
-            kv_cache_capacity_tokens: self.kv_capacity_tokens,
+            kv_cache_capacity_tokens: self.config.max_batch * self.context_length,
             generated_tokens_total: shared.generated.load(Ordering::Relaxed),
             tokens_per_second: f64::from_bits(
                 shared.tokens_per_second_bits.load(Ordering::Relaxed),

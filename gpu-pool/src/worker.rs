@@ -96,8 +96,7 @@ fn devices(config: &WorkerConfig) -> Vec<DeviceInfo> {
 const KV_RESERVE_TOKENS: usize = 2048;
 
 pub fn load(config: &WorkerConfig) -> Result<WorkerModels, WorkerError> {
-    let devices = devices(config);
-    let gpus_usable = cfg!(feature = "cuda");
+    let mut devices = devices(config);
     let mut models = WorkerModels::default();
     if let Some(chat) = &config.chat {
         let path = resolve(chat, ModelKind::Chat, &config.pull)?;
@@ -108,18 +107,8 @@ pub fn load(config: &WorkerConfig) -> Result<WorkerModels, WorkerError> {
         let need = GgufFile::open(&path)
             .map_err(|error| failed(error.into()))?
             .memory_estimate(config.batching.max_batch, KV_RESERVE_TOKENS);
-        let placed =
-            device::place(need, &devices, gpus_usable).map_err(|error| WorkerError::Placement {
-                model: chat.id.clone(),
-                error,
-            })?;
-        let device = device::candle_device(placed.kind).map_err(|error| WorkerError::Device {
-            model: chat.id.clone(),
-            error,
-        })?;
-        log_placement(&chat.id, &placed, need);
-        let (engine, _) =
-            NativeEngine::load(&path, &device, config.batching.clone()).map_err(failed)?;
+        let device = place(&chat.id, need, &mut devices)?;
+        let engine = NativeEngine::load(&path, &device, config.batching.clone()).map_err(failed)?;
         models.chat = Some(Arc::new(ChatModel {
             id: chat.id.clone(),
             engine: Arc::new(engine),
@@ -127,29 +116,42 @@ pub fn load(config: &WorkerConfig) -> Result<WorkerModels, WorkerError> {
     }
     if let Some(embedding) = &config.embedding {
         let path = resolve(embedding, ModelKind::Embedding, &config.pull)?;
-        let failed = |error: EmbedError| WorkerError::Embedding {
-            model: embedding.id.clone(),
-            error,
-        };
         // Safetensors weights load as they are; twice their size covers activations.
-        let need = directory_size(&path) * 2;
-        let placed =
-            device::place(need, &devices, gpus_usable).map_err(|error| WorkerError::Placement {
+        let device = place(&embedding.id, directory_size(&path) * 2, &mut devices)?;
+        let engine =
+            EmbeddingEngine::load(&path, &device).map_err(|error| WorkerError::Embedding {
                 model: embedding.id.clone(),
                 error,
             })?;
-        let device = device::candle_device(placed.kind).map_err(|error| WorkerError::Device {
-            model: embedding.id.clone(),
-            error,
-        })?;
-        log_placement(&embedding.id, &placed, need);
-        let engine = EmbeddingEngine::load(&path, &device).map_err(failed)?;
         models.embedding = Some(Arc::new(EmbeddingModel {
             id: embedding.id.clone(),
             engine: Arc::new(engine),
         }));
     }
     Ok(models)
+}
+
+/// Picks a device for `need` bytes and books them there, so the next model placed on the
+/// same inventory sees what is really left.
+fn place(
+    model: &str,
+    need: u64,
+    devices: &mut [DeviceInfo],
+) -> Result<candle_core::Device, WorkerError> {
+    let placed = device::place(need, devices, cfg!(feature = "cuda")).map_err(|error| {
+        WorkerError::Placement {
+            model: model.to_owned(),
+            error,
+        }
+    })?;
+    log_placement(model, &placed, need);
+    if let Some(booked) = devices.iter_mut().find(|device| device.kind == placed.kind) {
+        booked.free_bytes = booked.free_bytes.saturating_sub(need);
+    }
+    device::candle_device(placed.kind).map_err(|error| WorkerError::Device {
+        model: model.to_owned(),
+        error,
+    })
 }
 
 fn log_placement(model: &str, device: &DeviceInfo, need: u64) {

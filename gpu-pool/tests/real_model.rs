@@ -39,9 +39,7 @@ fn load_engine() -> Arc<NativeEngine> {
         max_queue: 64,
     };
     Arc::new(
-        NativeEngine::load(&chat_path(), &candle_core::Device::Cpu, config)
-            .expect("load SmolLM2")
-            .0,
+        NativeEngine::load(&chat_path(), &candle_core::Device::Cpu, config).expect("load SmolLM2"),
     )
 }
 
