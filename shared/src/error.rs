@@ -82,6 +82,10 @@ pub struct ApiError {
     pub code: Option<String>,
     /// Seconds, for `Retry-After` on transient failures.
     pub retry_after_seconds: Option<u64>,
+    /// Which limit refused the call (402s).
+    pub limit_source: Option<String>,
+    /// Extra response headers (`x-ratelimit-*` on 429s).
+    pub headers: Vec<(String, String)>,
 }
 
 impl ApiError {
@@ -92,6 +96,8 @@ impl ApiError {
             param: None,
             code: None,
             retry_after_seconds: None,
+            limit_source: None,
+            headers: Vec::new(),
         }
     }
 
@@ -130,6 +136,7 @@ impl ApiError {
                 r#type: self.kind.type_name().to_owned(),
                 param: self.param.clone(),
                 code: self.code.clone(),
+                limit_source: self.limit_source.clone(),
             },
         }
     }
@@ -150,6 +157,9 @@ pub struct ErrorDetail {
     /// Always present, `null` when no single parameter is at fault (as OpenAI does).
     pub param: Option<String>,
     pub code: Option<String>,
+    /// On 402s: the limit that refused the call (`tenant_balance`, `key_credit_cap`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_source: Option<String>,
 }
 
 #[cfg(test)]

@@ -4,15 +4,20 @@
 //! Invariant: nothing in this crate does I/O. Time and randomness come in as arguments, so every
 //! rule here is a plain function with table tests, and the crate builds for `wasm32-wasip1`.
 
+pub mod admission;
 pub mod api_key;
+pub mod billing;
 pub mod body;
+pub mod calendar;
 pub mod error;
 pub mod ids;
+pub mod ledger;
 pub mod model;
 pub mod money;
 pub mod openai;
 pub mod ports;
 pub mod principal;
+pub mod ratelimit;
 pub mod sse;
 pub mod usage;
 

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::money::Money;
+use crate::ratelimit::RateLimits;
 
 /// An OpenAI-compatible server a deployment forwards to (vLLM, TGI, a hosted API…).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,8 +57,16 @@ pub struct Price {
 pub struct ModelSpec {
     pub id: String,
     pub deployments: Vec<Deployment>,
+    /// The price in effect from now on; its history is kept apart (`/models/{id}/prices`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
+    /// The most tokens one call may generate; `max_tokens` above it is refused, and a call
+    /// without `max_tokens` is held (and capped) at it. Default 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    /// Requests and tokens per minute for the model across all callers.
+    #[serde(default, skip_serializing_if = "RateLimits::is_unlimited")]
+    pub limits: RateLimits,
 }
 
 /// A model id is what callers type in `model`: keep it to a URL- and log-safe alphabet.
@@ -126,25 +135,46 @@ impl ModelSpec {
                 "at least one deployment needs a weight above 0",
             ));
         }
+        if self.max_output_tokens == Some(0) {
+            return Err(ApiError::invalid(
+                "max_output_tokens",
+                "max_output_tokens must be at least 1",
+            ));
+        }
         if let Some(price) = &self.price {
-            let amounts = [
-                ("price.input_per_mtok_usd", Some(price.input_per_mtok_usd)),
-                (
-                    "price.cached_input_per_mtok_usd",
-                    price.cached_input_per_mtok_usd,
-                ),
-                ("price.output_per_mtok_usd", Some(price.output_per_mtok_usd)),
-                ("price.per_call_usd", price.per_call_usd),
-                ("price.cache_hit_usd", price.cache_hit_usd),
-            ];
-            if let Some((param, _)) = amounts
-                .iter()
-                .find(|(_, amount)| amount.is_some_and(Money::is_negative))
-            {
-                return Err(ApiError::invalid(*param, "prices must not be negative"));
-            }
+            price.validate("price.")?;
         }
         Ok(())
+    }
+}
+
+impl Price {
+    /// Every amount must be zero or more; `prefix` is the path to this price in the request.
+    pub fn validate(&self, prefix: &str) -> Result<(), ApiError> {
+        let amounts = [
+            ("input_per_mtok_usd", Some(self.input_per_mtok_usd)),
+            ("cached_input_per_mtok_usd", self.cached_input_per_mtok_usd),
+            ("output_per_mtok_usd", Some(self.output_per_mtok_usd)),
+            ("per_call_usd", self.per_call_usd),
+            ("cache_hit_usd", self.cache_hit_usd),
+        ];
+        match amounts
+            .iter()
+            .find(|(_, amount)| amount.is_some_and(Money::is_negative))
+        {
+            Some((param, _)) => Err(ApiError::invalid(
+                format!("{prefix}{param}"),
+                "prices must not be negative",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ModelSpec {
+    pub fn output_cap(&self) -> u32 {
+        self.max_output_tokens
+            .unwrap_or(crate::admission::DEFAULT_MAX_OUTPUT_TOKENS)
     }
 
     /// Picks a deployment by weight. `roll` is any random number; the same roll picks the same

@@ -8,7 +8,12 @@ use bytes::Bytes;
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 
+use crate::admission::{Admission, Budget, Grant, Refusal};
+use crate::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow};
+use crate::calendar::Month;
 use crate::error::{ApiError, ErrorKind};
+use crate::ledger::{Entry, Posting, TransactionKind};
+use crate::model::Price;
 use crate::model::{ModelSpec, UpstreamTarget};
 use crate::money::Money;
 use crate::principal::Role;
@@ -48,18 +53,14 @@ pub struct Tenant {
     pub billing: Billing,
     /// Unix seconds.
     pub created_at: u64,
+    /// Requests and tokens per minute across all the tenant's keys.
+    #[serde(default)]
+    pub limits: RateLimits,
+    #[serde(default)]
+    pub budgets: Vec<Budget>,
 }
 
-/// Per-key rate limits (requests and tokens per minute).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct KeyLimits {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rpm: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tpm: Option<u32>,
-}
+pub use crate::ratelimit::RateLimits;
 
 /// An API key as stored: everything but the secret, which is kept only as a hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,8 @@ pub struct KeyRecord {
     pub name: String,
     pub role: Role,
     pub models: Option<Vec<String>>,
-    pub limits: KeyLimits,
+    pub limits: RateLimits,
+    pub budgets: Vec<Budget>,
     pub credit_cap: Option<Money>,
     pub created_at: u64,
     pub expires_at: Option<u64>,
@@ -110,6 +112,9 @@ pub struct UsageRecord {
     pub status: u16,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
+    /// `hit` or `miss` where a cache was consulted, `none` otherwise.
+    pub cache_status: String,
+    /// Unix seconds when the call was admitted: the period it is billed in.
     pub created_at: u64,
 }
 
@@ -164,6 +169,140 @@ pub trait Store: Send + Sync {
     /// Records one call; false when this request id was recorded already.
     async fn record_usage(&self, usage: &UsageRecord) -> StoreResult<bool>;
     async fn list_usage(&self, tenant_id: &str) -> StoreResult<Vec<UsageRecord>>;
+}
+
+/// A tenant's credit: what it may spend, and what calls in flight hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Balance {
+    pub available_usd: Money,
+    pub held_usd: Money,
+}
+
+impl Balance {
+    /// Available plus held: the tenant's credit once every call in flight has settled at zero.
+    pub fn total(&self) -> Money {
+        Money::from_nanos(self.available_usd.nanos().saturating_add(self.held_usd.nanos()))
+    }
+}
+
+/// A price from the moment it takes effect until the next one for the same model and
+/// deployment does. Prices are never edited: a change is a new record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PriceRecord {
+    pub model: String,
+    /// `None`: every deployment of the model without a price of its own.
+    pub deployment: Option<String>,
+    /// Unix milliseconds.
+    pub effective_from_ms: u64,
+    pub price: Price,
+}
+
+/// A ledger transaction as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Transaction {
+    pub id: String,
+    pub kind: TransactionKind,
+    pub tenant_id: String,
+    pub request_id: Option<String>,
+    pub memo: Option<String>,
+    pub entries: Vec<Entry>,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+}
+
+/// A posting to make, once per idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostRequest {
+    pub posting: Posting,
+    pub idempotency_key: Option<String>,
+    pub memo: Option<String>,
+    pub now_ms: u64,
+}
+
+/// The answer to a posting: the transaction, and whether it had been made before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub transaction: Transaction,
+    pub replayed: bool,
+    pub balance: Balance,
+}
+
+/// A cap a tenant's spending passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Alert {
+    pub id: String,
+    pub tenant_id: String,
+    pub limit_source: String,
+    pub enforcement: String,
+    pub counter: String,
+    pub cap_usd: Money,
+    pub spent_usd: Money,
+    pub created_at_ms: u64,
+}
+
+/// How a settlement went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Recorded now; the tenant paid `charged`.
+    Recorded { charged: Money },
+    /// This request id was settled before; nothing changed.
+    Duplicate,
+}
+
+/// What closing a period did for one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub invoice: Invoice,
+    /// False when the same invoice had been made before.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseError {
+    #[error("{0} calls admitted in this period are still in flight; close again once they settle or expire")]
+    InFlight(u64),
+    #[error("the invoice {0} was closed with different charges; the usage it was made from has changed")]
+    Changed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Money: admission, settlement, the ledger, prices and billing. Implemented by `SqliteStore`
+/// (embedded) and cloud stores; every method is atomic on its own.
+#[async_trait]
+pub trait Accounts: Send + Sync {
+    /// Takes from every bucket and holds the worst case, or takes nothing and says why.
+    async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>>;
+    /// Records the call's usage and settles its hold, once per request id. The usage's cost is
+    /// what the call cost; what the tenant is charged (and the record keeps) never exceeds the
+    /// prepaid hold.
+    async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled>;
+    /// Releases holds whose calls never settled (the gateway died), charging nothing.
+    async fn expire_holds(&self, now_ms: u64) -> StoreResult<u64>;
+    /// Posts a top-up, refund or adjustment, once per idempotency key.
+    async fn post(&self, request: &PostRequest) -> StoreResult<Posted>;
+    async fn balance(&self, tenant_id: &str) -> StoreResult<Balance>;
+    async fn transactions(&self, tenant_id: &str, limit: u32) -> StoreResult<Vec<Transaction>>;
+
+    async fn put_price(&self, price: &PriceRecord) -> StoreResult<()>;
+    async fn list_prices(&self, model: &str) -> StoreResult<Vec<PriceRecord>>;
+    /// The price in effect for a deployment of `model` at `at_ms`.
+    async fn price_at(&self, model: &str, deployment: &str, at_ms: u64) -> StoreResult<Option<Price>>;
+
+    /// Usage events admitted in `[from, to)` (unix seconds), oldest first.
+    async fn usage_events(&self, tenant_id: &str, from: u64, to: u64, limit: u32) -> StoreResult<Vec<UsageRecord>>;
+    async fn usage_report(&self, tenant_id: &str, from: u64, to: u64, group: GroupBy) -> StoreResult<Vec<UsageRow>>;
+    async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>>;
+
+    /// Makes each tenant's invoice for `month` from its usage events; closing again is a no-op.
+    async fn close_period(&self, month: Month, now: u64) -> Result<Vec<Closed>, CloseError>;
+    async fn invoices(&self, tenant_id: &str) -> StoreResult<Vec<Invoice>>;
+    /// The figures reconciliation compares.
+    async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)>;
 }
 
 /// The OpenAI endpoints a backend serves.
@@ -324,7 +463,8 @@ mod tests {
             name: "n".into(),
             role: Role::Member,
             models: None,
-            limits: KeyLimits::default(),
+            limits: RateLimits::default(),
+            budgets: Vec::new(),
             credit_cap: None,
             created_at: 0,
             expires_at,

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::Budget;
+use crate::money::Money;
+use crate::ratelimit::RateLimits;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -49,6 +53,16 @@ pub struct Principal {
     pub credential: Credential,
     /// The models this caller may use; `None` means every model.
     pub model_allowlist: Option<Vec<String>>,
+    /// The key's own rate limits, budgets and lifetime credit cap (none for tokens).
+    pub key_policy: KeyPolicy,
+}
+
+/// What an API key adds to its tenant's limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPolicy {
+    pub limits: RateLimits,
+    pub budgets: Vec<Budget>,
+    pub credit_cap: Option<Money>,
 }
 
 impl Principal {
@@ -100,6 +114,7 @@ mod tests {
                 key_id: "key_x".into(),
             },
             model_allowlist: models.map(|models| models.iter().map(|m| m.to_string()).collect()),
+            key_policy: KeyPolicy::default(),
         }
     }
 

@@ -1,0 +1,710 @@
+//! Admission: whether a call may start, decided in one step over every limit that applies —
+//! rate-limit buckets, the tenant's credit, budgets and key caps — and what it takes if it may.
+//!
+//! The rules are pure: a store loads the current state inside a transaction, calls [`decide`],
+//! and writes what the [`Grant`] says, so "take from every bucket or from none" holds across
+//! any number of gateway replicas sharing that store. [`settle_plan`] is the other half: what
+//! a finished call's hold turns into.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ErrorKind};
+use crate::ledger::Posting;
+use crate::model::Price;
+use crate::money::Money;
+use crate::openai::{PromptTokensDetails, Usage};
+use crate::ports::Billing;
+use crate::ratelimit::{self, Bucket, Remaining, Taken, Unit};
+
+/// Tokens a chat template may add beyond the request's own bytes (special tokens, a default
+/// system prompt).
+const TEMPLATE_TOKENS: u64 = 64;
+/// The output cap of a model that names none.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
+/// A call refused only while other calls are in flight may retry this soon.
+const IN_FLIGHT_RETRY_SECONDS: u64 = 1;
+
+/// What a call may consume, bounded before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenEstimate {
+    /// An upper bound on prompt tokens: a byte-level tokenizer never makes more tokens than
+    /// the request body has bytes (JSON framing covers each message's template tokens).
+    pub prompt_max: u64,
+    /// A typical prompt size (about four bytes a token), for token rate limits.
+    pub prompt_likely: u64,
+    /// `max_tokens` (or the model's cap) times `n`.
+    pub output_max: u64,
+}
+
+impl TokenEstimate {
+    pub fn new(body_bytes: usize, output_max: u64) -> TokenEstimate {
+        let bytes = u64::try_from(body_bytes).unwrap_or(u64::MAX);
+        TokenEstimate {
+            prompt_max: bytes.saturating_add(TEMPLATE_TOKENS),
+            prompt_likely: bytes / 4 + 1,
+            output_max,
+        }
+    }
+
+    /// The hold: what the call costs if it uses every token it may.
+    pub fn worst_case_cost(&self, price: &Price) -> Money {
+        let usage = Usage {
+            prompt_tokens: self.prompt_max,
+            completion_tokens: self.output_max,
+            total_tokens: self.prompt_max.saturating_add(self.output_max),
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 0 }),
+            cost: None,
+        };
+        crate::usage::cost(price, &usage)
+    }
+
+    /// Tokens drawn from token buckets at admission; corrected by the actual count after.
+    pub fn rate_tokens(&self) -> u64 {
+        self.prompt_likely.saturating_add(self.output_max)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Enforcement {
+    /// Calls that would pass the cap are refused with 402.
+    #[default]
+    Hard,
+    /// Passing the cap records an alert; calls go on.
+    Soft,
+}
+
+/// A spend cap per UTC day or month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Budget {
+    pub period: BudgetPeriod,
+    pub amount_usd: Money,
+    #[serde(default)]
+    pub enforcement: Enforcement,
+}
+
+/// Budgets must be zero or more; `param` names them in errors.
+pub fn validate_budgets(budgets: &[Budget], param: &str) -> Result<(), ApiError> {
+    match budgets.iter().position(|budget| budget.amount_usd.is_negative()) {
+        Some(index) => Err(ApiError::invalid(
+            format!("{param}[{index}].amount_usd"),
+            "budget amounts must not be negative",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Which limit refused a call (`limit_source` in the 402 body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum LimitSource {
+    TenantBalance,
+    KeyCreditCap,
+    TenantDailyBudget,
+    TenantMonthlyBudget,
+    KeyDailyBudget,
+    KeyMonthlyBudget,
+}
+
+impl LimitSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitSource::TenantBalance => "tenant_balance",
+            LimitSource::KeyCreditCap => "key_credit_cap",
+            LimitSource::TenantDailyBudget => "tenant_daily_budget",
+            LimitSource::TenantMonthlyBudget => "tenant_monthly_budget",
+            LimitSource::KeyDailyBudget => "key_daily_budget",
+            LimitSource::KeyMonthlyBudget => "key_monthly_budget",
+        }
+    }
+}
+
+/// A spend counter a call counts against, and the cap on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendCap {
+    /// `spend:tenant:<id>:2026-11-25`, `spend:key:<id>:2026-11`, `spend:key:<id>:all`.
+    pub counter: String,
+    pub cap: Money,
+    pub enforcement: Enforcement,
+    pub source: LimitSource,
+    /// Unix seconds when the period ends (none for a lifetime cap).
+    pub resets_at: Option<u64>,
+}
+
+/// What a subject has spent in a period: settled, and held by calls in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpendCounter {
+    pub settled: Money,
+    pub held: Money,
+}
+
+/// The caps a call counts against: the tenant's and the key's budgets, and the key's lifetime
+/// credit cap, for the UTC day and month of `now`.
+pub fn spend_caps(
+    tenant_id: &str,
+    tenant_budgets: &[Budget],
+    key: Option<(&str, &[Budget], Option<Money>)>,
+    now_seconds: u64,
+) -> Vec<SpendCap> {
+    let today = crate::calendar::Date::of_unix(now_seconds);
+    let month = crate::calendar::Month::of_unix(now_seconds);
+    let cap_for = |subject: &str, budget: &Budget, is_key: bool| {
+        let (period, resets_at, source) = match (budget.period, is_key) {
+            (BudgetPeriod::Day, false) => (today.to_string(), today.next().start_unix(), LimitSource::TenantDailyBudget),
+            (BudgetPeriod::Day, true) => (today.to_string(), today.next().start_unix(), LimitSource::KeyDailyBudget),
+            (BudgetPeriod::Month, false) => (month.to_string(), month.next().first_day().start_unix(), LimitSource::TenantMonthlyBudget),
+            (BudgetPeriod::Month, true) => (month.to_string(), month.next().first_day().start_unix(), LimitSource::KeyMonthlyBudget),
+        };
+        SpendCap {
+            counter: format!("spend:{subject}:{period}"),
+            cap: budget.amount_usd,
+            enforcement: budget.enforcement,
+            source,
+            resets_at: Some(resets_at),
+        }
+    };
+    let tenant_subject = format!("tenant:{tenant_id}");
+    let mut caps: Vec<SpendCap> = tenant_budgets
+        .iter()
+        .map(|budget| cap_for(&tenant_subject, budget, false))
+        .collect();
+    if let Some((key_id, budgets, credit_cap)) = key {
+        let key_subject = format!("key:{key_id}");
+        caps.extend(budgets.iter().map(|budget| cap_for(&key_subject, budget, true)));
+        if let Some(cap) = credit_cap {
+            caps.push(SpendCap {
+                counter: format!("spend:{key_subject}:all"),
+                cap,
+                enforcement: Enforcement::Hard,
+                source: LimitSource::KeyCreditCap,
+                resets_at: None,
+            });
+        }
+    }
+    caps
+}
+
+/// Taking `amount` from a bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draw {
+    pub bucket: Bucket,
+    pub amount: u64,
+}
+
+/// Everything needed to admit one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub request_id: String,
+    pub tenant_id: String,
+    pub key_id: Option<String>,
+    pub model: String,
+    pub billing: Billing,
+    /// The worst-case cost, held until the call settles.
+    pub hold: Money,
+    pub draws: Vec<Draw>,
+    pub caps: Vec<SpendCap>,
+    pub now_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+impl Admission {
+    pub fn now_nanos(&self) -> i64 {
+        i64::try_from(self.now_ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000
+    }
+}
+
+/// The state admission reads, aligned with the admission's draws and caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionState {
+    pub tats: Vec<Option<i64>>,
+    pub available: Money,
+    pub held: Money,
+    pub counters: Vec<SpendCounter>,
+}
+
+/// The tightest request and token buckets, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateStatus {
+    pub requests: Option<Remaining>,
+    pub tokens: Option<Remaining>,
+}
+
+impl RateStatus {
+    fn note(&mut self, unit: Unit, remaining: Remaining) {
+        let slot = match unit {
+            Unit::Requests => &mut self.requests,
+            Unit::Tokens => &mut self.tokens,
+        };
+        if slot.is_none_or(|current| remaining.remaining < current.remaining) {
+            *slot = Some(remaining);
+        }
+    }
+
+    /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = Vec::new();
+        for (unit, remaining) in [("requests", self.requests), ("tokens", self.tokens)] {
+            if let Some(remaining) = remaining {
+                headers.push((format!("x-ratelimit-limit-{unit}"), remaining.limit.to_string()));
+                headers.push((
+                    format!("x-ratelimit-remaining-{unit}"),
+                    remaining.remaining.to_string(),
+                ));
+                headers.push((
+                    format!("x-ratelimit-reset-{unit}"),
+                    ratelimit::format_reset(remaining.reset_nanos),
+                ));
+            }
+        }
+        headers
+    }
+}
+
+/// What an admitted call takes: new bucket states, and the hold to post (prepaid only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub tats: Vec<i64>,
+    pub rate: RateStatus,
+    pub hold_posting: Option<Posting>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditCode {
+    /// Not enough credit even when every call in flight settles: top up.
+    InsufficientCredit,
+    /// Enough credit, but calls in flight hold it: retry shortly.
+    InFlightBudgetExhausted,
+}
+
+impl CreditCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditCode::InsufficientCredit => "insufficient_credit",
+            CreditCode::InFlightBudgetExhausted => "in_flight_budget_exhausted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    RateLimited {
+        unit: Unit,
+        limit: u64,
+        retry_after_nanos: Option<u64>,
+        rate: RateStatus,
+    },
+    Credit {
+        code: CreditCode,
+        source: LimitSource,
+        retry_after_seconds: Option<u64>,
+    },
+}
+
+impl Refusal {
+    pub fn to_api_error(&self) -> ApiError {
+        match self {
+            Refusal::RateLimited {
+                unit,
+                limit,
+                retry_after_nanos,
+                rate,
+            } => {
+                let message = match retry_after_nanos {
+                    Some(_) => format!(
+                        "Rate limit reached: {limit} {} per minute. Retry after the time in Retry-After.",
+                        unit.as_str()
+                    ),
+                    None => format!(
+                        "This request needs more {} than the limit of {limit} per minute allows; make it smaller.",
+                        unit.as_str()
+                    ),
+                };
+                let mut error = ApiError::new(ErrorKind::RateLimited, message)
+                    .with_code(format!("rate_limit_{}", unit.as_str()));
+                if let Some(nanos) = retry_after_nanos {
+                    error = error.retry_after(nanos.div_ceil(1_000_000_000).max(1));
+                }
+                error.headers = rate.headers();
+                error
+            }
+            Refusal::Credit {
+                code,
+                source,
+                retry_after_seconds,
+            } => {
+                let message = match code {
+                    CreditCode::InsufficientCredit => format!(
+                        "Not enough credit for this call's worst-case cost ({}). Top up, or lower max_tokens.",
+                        source.as_str()
+                    ),
+                    CreditCode::InFlightBudgetExhausted => format!(
+                        "Calls in flight hold the remaining credit ({}); retry when they finish.",
+                        source.as_str()
+                    ),
+                };
+                let mut error = ApiError::new(ErrorKind::InsufficientCredit, message)
+                    .with_code(code.as_str());
+                error.limit_source = Some(source.as_str().to_owned());
+                if let Some(seconds) = retry_after_seconds {
+                    error = error.retry_after(*seconds);
+                }
+                error
+            }
+        }
+    }
+}
+
+/// Decides one admission over the state the store read. Nothing is taken unless everything
+/// allows it.
+pub fn decide(admission: &Admission, state: &AdmissionState) -> Result<Grant, Refusal> {
+    let now = admission.now_nanos();
+    let mut rate = RateStatus::default();
+    let mut tats = Vec::with_capacity(admission.draws.len());
+    let mut denied = None;
+    for (draw, tat) in admission.draws.iter().zip(&state.tats) {
+        match ratelimit::take(&draw.bucket, *tat, draw.amount, now) {
+            Taken::Allowed { tat, remaining } => {
+                tats.push(tat);
+                rate.note(draw.bucket.unit, remaining);
+            }
+            Taken::Denied { retry_after_nanos } => {
+                rate.note(
+                    draw.bucket.unit,
+                    Remaining {
+                        limit: draw.bucket.per_minute,
+                        remaining: 0,
+                        reset_nanos: retry_after_nanos.unwrap_or(0),
+                    },
+                );
+                // The longest wait wins: retrying sooner would be refused again.
+                let longer = match (&denied, retry_after_nanos) {
+                    (None, _) => true,
+                    (Some((_, _, None)), _) => false,
+                    (Some(_), None) => true,
+                    (Some((_, _, Some(current))), Some(new)) => new > *current,
+                };
+                if longer {
+                    denied = Some((draw.bucket.unit, draw.bucket.per_minute, retry_after_nanos));
+                }
+            }
+        }
+    }
+    if let Some((unit, limit, retry_after_nanos)) = denied {
+        return Err(Refusal::RateLimited {
+            unit,
+            limit,
+            retry_after_nanos,
+            rate,
+        });
+    }
+    let now_seconds = admission.now_ms / 1000;
+    for (cap, counter) in admission.caps.iter().zip(&state.counters) {
+        if cap.enforcement == Enforcement::Soft {
+            continue;
+        }
+        let settled_after = counter.settled.nanos().saturating_add(admission.hold.nanos());
+        if settled_after > cap.cap.nanos() {
+            return Err(Refusal::Credit {
+                code: CreditCode::InsufficientCredit,
+                source: cap.source,
+                retry_after_seconds: cap
+                    .resets_at
+                    .map(|resets_at| resets_at.saturating_sub(now_seconds).max(1)),
+            });
+        }
+        if settled_after.saturating_add(counter.held.nanos()) > cap.cap.nanos() {
+            return Err(Refusal::Credit {
+                code: CreditCode::InFlightBudgetExhausted,
+                source: cap.source,
+                retry_after_seconds: Some(IN_FLIGHT_RETRY_SECONDS),
+            });
+        }
+    }
+    let hold_posting = match admission.billing {
+        Billing::Postpaid => None,
+        Billing::Prepaid => {
+            if state.available < admission.hold {
+                let code = if state.available.nanos().saturating_add(state.held.nanos())
+                    >= admission.hold.nanos()
+                {
+                    CreditCode::InFlightBudgetExhausted
+                } else {
+                    CreditCode::InsufficientCredit
+                };
+                return Err(Refusal::Credit {
+                    code,
+                    source: LimitSource::TenantBalance,
+                    retry_after_seconds: (code == CreditCode::InFlightBudgetExhausted)
+                        .then_some(IN_FLIGHT_RETRY_SECONDS),
+                });
+            }
+            (admission.hold > Money::ZERO)
+                .then(|| Posting::hold(&admission.tenant_id, admission.hold))
+        }
+    };
+    Ok(Grant {
+        tats,
+        rate,
+        hold_posting,
+    })
+}
+
+/// An admitted call's hold, as stored until it settles or expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub request_id: String,
+    pub tenant_id: String,
+    pub key_id: Option<String>,
+    pub billing: Billing,
+    pub amount: Money,
+    pub caps: Vec<SpendCap>,
+    /// Token draws made on the estimate, corrected at settlement.
+    pub token_draws: Vec<Draw>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+impl Hold {
+    pub fn of(admission: &Admission) -> Hold {
+        Hold {
+            request_id: admission.request_id.clone(),
+            tenant_id: admission.tenant_id.clone(),
+            key_id: admission.key_id.clone(),
+            billing: admission.billing,
+            amount: admission.hold,
+            caps: admission.caps.clone(),
+            token_draws: admission
+                .draws
+                .iter()
+                .filter(|draw| draw.bucket.unit == Unit::Tokens)
+                .cloned()
+                .collect(),
+            created_at_ms: admission.now_ms,
+            expires_at_ms: admission.expires_at_ms,
+        }
+    }
+}
+
+/// A cap a settlement carried past its limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing {
+    pub cap: SpendCap,
+    pub spent: Money,
+}
+
+/// What settling a hold at `cost` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlePlan {
+    /// What the tenant pays: the cost, but never more than a prepaid hold.
+    pub charged: Money,
+    pub posting: Option<Posting>,
+    /// Caps this charge carried past their limit, for alerts.
+    pub crossings: Vec<Crossing>,
+}
+
+/// Settles `hold` at `cost`; `counters` are the caps' counters before this settlement. An
+/// expired hold (`cost` = none) is released in full and charges nothing.
+pub fn settle_plan(hold: &Hold, cost: Option<Money>, counters: &[SpendCounter]) -> SettlePlan {
+    let charged = match (cost, hold.billing) {
+        (None, _) => Money::ZERO,
+        (Some(cost), Billing::Prepaid) => cost.min(hold.amount).max(Money::ZERO),
+        (Some(cost), Billing::Postpaid) => cost.max(Money::ZERO),
+    };
+    let posting = match (cost, hold.billing) {
+        (None, Billing::Prepaid) => Some(Posting::expire(&hold.tenant_id, hold.amount)),
+        (None, Billing::Postpaid) => None,
+        (Some(_), Billing::Prepaid) => Some(Posting::settle(&hold.tenant_id, hold.amount, charged)),
+        (Some(_), Billing::Postpaid) => Some(Posting::charge(&hold.tenant_id, charged)),
+    }
+    .filter(|posting| !posting.entries.is_empty());
+    let crossings = hold
+        .caps
+        .iter()
+        .zip(counters)
+        .filter_map(|(cap, counter)| {
+            let spent = counter.settled.checked_add(charged)?;
+            (counter.settled <= cap.cap && spent > cap.cap).then(|| Crossing {
+                cap: cap.clone(),
+                spent,
+            })
+        })
+        .collect();
+    SettlePlan {
+        charged,
+        posting,
+        crossings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(text: &str) -> Money {
+        text.parse().unwrap()
+    }
+
+    fn admission(billing: Billing, hold: &str, draws: Vec<Draw>, caps: Vec<SpendCap>) -> Admission {
+        Admission {
+            request_id: "r".into(),
+            tenant_id: "t".into(),
+            key_id: Some("k".into()),
+            model: "m".into(),
+            billing,
+            hold: usd(hold),
+            draws,
+            caps,
+            now_ms: 1_795_600_000_000,
+            expires_at_ms: 1_795_600_600_000,
+        }
+    }
+
+    fn state(available: &str, held: &str, tats: usize, counters: Vec<SpendCounter>) -> AdmissionState {
+        AdmissionState {
+            tats: vec![None; tats],
+            available: usd(available),
+            held: usd(held),
+            counters,
+        }
+    }
+
+    fn credit_code(result: Result<Grant, Refusal>) -> Option<(&'static str, &'static str)> {
+        match result {
+            Err(Refusal::Credit { code, source, .. }) => Some((code.as_str(), source.as_str())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_balance_must_cover_the_worst_case() {
+        let call = admission(Billing::Prepaid, "1", vec![], vec![]);
+        let granted = decide(&call, &state("1", "0", 0, vec![])).unwrap();
+        assert_eq!(granted.hold_posting, Some(Posting::hold("t", usd("1"))));
+        assert_eq!(
+            credit_code(decide(&call, &state("0.5", "0.5", 0, vec![]))),
+            Some(("in_flight_budget_exhausted", "tenant_balance"))
+        );
+        assert_eq!(
+            credit_code(decide(&call, &state("0.5", "0.4", 0, vec![]))),
+            Some(("insufficient_credit", "tenant_balance"))
+        );
+        let postpaid = admission(Billing::Postpaid, "1", vec![], vec![]);
+        assert_eq!(decide(&postpaid, &state("-5", "0", 0, vec![])).unwrap().hold_posting, None);
+    }
+
+    #[test]
+    fn hard_caps_refuse_and_soft_caps_do_not() {
+        let caps = spend_caps(
+            "t",
+            &[Budget { period: BudgetPeriod::Day, amount_usd: usd("2"), enforcement: Enforcement::Hard }],
+            Some(("k", &[Budget { period: BudgetPeriod::Month, amount_usd: usd("1"), enforcement: Enforcement::Soft }], Some(usd("10")))),
+            1_795_600_000,
+        );
+        assert_eq!(caps.len(), 3);
+        assert_eq!(caps[0].counter, "spend:tenant:t:2026-11-25");
+        assert_eq!(caps[1].counter, "spend:key:k:2026-11");
+        assert_eq!(caps[2].counter, "spend:key:k:all");
+        assert_eq!(caps[0].resets_at, Some(1_795_651_200));
+        let call = admission(Billing::Prepaid, "1", vec![], caps);
+        let counters = |settled: &str, held: &str| {
+            vec![
+                SpendCounter { settled: usd(settled), held: usd(held) },
+                SpendCounter { settled: usd("50"), held: Money::ZERO },
+                SpendCounter::default(),
+            ]
+        };
+        assert!(decide(&call, &state("100", "0", 0, counters("1", "0"))).is_ok());
+        assert_eq!(
+            credit_code(decide(&call, &state("100", "0", 0, counters("1", "0.5")))),
+            Some(("in_flight_budget_exhausted", "tenant_daily_budget"))
+        );
+        let refused = decide(&call, &state("100", "0", 0, counters("1.5", "0")));
+        assert_eq!(
+            refused,
+            Err(Refusal::Credit {
+                code: CreditCode::InsufficientCredit,
+                source: LimitSource::TenantDailyBudget,
+                retry_after_seconds: Some(51_200),
+            })
+        );
+        let error = refused.unwrap_err().to_api_error();
+        assert_eq!(error.kind.status(), 402);
+        assert_eq!(error.limit_source.as_deref(), Some("tenant_daily_budget"));
+    }
+
+    #[test]
+    fn a_refused_bucket_takes_nothing_from_the_others() {
+        let requests = Bucket::new("key:k", Unit::Requests, 10);
+        let tokens = Bucket::new("tenant:t", Unit::Tokens, 100);
+        let call = admission(
+            Billing::Prepaid,
+            "0",
+            vec![
+                Draw { bucket: requests.clone(), amount: 1 },
+                Draw { bucket: tokens.clone(), amount: 60 },
+            ],
+            vec![],
+        );
+        let first = decide(&call, &state("0", "0", 2, vec![])).unwrap();
+        assert_eq!(first.rate.requests.unwrap().remaining, 9);
+        assert_eq!(first.rate.tokens.unwrap().remaining, 40);
+        let mut after = state("0", "0", 2, vec![]);
+        after.tats = first.tats.iter().copied().map(Some).collect();
+        match decide(&call, &after) {
+            Err(Refusal::RateLimited { unit, limit, retry_after_nanos, rate }) => {
+                assert_eq!((unit, limit), (Unit::Tokens, 100));
+                assert_eq!(retry_after_nanos, Some(12_000_000_000));
+                let headers = rate.headers();
+                assert!(headers.contains(&("x-ratelimit-remaining-tokens".into(), "0".into())));
+                assert!(headers.contains(&("x-ratelimit-limit-requests".into(), "10".into())));
+            }
+            other => panic!("expected a rate limit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn settling_charges_the_cost_capped_at_the_hold() {
+        let call = admission(Billing::Prepaid, "1", vec![], spend_caps("t", &[Budget { period: BudgetPeriod::Day, amount_usd: usd("0.5"), enforcement: Enforcement::Soft }], None, 1_795_600_000));
+        let hold = Hold::of(&call);
+        let counters = [SpendCounter { settled: usd("0.4"), held: usd("1") }];
+        let plan = settle_plan(&hold, Some(usd("0.25")), &counters);
+        assert_eq!(plan.charged, usd("0.25"));
+        assert_eq!(plan.posting, Some(Posting::settle("t", usd("1"), usd("0.25"))));
+        assert_eq!(plan.crossings.len(), 1);
+        assert_eq!(settle_plan(&hold, Some(usd("3")), &counters).charged, usd("1"));
+        let expired = settle_plan(&hold, None, &counters);
+        assert_eq!(expired.charged, Money::ZERO);
+        assert_eq!(expired.posting, Some(Posting::expire("t", usd("1"))));
+        let mut postpaid = hold.clone();
+        postpaid.billing = Billing::Postpaid;
+        assert_eq!(settle_plan(&postpaid, Some(usd("3")), &[]).posting, Some(Posting::charge("t", usd("3"))));
+        assert_eq!(settle_plan(&postpaid, None, &[]).posting, None);
+    }
+
+    #[test]
+    fn the_hold_bounds_every_token_the_call_may_use() {
+        let price = Price {
+            input_per_mtok_usd: usd("1"),
+            cached_input_per_mtok_usd: None,
+            output_per_mtok_usd: usd("2"),
+            per_call_usd: Some(usd("0.001")),
+            cache_hit_usd: None,
+        };
+        let estimate = TokenEstimate::new(936, 100);
+        assert_eq!(estimate.prompt_max, 1000);
+        assert_eq!(estimate.worst_case_cost(&price), usd("0.0022"));
+        assert_eq!(estimate.rate_tokens(), 335);
+    }
+}

@@ -1,0 +1,299 @@
+//! Billing from metered usage: invoices per tenant and month (a line per model), spend
+//! reports, usage events as CloudEvents, and the reconciliation invariant
+//! usage = settled ledger debits = invoice lines, to the nanodollar.
+
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::{self, Month};
+use crate::money::Money;
+use crate::ports::UsageRecord;
+
+/// Calls and tokens summed over some group of usage events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Totals {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: Money,
+}
+
+impl Totals {
+    pub fn add(&mut self, usage: &UsageRecord) {
+        self.requests += 1;
+        self.prompt_tokens += usage.prompt_tokens;
+        self.cached_tokens += usage.cached_tokens;
+        self.completion_tokens += usage.completion_tokens;
+        self.cost_usd = Money::from_nanos(self.cost_usd.nanos().saturating_add(usage.cost.nanos()));
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InvoiceLine {
+    pub model: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Invoice {
+    /// `inv_<tenant>_<YYYYMM>`: one invoice per tenant and month, so closing twice finds it.
+    pub id: String,
+    pub object: String,
+    pub tenant_id: String,
+    /// `YYYY-MM` (UTC).
+    pub period: String,
+    pub lines: Vec<InvoiceLine>,
+    pub total_usd: Money,
+    /// Unix seconds when the period was closed.
+    pub created_at: u64,
+}
+
+impl Invoice {
+    pub fn id_for(tenant_id: &str, month: Month) -> String {
+        format!("inv_{tenant_id}_{:04}{:02}", month.year, month.month)
+    }
+
+    /// The invoice for `usage` (one tenant's events in `month`): a line per model, by model id.
+    pub fn from_usage(tenant_id: &str, month: Month, usage: &[UsageRecord], now: u64) -> Invoice {
+        let mut lines: Vec<InvoiceLine> = Vec::new();
+        for record in usage {
+            match lines.iter_mut().find(|line| line.model == record.model) {
+                Some(line) => line.totals.add(record),
+                None => {
+                    let mut totals = Totals::default();
+                    totals.add(record);
+                    lines.push(InvoiceLine {
+                        model: record.model.clone(),
+                        totals,
+                    });
+                }
+            }
+        }
+        lines.sort_by(|left, right| left.model.cmp(&right.model));
+        let total = lines
+            .iter()
+            .map(|line| line.totals.cost_usd.nanos())
+            .fold(0i64, i64::saturating_add);
+        Invoice {
+            id: Invoice::id_for(tenant_id, month),
+            object: "invoice".into(),
+            tenant_id: tenant_id.to_owned(),
+            period: month.to_string(),
+            lines,
+            total_usd: Money::from_nanos(total),
+            created_at: now,
+        }
+    }
+
+    /// Same lines and total (the time it was made aside).
+    pub fn same_charges(&self, other: &Invoice) -> bool {
+        self.lines == other.lines && self.total_usd == other.total_usd
+    }
+}
+
+/// How a spend report groups usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupBy {
+    pub day: bool,
+    pub model: bool,
+    pub key: bool,
+}
+
+impl GroupBy {
+    /// `day,model,key` in any order and subset.
+    pub fn parse(text: &str) -> Result<GroupBy, String> {
+        let mut group = GroupBy::default();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            match part {
+                "day" => group.day = true,
+                "model" => group.model = true,
+                "key" => group.key = true,
+                other => return Err(format!("cannot group by `{other}`; use day, model or key")),
+            }
+        }
+        Ok(group)
+    }
+}
+
+/// One row of a spend report: the group's keys (absent when not grouped by them) and totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UsageRow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// A usage record as a CloudEvent (structured JSON mode), as exported.
+pub fn cloud_event(usage: &UsageRecord) -> serde_json::Value {
+    serde_json::json!({
+        "specversion": "1.0",
+        "id": usage.request_id,
+        "source": "ferry/gateway",
+        "type": "dev.ferry.usage.v1",
+        "subject": usage.tenant_id,
+        "time": calendar::rfc3339_millis(usage.created_at.saturating_mul(1000)),
+        "datacontenttype": "application/json",
+        "data": usage,
+    })
+}
+
+/// One tenant's money, as read from each place it is recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantFigures {
+    pub tenant_id: String,
+    /// Sum of usage event costs.
+    pub usage: Money,
+    /// Sum of settle and charge transactions' revenue entries.
+    pub settled: Money,
+    /// Per closed month: (period, usage events in it, invoice total).
+    pub invoiced: Vec<(String, Money, Money)>,
+    /// Usage events without a settlement, and settlements without a usage event.
+    pub unsettled_events: u64,
+    pub orphan_settlements: u64,
+    /// The tenant's spendable balance, if prepaid (must never be negative).
+    pub prepaid_available: Option<Money>,
+}
+
+/// The ledger as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerFigures {
+    pub unbalanced_transactions: u64,
+    /// Accounts whose stored balance differs from the sum of their entries.
+    pub drifted_accounts: u64,
+}
+
+/// Every way the books disagree with themselves; empty when they reconcile.
+pub fn discrepancies(ledger: &LedgerFigures, tenants: &[TenantFigures]) -> Vec<String> {
+    let mut found = Vec::new();
+    if ledger.unbalanced_transactions > 0 {
+        found.push(format!(
+            "{} ledger transactions do not sum to zero",
+            ledger.unbalanced_transactions
+        ));
+    }
+    if ledger.drifted_accounts > 0 {
+        found.push(format!(
+            "{} account balances differ from the sum of their entries",
+            ledger.drifted_accounts
+        ));
+    }
+    for tenant in tenants {
+        let id = &tenant.tenant_id;
+        if tenant.usage != tenant.settled {
+            found.push(format!(
+                "tenant {id}: usage events total {} but settled debits total {} (difference {})",
+                tenant.usage,
+                tenant.settled,
+                Money::from_nanos(tenant.usage.nanos() - tenant.settled.nanos())
+            ));
+        }
+        for (period, usage, invoiced) in &tenant.invoiced {
+            if usage != invoiced {
+                found.push(format!(
+                    "tenant {id}: {period} usage totals {usage} but its invoice totals {invoiced}"
+                ));
+            }
+        }
+        if tenant.unsettled_events > 0 {
+            found.push(format!("tenant {id}: {} usage events have no settlement", tenant.unsettled_events));
+        }
+        if tenant.orphan_settlements > 0 {
+            found.push(format!("tenant {id}: {} settlements have no usage event", tenant.orphan_settlements));
+        }
+        if tenant.prepaid_available.is_some_and(Money::is_negative) {
+            found.push(format!("tenant {id}: prepaid balance is negative"));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(request_id: &str, model: &str, cost: i64) -> UsageRecord {
+        UsageRecord {
+            request_id: request_id.into(),
+            tenant_id: "t".into(),
+            key_id: None,
+            model: model.into(),
+            deployment: "d".into(),
+            endpoint: "chat.completions".into(),
+            prompt_tokens: 10,
+            cached_tokens: 2,
+            completion_tokens: 5,
+            cost: Money::from_nanos(cost),
+            status: 200,
+            latency_ms: 3,
+            ttft_ms: None,
+            cache_status: "none".into(),
+            created_at: 1_795_600_000,
+        }
+    }
+
+    #[test]
+    fn invoices_have_a_line_per_model_in_order() {
+        let month: Month = "2026-11".parse().unwrap();
+        let events = [usage("a", "m2", 5), usage("b", "m1", 7), usage("c", "m2", 11)];
+        let invoice = Invoice::from_usage("t", month, &events, 9);
+        assert_eq!(invoice.id, "inv_t_202611");
+        let models: Vec<_> = invoice.lines.iter().map(|line| line.model.as_str()).collect();
+        assert_eq!(models, ["m1", "m2"]);
+        assert_eq!(invoice.lines[1].totals.requests, 2);
+        assert_eq!(invoice.lines[1].totals.cost_usd, Money::from_nanos(16));
+        assert_eq!(invoice.total_usd, Money::from_nanos(23));
+        let again = Invoice::from_usage("t", month, &events, 99);
+        assert!(invoice.same_charges(&again));
+    }
+
+    #[test]
+    fn reconciliation_names_every_difference() {
+        let good = TenantFigures {
+            tenant_id: "t".into(),
+            usage: Money::from_nanos(10),
+            settled: Money::from_nanos(10),
+            invoiced: vec![("2026-11".into(), Money::from_nanos(10), Money::from_nanos(10))],
+            prepaid_available: Some(Money::ZERO),
+            ..TenantFigures::default()
+        };
+        assert!(discrepancies(&LedgerFigures::default(), std::slice::from_ref(&good)).is_empty());
+        let bad = TenantFigures {
+            settled: Money::from_nanos(9),
+            invoiced: vec![("2026-11".into(), Money::from_nanos(10), Money::from_nanos(8))],
+            prepaid_available: Some(Money::from_nanos(-1)),
+            ..good
+        };
+        let found = discrepancies(
+            &LedgerFigures { unbalanced_transactions: 1, drifted_accounts: 0 },
+            &[bad],
+        );
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found[1].contains("difference 0.000000001"));
+    }
+
+    #[test]
+    fn group_by_accepts_any_subset() {
+        assert_eq!(GroupBy::parse("model, day").unwrap(), GroupBy { day: true, model: true, key: false });
+        assert_eq!(GroupBy::parse("").unwrap(), GroupBy::default());
+        assert!(GroupBy::parse("tenant").is_err());
+    }
+
+    #[test]
+    fn usage_exports_as_a_cloud_event() {
+        let event = cloud_event(&usage("req_1", "m", 5));
+        assert_eq!(event["id"], "req_1");
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["data"]["cost"], "0.000000005");
+        assert!(event["time"].as_str().unwrap().ends_with('Z'));
+    }
+}
