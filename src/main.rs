@@ -1,5 +1,6 @@
 //! `ferry`: the command line and composition root. Parses arguments and hands over.
 
+mod billing;
 mod config;
 mod models;
 mod serve;
@@ -26,6 +27,9 @@ enum Command {
     /// Pull and list the pinned models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Close billing periods into invoices, and reconcile the books.
+    #[command(subcommand)]
+    Billing(billing::BillingCommand),
     /// Print the OpenAPI document of the HTTP surface.
     Openapi,
 }
@@ -36,6 +40,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Worker(args) => models::worker(args).await,
         Command::Models(command) => models::run(command),
+        Command::Billing(command) => {
+            serve::init_logging(false);
+            let code = billing::run(command).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Openapi => {
             println!("{}", ferry_functions::openapi_json()?);
             Ok(())

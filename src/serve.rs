@@ -3,15 +3,17 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_core::model::{Deployment, ModelSpec, UpstreamTarget};
-use ferry_core::ports::Store;
-use ferry_functions::admin::{OperatorKey, ensure_operator_key};
+use ferry_core::ports::{Accounts, Store};
+use ferry_functions::admin::{OperatorKey, ensure_operator_key, register_model};
+use ferry_functions::clock;
 use ferry_functions::auth::Authenticator;
 use ferry_functions::store::SqliteStore;
 use ferry_functions::upstream::HttpUpstream;
-use ferry_functions::{AppState, RouterConfig};
+use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use tokio::net::TcpListener;
 
 use crate::config::{self, Config, Overrides};
@@ -37,6 +39,10 @@ pub struct ServeArgs {
     /// Serve no local models: only upstreams registered through the admin API or config.
     #[arg(long, env = "FERRY_NO_LOCAL_MODELS")]
     no_local_models: bool,
+    /// How long a call's credit hold waits for its settlement before it is released at no
+    /// charge (the gateway died mid-call). Longer than any call may take.
+    #[arg(long, env = "FERRY_HOLD_TTL_SECONDS", default_value_t = 900)]
+    hold_ttl_seconds: u64,
     #[command(flatten)]
     models: ModelChoiceArgs,
     #[command(flatten)]
@@ -62,23 +68,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .await
     .context("operator key")?;
     for model in &config.models {
-        ferry_core::ports::Store::put_model(
-            store.as_ref(),
-            model,
-            ferry_functions::clock::unix_seconds(),
-        )
-        .await?;
+        register_model(store.as_ref(), store.as_ref(), model, clock::unix_millis()).await?;
     }
     let local_models = if args.no_local_models {
         Vec::new()
     } else {
         start_local_worker(&args, &config, store.as_ref()).await?
     };
+    let money = MoneyConfig {
+        hold_ttl: Duration::from_secs(args.hold_ttl_seconds.max(1)),
+    };
+    tokio::spawn(expire_holds(store.clone(), money.hold_ttl));
     let http = reqwest::Client::builder().build().context("HTTP client")?;
     let state = AppState {
         store: store.clone(),
+        accounts: store.clone(),
         upstream: Arc::new(HttpUpstream::new(config.upstream.clone()).context("upstream client")?),
         auth: Arc::new(Authenticator::new(store, config.auth.clone(), http)?),
+        money,
     };
     let router = ferry_functions::router(
         state,
@@ -103,6 +110,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Releases the holds of calls that never settled (a gateway process died mid-call), now and
+/// then for as long as the process runs. Any replica may do it: each hold is released once.
+async fn expire_holds(accounts: Arc<SqliteStore>, hold_ttl: Duration) {
+    let every = (hold_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        match accounts.expire_holds(clock::unix_millis()).await {
+            Ok(0) => {}
+            Ok(count) => tracing::warn!(count, "released holds whose calls never settled"),
+            Err(error) => tracing::warn!(%error, "could not expire holds"),
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Loads the local models (pulling them on first start), serves them on a loopback port as a
@@ -156,11 +177,11 @@ async fn start_local_worker(
                 id: id.clone(),
                 deployments: vec![deployment],
                 price: None,
+                max_output_tokens: None,
+                limits: Default::default(),
             },
         };
-        store
-            .put_model(&spec, ferry_functions::clock::unix_seconds())
-            .await?;
+        store.put_model(&spec, clock::unix_seconds()).await?;
         tracing::info!(model = %id, %url, "serving local model");
     }
     Ok(ids)

@@ -9,7 +9,10 @@ use ferry_core::api_key::{self, ApiKey};
 use ferry_core::error::ErrorBody;
 use ferry_core::ids::{self, IdKind};
 use ferry_core::model::ModelSpec;
-use ferry_core::ports::{Billing, KeyLimits, KeyRecord, Store, StoreError, StoredModel, Tenant};
+use ferry_core::admission::{self, Budget};
+use ferry_core::ports::{
+    Accounts, Billing, KeyRecord, PriceRecord, RateLimits, Store, StoreError, StoredModel, Tenant,
+};
 use ferry_core::principal::{Principal, Role};
 use ferry_core::{ApiError, ErrorKind, Money};
 use serde::{Deserialize, Serialize};
@@ -23,7 +26,7 @@ use crate::extract::JsonBody;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
-        .route("/tenants/{id}", get(get_tenant))
+        .route("/tenants/{id}", get(get_tenant).patch(update_tenant))
         .route("/tenants/{id}/keys", post(create_key).get(list_keys))
         .route("/keys/{id}", delete(revoke_key))
         .route("/models", post(put_model).get(list_models))
@@ -37,6 +40,49 @@ pub struct CreateTenant {
     /// `prepaid` (the default) or `postpaid`.
     #[serde(default)]
     pub billing: Option<Billing>,
+    /// Requests and tokens per minute across all the tenant's keys.
+    #[serde(default)]
+    pub limits: Option<RateLimits>,
+    /// Spend caps per UTC day or month.
+    #[serde(default)]
+    pub budgets: Option<Vec<Budget>>,
+}
+
+/// `PATCH /tenants/{id}`: fields present replace the tenant's own.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    #[serde(default)]
+    pub limits: Option<RateLimits>,
+    #[serde(default)]
+    pub budgets: Option<Vec<Budget>>,
+}
+
+/// A tenant with its credit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    #[serde(flatten)]
+    pub tenant: Tenant,
+    pub object: &'static str,
+    /// Available plus held: what the tenant has once every call in flight settles.
+    pub balance_usd: Money,
+    /// What new calls may hold now.
+    pub available_usd: Money,
+    /// Held by calls in flight.
+    pub held_usd: Money,
+}
+
+impl TenantView {
+    pub(crate) async fn of(state: &AppState, tenant: Tenant) -> Result<TenantView, ApiError> {
+        let balance = state.accounts.balance(&tenant.id).await?;
+        Ok(TenantView {
+            tenant,
+            object: "tenant",
+            balance_usd: balance.total(),
+            available_usd: balance.available_usd,
+            held_usd: balance.held_usd,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -52,9 +98,13 @@ pub struct CreateKey {
     #[serde(default)]
     pub expires_at: Option<u64>,
     #[serde(default)]
-    pub limits: Option<KeyLimits>,
+    pub limits: Option<RateLimits>,
+    /// A lifetime cap on what this key may spend.
     #[serde(default)]
     pub credit_cap_usd: Option<Money>,
+    /// Spend caps per UTC day or month for this key.
+    #[serde(default)]
+    pub budgets: Option<Vec<Budget>>,
 }
 
 /// A key as shown to administrators; `key` (the secret) only in the answer that created it.
@@ -66,7 +116,8 @@ pub struct KeyView {
     pub name: String,
     pub role: Role,
     pub models: Option<Vec<String>>,
-    pub limits: KeyLimits,
+    pub limits: RateLimits,
+    pub budgets: Vec<Budget>,
     pub credit_cap_usd: Option<Money>,
     pub created_at: u64,
     pub expires_at: Option<u64>,
@@ -85,6 +136,7 @@ impl KeyView {
             role: record.role,
             models: record.models,
             limits: record.limits,
+            budgets: record.budgets,
             credit_cap_usd: record.credit_cap,
             created_at: record.created_at,
             expires_at: record.expires_at,
@@ -116,14 +168,14 @@ pub struct List<T> {
     pub data: Vec<T>,
 }
 
-fn list<T>(data: Vec<T>) -> Json<List<T>> {
+pub(crate) fn list<T>(data: Vec<T>) -> Json<List<T>> {
     Json(List {
         object: "list",
         data,
     })
 }
 
-fn require_operator(principal: &Principal) -> Result<(), ApiError> {
+pub(crate) fn require_operator(principal: &Principal) -> Result<(), ApiError> {
     if principal.is_operator() {
         Ok(())
     } else {
@@ -135,7 +187,7 @@ fn require_operator(principal: &Principal) -> Result<(), ApiError> {
 }
 
 /// Members of the tenant learn they lack the right; anyone else learns nothing (404).
-fn require_tenant_admin(principal: &Principal, tenant_id: &str) -> Result<(), ApiError> {
+pub(crate) fn require_tenant_admin(principal: &Principal, tenant_id: &str) -> Result<(), ApiError> {
     if principal.may_administer_tenant(tenant_id) {
         Ok(())
     } else if principal.tenant_id.as_deref() == Some(tenant_id) {
@@ -153,7 +205,7 @@ fn tenant_not_found() -> ApiError {
     ApiError::new(ErrorKind::NotFound, "No such tenant.").with_code("tenant_not_found")
 }
 
-async fn existing_tenant(store: &dyn Store, tenant_id: &str) -> Result<Tenant, ApiError> {
+pub(crate) async fn existing_tenant(store: &dyn Store, tenant_id: &str) -> Result<Tenant, ApiError> {
     store
         .get_tenant(tenant_id)
         .await?
@@ -169,24 +221,50 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
 
 /// Creates a tenant (operators only).
 #[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", request_body = CreateTenant,
-    responses((status = 201, body = Tenant), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 201, body = TenantView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     Caller(principal): Caller,
     body: JsonBody<CreateTenant>,
-) -> HandlerResult<(StatusCode, Json<Tenant>)> {
+) -> HandlerResult<(StatusCode, Json<TenantView>)> {
     require_operator(&principal)?;
-    validate_name(&body.typed.name)?;
+    let request = body.typed;
+    validate_name(&request.name)?;
+    let budgets = request.budgets.unwrap_or_default();
+    admission::validate_budgets(&budgets, "budgets")?;
     let now = clock::unix_millis();
     let tenant = Tenant {
         id: ids::object_id(IdKind::Tenant, now, clock::random_bytes()),
-        name: body.typed.name.trim().to_owned(),
-        billing: body.typed.billing.unwrap_or(Billing::Prepaid),
+        name: request.name.trim().to_owned(),
+        billing: request.billing.unwrap_or(Billing::Prepaid),
         created_at: now / 1000,
+        limits: request.limits.unwrap_or_default(),
+        budgets,
     };
     state.store.create_tenant(&tenant).await?;
-    Ok((StatusCode::CREATED, Json(tenant)))
+    Ok((StatusCode::CREATED, Json(TenantView::of(&state, tenant).await?)))
+}
+
+/// Replaces a tenant's rate limits or budgets (operators only).
+#[utoipa::path(patch, path = "/admin/v1/tenants/{id}", tag = "admin", params(("id" = String, Path, description = "Tenant id")),
+    request_body = UpdateTenant,
+    responses((status = 200, body = TenantView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_tenant(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    Path(id): Path<String>,
+    body: JsonBody<UpdateTenant>,
+) -> HandlerResult<Json<TenantView>> {
+    require_operator(&principal)?;
+    let tenant = existing_tenant(state.store.as_ref(), &id).await?;
+    let limits = body.typed.limits.unwrap_or(tenant.limits);
+    let budgets = body.typed.budgets.unwrap_or(tenant.budgets);
+    admission::validate_budgets(&budgets, "budgets")?;
+    state.store.update_tenant_policy(&id, limits, &budgets).await?;
+    let tenant = existing_tenant(state.store.as_ref(), &id).await?;
+    Ok(Json(TenantView::of(&state, tenant).await?))
 }
 
 /// Lists tenants (operators only).
@@ -202,14 +280,15 @@ pub async fn list_tenants(
 
 /// One tenant: operators, or the tenant's own admins.
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}", tag = "admin", params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_tenant(
     State(state): State<AppState>,
     Caller(principal): Caller,
     Path(id): Path<String>,
-) -> HandlerResult<Json<Tenant>> {
+) -> HandlerResult<Json<TenantView>> {
     require_tenant_admin(&principal, &id)?;
-    Ok(Json(existing_tenant(state.store.as_ref(), &id).await?))
+    let tenant = existing_tenant(state.store.as_ref(), &id).await?;
+    Ok(Json(TenantView::of(&state, tenant).await?))
 }
 
 /// Creates an API key for a tenant. The secret is in this answer only.
@@ -260,12 +339,15 @@ pub async fn create_key(
             ApiError::invalid("credit_cap_usd", "credit_cap_usd must not be negative").into(),
         );
     }
+    let budgets = request.budgets.unwrap_or_default();
+    admission::validate_budgets(&budgets, "budgets")?;
     let (key, record) = new_key(NewKey {
         tenant_id: Some(tenant_id),
         name: request.name.trim().to_owned(),
         role: request.role,
         models: request.models,
         limits: request.limits.unwrap_or_default(),
+        budgets,
         credit_cap: request.credit_cap_usd,
         expires_at: request.expires_at,
     })?;
@@ -339,11 +421,39 @@ pub async fn put_model(
 ) -> HandlerResult<Json<ModelView>> {
     require_operator(&principal)?;
     body.typed.validate()?;
-    let stored = state
-        .store
-        .put_model(&body.typed, clock::unix_seconds())
-        .await?;
+    let stored = register_model(
+        state.store.as_ref(),
+        state.accounts.as_ref(),
+        &body.typed,
+        clock::unix_millis(),
+    )
+    .await?;
     Ok(Json(ModelView::of(stored)))
+}
+
+/// Stores a model; a price that differs from the one in effect starts now, and calls made
+/// before keep the price they were made at.
+pub async fn register_model(
+    store: &dyn Store,
+    accounts: &dyn Accounts,
+    spec: &ModelSpec,
+    now_ms: u64,
+) -> Result<StoredModel, StoreError> {
+    let stored = store.put_model(spec, now_ms / 1000).await?;
+    if let Some(price) = &spec.price {
+        let current = accounts.price_at(&spec.id, "", now_ms).await?;
+        if current.as_ref() != Some(price) {
+            accounts
+                .put_price(&PriceRecord {
+                    model: spec.id.clone(),
+                    deployment: None,
+                    effective_from_ms: now_ms,
+                    price: price.clone(),
+                })
+                .await?;
+        }
+    }
+    Ok(stored)
 }
 
 /// Lists models with their deployments (operators only: this shows upstream addresses).
@@ -365,7 +475,7 @@ pub async fn list_models(
     ))
 }
 
-fn model_not_found(id: &str) -> ApiError {
+pub(crate) fn model_not_found(id: &str) -> ApiError {
     ApiError::unknown_model(id).with_param("id")
 }
 
@@ -405,7 +515,8 @@ struct NewKey {
     name: String,
     role: Role,
     models: Option<Vec<String>>,
-    limits: KeyLimits,
+    limits: RateLimits,
+    budgets: Vec<Budget>,
     credit_cap: Option<Money>,
     expires_at: Option<u64>,
 }
@@ -430,6 +541,7 @@ fn record_for(key: &ApiKey, params: NewKey) -> KeyRecord {
         role: params.role,
         models: params.models,
         limits: params.limits,
+        budgets: params.budgets,
         credit_cap: params.credit_cap,
         created_at: clock::unix_seconds(),
         expires_at: params.expires_at,
@@ -472,7 +584,8 @@ pub async fn ensure_operator_key(
         name: name.to_owned(),
         role: Role::Operator,
         models: None,
-        limits: KeyLimits::default(),
+        limits: RateLimits::default(),
+        budgets: Vec::new(),
         credit_cap: None,
         expires_at: None,
     };

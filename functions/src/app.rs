@@ -2,7 +2,7 @@
 //! (request ids, one log line per request, body limit, JSON fallbacks).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -11,21 +11,45 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ferry_core::ports::{Store, Upstream};
+use ferry_core::ports::{Accounts, Store, Upstream};
 use ferry_core::principal::Principal;
 use ferry_core::{ApiError, ErrorKind};
 use serde_json::json;
 
 use crate::auth::Authenticator;
 use crate::error::{ErrorKindTag, Failure};
-use crate::{admin, clock, gateway, openapi};
+use crate::{admin, billing, clock, gateway, openapi};
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub accounts: Arc<dyn Accounts>,
     pub upstream: Arc<dyn Upstream>,
     pub auth: Arc<Authenticator>,
+    pub money: MoneyConfig,
+}
+
+/// How admission treats money.
+#[derive(Debug, Clone, Copy)]
+pub struct MoneyConfig {
+    /// How long a hold waits for its settlement before it is released, charging nothing.
+    /// Longer than any call may take.
+    pub hold_ttl: Duration,
+}
+
+impl MoneyConfig {
+    pub fn hold_ttl_ms(&self) -> u64 {
+        u64::try_from(self.hold_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Default for MoneyConfig {
+    fn default() -> MoneyConfig {
+        MoneyConfig {
+            hold_ttl: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -46,7 +70,7 @@ impl Default for RouterConfig {
 pub fn router(state: AppState, config: &RouterConfig) -> Router {
     Router::new()
         .merge(gateway::routes())
-        .nest("/admin/v1", admin::routes())
+        .nest("/admin/v1", admin::routes().merge(billing::routes()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))

@@ -15,6 +15,8 @@ use crate::error::Failure;
 pub struct JsonBody<T> {
     pub typed: T,
     pub raw: Value,
+    /// The body's size on the wire: an upper bound on its prompt tokens.
+    pub byte_len: usize,
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -35,6 +37,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         Ok(JsonBody {
             typed: parsed.typed,
             raw: parsed.raw,
+            byte_len: bytes.len(),
         })
     }
 }

@@ -11,9 +11,13 @@ use ferry_core::openai::{
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
     EmbeddingRequest, EmbeddingResponse, ModelList, ModelObject, Usage,
 };
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use ferry_core::admission::{Admission, Draw, RateStatus, TokenEstimate, spend_caps};
+use ferry_core::model::ModelSpec;
 use ferry_core::ports::{Endpoint, StoredModel, UpstreamCall, UpstreamReply};
-use ferry_core::principal::Principal;
-use ferry_core::{ApiError, ErrorKind};
+use ferry_core::principal::{Credential, Principal};
+use ferry_core::ratelimit::{Bucket, Unit};
+use ferry_core::{ApiError, ErrorKind, Money};
 use serde_json::Value;
 
 use crate::app::{AppState, Caller, RequestId};
@@ -52,11 +56,22 @@ pub async fn chat_completions(
         .stream_options
         .as_ref()
         .is_some_and(|options| options.include_usage);
+    let output = Output {
+        requested: request.max_output_tokens(),
+        param: if request.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        },
+        choices: request.n.unwrap_or(1),
+    };
     let call = Call {
         endpoint: Endpoint::ChatCompletions,
         model_id: &request.model,
         stream: request.is_stream(),
         include_usage,
+        output: Some(output),
+        body_bytes: body.byte_len,
     };
     dispatch(&state, request_id, &principal, call, body.raw).await
 }
@@ -83,6 +98,12 @@ pub async fn completions(
         model_id: &request.model,
         stream: request.is_stream(),
         include_usage,
+        output: Some(Output {
+            requested: request.max_tokens,
+            param: "max_tokens",
+            choices: request.n.unwrap_or(1),
+        }),
+        body_bytes: body.byte_len,
     };
     dispatch(&state, request_id, &principal, call, body.raw).await
 }
@@ -104,6 +125,8 @@ pub async fn embeddings(
         model_id: &body.typed.model,
         stream: false,
         include_usage: false,
+        output: None,
+        body_bytes: body.byte_len,
     };
     dispatch(&state, request_id, &principal, call, body.raw).await
 }
@@ -162,9 +185,21 @@ struct Call<'a> {
     model_id: &'a str,
     stream: bool,
     include_usage: bool,
+    /// What the call may generate; none for embeddings.
+    output: Option<Output>,
+    body_bytes: usize,
 }
 
-/// Route → dispatch → meter, for every endpoint alike.
+struct Output {
+    /// `max_tokens` as the caller set it, if they did.
+    requested: Option<u32>,
+    /// The field they set it in, for errors.
+    param: &'static str,
+    /// `n`: each choice may generate the maximum.
+    choices: u32,
+}
+
+/// Route → admit → dispatch → meter, for every endpoint alike.
 async fn dispatch(
     state: &AppState,
     request_id: RequestId,
@@ -186,6 +221,27 @@ async fn dispatch(
         .with_code("model_not_allowed")
         .into());
     }
+    let output_max = match &call.output {
+        Some(output) => {
+            let cap = model.spec.output_cap();
+            match output.requested {
+                Some(requested) if requested > cap => {
+                    return Err(ApiError::invalid(
+                        output.param,
+                        format!("{} is {requested}, above this model's limit of {cap}", output.param),
+                    )
+                    .into());
+                }
+                Some(requested) => u64::from(requested) * u64::from(output.choices),
+                None => {
+                    // The hold assumes the cap, so the backend must not go past it.
+                    body["max_tokens"] = Value::from(cap);
+                    u64::from(cap) * u64::from(output.choices)
+                }
+            }
+        }
+        None => 0,
+    };
     let deployment = model
         .spec
         .choose_deployment(clock::random_u64())
@@ -196,19 +252,45 @@ async fn dispatch(
             )
             .retry_after(5)
         })?;
+    let now_ms = clock::unix_millis();
+    let price = state
+        .accounts
+        .price_at(&model.spec.id, &deployment.id, now_ms)
+        .await?
+        .or_else(|| model.spec.price.clone());
+    let estimate = TokenEstimate::new(call.body_bytes, output_max);
+    let rate = match &principal.tenant_id {
+        Some(tenant_id) => {
+            let admission = AdmissionInput {
+                request_id: &request_id.0,
+                principal,
+                tenant_id,
+                model: &model.spec,
+                deployment: &deployment.id,
+                endpoint: call.endpoint,
+                estimate,
+                hold: price.as_ref().map_or(Money::ZERO, |price| estimate.worst_case_cost(price)),
+                now_ms,
+            };
+            admit(state, admission).await?
+        }
+        // Operators' own calls are neither limited nor billed.
+        None => RateStatus::default(),
+    };
     body["model"] = Value::String(deployment.upstream.model.clone());
     if call.stream {
         // Usage is always asked of the upstream, so every stream can be metered.
         body["stream_options"] = serde_json::json!({"include_usage": true});
     }
     let meter = Meter::new(MeterParams {
-        store: state.store.clone(),
+        accounts: state.accounts.clone(),
         request_id: request_id.0,
         principal,
         model_id: model.spec.id.clone(),
         deployment_id: deployment.id.clone(),
         endpoint: call.endpoint,
-        price: model.spec.price.clone(),
+        price,
+        admitted_at: now_ms / 1000,
     });
     let upstream_call = UpstreamCall {
         target: deployment.upstream.clone(),
@@ -227,14 +309,9 @@ async fn dispatch(
             return Err(api_error.into());
         }
     };
-    match reply {
-        UpstreamReply::Stream(stream) if call.stream => {
-            Ok(relay(stream, meter, call.include_usage))
-        }
-        // A whole answer to a streamed request, or a stream to a plain one: the backend is broken.
-        UpstreamReply::Complete(_) if call.stream => Err(wrong_mode()),
-        UpstreamReply::Stream(_) => Err(wrong_mode()),
-        UpstreamReply::Complete(mut response) => {
+    let mut response = match (reply, call.stream) {
+        (UpstreamReply::Stream(stream), true) => relay(stream, meter, call.include_usage),
+        (UpstreamReply::Complete(mut response), false) => {
             let mut usage: Usage = response
                 .get("usage")
                 .and_then(|usage| serde_json::from_value(usage.clone()).ok())
@@ -247,8 +324,97 @@ async fn dispatch(
                     serde_json::to_value(&usage).unwrap_or(Value::Null),
                 );
             }
+            // Settled before the answer leaves: an answer the caller holds is already charged.
             meter.record(&usage, 200, None).await;
-            Ok(Json(response).into_response())
+            Json(response).into_response()
+        }
+        // A whole answer to a streamed request, or a stream to a plain one: the backend is broken.
+        _ => {
+            let error = wrong_mode();
+            meter
+                .record(&Usage::default(), error.0.kind.status(), None)
+                .await;
+            return Err(error);
+        }
+    };
+    add_headers(response.headers_mut(), &rate.headers());
+    Ok(response)
+}
+
+struct AdmissionInput<'a> {
+    request_id: &'a str,
+    principal: &'a Principal,
+    tenant_id: &'a str,
+    model: &'a ModelSpec,
+    deployment: &'a str,
+    endpoint: Endpoint,
+    estimate: TokenEstimate,
+    hold: Money,
+    now_ms: u64,
+}
+
+/// Takes from every rate-limit bucket that applies (key, tenant, model) and holds the
+/// worst-case cost, in one atomic store operation; or refuses with 429 or 402.
+async fn admit(state: &AppState, input: AdmissionInput<'_>) -> HandlerResult<RateStatus> {
+    let tenant = state
+        .store
+        .get_tenant(input.tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorKind::Unauthenticated, "This key's tenant no longer exists."))?;
+    let key_id = match &input.principal.credential {
+        Credential::ApiKey { key_id } => Some(key_id.as_str()),
+        Credential::Jwt { .. } => None,
+    };
+    let policy = &input.principal.key_policy;
+    let mut scopes = vec![(format!("tenant:{}", tenant.id), tenant.limits)];
+    if let Some(key_id) = key_id {
+        scopes.push((format!("key:{key_id}"), policy.limits));
+    }
+    scopes.push((format!("model:{}", input.model.id), input.model.limits));
+    let draws = scopes
+        .iter()
+        .flat_map(|(scope, limits)| Bucket::all_for(scope, *limits))
+        .map(|bucket| {
+            let amount = match bucket.unit {
+                Unit::Requests => 1,
+                Unit::Tokens => input.estimate.rate_tokens(),
+            };
+            Draw { bucket, amount }
+        })
+        .collect();
+    let caps = spend_caps(
+        &tenant.id,
+        &tenant.budgets,
+        key_id.map(|key_id| (key_id, policy.budgets.as_slice(), policy.credit_cap)),
+        input.now_ms / 1000,
+    );
+    let admission = Admission {
+        request_id: input.request_id.to_owned(),
+        tenant_id: tenant.id.clone(),
+        key_id: key_id.map(str::to_owned),
+        model: input.model.id.clone(),
+        deployment: input.deployment.to_owned(),
+        endpoint: input.endpoint.name().to_owned(),
+        billing: tenant.billing,
+        hold: input.hold,
+        draws,
+        caps,
+        now_ms: input.now_ms,
+        expires_at_ms: input.now_ms.saturating_add(state.money.hold_ttl_ms()),
+    };
+    match state.accounts.admit(&admission).await? {
+        Ok(grant) => Ok(grant.rate),
+        Err(refusal) => Err(refusal.to_api_error().into()),
+    }
+}
+
+fn add_headers(headers: &mut HeaderMap, pairs: &[(String, String)]) {
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
         }
     }
 }

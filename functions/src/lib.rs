@@ -7,6 +7,7 @@
 pub mod admin;
 mod app;
 pub mod auth;
+mod billing;
 pub mod clock;
 mod error;
 mod extract;
@@ -17,6 +18,6 @@ mod relay;
 pub mod store;
 pub mod upstream;
 
-pub use app::{AppState, RouterConfig, router};
+pub use app::{AppState, MoneyConfig, RouterConfig, router};
 pub use error::Failure;
 pub use openapi::{ApiDoc, openapi_json};

@@ -1,5 +1,10 @@
-//! Metering: one usage record per request, priced at the model's price, written idempotently
-//! under the request id.
+//! Metering: one usage record per request, priced at the price in effect when the call was
+//! admitted, and settled against its hold in the same store transaction, once per request id.
+//!
+//! A `Meter` is made when a call is dispatched and must be finished with [`Meter::record`].
+//! If it is dropped instead (the caller went away while a plain call was waiting on the
+//! backend), it settles on its own as status 499 with nothing delivered, so the hold is
+//! released now rather than when it expires.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,14 +12,18 @@ use std::time::{Duration, Instant};
 use ferry_core::Money;
 use ferry_core::model::Price;
 use ferry_core::openai::{PromptTokensDetails, Usage};
-use ferry_core::ports::{Endpoint, Store, UsageRecord};
+use ferry_core::ports::{Accounts, Endpoint, Settled, StoreError, UsageRecord};
 use ferry_core::principal::{Credential, Principal};
 
-use crate::clock;
+
+/// Status recorded for a call its caller abandoned (nginx's "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
+/// Attempts at writing a settlement before giving up to the hold's expiry.
+const SETTLE_ATTEMPTS: u32 = 4;
 
 /// Everything needed to meter one call, fixed when it is dispatched.
 pub struct Meter {
-    store: Arc<dyn Store>,
+    accounts: Arc<dyn Accounts>,
     request_id: String,
     tenant_id: String,
     key_id: Option<String>,
@@ -23,16 +32,20 @@ pub struct Meter {
     endpoint: Endpoint,
     price: Option<Price>,
     started: Instant,
+    admitted_at: u64,
+    recorded: bool,
 }
 
 pub struct MeterParams<'a> {
-    pub store: Arc<dyn Store>,
+    pub accounts: Arc<dyn Accounts>,
     pub request_id: String,
     pub principal: &'a Principal,
     pub model_id: String,
     pub deployment_id: String,
     pub endpoint: Endpoint,
     pub price: Option<Price>,
+    /// Unix seconds.
+    pub admitted_at: u64,
 }
 
 impl Meter {
@@ -42,7 +55,7 @@ impl Meter {
             Credential::Jwt { .. } => None,
         };
         Meter {
-            store: params.store,
+            accounts: params.accounts,
             request_id: params.request_id,
             tenant_id: params.principal.billing_subject().to_owned(),
             key_id,
@@ -51,6 +64,8 @@ impl Meter {
             endpoint: params.endpoint,
             price: params.price,
             started: Instant::now(),
+            admitted_at: params.admitted_at,
+            recorded: false,
         }
     }
 
@@ -75,10 +90,8 @@ impl Meter {
         );
     }
 
-    /// Writes the usage record. A failure is logged, not returned: the caller already has
-    /// their answer, and the record's request id makes a later replay safe.
-    pub async fn record(&self, usage: &Usage, status: u16, time_to_first_token: Option<Duration>) {
-        let record = UsageRecord {
+    fn usage_record(&self, usage: &Usage, status: u16, ttft: Option<Duration>) -> UsageRecord {
+        UsageRecord {
             request_id: self.request_id.clone(),
             tenant_id: self.tenant_id.clone(),
             key_id: self.key_id.clone(),
@@ -91,11 +104,61 @@ impl Meter {
             cost: usage.cost.unwrap_or(Money::ZERO),
             status,
             latency_ms: millis(self.started.elapsed()),
-            ttft_ms: time_to_first_token.map(millis),
-            created_at: clock::unix_seconds(),
-        };
-        if let Err(error) = self.store.record_usage(&record).await {
-            tracing::error!(request_id = %self.request_id, %error, "usage record not written");
+            ttft_ms: ttft.map(millis),
+            cache_status: "none".into(),
+            created_at: self.admitted_at,
+        }
+    }
+
+    /// Records the usage and settles the hold; returns once both are durable, so the caller's
+    /// answer is final only after its charge is. A store failure is retried, then logged: the
+    /// hold then expires and the call is charged nothing.
+    pub async fn record(mut self, usage: &Usage, status: u16, ttft: Option<Duration>) -> Money {
+        self.recorded = true;
+        let record = self.usage_record(usage, status, ttft);
+        settle(self.accounts.as_ref(), &record).await
+    }
+}
+
+async fn settle(accounts: &dyn Accounts, record: &UsageRecord) -> Money {
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 1..=SETTLE_ATTEMPTS {
+        match accounts.settle(record).await {
+            Ok(Settled::Recorded { charged }) => return charged,
+            Ok(Settled::Duplicate) => {
+                tracing::warn!(request_id = %record.request_id, "settled already; ignored the replay");
+                return Money::ZERO;
+            }
+            Err(StoreError::Unavailable(error)) if attempt < SETTLE_ATTEMPTS => {
+                tracing::warn!(request_id = %record.request_id, %error, attempt, "settlement not written; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 4;
+            }
+            Err(error) => {
+                tracing::error!(request_id = %record.request_id, %error, "settlement not written; the hold will expire");
+                return Money::ZERO;
+            }
+        }
+    }
+    Money::ZERO
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        let mut usage = Usage::default();
+        self.price_usage(&mut usage);
+        // Nothing was delivered, so nothing but a per-call fee is owed; a departed caller is
+        // not charged even that.
+        usage.cost = Some(Money::ZERO);
+        let record = self.usage_record(&usage, CLIENT_CLOSED, None);
+        let accounts = Arc::clone(&self.accounts);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                settle(accounts.as_ref(), &record).await;
+            });
         }
     }
 }

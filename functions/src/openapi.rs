@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, gateway};
+use crate::{admin, billing, gateway};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use crate::{admin, gateway};
         admin::create_tenant,
         admin::list_tenants,
         admin::get_tenant,
+        admin::update_tenant,
         admin::create_key,
         admin::list_keys,
         admin::revoke_key,
@@ -25,9 +26,20 @@ use crate::{admin, gateway};
         admin::list_models,
         admin::get_model,
         admin::delete_model,
+        billing::add_credit,
+        billing::refund,
+        billing::adjust,
+        billing::ledger,
+        billing::usage_report,
+        billing::usage_events,
+        billing::invoices,
+        billing::alerts,
+        billing::add_price,
+        billing::list_prices,
     ),
     modifiers(&BearerAuth),
-    tags((name = "gateway", description = "OpenAI-compatible endpoints"), (name = "admin", description = "Tenants, keys and models"))
+    tags((name = "gateway", description = "OpenAI-compatible endpoints"), (name = "admin", description = "Tenants, keys and models"),
+        (name = "billing", description = "Credit, prices, usage and invoices"))
 )]
 pub struct ApiDoc;
 

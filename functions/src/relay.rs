@@ -3,7 +3,9 @@
 //! A task reads the upstream and writes to a small channel that is the response body. When the
 //! caller goes away the channel closes, the task stops and drops the upstream connection (so the
 //! backend stops generating), and the tokens delivered so far are metered. Usage is always asked
-//! of the upstream; the usage chunk is passed on only to callers who asked for it.
+//! of the upstream; the usage chunk is passed on only to callers who asked for it. The final
+//! `[DONE]` is held back until the call is settled: a caller who saw the end of the stream
+//! has been charged, durably, exactly once.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -18,10 +20,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::meter::Meter;
-
-/// Status recorded for a stream its caller abandoned (nginx's "client closed request").
-const CLIENT_CLOSED: u16 = 499;
+use crate::meter::{CLIENT_CLOSED, Meter};
 
 pub fn relay(upstream: ByteStream, meter: Meter, include_usage: bool) -> Response {
     let (sender, receiver) = mpsc::channel::<Bytes>(16);
@@ -72,7 +71,6 @@ async fn pump(
             Some(chunk) => chunk,
             // Every OpenAI-compatible server ends with `[DONE]`; ending without it means the
             // upstream died mid-generation (a close-delimited body looks complete otherwise).
-            None if saw_done => break 200,
             // The caller already has the upstream's error event: one is enough.
             None if progress.upstream_failed => break 502,
             None => Err(UpstreamError::Protocol(
@@ -100,13 +98,17 @@ async fn pump(
         for event in parser.feed(&bytes) {
             if event.is_done() {
                 saw_done = true;
-                out.push_str(DONE_EVENT);
-            } else if let Some(data) = rewrite(&event.data, &meter, include_usage, &mut progress) {
+                break;
+            }
+            if let Some(data) = rewrite(&event.data, &meter, include_usage, &mut progress) {
                 out.push_str(&data_event(&data));
             }
         }
         if !out.is_empty() && sender.send(Bytes::from(out)).await.is_err() {
             break CLIENT_CLOSED;
+        }
+        if saw_done {
+            break 200;
         }
     };
     let usage = match progress.usage {
@@ -125,6 +127,10 @@ async fn pump(
     meter
         .record(&usage, status, progress.first_token_after)
         .await;
+    if status == 200 {
+        // The caller may have left after the last chunk; there is no one to tell then.
+        let _ = sender.send(Bytes::from_static(DONE_EVENT.as_bytes())).await;
+    }
 }
 
 /// One upstream event as the caller should see it, or `None` to drop it.

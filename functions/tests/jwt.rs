@@ -20,7 +20,7 @@ use ferry_core::ports::{
 };
 use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
 use ferry_functions::store::SqliteStore;
-use ferry_functions::{AppState, RouterConfig};
+use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::EncodePrivateKey;
@@ -244,6 +244,8 @@ impl Ferry {
                     name: name.into(),
                     billing: Billing::Prepaid,
                     created_at: 1,
+                    limits: Default::default(),
+                    budgets: Vec::new(),
                 })
                 .await
                 .unwrap();
@@ -276,9 +278,11 @@ impl Ferry {
         )
         .unwrap();
         let state = AppState {
-            store,
+            store: store.clone(),
+            accounts: store,
             upstream: Arc::new(NoBackend),
             auth: Arc::new(auth),
+            money: MoneyConfig::default(),
         };
         Ferry {
             app: ferry_functions::router(state, &RouterConfig::default()),

@@ -18,7 +18,7 @@ use ferry_core::ports::{Store, Upstream, UpstreamCall, UpstreamError, UpstreamRe
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator};
 use ferry_functions::store::SqliteStore;
-use ferry_functions::{AppState, RouterConfig};
+use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -100,8 +100,10 @@ impl Ferry {
         let upstream = Arc::new(RecordingUpstream::default());
         let state = AppState {
             store: store.clone(),
+            accounts: store.clone(),
             upstream: upstream.clone(),
             auth: Arc::new(auth),
+            money: MoneyConfig::default(),
         };
         Ferry {
             app: ferry_functions::router(state, &config),
@@ -176,6 +178,14 @@ impl Ferry {
             .await;
         assert_eq!(tenant.status, StatusCode::CREATED, "{}", tenant.body);
         let tenant_id = tenant.body["id"].as_str().unwrap().to_owned();
+        let credit = self
+            .post(
+                &format!("/admin/v1/tenants/{tenant_id}/credits"),
+                operator,
+                &json!({"amount_usd": "10"}),
+            )
+            .await;
+        assert_eq!(credit.status, StatusCode::CREATED, "{}", credit.body);
 
         for model in [
             model_spec("allowed", ALLOWED_UPSTREAM_MODEL),

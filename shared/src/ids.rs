@@ -25,6 +25,7 @@ pub enum IdKind {
     Key,
     Completion,
     Usage,
+    Transaction,
 }
 
 impl IdKind {
@@ -34,6 +35,7 @@ impl IdKind {
             IdKind::Key => "key",
             IdKind::Completion => "chatcmpl",
             IdKind::Usage => "use",
+            IdKind::Transaction => "txn",
         }
     }
 }

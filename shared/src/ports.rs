@@ -124,6 +124,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The change would break a rule the store keeps (a negative prepaid balance, a reused
+    /// idempotency key); the message is for the caller.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -133,6 +137,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorKind::Conflict, format!("{what} already exists"))
             }
             // The detail goes to the logs, not to the caller.
+            StoreError::Invalid(message) => ApiError::new(ErrorKind::InvalidRequest, message),
             StoreError::Unavailable(_) => {
                 ApiError::new(ErrorKind::Internal, "the store is unavailable; try again")
                     .retry_after(1)
@@ -151,6 +156,14 @@ pub trait Store: Send + Sync {
     async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()>;
     async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>>;
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+
+    /// Replaces a tenant's limits and budgets; false when there is no such tenant.
+    async fn update_tenant_policy(
+        &self,
+        id: &str,
+        limits: RateLimits,
+        budgets: &[Budget],
+    ) -> StoreResult<bool>;
 
     async fn create_key(&self, key: &KeyRecord) -> StoreResult<()>;
     async fn find_key(&self, public_id: &str) -> StoreResult<Option<KeyRecord>>;
@@ -303,6 +316,15 @@ pub trait Accounts: Send + Sync {
     async fn invoices(&self, tenant_id: &str) -> StoreResult<Vec<Invoice>>;
     /// The figures reconciliation compares.
     async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)>;
+}
+
+/// Where exports go: a bucket (S3) or a local directory, addressed by `/`-separated keys.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Writes the whole object at once: readers see the old object or the new, never a part.
+    async fn put(&self, key: &str, body: Bytes) -> StoreResult<()>;
+    /// Where `key` is, for people (a path or a URL).
+    fn locate(&self, key: &str) -> String;
 }
 
 /// The OpenAI endpoints a backend serves.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, header};
 use ferry_core::api_key::ApiKey;
 use ferry_core::ports::Store;
-use ferry_core::principal::{Credential, Principal, Role};
+use ferry_core::principal::{Credential, KeyPolicy, Principal, Role};
 use ferry_core::{ApiError, ErrorKind};
 
 pub use jwt::{JwtConfig, JwtConfigError, JwtVerifier};
@@ -102,6 +102,11 @@ impl Authenticator {
             role: record.role,
             credential: Credential::ApiKey { key_id: record.id },
             model_allowlist: record.models,
+            key_policy: KeyPolicy {
+                limits: record.limits,
+                budgets: record.budgets,
+                credit_cap: record.credit_cap,
+            },
         })
     }
 
@@ -135,6 +140,7 @@ impl Authenticator {
                 issuer: identity.issuer,
             },
             model_allowlist: None,
+            key_policy: KeyPolicy::default(),
         })
     }
 

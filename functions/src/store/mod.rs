@@ -1,5 +1,7 @@
-//! Store adapters: implementations of [`ferry_core::ports::Store`].
+//! Store adapters: implementations of the [`ferry_core::ports`] storage traits.
 
+mod objects;
 mod sqlite;
 
+pub use objects::LocalObjectStore;
 pub use sqlite::SqliteStore;

@@ -6,15 +6,19 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ferry_core::Money;
+use ferry_core::admission::Budget;
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    Billing, KeyLimits, KeyRecord, Store, StoreError, StoreResult, StoredModel, Tenant, UsageRecord,
+    Billing, KeyRecord, RateLimits, Store, StoreError, StoreResult, StoredModel, Tenant, UsageRecord,
 };
 use ferry_core::principal::Role;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+mod accounts;
+
 /// Schema versions in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &["CREATE TABLE tenants (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE tenants (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         billing TEXT NOT NULL,
@@ -57,7 +61,75 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE tenants (
         ttft_ms INTEGER,
         created_at INTEGER NOT NULL
      );
-     CREATE INDEX usage_by_tenant ON usage_events(tenant_id, created_at);"];
+     CREATE INDEX usage_by_tenant ON usage_events(tenant_id, created_at);",
+    // Money: the ledger and its account projections, holds, rate buckets, spend counters,
+    // effective-dated prices, invoices and alerts.
+    "ALTER TABLE tenants ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+     ALTER TABLE api_keys ADD COLUMN budgets TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE usage_events ADD COLUMN cache_status TEXT NOT NULL DEFAULT 'none';
+     CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        balance_nanos INTEGER NOT NULL
+     );
+     CREATE TABLE ledger_transactions (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        request_id TEXT,
+        idempotency_key TEXT UNIQUE,
+        memo TEXT,
+        created_at_ms INTEGER NOT NULL
+     );
+     CREATE INDEX ledger_by_tenant ON ledger_transactions(tenant_id, created_at_ms);
+     CREATE INDEX ledger_by_request ON ledger_transactions(request_id);
+     CREATE TABLE ledger_entries (
+        transaction_id TEXT NOT NULL REFERENCES ledger_transactions(id),
+        account TEXT NOT NULL,
+        amount_nanos INTEGER NOT NULL
+     );
+     CREATE INDEX entries_by_transaction ON ledger_entries(transaction_id);
+     CREATE INDEX entries_by_account ON ledger_entries(account);
+     CREATE TABLE holds (
+        request_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+     );
+     CREATE INDEX holds_open ON holds(state, expires_at_ms);
+     CREATE TABLE rate_buckets (
+        id TEXT PRIMARY KEY,
+        tat_nanos INTEGER NOT NULL
+     );
+     CREATE TABLE spend_counters (
+        id TEXT PRIMARY KEY,
+        settled_nanos INTEGER NOT NULL,
+        held_nanos INTEGER NOT NULL
+     );
+     CREATE TABLE prices (
+        model TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        effective_from_ms INTEGER NOT NULL,
+        price TEXT NOT NULL,
+        PRIMARY KEY (model, deployment, effective_from_ms)
+     );
+     CREATE TABLE invoices (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        period TEXT NOT NULL,
+        body TEXT NOT NULL,
+        total_nanos INTEGER NOT NULL,
+        UNIQUE (tenant_id, period)
+     );
+     CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+     );
+     CREATE INDEX alerts_by_tenant ON alerts(tenant_id, created_at_ms);",
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -70,15 +142,15 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
+pub(super) fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-fn to_sql_int(value: u64) -> i64 {
+pub(super) fn to_sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn from_sql_int(value: i64) -> u64 {
+pub(super) fn from_sql_int(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
@@ -105,7 +177,7 @@ impl SqliteStore {
         })
     }
 
-    async fn with<T, F>(&self, work: F) -> StoreResult<T>
+    pub(super) async fn with<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
@@ -137,21 +209,53 @@ fn migrate(connection: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
-fn is_constraint_violation(error: &rusqlite::Error) -> bool {
+pub(super) fn is_constraint_violation(error: &rusqlite::Error) -> bool {
     matches!(error, rusqlite::Error::SqliteFailure(failure, _) if failure.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
+/// A tenant's limits and budgets, kept as one JSON column.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct TenantPolicy {
+    #[serde(default)]
+    limits: RateLimits,
+    #[serde(default)]
+    budgets: Vec<Budget>,
+}
+
+pub(super) fn json_column<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    index: usize,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
+    })
+}
+
+const TENANT_COLUMNS: &str = "id, name, billing, created_at, policy";
+
 fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<Tenant> {
     let billing: String = row.get(2)?;
+    let policy: TenantPolicy = json_column(row, 4)?;
     Ok(Tenant {
         id: row.get(0)?,
         name: row.get(1)?,
         billing: Billing::parse(&billing).unwrap_or(Billing::Prepaid),
         created_at: from_sql_int(row.get(3)?),
+        limits: policy.limits,
+        budgets: policy.budgets,
     })
 }
 
-const KEY_COLUMNS: &str = "id, public_id, secret_hash, tenant_id, name, role, models, limits, credit_cap_nanos, created_at, expires_at, revoked_at";
+fn tenant_policy_json(limits: RateLimits, budgets: &[Budget]) -> StoreResult<String> {
+    serde_json::to_string(&TenantPolicy {
+        limits,
+        budgets: budgets.to_vec(),
+    })
+    .map_err(unavailable)
+}
+
+const KEY_COLUMNS: &str = "id, public_id, secret_hash, tenant_id, name, role, models, limits, credit_cap_nanos, created_at, expires_at, revoked_at, budgets";
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     let role: String = row.get(5)?;
@@ -175,11 +279,12 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
             .map(|models| serde_json::from_str(&models))
             .transpose()
             .map_err(|error| decode(6, error))?,
-        limits: serde_json::from_str::<KeyLimits>(&limits).map_err(|error| decode(7, error))?,
+        limits: serde_json::from_str::<RateLimits>(&limits).map_err(|error| decode(7, error))?,
         credit_cap: row.get::<_, Option<i64>>(8)?.map(Money::from_nanos),
         created_at: from_sql_int(row.get(9)?),
         expires_at: row.get::<_, Option<i64>>(10)?.map(from_sql_int),
         revoked_at: row.get::<_, Option<i64>>(11)?.map(from_sql_int),
+        budgets: json_column(row, 12)?,
     })
 }
 
@@ -194,10 +299,10 @@ fn model_from_row(row: &Row<'_>) -> rusqlite::Result<StoredModel> {
     })
 }
 
-const USAGE_COLUMNS: &str = "request_id, tenant_id, key_id, model, deployment, endpoint, prompt_tokens, cached_tokens, \
-     completion_tokens, cost_nanos, status, latency_ms, ttft_ms, created_at";
+pub(super) const USAGE_COLUMNS: &str = "request_id, tenant_id, key_id, model, deployment, endpoint, prompt_tokens, cached_tokens, \
+     completion_tokens, cost_nanos, status, latency_ms, ttft_ms, created_at, cache_status";
 
-fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
+pub(super) fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     Ok(UsageRecord {
         request_id: row.get(0)?,
         tenant_id: row.get(1)?,
@@ -213,6 +318,7 @@ fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
         latency_ms: from_sql_int(row.get(11)?),
         ttft_ms: row.get::<_, Option<i64>>(12)?.map(from_sql_int),
         created_at: from_sql_int(row.get(13)?),
+        cache_status: row.get(14)?,
     })
 }
 
@@ -232,12 +338,13 @@ impl Store for SqliteStore {
         self.with(move |connection| {
             connection
                 .execute(
-                    "INSERT INTO tenants (id, name, billing, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
                     params![
                         tenant.id,
                         tenant.name,
                         tenant.billing.as_str(),
-                        to_sql_int(tenant.created_at)
+                        to_sql_int(tenant.created_at),
+                        tenant_policy_json(tenant.limits, &tenant.budgets)?,
                     ],
                 )
                 .map_err(|error| {
@@ -257,7 +364,7 @@ impl Store for SqliteStore {
         self.with(move |connection| {
             connection
                 .query_row(
-                    "SELECT id, name, billing, created_at FROM tenants WHERE id = ?1",
+                    &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
                     [id],
                     tenant_from_row,
                 )
@@ -270,7 +377,7 @@ impl Store for SqliteStore {
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
         self.with(|connection| {
             let mut statement = connection
-                .prepare("SELECT id, name, billing, created_at FROM tenants ORDER BY id")
+                .prepare(&format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id"))
                 .map_err(unavailable)?;
             let tenants = statement
                 .query_map([], tenant_from_row)
@@ -280,14 +387,35 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn update_tenant_policy(
+        &self,
+        id: &str,
+        limits: RateLimits,
+        budgets: &[Budget],
+    ) -> StoreResult<bool> {
+        let id = id.to_owned();
+        let policy = tenant_policy_json(limits, budgets)?;
+        self.with(move |connection| {
+            let changed = connection
+                .execute(
+                    "UPDATE tenants SET policy = ?2 WHERE id = ?1",
+                    params![id, policy],
+                )
+                .map_err(unavailable)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn create_key(&self, key: &KeyRecord) -> StoreResult<()> {
         let key = key.clone();
         self.with(move |connection| {
             let models = key.models.as_ref().map(serde_json::to_string).transpose().map_err(unavailable)?;
             let limits = serde_json::to_string(&key.limits).map_err(unavailable)?;
+            let budgets = serde_json::to_string(&key.budgets).map_err(unavailable)?;
             connection
                 .execute(
-                    &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+                    &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
                     params![
                         key.id,
                         key.public_id,
@@ -301,6 +429,7 @@ impl Store for SqliteStore {
                         to_sql_int(key.created_at),
                         key.expires_at.map(to_sql_int),
                         key.revoked_at.map(to_sql_int),
+                        budgets,
                     ],
                 )
                 .map_err(|error| if is_constraint_violation(&error) { StoreError::Conflict("key".into()) } else { unavailable(error) })?;
@@ -422,35 +551,8 @@ impl Store for SqliteStore {
 
     async fn record_usage(&self, usage: &UsageRecord) -> StoreResult<bool> {
         let usage = usage.clone();
-        self.with(move |connection| {
-            // The request id is the primary key: a replayed record is ignored, never doubled.
-            let inserted = connection
-                .execute(
-                    &format!(
-                        "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                         ON CONFLICT (request_id) DO NOTHING"
-                    ),
-                    params![
-                        usage.request_id,
-                        usage.tenant_id,
-                        usage.key_id,
-                        usage.model,
-                        usage.deployment,
-                        usage.endpoint,
-                        to_sql_int(usage.prompt_tokens),
-                        to_sql_int(usage.cached_tokens),
-                        to_sql_int(usage.completion_tokens),
-                        usage.cost.nanos(),
-                        i64::from(usage.status),
-                        to_sql_int(usage.latency_ms),
-                        usage.ttft_ms.map(to_sql_int),
-                        to_sql_int(usage.created_at),
-                    ],
-                )
-                .map_err(unavailable)?;
-            Ok(inserted == 1)
-        })
-        .await
+        self.with(move |connection| insert_usage(connection, &usage).map_err(unavailable))
+            .await
     }
 
     async fn list_usage(&self, tenant_id: &str) -> StoreResult<Vec<UsageRecord>> {
@@ -466,6 +568,35 @@ impl Store for SqliteStore {
     }
 }
 
+/// Inserts a usage record; false when its request id is there already (replays are ignored,
+/// never doubled: the request id is the primary key).
+pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusqlite::Result<bool> {
+    let inserted = connection.execute(
+        &format!(
+            "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT (request_id) DO NOTHING"
+        ),
+        params![
+            usage.request_id,
+            usage.tenant_id,
+            usage.key_id,
+            usage.model,
+            usage.deployment,
+            usage.endpoint,
+            to_sql_int(usage.prompt_tokens),
+            to_sql_int(usage.cached_tokens),
+            to_sql_int(usage.completion_tokens),
+            usage.cost.nanos(),
+            i64::from(usage.status),
+            to_sql_int(usage.latency_ms),
+            usage.ttft_ms.map(to_sql_int),
+            to_sql_int(usage.created_at),
+            usage.cache_status,
+        ],
+    )?;
+    Ok(inserted == 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +607,8 @@ mod tests {
             name: format!("{id} inc"),
             billing: Billing::Prepaid,
             created_at: 10,
+            limits: RateLimits::default(),
+            budgets: Vec::new(),
         }
     }
 
@@ -488,10 +621,11 @@ mod tests {
             name: "k".into(),
             role: Role::Member,
             models: Some(vec!["m".into()]),
-            limits: KeyLimits {
+            limits: RateLimits {
                 rpm: Some(5),
                 tpm: None,
             },
+            budgets: Vec::new(),
             credit_cap: Some(Money::from_nanos(7)),
             created_at: 1,
             expires_at: Some(99),
@@ -514,6 +648,7 @@ mod tests {
             status: 200,
             latency_ms: 5,
             ttft_ms: Some(1),
+            cache_status: "none".into(),
             created_at: 20,
         }
     }

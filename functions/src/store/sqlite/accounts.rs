@@ -1,0 +1,817 @@
+//! Money on SQLite: admission, settlement, the ledger, prices and billing.
+//!
+//! Every operation is one `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock before
+//! reading, so two gateway processes sharing the file serialise on it and a decision is never
+//! made on state another writer is about to change. The rules themselves live in
+//! `ferry_core::admission`; this file only loads state, calls them, and writes the result.
+
+use async_trait::async_trait;
+use ferry_core::Money;
+use ferry_core::admission::{self, Admission, Grant, Hold, Refusal, SpendCounter};
+use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow, Totals};
+use ferry_core::calendar::Month;
+use ferry_core::ids::{self, IdKind};
+use ferry_core::ledger::{self, Entry, Posting, TransactionKind};
+use ferry_core::model::Price;
+use ferry_core::ports::{
+    Accounts, Alert, Balance, Billing, CloseError, Closed, PostRequest, Posted, PriceRecord,
+    Settled, StoreError, StoreResult, Transaction, UsageRecord,
+};
+use ferry_core::ratelimit;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    SqliteStore, USAGE_COLUMNS, from_sql_int, insert_usage, json_column, to_sql_int, unavailable,
+    usage_from_row,
+};
+use crate::clock;
+
+/// Usage status recorded for a call whose hold expired: the gateway died before it finished.
+pub const EXPIRED_STATUS: u16 = 500;
+
+fn immediate(connection: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
+    connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)
+}
+
+fn account_balance(connection: &Connection, account: &str) -> rusqlite::Result<Money> {
+    let nanos: Option<i64> = connection
+        .query_row(
+            "SELECT balance_nanos FROM accounts WHERE id = ?1",
+            [account],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(Money::from_nanos(nanos.unwrap_or(0)))
+}
+
+fn read_balance(connection: &Connection, tenant_id: &str) -> rusqlite::Result<Balance> {
+    Ok(Balance {
+        available_usd: account_balance(connection, &ledger::available(tenant_id))?,
+        held_usd: account_balance(connection, &ledger::held(tenant_id))?,
+    })
+}
+
+fn read_counter(connection: &Connection, id: &str) -> rusqlite::Result<SpendCounter> {
+    let counter = connection
+        .query_row(
+            "SELECT settled_nanos, held_nanos FROM spend_counters WHERE id = ?1",
+            [id],
+            |row| {
+                Ok(SpendCounter {
+                    settled: Money::from_nanos(row.get(0)?),
+                    held: Money::from_nanos(row.get(1)?),
+                })
+            },
+        )
+        .optional()?;
+    Ok(counter.unwrap_or_default())
+}
+
+fn bump_counter(connection: &Connection, id: &str, settled: i64, held: i64) -> rusqlite::Result<()> {
+    connection.execute(
+        "INSERT INTO spend_counters (id, settled_nanos, held_nanos) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET settled_nanos = settled_nanos + ?2, held_nanos = held_nanos + ?3",
+        params![id, settled, held],
+    )?;
+    Ok(())
+}
+
+fn read_tat(connection: &Connection, bucket: &str) -> rusqlite::Result<Option<i64>> {
+    connection
+        .query_row(
+            "SELECT tat_nanos FROM rate_buckets WHERE id = ?1",
+            [bucket],
+            |row| row.get(0),
+        )
+        .optional()
+}
+
+fn write_tat(connection: &Connection, bucket: &str, tat: i64) -> rusqlite::Result<()> {
+    connection.execute(
+        "INSERT INTO rate_buckets (id, tat_nanos) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET tat_nanos = excluded.tat_nanos",
+        params![bucket, tat],
+    )?;
+    Ok(())
+}
+
+/// Posts one balanced transaction and moves the account projections with it.
+fn post_in(
+    connection: &Connection,
+    id: &str,
+    posting: &Posting,
+    request_id: Option<&str>,
+    idempotency_key: Option<&str>,
+    memo: Option<&str>,
+    now_ms: u64,
+) -> StoreResult<()> {
+    if !posting.is_balanced() {
+        return Err(StoreError::Invalid(format!(
+            "refusing an unbalanced {} transaction",
+            posting.kind.as_str()
+        )));
+    }
+    connection
+        .execute(
+            "INSERT INTO ledger_transactions (id, kind, tenant_id, request_id, idempotency_key, memo, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, posting.kind.as_str(), posting.tenant_id, request_id, idempotency_key, memo, to_sql_int(now_ms)],
+        )
+        .map_err(unavailable)?;
+    for entry in &posting.entries {
+        connection
+            .execute(
+                "INSERT INTO ledger_entries (transaction_id, account, amount_nanos) VALUES (?1, ?2, ?3)",
+                params![id, entry.account, entry.amount_usd.nanos()],
+            )
+            .map_err(unavailable)?;
+        connection
+            .execute(
+                "INSERT INTO accounts (id, balance_nanos) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET balance_nanos = balance_nanos + ?2",
+                params![entry.account, entry.amount_usd.nanos()],
+            )
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn load_transaction(connection: &Connection, id: &str) -> rusqlite::Result<Option<Transaction>> {
+    let header = connection
+        .query_row(
+            "SELECT id, kind, tenant_id, request_id, memo, created_at_ms FROM ledger_transactions WHERE id = ?1",
+            [id],
+            |row| {
+                let kind: String = row.get(1)?;
+                Ok(Transaction {
+                    id: row.get(0)?,
+                    kind: TransactionKind::parse(&kind).unwrap_or(TransactionKind::Adjustment),
+                    tenant_id: row.get(2)?,
+                    request_id: row.get(3)?,
+                    memo: row.get(4)?,
+                    entries: Vec::new(),
+                    created_at_ms: from_sql_int(row.get(5)?),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut transaction) = header else {
+        return Ok(None);
+    };
+    let mut statement = connection.prepare_cached(
+        "SELECT account, amount_nanos FROM ledger_entries WHERE transaction_id = ?1 ORDER BY rowid",
+    )?;
+    transaction.entries = statement
+        .query_map([id], |row| {
+            Ok(Entry {
+                account: row.get(0)?,
+                amount_usd: Money::from_nanos(row.get(1)?),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(transaction))
+}
+
+fn load_hold(connection: &Connection, request_id: &str) -> rusqlite::Result<Option<(Hold, String)>> {
+    connection
+        .query_row(
+            "SELECT detail, state FROM holds WHERE request_id = ?1",
+            [request_id],
+            |row| Ok((json_column::<Hold>(row, 0)?, row.get::<_, String>(1)?)),
+        )
+        .optional()
+}
+
+/// Settles (or, with no cost, expires) an open hold; the caller has checked the usage record
+/// is new and writes it.
+fn close_hold(
+    connection: &Connection,
+    hold: &Hold,
+    cost: Option<Money>,
+    actual_tokens: u64,
+    now_ms: u64,
+) -> StoreResult<Money> {
+    let counters = hold
+        .caps
+        .iter()
+        .map(|cap| read_counter(connection, &cap.counter))
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(unavailable)?;
+    let plan = admission::settle_plan(hold, cost, &counters);
+    if let Some(posting) = &plan.posting {
+        let id = format!("{}:{}", posting.kind.as_str(), hold.request_id);
+        post_in(connection, &id, posting, Some(&hold.request_id), None, None, now_ms)?;
+    }
+    for cap in &hold.caps {
+        bump_counter(connection, &cap.counter, plan.charged.nanos(), -hold.amount.nanos())
+            .map_err(unavailable)?;
+    }
+    for crossing in &plan.crossings {
+        let alert = Alert {
+            id: format!("alert:{}:{}", crossing.cap.counter, crossing.cap.cap.nanos()),
+            tenant_id: hold.tenant_id.clone(),
+            limit_source: crossing.cap.source.as_str().to_owned(),
+            enforcement: format!("{:?}", crossing.cap.enforcement).to_lowercase(),
+            counter: crossing.cap.counter.clone(),
+            cap_usd: crossing.cap.cap,
+            spent_usd: crossing.spent,
+            created_at_ms: now_ms,
+        };
+        let body = serde_json::to_string(&alert).map_err(unavailable)?;
+        connection
+            .execute(
+                "INSERT INTO alerts (id, tenant_id, body, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO NOTHING",
+                params![alert.id, alert.tenant_id, body, to_sql_int(now_ms)],
+            )
+            .map_err(unavailable)?;
+        tracing::warn!(tenant = %hold.tenant_id, counter = %crossing.cap.counter, cap = %crossing.cap.cap, spent = %crossing.spent, "spend passed a budget");
+    }
+    if cost.is_some() {
+        // Token buckets drew the estimate at admission; now they take the actual count.
+        let now_nanos = i64::try_from(now_ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
+        for draw in &hold.token_draws {
+            let delta = i64::try_from(actual_tokens).unwrap_or(i64::MAX)
+                - i64::try_from(draw.amount).unwrap_or(i64::MAX);
+            let tat = read_tat(connection, &draw.bucket.id).map_err(unavailable)?;
+            let adjusted = ratelimit::adjust(&draw.bucket, tat, delta, now_nanos);
+            write_tat(connection, &draw.bucket.id, adjusted).map_err(unavailable)?;
+        }
+    }
+    let state = if cost.is_some() { "settled" } else { "expired" };
+    connection
+        .execute(
+            "UPDATE holds SET state = ?2 WHERE request_id = ?1",
+            params![hold.request_id, state],
+        )
+        .map_err(unavailable)?;
+    Ok(plan.charged)
+}
+
+fn price_from_text(text: &str) -> StoreResult<Price> {
+    serde_json::from_str(text).map_err(unavailable)
+}
+
+#[async_trait]
+impl Accounts for SqliteStore {
+    async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
+        let admission = admission.clone();
+        self.with(move |connection| {
+            let transaction = immediate(connection)?;
+            let read = || -> rusqlite::Result<admission::AdmissionState> {
+                let balance = read_balance(&transaction, &admission.tenant_id)?;
+                Ok(admission::AdmissionState {
+                    tats: admission
+                        .draws
+                        .iter()
+                        .map(|draw| read_tat(&transaction, &draw.bucket.id))
+                        .collect::<rusqlite::Result<_>>()?,
+                    available: balance.available_usd,
+                    held: balance.held_usd,
+                    counters: admission
+                        .caps
+                        .iter()
+                        .map(|cap| read_counter(&transaction, &cap.counter))
+                        .collect::<rusqlite::Result<_>>()?,
+                })
+            };
+            let state = read().map_err(unavailable)?;
+            let grant = match admission::decide(&admission, &state) {
+                Ok(grant) => grant,
+                // Nothing was written: dropping the transaction rolls it back.
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            for (draw, tat) in admission.draws.iter().zip(&grant.tats) {
+                write_tat(&transaction, &draw.bucket.id, *tat).map_err(unavailable)?;
+            }
+            let hold = Hold::of(&admission);
+            let detail = serde_json::to_string(&hold).map_err(unavailable)?;
+            let inserted = transaction
+                .execute(
+                    "INSERT INTO holds (request_id, tenant_id, state, detail, created_at_ms, expires_at_ms)
+                     VALUES (?1, ?2, 'open', ?3, ?4, ?5) ON CONFLICT (request_id) DO NOTHING",
+                    params![
+                        admission.request_id,
+                        admission.tenant_id,
+                        detail,
+                        to_sql_int(admission.now_ms),
+                        to_sql_int(admission.expires_at_ms)
+                    ],
+                )
+                .map_err(unavailable)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!("request {}", admission.request_id)));
+            }
+            if let Some(posting) = &grant.hold_posting {
+                let id = format!("hold:{}", admission.request_id);
+                post_in(&transaction, &id, posting, Some(&admission.request_id), None, None, admission.now_ms)?;
+            }
+            for cap in &admission.caps {
+                bump_counter(&transaction, &cap.counter, 0, admission.hold.nanos())
+                    .map_err(unavailable)?;
+            }
+            transaction.commit().map_err(unavailable)?;
+            Ok(Ok(grant))
+        })
+        .await
+    }
+
+    async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
+        let mut usage = usage.clone();
+        self.with(move |connection| {
+            let transaction = immediate(connection)?;
+            let seen: Option<i64> = transaction
+                .query_row(
+                    "SELECT 1 FROM usage_events WHERE request_id = ?1",
+                    [&usage.request_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            if seen.is_some() {
+                return Ok(Settled::Duplicate);
+            }
+            let now_ms = clock::unix_millis();
+            let charged = match load_hold(&transaction, &usage.request_id).map_err(unavailable)? {
+                Some((hold, state)) if state == "open" => {
+                    let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+                    let charged = close_hold(&transaction, &hold, Some(usage.cost), actual, now_ms)?;
+                    if charged != usage.cost {
+                        tracing::warn!(request_id = %usage.request_id, cost = %usage.cost, %charged, "cost exceeded the hold; charged the hold");
+                    }
+                    // Billed in the period the call was admitted in.
+                    usage.created_at = hold.created_at_ms / 1000;
+                    charged
+                }
+                // Settled or expired already (its usage record would have been found above,
+                // unless written by an older version): never charge twice.
+                Some(_) => return Ok(Settled::Duplicate),
+                // Unbilled calls (the operator's own) have no hold.
+                None => usage.cost,
+            };
+            usage.cost = charged;
+            insert_usage(&transaction, &usage).map_err(unavailable)?;
+            transaction.commit().map_err(unavailable)?;
+            Ok(Settled::Recorded { charged })
+        })
+        .await
+    }
+
+    async fn expire_holds(&self, now_ms: u64) -> StoreResult<u64> {
+        self.with(move |connection| {
+            let transaction = immediate(connection)?;
+            let holds = {
+                let mut statement = transaction
+                    .prepare("SELECT detail FROM holds WHERE state = 'open' AND expires_at_ms <= ?1 ORDER BY expires_at_ms LIMIT 1000")
+                    .map_err(unavailable)?;
+                statement
+                    .query_map([to_sql_int(now_ms)], |row| json_column::<Hold>(row, 0))
+                    .map_err(unavailable)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(unavailable)?
+            };
+            for hold in &holds {
+                close_hold(&transaction, hold, None, 0, now_ms)?;
+                let usage = UsageRecord {
+                    request_id: hold.request_id.clone(),
+                    tenant_id: hold.tenant_id.clone(),
+                    key_id: hold.key_id.clone(),
+                    model: hold.model.clone(),
+                    deployment: hold.deployment.clone(),
+                    endpoint: hold.endpoint.clone(),
+                    prompt_tokens: 0,
+                    cached_tokens: 0,
+                    completion_tokens: 0,
+                    cost: Money::ZERO,
+                    status: EXPIRED_STATUS,
+                    latency_ms: now_ms.saturating_sub(hold.created_at_ms),
+                    ttft_ms: None,
+                    cache_status: "none".into(),
+                    created_at: hold.created_at_ms / 1000,
+                };
+                insert_usage(&transaction, &usage).map_err(unavailable)?;
+            }
+            transaction.commit().map_err(unavailable)?;
+            Ok(holds.len() as u64)
+        })
+        .await
+    }
+
+    async fn post(&self, request: &PostRequest) -> StoreResult<Posted> {
+        let request = request.clone();
+        self.with(move |connection| {
+            let transaction = immediate(connection)?;
+            let tenant_id = request.posting.tenant_id.clone();
+            if let Some(key) = &request.idempotency_key {
+                let existing: Option<String> = transaction
+                    .query_row(
+                        "SELECT id FROM ledger_transactions WHERE idempotency_key = ?1",
+                        [key],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                if let Some(id) = existing {
+                    let found = load_transaction(&transaction, &id)
+                        .map_err(unavailable)?
+                        .ok_or_else(|| unavailable("transaction vanished"))?;
+                    if found.tenant_id != tenant_id
+                        || found.kind != request.posting.kind
+                        || found.entries != request.posting.entries
+                    {
+                        return Err(StoreError::Invalid(
+                            "this idempotency_key was used for a different request".into(),
+                        ));
+                    }
+                    let balance = read_balance(&transaction, &tenant_id).map_err(unavailable)?;
+                    return Ok(Posted { transaction: found, replayed: true, balance });
+                }
+            }
+            let billing: Option<String> = transaction
+                .query_row("SELECT billing FROM tenants WHERE id = ?1", [&tenant_id], |row| row.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            let Some(billing) = billing else {
+                return Err(StoreError::Invalid("no such tenant".into()));
+            };
+            let balance = read_balance(&transaction, &tenant_id).map_err(unavailable)?;
+            let delta: i64 = request
+                .posting
+                .entries
+                .iter()
+                .filter(|entry| entry.account == ledger::available(&tenant_id))
+                .map(|entry| entry.amount_usd.nanos())
+                .sum();
+            if Billing::parse(&billing) == Some(Billing::Prepaid)
+                && balance.available_usd.nanos().saturating_add(delta) < 0
+            {
+                return Err(StoreError::Invalid(
+                    "this would take the prepaid balance below zero".into(),
+                ));
+            }
+            if request.posting.kind == TransactionKind::Refund {
+                let earned = account_balance(&transaction, &ledger::revenue(&tenant_id)).map_err(unavailable)?;
+                if earned.nanos() < request.posting.revenue().nanos().saturating_neg() {
+                    return Err(StoreError::Invalid(format!(
+                        "a refund cannot exceed what the tenant has been charged ({earned})"
+                    )));
+                }
+            }
+            let id = ids::object_id(IdKind::Transaction, request.now_ms, clock::random_bytes());
+            post_in(
+                &transaction,
+                &id,
+                &request.posting,
+                None,
+                request.idempotency_key.as_deref(),
+                request.memo.as_deref(),
+                request.now_ms,
+            )?;
+            let found = load_transaction(&transaction, &id)
+                .map_err(unavailable)?
+                .ok_or_else(|| unavailable("transaction vanished"))?;
+            let balance = read_balance(&transaction, &tenant_id).map_err(unavailable)?;
+            transaction.commit().map_err(unavailable)?;
+            Ok(Posted { transaction: found, replayed: false, balance })
+        })
+        .await
+    }
+
+    async fn balance(&self, tenant_id: &str) -> StoreResult<Balance> {
+        let tenant_id = tenant_id.to_owned();
+        self.with(move |connection| read_balance(connection, &tenant_id).map_err(unavailable))
+            .await
+    }
+
+    async fn transactions(&self, tenant_id: &str, limit: u32) -> StoreResult<Vec<Transaction>> {
+        let tenant_id = tenant_id.to_owned();
+        self.with(move |connection| {
+            let ids: Vec<String> = {
+                let mut statement = connection
+                    .prepare("SELECT id FROM ledger_transactions WHERE tenant_id = ?1 ORDER BY created_at_ms DESC, rowid DESC LIMIT ?2")
+                    .map_err(unavailable)?;
+                statement
+                    .query_map(params![tenant_id, limit], |row| row.get(0))
+                    .map_err(unavailable)?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(unavailable)?
+            };
+            ids.iter()
+                .filter_map(|id| load_transaction(connection, id).transpose())
+                .collect::<rusqlite::Result<_>>()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn put_price(&self, price: &PriceRecord) -> StoreResult<()> {
+        let price = price.clone();
+        self.with(move |connection| {
+            let body = serde_json::to_string(&price.price).map_err(unavailable)?;
+            connection
+                .execute(
+                    "INSERT INTO prices (model, deployment, effective_from_ms, price) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO UPDATE SET price = excluded.price",
+                    params![price.model, price.deployment.as_deref().unwrap_or(""), to_sql_int(price.effective_from_ms), body],
+                )
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_prices(&self, model: &str) -> StoreResult<Vec<PriceRecord>> {
+        let model = model.to_owned();
+        self.with(move |connection| {
+            let mut statement = connection
+                .prepare("SELECT deployment, effective_from_ms, price FROM prices WHERE model = ?1 ORDER BY effective_from_ms, deployment")
+                .map_err(unavailable)?;
+            let rows = statement
+                .query_map([&model], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?))
+                })
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)?;
+            rows.into_iter()
+                .map(|(deployment, effective_from_ms, price)| {
+                    Ok(PriceRecord {
+                        model: model.clone(),
+                        deployment: (!deployment.is_empty()).then_some(deployment),
+                        effective_from_ms: from_sql_int(effective_from_ms),
+                        price: price_from_text(&price)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn price_at(&self, model: &str, deployment: &str, at_ms: u64) -> StoreResult<Option<Price>> {
+        let (model, deployment) = (model.to_owned(), deployment.to_owned());
+        self.with(move |connection| {
+            // A deployment's own price wins over the model's; within each, the latest in effect.
+            let text: Option<String> = connection
+                .query_row(
+                    "SELECT price FROM prices WHERE model = ?1 AND deployment IN (?2, '') AND effective_from_ms <= ?3
+                     ORDER BY deployment = '' ASC, effective_from_ms DESC LIMIT 1",
+                    params![model, deployment, to_sql_int(at_ms)],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            text.as_deref().map(price_from_text).transpose()
+        })
+        .await
+    }
+
+    async fn usage_events(&self, tenant_id: &str, from: u64, to: u64, limit: u32) -> StoreResult<Vec<UsageRecord>> {
+        let tenant_id = tenant_id.to_owned();
+        self.with(move |connection| {
+            let mut statement = connection
+                .prepare(&format!(
+                    "SELECT {USAGE_COLUMNS} FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3
+                     ORDER BY created_at, request_id LIMIT ?4"
+                ))
+                .map_err(unavailable)?;
+            let rows = statement
+                .query_map(params![tenant_id, to_sql_int(from), to_sql_int(to), limit], usage_from_row)
+                .map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn usage_report(&self, tenant_id: &str, from: u64, to: u64, group: GroupBy) -> StoreResult<Vec<UsageRow>> {
+        let tenant_id = tenant_id.to_owned();
+        self.with(move |connection| {
+            let day = if group.day { "strftime('%Y-%m-%d', created_at, 'unixepoch')" } else { "NULL" };
+            let model = if group.model { "model" } else { "NULL" };
+            let key = if group.key { "key_id" } else { "NULL" };
+            let sql = format!(
+                "SELECT {day} AS d, {model} AS m, {key} AS k, COUNT(*), SUM(prompt_tokens), SUM(cached_tokens),
+                        SUM(completion_tokens), SUM(cost_nanos)
+                 FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3
+                 GROUP BY d, m, k ORDER BY d, m, k"
+            );
+            let mut statement = connection.prepare(&sql).map_err(unavailable)?;
+            let rows = statement
+                .query_map(params![tenant_id, to_sql_int(from), to_sql_int(to)], |row| {
+                    Ok(UsageRow {
+                        day: row.get(0)?,
+                        model: row.get(1)?,
+                        key_id: row.get(2)?,
+                        totals: Totals {
+                            requests: from_sql_int(row.get(3)?),
+                            prompt_tokens: from_sql_int(row.get(4)?),
+                            cached_tokens: from_sql_int(row.get(5)?),
+                            completion_tokens: from_sql_int(row.get(6)?),
+                            cost_usd: Money::from_nanos(row.get(7)?),
+                        },
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>> {
+        let tenant_id = tenant_id.to_owned();
+        self.with(move |connection| {
+            let mut statement = connection
+                .prepare("SELECT body FROM alerts WHERE tenant_id = ?1 ORDER BY created_at_ms, id")
+                .map_err(unavailable)?;
+            let rows = statement
+                .query_map([tenant_id], |row| json_column::<Alert>(row, 0))
+                .map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn close_period(&self, month: Month, now: u64) -> Result<Vec<Closed>, CloseError> {
+        self.with(move |connection| {
+            let transaction = immediate(connection)?;
+            let (start, end) = month.bounds_unix();
+            let in_flight: i64 = transaction
+                .query_row(
+                    "SELECT COUNT(*) FROM holds WHERE state = 'open' AND created_at_ms >= ?1 AND created_at_ms < ?2",
+                    params![to_sql_int(start * 1000), to_sql_int(end * 1000)],
+                    |row| row.get(0),
+                )
+                .map_err(unavailable)?;
+            if in_flight > 0 {
+                return Ok(Err(CloseError::InFlight(from_sql_int(in_flight))));
+            }
+            let tenants: Vec<String> = {
+                let mut statement = transaction
+                    .prepare("SELECT id FROM tenants WHERE id IN (SELECT DISTINCT tenant_id FROM usage_events WHERE created_at >= ?1 AND created_at < ?2) ORDER BY id")
+                    .map_err(unavailable)?;
+                statement
+                    .query_map(params![to_sql_int(start), to_sql_int(end)], |row| row.get(0))
+                    .map_err(unavailable)?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(unavailable)?
+            };
+            let mut closed = Vec::new();
+            for tenant_id in tenants {
+                let usage: Vec<UsageRecord> = {
+                    let mut statement = transaction
+                        .prepare(&format!("SELECT {USAGE_COLUMNS} FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3 ORDER BY created_at, request_id"))
+                        .map_err(unavailable)?;
+                    statement
+                        .query_map(params![tenant_id, to_sql_int(start), to_sql_int(end)], usage_from_row)
+                        .map_err(unavailable)?
+                        .collect::<rusqlite::Result<_>>()
+                        .map_err(unavailable)?
+                };
+                let invoice = Invoice::from_usage(&tenant_id, month, &usage, now);
+                let existing: Option<String> = transaction
+                    .query_row("SELECT body FROM invoices WHERE id = ?1", [&invoice.id], |row| row.get(0))
+                    .optional()
+                    .map_err(unavailable)?;
+                match existing {
+                    Some(body) => {
+                        let existing: Invoice = serde_json::from_str(&body).map_err(unavailable)?;
+                        if !existing.same_charges(&invoice) {
+                            // An invoice closed before its month ended is brought up to date;
+                            // one for a finished month is never rewritten.
+                            if existing.created_at >= end {
+                                return Ok(Err(CloseError::Changed(existing.id)));
+                            }
+                            write_invoice(&transaction, &invoice)?;
+                            closed.push(Closed { invoice, created: true });
+                        } else {
+                            closed.push(Closed { invoice: existing, created: false });
+                        }
+                    }
+                    None => {
+                        write_invoice(&transaction, &invoice)?;
+                        closed.push(Closed { invoice, created: true });
+                    }
+                }
+            }
+            transaction.commit().map_err(unavailable)?;
+            Ok(Ok(closed))
+        })
+        .await?
+    }
+
+    async fn invoices(&self, tenant_id: &str) -> StoreResult<Vec<Invoice>> {
+        let tenant_id = tenant_id.to_owned();
+        self.with(move |connection| {
+            let mut statement = connection
+                .prepare("SELECT body FROM invoices WHERE tenant_id = ?1 ORDER BY period")
+                .map_err(unavailable)?;
+            let rows = statement
+                .query_map([tenant_id], |row| json_column::<Invoice>(row, 0))
+                .map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)> {
+        self.with(|connection| {
+            // One read transaction: every figure comes from the same snapshot.
+            let transaction = connection.transaction().map_err(unavailable)?;
+            let count = |sql: &str, tenant: Option<&str>| -> StoreResult<u64> {
+                let value: i64 = match tenant {
+                    Some(tenant) => transaction.query_row(sql, [tenant], |row| row.get(0)),
+                    None => transaction.query_row(sql, [], |row| row.get(0)),
+                }
+                .map_err(unavailable)?;
+                Ok(from_sql_int(value))
+            };
+            let sum = |sql: &str, tenant: &str, extra: &str| -> StoreResult<Money> {
+                let value: i64 = transaction
+                    .query_row(sql, params![tenant, extra], |row| row.get(0))
+                    .map_err(unavailable)?;
+                Ok(Money::from_nanos(value))
+            };
+            let ledger_figures = LedgerFigures {
+                unbalanced_transactions: count(
+                    "SELECT COUNT(*) FROM (SELECT transaction_id FROM ledger_entries GROUP BY transaction_id HAVING SUM(amount_nanos) != 0)",
+                    None,
+                )?,
+                drifted_accounts: count(
+                    "SELECT COUNT(*) FROM accounts a LEFT JOIN (SELECT account, SUM(amount_nanos) AS total FROM ledger_entries GROUP BY account) e
+                     ON e.account = a.id WHERE a.balance_nanos != COALESCE(e.total, 0)",
+                    None,
+                )?,
+            };
+            let tenants: Vec<(String, String)> = {
+                let mut statement = transaction.prepare("SELECT id, billing FROM tenants ORDER BY id").map_err(unavailable)?;
+                statement
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(unavailable)?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(unavailable)?
+            };
+            let mut figures = Vec::new();
+            for (tenant_id, billing) in tenants {
+                let invoices: Vec<Invoice> = {
+                    let mut statement = transaction.prepare("SELECT body FROM invoices WHERE tenant_id = ?1 ORDER BY period").map_err(unavailable)?;
+                    statement
+                        .query_map([&tenant_id], |row| json_column::<Invoice>(row, 0))
+                        .map_err(unavailable)?
+                        .collect::<rusqlite::Result<_>>()
+                        .map_err(unavailable)?
+                };
+                let mut invoiced = Vec::new();
+                for invoice in invoices {
+                    let Ok(month) = invoice.period.parse::<Month>() else { continue };
+                    let (start, end) = month.bounds_unix();
+                    let value: i64 = transaction
+                        .query_row(
+                            "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3",
+                            params![tenant_id, to_sql_int(start), to_sql_int(end)],
+                            |row| row.get(0),
+                        )
+                        .map_err(unavailable)?;
+                    invoiced.push((invoice.period.clone(), Money::from_nanos(value), invoice.total_usd));
+                }
+                let available = account_balance(&transaction, &ledger::available(&tenant_id)).map_err(unavailable)?;
+                figures.push(TenantFigures {
+                    usage: sum("SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_events WHERE tenant_id = ?1 AND ?2 = ?2", &tenant_id, "")?,
+                    settled: sum(
+                        "SELECT COALESCE(SUM(e.amount_nanos), 0) FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+                         WHERE t.tenant_id = ?1 AND t.kind IN ('settle', 'charge') AND e.account = ?2",
+                        &tenant_id,
+                        &ledger::revenue(&tenant_id),
+                    )?,
+                    invoiced,
+                    unsettled_events: count(
+                        "SELECT COUNT(*) FROM usage_events u WHERE u.tenant_id = ?1 AND u.cost_nanos != 0 AND NOT EXISTS
+                         (SELECT 1 FROM ledger_transactions t WHERE t.request_id = u.request_id AND t.kind IN ('settle', 'charge'))",
+                        Some(&tenant_id),
+                    )?,
+                    orphan_settlements: count(
+                        "SELECT COUNT(*) FROM ledger_transactions t WHERE t.tenant_id = ?1 AND t.kind IN ('settle', 'charge', 'expire') AND NOT EXISTS
+                         (SELECT 1 FROM usage_events u WHERE u.request_id = t.request_id)",
+                        Some(&tenant_id),
+                    )?,
+                    prepaid_available: (Billing::parse(&billing) == Some(Billing::Prepaid)).then_some(available),
+                    tenant_id,
+                });
+            }
+            Ok((ledger_figures, figures))
+        })
+        .await
+    }
+}
+
+fn write_invoice(connection: &Connection, invoice: &Invoice) -> StoreResult<()> {
+    let body = serde_json::to_string(invoice).map_err(unavailable)?;
+    connection
+        .execute(
+            "INSERT INTO invoices (id, tenant_id, period, body, total_nanos) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body, total_nanos = excluded.total_nanos",
+            params![invoice.id, invoice.tenant_id, invoice.period, body, invoice.total_usd.nanos()],
+        )
+        .map_err(unavailable)?;
+    Ok(())
+}
