@@ -51,11 +51,16 @@ impl StoreArgs {
 /// Runs a billing command; the exit code is 1 when reconciliation finds differences.
 pub async fn run(command: BillingCommand) -> anyhow::Result<i32> {
     match command {
-        BillingCommand::Close { period, store, export_dir } => {
-            let month: Month = period
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--period must be a month as YYYY-MM, not {period:?}"))?;
-            let objects = LocalObjectStore::new(export_dir.unwrap_or_else(|| store.data_dir.join("objects")));
+        BillingCommand::Close {
+            period,
+            store,
+            export_dir,
+        } => {
+            let month: Month = period.parse().map_err(|_| {
+                anyhow::anyhow!("--period must be a month as YYYY-MM, not {period:?}")
+            })?;
+            let objects =
+                LocalObjectStore::new(export_dir.unwrap_or_else(|| store.data_dir.join("objects")));
             close(&store.open()?, &objects, month).await?;
             Ok(0)
         }
@@ -66,7 +71,9 @@ pub async fn run(command: BillingCommand) -> anyhow::Result<i32> {
 async fn close(store: &SqliteStore, objects: &dyn ObjectStore, month: Month) -> anyhow::Result<()> {
     let now = clock::unix_seconds();
     if month.bounds_unix().1 > now {
-        println!("note: {month} has not ended; calls made after now will need the period closed again");
+        println!(
+            "note: {month} has not ended; calls made after now will need the period closed again"
+        );
     }
     let closed = store.close_period(month, now).await?;
     if closed.is_empty() {
@@ -87,22 +94,37 @@ async fn close(store: &SqliteStore, objects: &dyn ObjectStore, month: Month) -> 
         objects.put(&usage_key, Bytes::from(lines)).await?;
         let invoice_key = format!("invoices/period={month}/{}.json", invoice.id);
         objects
-            .put(&invoice_key, Bytes::from(serde_json::to_vec_pretty(invoice)?))
+            .put(
+                &invoice_key,
+                Bytes::from(serde_json::to_vec_pretty(invoice)?),
+            )
             .await?;
         print_invoice(invoice, outcome.created);
-        println!("  {} usage events → {}", events.len(), objects.locate(&usage_key));
+        println!(
+            "  {} usage events → {}",
+            events.len(),
+            objects.locate(&usage_key)
+        );
     }
     Ok(())
 }
 
 fn print_invoice(invoice: &Invoice, created: bool) {
     let state = if created { "closed" } else { "unchanged" };
-    println!("{} {} ({state}): {} USD", invoice.id, invoice.period, invoice.total_usd);
+    println!(
+        "{} {} ({state}): {} USD",
+        invoice.id, invoice.period, invoice.total_usd
+    );
     for line in &invoice.lines {
         let totals = &line.totals;
         println!(
             "  {:<32} {:>8} calls {:>10} in {:>10} cached {:>10} out {:>16} USD",
-            line.model, totals.requests, totals.prompt_tokens, totals.cached_tokens, totals.completion_tokens, totals.cost_usd
+            line.model,
+            totals.requests,
+            totals.prompt_tokens,
+            totals.cached_tokens,
+            totals.completion_tokens,
+            totals.cost_usd
         );
     }
 }
@@ -125,7 +147,10 @@ async fn reconcile(store: &SqliteStore) -> anyhow::Result<i32> {
     }
     let found = billing::discrepancies(&ledger, &tenants);
     if found.is_empty() {
-        println!("reconciled: usage = settled debits = invoice lines for {} tenants; the ledger balances", tenants.len());
+        println!(
+            "reconciled: usage = settled debits = invoice lines for {} tenants; the ledger balances",
+            tenants.len()
+        );
         Ok(0)
     } else {
         for difference in &found {

@@ -5,11 +5,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use ferry_core::admission::{self, Budget};
 use ferry_core::api_key::{self, ApiKey};
 use ferry_core::error::ErrorBody;
 use ferry_core::ids::{self, IdKind};
 use ferry_core::model::ModelSpec;
-use ferry_core::admission::{self, Budget};
 use ferry_core::ports::{
     Accounts, Billing, KeyRecord, PriceRecord, RateLimits, Store, StoreError, StoredModel, Tenant,
 };
@@ -205,7 +205,10 @@ fn tenant_not_found() -> ApiError {
     ApiError::new(ErrorKind::NotFound, "No such tenant.").with_code("tenant_not_found")
 }
 
-pub(crate) async fn existing_tenant(store: &dyn Store, tenant_id: &str) -> Result<Tenant, ApiError> {
+pub(crate) async fn existing_tenant(
+    store: &dyn Store,
+    tenant_id: &str,
+) -> Result<Tenant, ApiError> {
     store
         .get_tenant(tenant_id)
         .await?
@@ -243,7 +246,10 @@ pub async fn create_tenant(
         budgets,
     };
     state.store.create_tenant(&tenant).await?;
-    Ok((StatusCode::CREATED, Json(TenantView::of(&state, tenant).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(TenantView::of(&state, tenant).await?),
+    ))
 }
 
 /// Replaces a tenant's rate limits or budgets (operators only).
@@ -262,7 +268,10 @@ pub async fn update_tenant(
     let limits = body.typed.limits.unwrap_or(tenant.limits);
     let budgets = body.typed.budgets.unwrap_or(tenant.budgets);
     admission::validate_budgets(&budgets, "budgets")?;
-    state.store.update_tenant_policy(&id, limits, &budgets).await?;
+    state
+        .store
+        .update_tenant_policy(&id, limits, &budgets)
+        .await?;
     let tenant = existing_tenant(state.store.as_ref(), &id).await?;
     Ok(Json(TenantView::of(&state, tenant).await?))
 }

@@ -15,7 +15,9 @@ use ferry_core::{ApiError, Money};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::admin::{List, existing_tenant, list, model_not_found, require_operator, require_tenant_admin};
+use crate::admin::{
+    List, existing_tenant, list, model_not_found, require_operator, require_tenant_admin,
+};
 use crate::app::{AppState, Caller};
 use crate::clock;
 use crate::error::HandlerResult;
@@ -66,7 +68,11 @@ async fn post_to_ledger(
     if let Some(key) = &request.idempotency_key
         && (key.is_empty() || key.len() > 200)
     {
-        return Err(ApiError::invalid("idempotency_key", "idempotency_key must be 1-200 characters").into());
+        return Err(ApiError::invalid(
+            "idempotency_key",
+            "idempotency_key must be 1-200 characters",
+        )
+        .into());
     }
     let posted = state
         .accounts
@@ -77,8 +83,15 @@ async fn post_to_ledger(
             now_ms: clock::unix_millis(),
         })
         .await?;
-    let status = if posted.replayed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(view(posted.transaction, posted.balance, posted.replayed))))
+    let status = if posted.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(view(posted.transaction, posted.balance, posted.replayed)),
+    ))
 }
 
 fn view(transaction: Transaction, balance: Balance, replayed: bool) -> PostingView {
@@ -95,7 +108,10 @@ fn positive(amount: Money) -> Result<(), ApiError> {
     if amount > Money::ZERO {
         Ok(())
     } else {
-        Err(ApiError::invalid("amount_usd", "amount_usd must be more than zero"))
+        Err(ApiError::invalid(
+            "amount_usd",
+            "amount_usd must be more than zero",
+        ))
     }
 }
 
@@ -114,7 +130,12 @@ pub async fn add_credit(
     require_operator(&principal)?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     positive(body.typed.amount_usd)?;
-    post_to_ledger(&state, Posting::top_up(&tenant_id, body.typed.amount_usd), body.typed).await
+    post_to_ledger(
+        &state,
+        Posting::top_up(&tenant_id, body.typed.amount_usd),
+        body.typed,
+    )
+    .await
 }
 
 /// Gives a tenant back part of what its calls were charged (operators only).
@@ -131,7 +152,12 @@ pub async fn refund(
     require_operator(&principal)?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     positive(body.typed.amount_usd)?;
-    post_to_ledger(&state, Posting::refund(&tenant_id, body.typed.amount_usd), body.typed).await
+    post_to_ledger(
+        &state,
+        Posting::refund(&tenant_id, body.typed.amount_usd),
+        body.typed,
+    )
+    .await
 }
 
 /// Corrects a tenant's credit up (positive) or down (negative), with a memo (operators only).
@@ -150,10 +176,20 @@ pub async fn adjust(
     if body.typed.amount_usd == Money::ZERO {
         return Err(ApiError::invalid("amount_usd", "amount_usd must not be zero").into());
     }
-    if body.typed.memo.as_deref().is_none_or(|memo| memo.trim().is_empty()) {
+    if body
+        .typed
+        .memo
+        .as_deref()
+        .is_none_or(|memo| memo.trim().is_empty())
+    {
         return Err(ApiError::invalid("memo", "an adjustment needs a memo saying why").into());
     }
-    post_to_ledger(&state, Posting::adjustment(&tenant_id, body.typed.amount_usd), body.typed).await
+    post_to_ledger(
+        &state,
+        Posting::adjustment(&tenant_id, body.typed.amount_usd),
+        body.typed,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -200,9 +236,16 @@ impl UsageQuery {
                 return Ok(seconds);
             }
             let date: Date = text.parse().map_err(|_| {
-                ApiError::invalid(param, format!("{param} must be a date (YYYY-MM-DD) or unix seconds"))
+                ApiError::invalid(
+                    param,
+                    format!("{param} must be a date (YYYY-MM-DD) or unix seconds"),
+                )
             })?;
-            Ok(if end { date.next().start_unix() } else { date.start_unix() })
+            Ok(if end {
+                date.next().start_unix()
+            } else {
+                date.start_unix()
+            })
         };
         let from = match &self.from {
             Some(text) => parse("from", text, false)?,
@@ -242,8 +285,16 @@ pub async fn usage_report(
     let (from, to) = query.range()?;
     let group = GroupBy::parse(query.group_by.as_deref().unwrap_or(""))
         .map_err(|message| ApiError::invalid("group_by", message))?;
-    let data = state.accounts.usage_report(&tenant_id, from, to, group).await?;
-    Ok(Json(UsageReport { object: "usage_report", from, to, data }))
+    let data = state
+        .accounts
+        .usage_report(&tenant_id, from, to, group)
+        .await?;
+    Ok(Json(UsageReport {
+        object: "usage_report",
+        from,
+        to,
+        data,
+    }))
 }
 
 /// A tenant's usage events, one per call, oldest first.
@@ -259,7 +310,12 @@ pub async fn usage_events(
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     let (from, to) = query.range()?;
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
-    Ok(list(state.accounts.usage_events(&tenant_id, from, to, limit).await?))
+    Ok(list(
+        state
+            .accounts
+            .usage_events(&tenant_id, from, to, limit)
+            .await?,
+    ))
 }
 
 /// A tenant's invoices, by period.
@@ -313,11 +369,19 @@ pub async fn add_price(
     body: JsonBody<NewPrice>,
 ) -> HandlerResult<(StatusCode, Json<PriceRecord>)> {
     require_operator(&principal)?;
-    let model = state.store.get_model(&model_id).await?.ok_or_else(|| model_not_found(&model_id))?;
+    let model = state
+        .store
+        .get_model(&model_id)
+        .await?
+        .ok_or_else(|| model_not_found(&model_id))?;
     let request = body.typed;
     request.price.validate("price.")?;
     if let Some(deployment) = &request.deployment
-        && !model.spec.deployments.iter().any(|known| &known.id == deployment)
+        && !model
+            .spec
+            .deployments
+            .iter()
+            .any(|known| &known.id == deployment)
     {
         return Err(ApiError::invalid("deployment", "the model has no such deployment").into());
     }
@@ -352,6 +416,10 @@ pub async fn list_prices(
     Path(model_id): Path<String>,
 ) -> HandlerResult<Json<List<PriceRecord>>> {
     require_operator(&principal)?;
-    state.store.get_model(&model_id).await?.ok_or_else(|| model_not_found(&model_id))?;
+    state
+        .store
+        .get_model(&model_id)
+        .await?
+        .ok_or_else(|| model_not_found(&model_id))?;
     Ok(list(state.accounts.list_prices(&model_id).await?))
 }

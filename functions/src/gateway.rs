@@ -3,17 +3,17 @@
 //! and metered.
 
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use ferry_core::admission::{Admission, Draw, RateStatus, TokenEstimate, spend_caps};
 use ferry_core::error::ErrorBody;
+use ferry_core::model::ModelSpec;
 use ferry_core::openai::{
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
     EmbeddingRequest, EmbeddingResponse, ModelList, ModelObject, Usage,
 };
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use ferry_core::admission::{Admission, Draw, RateStatus, TokenEstimate, spend_caps};
-use ferry_core::model::ModelSpec;
 use ferry_core::ports::{Endpoint, StoredModel, UpstreamCall, UpstreamReply};
 use ferry_core::principal::{Credential, Principal};
 use ferry_core::ratelimit::{Bucket, Unit};
@@ -228,7 +228,10 @@ async fn dispatch(
                 Some(requested) if requested > cap => {
                     return Err(ApiError::invalid(
                         output.param,
-                        format!("{} is {requested}, above this model's limit of {cap}", output.param),
+                        format!(
+                            "{} is {requested}, above this model's limit of {cap}",
+                            output.param
+                        ),
                     )
                     .into());
                 }
@@ -269,7 +272,9 @@ async fn dispatch(
                 deployment: &deployment.id,
                 endpoint: call.endpoint,
                 estimate,
-                hold: price.as_ref().map_or(Money::ZERO, |price| estimate.worst_case_cost(price)),
+                hold: price
+                    .as_ref()
+                    .map_or(Money::ZERO, |price| estimate.worst_case_cost(price)),
                 now_ms,
             };
             admit(state, admission).await?
@@ -360,7 +365,12 @@ async fn admit(state: &AppState, input: AdmissionInput<'_>) -> HandlerResult<Rat
         .store
         .get_tenant(input.tenant_id)
         .await?
-        .ok_or_else(|| ApiError::new(ErrorKind::Unauthenticated, "This key's tenant no longer exists."))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Unauthenticated,
+                "This key's tenant no longer exists.",
+            )
+        })?;
     let key_id = match &input.principal.credential {
         Credential::ApiKey { key_id } => Some(key_id.as_str()),
         Credential::Jwt { .. } => None,

@@ -15,7 +15,6 @@ use ferry_core::openai::{PromptTokensDetails, Usage};
 use ferry_core::ports::{Accounts, Endpoint, Settled, StoreError, UsageRecord};
 use ferry_core::principal::{Credential, Principal};
 
-
 /// Status recorded for a call its caller abandoned (nginx's "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
 /// Attempts at writing a settlement before giving up to the hold's expiry.

@@ -96,7 +96,10 @@ pub struct Budget {
 
 /// Budgets must be zero or more; `param` names them in errors.
 pub fn validate_budgets(budgets: &[Budget], param: &str) -> Result<(), ApiError> {
-    match budgets.iter().position(|budget| budget.amount_usd.is_negative()) {
+    match budgets
+        .iter()
+        .position(|budget| budget.amount_usd.is_negative())
+    {
         Some(index) => Err(ApiError::invalid(
             format!("{param}[{index}].amount_usd"),
             "budget amounts must not be negative",
@@ -162,10 +165,26 @@ pub fn spend_caps(
     let month = crate::calendar::Month::of_unix(now_seconds);
     let cap_for = |subject: &str, budget: &Budget, is_key: bool| {
         let (period, resets_at, source) = match (budget.period, is_key) {
-            (BudgetPeriod::Day, false) => (today.to_string(), today.next().start_unix(), LimitSource::TenantDailyBudget),
-            (BudgetPeriod::Day, true) => (today.to_string(), today.next().start_unix(), LimitSource::KeyDailyBudget),
-            (BudgetPeriod::Month, false) => (month.to_string(), month.next().first_day().start_unix(), LimitSource::TenantMonthlyBudget),
-            (BudgetPeriod::Month, true) => (month.to_string(), month.next().first_day().start_unix(), LimitSource::KeyMonthlyBudget),
+            (BudgetPeriod::Day, false) => (
+                today.to_string(),
+                today.next().start_unix(),
+                LimitSource::TenantDailyBudget,
+            ),
+            (BudgetPeriod::Day, true) => (
+                today.to_string(),
+                today.next().start_unix(),
+                LimitSource::KeyDailyBudget,
+            ),
+            (BudgetPeriod::Month, false) => (
+                month.to_string(),
+                month.next().first_day().start_unix(),
+                LimitSource::TenantMonthlyBudget,
+            ),
+            (BudgetPeriod::Month, true) => (
+                month.to_string(),
+                month.next().first_day().start_unix(),
+                LimitSource::KeyMonthlyBudget,
+            ),
         };
         SpendCap {
             counter: format!("spend:{subject}:{period}"),
@@ -182,7 +201,11 @@ pub fn spend_caps(
         .collect();
     if let Some((key_id, budgets, credit_cap)) = key {
         let key_subject = format!("key:{key_id}");
-        caps.extend(budgets.iter().map(|budget| cap_for(&key_subject, budget, true)));
+        caps.extend(
+            budgets
+                .iter()
+                .map(|budget| cap_for(&key_subject, budget, true)),
+        );
         if let Some(cap) = credit_cap {
             caps.push(SpendCap {
                 counter: format!("spend:{key_subject}:all"),
@@ -260,7 +283,10 @@ impl RateStatus {
         let mut headers = Vec::new();
         for (unit, remaining) in [("requests", self.requests), ("tokens", self.tokens)] {
             if let Some(remaining) = remaining {
-                headers.push((format!("x-ratelimit-limit-{unit}"), remaining.limit.to_string()));
+                headers.push((
+                    format!("x-ratelimit-limit-{unit}"),
+                    remaining.limit.to_string(),
+                ));
                 headers.push((
                     format!("x-ratelimit-remaining-{unit}"),
                     remaining.remaining.to_string(),
@@ -339,8 +365,7 @@ impl Refusal {
                 if let Some(nanos) = retry_after_nanos {
                     error = error.retry_after(nanos.div_ceil(1_000_000_000).max(1));
                 }
-                error.headers = rate.headers();
-                error
+                error.with_headers(rate.headers())
             }
             Refusal::Credit {
                 code,
@@ -358,8 +383,8 @@ impl Refusal {
                     ),
                 };
                 let mut error = ApiError::new(ErrorKind::InsufficientCredit, message)
-                    .with_code(code.as_str());
-                error.limit_source = Some(source.as_str().to_owned());
+                    .with_code(code.as_str())
+                    .with_limit_source(source.as_str());
                 if let Some(seconds) = retry_after_seconds {
                     error = error.retry_after(*seconds);
                 }
@@ -417,7 +442,10 @@ pub fn decide(admission: &Admission, state: &AdmissionState) -> Result<Grant, Re
         if cap.enforcement == Enforcement::Soft {
             continue;
         }
-        let settled_after = counter.settled.nanos().saturating_add(admission.hold.nanos());
+        let settled_after = counter
+            .settled
+            .nanos()
+            .saturating_add(admission.hold.nanos());
         if settled_after > cap.cap.nanos() {
             return Err(Refusal::Credit {
                 code: CreditCode::InsufficientCredit,
@@ -582,7 +610,12 @@ mod tests {
         }
     }
 
-    fn state(available: &str, held: &str, tats: usize, counters: Vec<SpendCounter>) -> AdmissionState {
+    fn state(
+        available: &str,
+        held: &str,
+        tats: usize,
+        counters: Vec<SpendCounter>,
+    ) -> AdmissionState {
         AdmissionState {
             tats: vec![None; tats],
             available: usd(available),
@@ -612,15 +645,32 @@ mod tests {
             Some(("insufficient_credit", "tenant_balance"))
         );
         let postpaid = admission(Billing::Postpaid, "1", vec![], vec![]);
-        assert_eq!(decide(&postpaid, &state("-5", "0", 0, vec![])).unwrap().hold_posting, None);
+        assert_eq!(
+            decide(&postpaid, &state("-5", "0", 0, vec![]))
+                .unwrap()
+                .hold_posting,
+            None
+        );
     }
 
     #[test]
     fn hard_caps_refuse_and_soft_caps_do_not() {
         let caps = spend_caps(
             "t",
-            &[Budget { period: BudgetPeriod::Day, amount_usd: usd("2"), enforcement: Enforcement::Hard }],
-            Some(("k", &[Budget { period: BudgetPeriod::Month, amount_usd: usd("1"), enforcement: Enforcement::Soft }], Some(usd("10")))),
+            &[Budget {
+                period: BudgetPeriod::Day,
+                amount_usd: usd("2"),
+                enforcement: Enforcement::Hard,
+            }],
+            Some((
+                "k",
+                &[Budget {
+                    period: BudgetPeriod::Month,
+                    amount_usd: usd("1"),
+                    enforcement: Enforcement::Soft,
+                }],
+                Some(usd("10")),
+            )),
             1_795_600_000,
         );
         assert_eq!(caps.len(), 3);
@@ -631,8 +681,14 @@ mod tests {
         let call = admission(Billing::Prepaid, "1", vec![], caps);
         let counters = |settled: &str, held: &str| {
             vec![
-                SpendCounter { settled: usd(settled), held: usd(held) },
-                SpendCounter { settled: usd("50"), held: Money::ZERO },
+                SpendCounter {
+                    settled: usd(settled),
+                    held: usd(held),
+                },
+                SpendCounter {
+                    settled: usd("50"),
+                    held: Money::ZERO,
+                },
                 SpendCounter::default(),
             ]
         };
@@ -652,7 +708,7 @@ mod tests {
         );
         let error = refused.unwrap_err().to_api_error();
         assert_eq!(error.kind.status(), 402);
-        assert_eq!(error.limit_source.as_deref(), Some("tenant_daily_budget"));
+        assert_eq!(error.limit_source(), Some("tenant_daily_budget"));
     }
 
     #[test]
@@ -663,8 +719,14 @@ mod tests {
             Billing::Prepaid,
             "0",
             vec![
-                Draw { bucket: requests.clone(), amount: 1 },
-                Draw { bucket: tokens.clone(), amount: 60 },
+                Draw {
+                    bucket: requests.clone(),
+                    amount: 1,
+                },
+                Draw {
+                    bucket: tokens.clone(),
+                    amount: 60,
+                },
             ],
             vec![],
         );
@@ -674,7 +736,12 @@ mod tests {
         let mut after = state("0", "0", 2, vec![]);
         after.tats = first.tats.iter().copied().map(Some).collect();
         match decide(&call, &after) {
-            Err(Refusal::RateLimited { unit, limit, retry_after_nanos, rate }) => {
+            Err(Refusal::RateLimited {
+                unit,
+                limit,
+                retry_after_nanos,
+                rate,
+            }) => {
                 assert_eq!((unit, limit), (Unit::Tokens, 100));
                 assert_eq!(retry_after_nanos, Some(12_000_000_000));
                 let headers = rate.headers();
@@ -687,20 +754,46 @@ mod tests {
 
     #[test]
     fn settling_charges_the_cost_capped_at_the_hold() {
-        let call = admission(Billing::Prepaid, "1", vec![], spend_caps("t", &[Budget { period: BudgetPeriod::Day, amount_usd: usd("0.5"), enforcement: Enforcement::Soft }], None, 1_795_600_000));
+        let call = admission(
+            Billing::Prepaid,
+            "1",
+            vec![],
+            spend_caps(
+                "t",
+                &[Budget {
+                    period: BudgetPeriod::Day,
+                    amount_usd: usd("0.5"),
+                    enforcement: Enforcement::Soft,
+                }],
+                None,
+                1_795_600_000,
+            ),
+        );
         let hold = Hold::of(&call);
-        let counters = [SpendCounter { settled: usd("0.4"), held: usd("1") }];
+        let counters = [SpendCounter {
+            settled: usd("0.4"),
+            held: usd("1"),
+        }];
         let plan = settle_plan(&hold, Some(usd("0.25")), &counters);
         assert_eq!(plan.charged, usd("0.25"));
-        assert_eq!(plan.posting, Some(Posting::settle("t", usd("1"), usd("0.25"))));
+        assert_eq!(
+            plan.posting,
+            Some(Posting::settle("t", usd("1"), usd("0.25")))
+        );
         assert_eq!(plan.crossings.len(), 1);
-        assert_eq!(settle_plan(&hold, Some(usd("3")), &counters).charged, usd("1"));
+        assert_eq!(
+            settle_plan(&hold, Some(usd("3")), &counters).charged,
+            usd("1")
+        );
         let expired = settle_plan(&hold, None, &counters);
         assert_eq!(expired.charged, Money::ZERO);
         assert_eq!(expired.posting, Some(Posting::expire("t", usd("1"))));
         let mut postpaid = hold.clone();
         postpaid.billing = Billing::Postpaid;
-        assert_eq!(settle_plan(&postpaid, Some(usd("3")), &[]).posting, Some(Posting::charge("t", usd("3"))));
+        assert_eq!(
+            settle_plan(&postpaid, Some(usd("3")), &[]).posting,
+            Some(Posting::charge("t", usd("3")))
+        );
         assert_eq!(settle_plan(&postpaid, None, &[]).posting, None);
     }
 

@@ -107,7 +107,11 @@ impl GroupBy {
     /// `day,model,key` in any order and subset.
     pub fn parse(text: &str) -> Result<GroupBy, String> {
         let mut group = GroupBy::default();
-        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        for part in text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+        {
             match part {
                 "day" => group.day = true,
                 "model" => group.model = true,
@@ -205,10 +209,16 @@ pub fn discrepancies(ledger: &LedgerFigures, tenants: &[TenantFigures]) -> Vec<S
             }
         }
         if tenant.unsettled_events > 0 {
-            found.push(format!("tenant {id}: {} usage events have no settlement", tenant.unsettled_events));
+            found.push(format!(
+                "tenant {id}: {} usage events have no settlement",
+                tenant.unsettled_events
+            ));
         }
         if tenant.orphan_settlements > 0 {
-            found.push(format!("tenant {id}: {} settlements have no usage event", tenant.orphan_settlements));
+            found.push(format!(
+                "tenant {id}: {} settlements have no usage event",
+                tenant.orphan_settlements
+            ));
         }
         if tenant.prepaid_available.is_some_and(Money::is_negative) {
             found.push(format!("tenant {id}: prepaid balance is negative"));
@@ -244,10 +254,18 @@ mod tests {
     #[test]
     fn invoices_have_a_line_per_model_in_order() {
         let month: Month = "2026-11".parse().unwrap();
-        let events = [usage("a", "m2", 5), usage("b", "m1", 7), usage("c", "m2", 11)];
+        let events = [
+            usage("a", "m2", 5),
+            usage("b", "m1", 7),
+            usage("c", "m2", 11),
+        ];
         let invoice = Invoice::from_usage("t", month, &events, 9);
         assert_eq!(invoice.id, "inv_t_202611");
-        let models: Vec<_> = invoice.lines.iter().map(|line| line.model.as_str()).collect();
+        let models: Vec<_> = invoice
+            .lines
+            .iter()
+            .map(|line| line.model.as_str())
+            .collect();
         assert_eq!(models, ["m1", "m2"]);
         assert_eq!(invoice.lines[1].totals.requests, 2);
         assert_eq!(invoice.lines[1].totals.cost_usd, Money::from_nanos(16));
@@ -262,19 +280,30 @@ mod tests {
             tenant_id: "t".into(),
             usage: Money::from_nanos(10),
             settled: Money::from_nanos(10),
-            invoiced: vec![("2026-11".into(), Money::from_nanos(10), Money::from_nanos(10))],
+            invoiced: vec![(
+                "2026-11".into(),
+                Money::from_nanos(10),
+                Money::from_nanos(10),
+            )],
             prepaid_available: Some(Money::ZERO),
             ..TenantFigures::default()
         };
         assert!(discrepancies(&LedgerFigures::default(), std::slice::from_ref(&good)).is_empty());
         let bad = TenantFigures {
             settled: Money::from_nanos(9),
-            invoiced: vec![("2026-11".into(), Money::from_nanos(10), Money::from_nanos(8))],
+            invoiced: vec![(
+                "2026-11".into(),
+                Money::from_nanos(10),
+                Money::from_nanos(8),
+            )],
             prepaid_available: Some(Money::from_nanos(-1)),
             ..good
         };
         let found = discrepancies(
-            &LedgerFigures { unbalanced_transactions: 1, drifted_accounts: 0 },
+            &LedgerFigures {
+                unbalanced_transactions: 1,
+                drifted_accounts: 0,
+            },
             &[bad],
         );
         assert_eq!(found.len(), 4, "{found:?}");
@@ -283,7 +312,14 @@ mod tests {
 
     #[test]
     fn group_by_accepts_any_subset() {
-        assert_eq!(GroupBy::parse("model, day").unwrap(), GroupBy { day: true, model: true, key: false });
+        assert_eq!(
+            GroupBy::parse("model, day").unwrap(),
+            GroupBy {
+                day: true,
+                model: true,
+                key: false
+            }
+        );
         assert_eq!(GroupBy::parse("").unwrap(), GroupBy::default());
         assert!(GroupBy::parse("tenant").is_err());
     }

@@ -156,7 +156,10 @@ impl Month {
 
     /// `[start, end)` in unix seconds.
     pub fn bounds_unix(self) -> (u64, u64) {
-        (self.first_day().start_unix(), self.next().first_day().start_unix())
+        (
+            self.first_day().start_unix(),
+            self.next().first_day().start_unix(),
+        )
     }
 }
 
@@ -221,7 +224,10 @@ mod tests {
         assert_eq!(month.days(), 29);
         let (start, end) = month.bounds_unix();
         assert_eq!(end - start, 29 * 86_400);
-        assert_eq!("2026-12".parse::<Month>().unwrap().next().to_string(), "2027-01");
+        assert_eq!(
+            "2026-12".parse::<Month>().unwrap().next().to_string(),
+            "2027-01"
+        );
         for bad in ["2026-13", "2026-1", "26-01", "2026/01", "2026-00", ""] {
             assert_eq!(bad.parse::<Month>(), Err(CalendarError::Malformed), "{bad}");
         }

@@ -82,6 +82,13 @@ pub struct ApiError {
     pub code: Option<String>,
     /// Seconds, for `Retry-After` on transient failures.
     pub retry_after_seconds: Option<u64>,
+    /// Rarely set, so boxed: keeps `Result<_, ApiError>` small on every happy path.
+    pub extras: Option<Box<ErrorExtras>>,
+}
+
+/// What a few errors carry beyond the four fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorExtras {
     /// Which limit refused the call (402s).
     pub limit_source: Option<String>,
     /// Extra response headers (`x-ratelimit-*` on 429s).
@@ -96,8 +103,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after_seconds: None,
-            limit_source: None,
-            headers: Vec::new(),
+            extras: None,
         }
     }
 
@@ -113,6 +119,24 @@ impl ApiError {
     pub fn with_code(mut self, code: impl Into<String>) -> ApiError {
         self.code = Some(code.into());
         self
+    }
+
+    pub fn with_limit_source(mut self, source: &str) -> ApiError {
+        self.extras.get_or_insert_default().limit_source = Some(source.to_owned());
+        self
+    }
+
+    pub fn with_headers(mut self, headers: Vec<(String, String)>) -> ApiError {
+        self.extras.get_or_insert_default().headers = headers;
+        self
+    }
+
+    pub fn limit_source(&self) -> Option<&str> {
+        self.extras.as_ref()?.limit_source.as_deref()
+    }
+
+    pub fn headers(&self) -> &[(String, String)] {
+        self.extras.as_ref().map_or(&[], |extras| extras.headers.as_slice())
     }
 
     pub fn retry_after(mut self, seconds: u64) -> ApiError {
@@ -136,7 +160,7 @@ impl ApiError {
                 r#type: self.kind.type_name().to_owned(),
                 param: self.param.clone(),
                 code: self.code.clone(),
-                limit_source: self.limit_source.clone(),
+                limit_source: self.limit_source().map(str::to_owned),
             },
         }
     }

@@ -139,7 +139,10 @@ impl Posting {
         Posting::new(
             TransactionKind::Adjustment,
             tenant_id,
-            vec![entry(ADJUSTMENTS, -nanos), entry(available(tenant_id), nanos)],
+            vec![
+                entry(ADJUSTMENTS, -nanos),
+                entry(available(tenant_id), nanos),
+            ],
         )
     }
 
@@ -149,7 +152,10 @@ impl Posting {
         Posting::new(
             TransactionKind::Refund,
             tenant_id,
-            vec![entry(revenue(tenant_id), -nanos), entry(available(tenant_id), nanos)],
+            vec![
+                entry(revenue(tenant_id), -nanos),
+                entry(available(tenant_id), nanos),
+            ],
         )
     }
 
@@ -158,7 +164,10 @@ impl Posting {
         Posting::new(
             TransactionKind::Hold,
             tenant_id,
-            vec![entry(available(tenant_id), -nanos), entry(held(tenant_id), nanos)],
+            vec![
+                entry(available(tenant_id), -nanos),
+                entry(held(tenant_id), nanos),
+            ],
         )
     }
 
@@ -181,7 +190,10 @@ impl Posting {
         Posting::new(
             TransactionKind::Expire,
             tenant_id,
-            vec![entry(held(tenant_id), -nanos), entry(available(tenant_id), nanos)],
+            vec![
+                entry(held(tenant_id), -nanos),
+                entry(available(tenant_id), nanos),
+            ],
         )
     }
 
@@ -190,7 +202,10 @@ impl Posting {
         Posting::new(
             TransactionKind::Charge,
             tenant_id,
-            vec![entry(available(tenant_id), -nanos), entry(revenue(tenant_id), nanos)],
+            vec![
+                entry(available(tenant_id), -nanos),
+                entry(revenue(tenant_id), nanos),
+            ],
         )
     }
 }
@@ -217,7 +232,12 @@ mod tests {
         ];
         for posting in postings {
             assert!(posting.is_balanced(), "{posting:?}");
-            assert!(posting.entries.iter().all(|entry| entry.amount_usd != Money::ZERO));
+            assert!(
+                posting
+                    .entries
+                    .iter()
+                    .all(|entry| entry.amount_usd != Money::ZERO)
+            );
         }
         let unbalanced = Posting {
             kind: TransactionKind::Adjustment,
@@ -240,6 +260,9 @@ mod tests {
         assert_eq!(back, usd("0.75").nanos());
         assert_eq!(Posting::charge("t", usd("2")).revenue(), usd("2"));
         assert_eq!(Posting::refund("t", usd("2")).revenue(), usd("-2"));
-        assert_eq!(TransactionKind::parse("top_up"), Some(TransactionKind::TopUp));
+        assert_eq!(
+            TransactionKind::parse("top_up"),
+            Some(TransactionKind::TopUp)
+        );
     }
 }

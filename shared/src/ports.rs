@@ -195,7 +195,11 @@ pub struct Balance {
 impl Balance {
     /// Available plus held: the tenant's credit once every call in flight has settled at zero.
     pub fn total(&self) -> Money {
-        Money::from_nanos(self.available_usd.nanos().saturating_add(self.held_usd.nanos()))
+        Money::from_nanos(
+            self.available_usd
+                .nanos()
+                .saturating_add(self.held_usd.nanos()),
+        )
     }
 }
 
@@ -276,9 +280,13 @@ pub struct Closed {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CloseError {
-    #[error("{0} calls admitted in this period are still in flight; close again once they settle or expire")]
+    #[error(
+        "{0} calls admitted in this period are still in flight; close again once they settle or expire"
+    )]
     InFlight(u64),
-    #[error("the invoice {0} was closed with different charges; the usage it was made from has changed")]
+    #[error(
+        "the invoice {0} was closed with different charges; the usage it was made from has changed"
+    )]
     Changed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -304,11 +312,28 @@ pub trait Accounts: Send + Sync {
     async fn put_price(&self, price: &PriceRecord) -> StoreResult<()>;
     async fn list_prices(&self, model: &str) -> StoreResult<Vec<PriceRecord>>;
     /// The price in effect for a deployment of `model` at `at_ms`.
-    async fn price_at(&self, model: &str, deployment: &str, at_ms: u64) -> StoreResult<Option<Price>>;
+    async fn price_at(
+        &self,
+        model: &str,
+        deployment: &str,
+        at_ms: u64,
+    ) -> StoreResult<Option<Price>>;
 
     /// Usage events admitted in `[from, to)` (unix seconds), oldest first.
-    async fn usage_events(&self, tenant_id: &str, from: u64, to: u64, limit: u32) -> StoreResult<Vec<UsageRecord>>;
-    async fn usage_report(&self, tenant_id: &str, from: u64, to: u64, group: GroupBy) -> StoreResult<Vec<UsageRow>>;
+    async fn usage_events(
+        &self,
+        tenant_id: &str,
+        from: u64,
+        to: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UsageRecord>>;
+    async fn usage_report(
+        &self,
+        tenant_id: &str,
+        from: u64,
+        to: u64,
+        group: GroupBy,
+    ) -> StoreResult<Vec<UsageRow>>;
     async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>>;
 
     /// Makes each tenant's invoice for `month` from its usage events; closing again is a no-op.

@@ -86,9 +86,14 @@ pub struct Remaining {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Taken {
-    Allowed { tat: i64, remaining: Remaining },
+    Allowed {
+        tat: i64,
+        remaining: Remaining,
+    },
     /// Not enough in the bucket; retry after this long (never, if the amount exceeds the limit).
-    Denied { retry_after_nanos: Option<u64> },
+    Denied {
+        retry_after_nanos: Option<u64>,
+    },
 }
 
 fn clamp_i64(value: i128) -> i64 {
@@ -114,7 +119,9 @@ pub fn take(bucket: &Bucket, tat: Option<i64>, amount: u64, now: i64) -> Taken {
         tat: clamp_i64(new_tat),
         remaining: Remaining {
             limit: bucket.per_minute,
-            remaining: clamp_u64((now + WINDOW_NANOS - new_tat) * i128::from(bucket.per_minute) / WINDOW_NANOS),
+            remaining: clamp_u64(
+                (now + WINDOW_NANOS - new_tat) * i128::from(bucket.per_minute) / WINDOW_NANOS,
+            ),
             reset_nanos: clamp_u64(new_tat - now),
         },
     }
@@ -126,7 +133,11 @@ pub fn take(bucket: &Bucket, tat: Option<i64>, amount: u64, now: i64) -> Taken {
 pub fn adjust(bucket: &Bucket, tat: Option<i64>, delta: i64, now: i64) -> i64 {
     let base = i128::from(tat.unwrap_or(now));
     let shift = bucket.nanos_for(delta.unsigned_abs());
-    let shifted = if delta >= 0 { base + shift } else { base - shift };
+    let shifted = if delta >= 0 {
+        base + shift
+    } else {
+        base - shift
+    };
     clamp_i64(shifted.max(i128::from(now)))
 }
 
@@ -174,7 +185,10 @@ mod tests {
             }
         );
         // One request per second comes back.
-        assert!(matches!(take(&bucket, tat, 1, now + SECOND), Taken::Allowed { .. }));
+        assert!(matches!(
+            take(&bucket, tat, 1, now + SECOND),
+            Taken::Allowed { .. }
+        ));
         let (_, remaining) = allowed(take(&bucket, None, 1, now));
         assert_eq!(remaining.reset_nanos, SECOND as u64);
     }

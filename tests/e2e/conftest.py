@@ -32,8 +32,9 @@ def ferry_binary():
 class Ferry:
     """A running `ferry serve`: its base URL, operator key, and everything it printed."""
 
-    def __init__(self, data_dir, env=None, args=("--no-local-models",), start_timeout=30):
-        self.operator_key = make_key()
+    def __init__(self, data_dir, env=None, args=("--no-local-models",), start_timeout=30, operator_key=None):
+        self.data_dir = data_dir
+        self.operator_key = operator_key or make_key()
         self.lines = []
         environment = {**os.environ, "FERRY_OPERATOR_KEY": self.operator_key, "FERRY_LOG": "warn", **(env or {})}
         self.process = subprocess.Popen(
@@ -59,6 +60,11 @@ class Ferry:
             if line.startswith("listening on "):
                 ready.put(line.split()[-1])
         ready.put(None)
+
+    def kill(self):
+        """SIGKILL: no shutdown, no flushing — what a crash looks like."""
+        self.process.kill()
+        self.process.wait(timeout=10)
 
     def alive(self):
         return self.process.poll() is None

@@ -7,6 +7,7 @@ Its behaviour is chosen by the upstream model name, so one server covers every c
   "break-stream"  streams two chunks, then drops the connection
   "error-event"   streams one chunk, then its own error event, and closes
   "slow-stream"   streams one chunk every 50 ms for a long time (for disconnect tests)
+  "slow-echo"     as "echo", but takes 200 ms to start and 50 ms per streamed word (calls overlap)
 Every request is recorded so tests can see what Ferry forwarded.
 """
 
@@ -91,6 +92,9 @@ def _make_handler(mock):
                 return self._json(500, {"error": {"message": "internal upstream detail 10.1.2.3", "type": "server_error"}})
             if model == "busy":
                 return self._json(429, {"error": {"message": "slow down"}}, {"Retry-After": "7"})
+            slow = model == "slow-echo"
+            if slow:
+                time.sleep(0.2)
             if self.path == "/v1/embeddings":
                 return self._embeddings(body)
             if self.path == "/v1/chat/completions":
@@ -131,6 +135,8 @@ def _make_handler(mock):
                     else:
                         choice = {"index": 0, "text": word, "finish_reason": None}
                     self._event({"id": "up-1", "object": chunk_object, "created": 1, "model": model, "choices": [choice]})
+                    if slow:
+                        time.sleep(0.05)
                 final = {"index": 0, "delta": {}, "finish_reason": "stop"} if kind == "chat" else {"index": 0, "text": "", "finish_reason": "stop"}
                 self._event({"id": "up-1", "object": chunk_object, "created": 1, "model": model, "choices": [final]})
                 if (body.get("stream_options") or {}).get("include_usage"):

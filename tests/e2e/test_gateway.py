@@ -35,6 +35,8 @@ def world(ferry, upstream):
         spec = {"id": model_id, "deployments": [{"id": "d1", "upstream": {"url": upstream.base_url, "model": upstream_model}}], "price": PRICE}
         assert admin(ferry, "POST", "/models", json=spec).status_code == 200
     tenant = admin(ferry, "POST", "/tenants", json={"name": "Acme", "billing": "prepaid"}).json()
+    topped = admin(ferry, "POST", f"/tenants/{tenant['id']}/credits", json={"amount_usd": "100"})
+    assert topped.status_code == 201, topped.text
     allowed = [m for m in UPSTREAM_OF if m != "other-model"]
     created = admin(ferry, "POST", f"/tenants/{tenant['id']}/keys", json={"name": "app", "role": "member", "models": allowed})
     assert created.status_code == 201, created.text

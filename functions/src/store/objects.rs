@@ -36,13 +36,20 @@ impl LocalObjectStore {
 impl ObjectStore for LocalObjectStore {
     async fn put(&self, key: &str, body: Bytes) -> StoreResult<()> {
         let path = self.path_of(key)?;
-        let unavailable = |error: std::io::Error| StoreError::Unavailable(format!("{}: {error}", path.display()));
+        let unavailable =
+            |error: std::io::Error| StoreError::Unavailable(format!("{}: {error}", path.display()));
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(unavailable)?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(unavailable)?;
         }
         let partial = path.with_extension("partial");
-        tokio::fs::write(&partial, &body).await.map_err(unavailable)?;
-        tokio::fs::rename(&partial, &path).await.map_err(unavailable)?;
+        tokio::fs::write(&partial, &body)
+            .await
+            .map_err(unavailable)?;
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -59,10 +66,22 @@ mod tests {
     async fn objects_land_whole_under_the_root_and_never_outside() {
         let root = std::env::temp_dir().join(format!("ferry-objects-{}", std::process::id()));
         let store = LocalObjectStore::new(&root);
-        store.put("usage/period=2026-11/t.jsonl", Bytes::from_static(b"{}\n")).await.unwrap();
-        assert_eq!(std::fs::read(root.join("usage/period=2026-11/t.jsonl")).unwrap(), b"{}\n");
+        store
+            .put("usage/period=2026-11/t.jsonl", Bytes::from_static(b"{}\n"))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(root.join("usage/period=2026-11/t.jsonl")).unwrap(),
+            b"{}\n"
+        );
         for bad in ["../x", "/etc/passwd", "a/../../b", ""] {
-            assert!(matches!(store.put(bad, Bytes::new()).await, Err(StoreError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(
+                    store.put(bad, Bytes::new()).await,
+                    Err(StoreError::Invalid(_))
+                ),
+                "{bad}"
+            );
         }
         std::fs::remove_dir_all(root).unwrap();
     }

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use ferry_core::Money;
 use ferry_core::admission::{self, Admission, Grant, Hold, Refusal, SpendCounter};
-use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow, Totals};
+use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, Totals, UsageRow};
 use ferry_core::calendar::Month;
 use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Entry, Posting, TransactionKind};
@@ -69,7 +69,12 @@ fn read_counter(connection: &Connection, id: &str) -> rusqlite::Result<SpendCoun
     Ok(counter.unwrap_or_default())
 }
 
-fn bump_counter(connection: &Connection, id: &str, settled: i64, held: i64) -> rusqlite::Result<()> {
+fn bump_counter(
+    connection: &Connection,
+    id: &str,
+    settled: i64,
+    held: i64,
+) -> rusqlite::Result<()> {
     connection.execute(
         "INSERT INTO spend_counters (id, settled_nanos, held_nanos) VALUES (?1, ?2, ?3)
          ON CONFLICT (id) DO UPDATE SET settled_nanos = settled_nanos + ?2, held_nanos = held_nanos + ?3",
@@ -174,7 +179,10 @@ fn load_transaction(connection: &Connection, id: &str) -> rusqlite::Result<Optio
     Ok(Some(transaction))
 }
 
-fn load_hold(connection: &Connection, request_id: &str) -> rusqlite::Result<Option<(Hold, String)>> {
+fn load_hold(
+    connection: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Option<(Hold, String)>> {
     connection
         .query_row(
             "SELECT detail, state FROM holds WHERE request_id = ?1",
@@ -202,15 +210,32 @@ fn close_hold(
     let plan = admission::settle_plan(hold, cost, &counters);
     if let Some(posting) = &plan.posting {
         let id = format!("{}:{}", posting.kind.as_str(), hold.request_id);
-        post_in(connection, &id, posting, Some(&hold.request_id), None, None, now_ms)?;
+        post_in(
+            connection,
+            &id,
+            posting,
+            Some(&hold.request_id),
+            None,
+            None,
+            now_ms,
+        )?;
     }
     for cap in &hold.caps {
-        bump_counter(connection, &cap.counter, plan.charged.nanos(), -hold.amount.nanos())
-            .map_err(unavailable)?;
+        bump_counter(
+            connection,
+            &cap.counter,
+            plan.charged.nanos(),
+            -hold.amount.nanos(),
+        )
+        .map_err(unavailable)?;
     }
     for crossing in &plan.crossings {
         let alert = Alert {
-            id: format!("alert:{}:{}", crossing.cap.counter, crossing.cap.cap.nanos()),
+            id: format!(
+                "alert:{}:{}",
+                crossing.cap.counter,
+                crossing.cap.cap.nanos()
+            ),
             tenant_id: hold.tenant_id.clone(),
             limit_source: crossing.cap.source.as_str().to_owned(),
             enforcement: format!("{:?}", crossing.cap.enforcement).to_lowercase(),
@@ -426,11 +451,19 @@ impl Accounts for SqliteStore {
                         ));
                     }
                     let balance = read_balance(&transaction, &tenant_id).map_err(unavailable)?;
-                    return Ok(Posted { transaction: found, replayed: true, balance });
+                    return Ok(Posted {
+                        transaction: found,
+                        replayed: true,
+                        balance,
+                    });
                 }
             }
             let billing: Option<String> = transaction
-                .query_row("SELECT billing FROM tenants WHERE id = ?1", [&tenant_id], |row| row.get(0))
+                .query_row(
+                    "SELECT billing FROM tenants WHERE id = ?1",
+                    [&tenant_id],
+                    |row| row.get(0),
+                )
                 .optional()
                 .map_err(unavailable)?;
             let Some(billing) = billing else {
@@ -452,7 +485,8 @@ impl Accounts for SqliteStore {
                 ));
             }
             if request.posting.kind == TransactionKind::Refund {
-                let earned = account_balance(&transaction, &ledger::revenue(&tenant_id)).map_err(unavailable)?;
+                let earned = account_balance(&transaction, &ledger::revenue(&tenant_id))
+                    .map_err(unavailable)?;
                 if earned.nanos() < request.posting.revenue().nanos().saturating_neg() {
                     return Err(StoreError::Invalid(format!(
                         "a refund cannot exceed what the tenant has been charged ({earned})"
@@ -474,7 +508,11 @@ impl Accounts for SqliteStore {
                 .ok_or_else(|| unavailable("transaction vanished"))?;
             let balance = read_balance(&transaction, &tenant_id).map_err(unavailable)?;
             transaction.commit().map_err(unavailable)?;
-            Ok(Posted { transaction: found, replayed: false, balance })
+            Ok(Posted {
+                transaction: found,
+                replayed: false,
+                balance,
+            })
         })
         .await
     }
@@ -549,7 +587,12 @@ impl Accounts for SqliteStore {
         .await
     }
 
-    async fn price_at(&self, model: &str, deployment: &str, at_ms: u64) -> StoreResult<Option<Price>> {
+    async fn price_at(
+        &self,
+        model: &str,
+        deployment: &str,
+        at_ms: u64,
+    ) -> StoreResult<Option<Price>> {
         let (model, deployment) = (model.to_owned(), deployment.to_owned());
         self.with(move |connection| {
             // A deployment's own price wins over the model's; within each, the latest in effect.
@@ -567,7 +610,13 @@ impl Accounts for SqliteStore {
         .await
     }
 
-    async fn usage_events(&self, tenant_id: &str, from: u64, to: u64, limit: u32) -> StoreResult<Vec<UsageRecord>> {
+    async fn usage_events(
+        &self,
+        tenant_id: &str,
+        from: u64,
+        to: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UsageRecord>> {
         let tenant_id = tenant_id.to_owned();
         self.with(move |connection| {
             let mut statement = connection
@@ -584,7 +633,13 @@ impl Accounts for SqliteStore {
         .await
     }
 
-    async fn usage_report(&self, tenant_id: &str, from: u64, to: u64, group: GroupBy) -> StoreResult<Vec<UsageRow>> {
+    async fn usage_report(
+        &self,
+        tenant_id: &str,
+        from: u64,
+        to: u64,
+        group: GroupBy,
+    ) -> StoreResult<Vec<UsageRow>> {
         let tenant_id = tenant_id.to_owned();
         self.with(move |connection| {
             let day = if group.day { "strftime('%Y-%m-%d', created_at, 'unixepoch')" } else { "NULL" };

@@ -9,7 +9,8 @@ use ferry_core::Money;
 use ferry_core::admission::Budget;
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    Billing, KeyRecord, RateLimits, Store, StoreError, StoreResult, StoredModel, Tenant, UsageRecord,
+    Billing, KeyRecord, RateLimits, Store, StoreError, StoreResult, StoredModel, Tenant,
+    UsageRecord,
 };
 use ferry_core::principal::Role;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -228,7 +229,11 @@ pub(super) fn json_column<T: serde::de::DeserializeOwned>(
 ) -> rusqlite::Result<T> {
     let text: String = row.get(index)?;
     serde_json::from_str(&text).map_err(|error| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            Box::new(error),
+        )
     })
 }
 
