@@ -64,6 +64,7 @@ pub async fn chat_completions(
             "max_tokens"
         },
         choices: request.n.unwrap_or(1),
+        default: None,
     };
     let call = Call {
         endpoint: Endpoint::ChatCompletions,
@@ -102,6 +103,8 @@ pub async fn completions(
             requested: request.max_tokens,
             param: "max_tokens",
             choices: request.n.unwrap_or(1),
+            // OpenAI's default for the legacy endpoint.
+            default: Some(16),
         }),
         body_bytes: body.byte_len,
     };
@@ -197,6 +200,8 @@ struct Output {
     param: &'static str,
     /// `n`: each choice may generate the maximum.
     choices: u32,
+    /// What the endpoint generates when `max_tokens` is absent; none: up to the model's cap.
+    default: Option<u32>,
 }
 
 /// Route → admit → dispatch → meter, for every endpoint alike.
@@ -237,9 +242,10 @@ async fn dispatch(
                 }
                 Some(requested) => u64::from(requested) * u64::from(output.choices),
                 None => {
-                    // The hold assumes the cap, so the backend must not go past it.
-                    body["max_tokens"] = Value::from(cap);
-                    u64::from(cap) * u64::from(output.choices)
+                    // The hold assumes this much, so the backend must not go past it.
+                    let limit = output.default.map_or(cap, |default| default.min(cap));
+                    body["max_tokens"] = Value::from(limit);
+                    u64::from(limit) * u64::from(output.choices)
                 }
             }
         }

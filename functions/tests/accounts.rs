@@ -234,7 +234,11 @@ impl Drop for TempDir {
 async fn settling_the_same_usage_twice_records_and_charges_it_once() {
     let store = store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
     top_up(&store, "acme", "1").await;
-    grant(&store, &admission("r1", "acme", Billing::Prepaid, usd("0.4"))).await;
+    grant(
+        &store,
+        &admission("r1", "acme", Billing::Prepaid, usd("0.4")),
+    )
+    .await;
     let record = usage("r1", "acme", usd("0.1"));
 
     assert_eq!(
@@ -316,7 +320,11 @@ async fn a_prepaid_hold_settles_to_its_cost_and_returns_the_rest() {
     let store = store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
     top_up(&store, "acme", "1").await;
 
-    let granted = grant(&store, &admission("r1", "acme", Billing::Prepaid, usd("0.4"))).await;
+    let granted = grant(
+        &store,
+        &admission("r1", "acme", Billing::Prepaid, usd("0.4")),
+    )
+    .await;
     assert_eq!(
         granted.hold_posting,
         Some(Posting::hold("acme", usd("0.4")))
@@ -360,7 +368,11 @@ async fn a_prepaid_hold_settles_to_its_cost_and_returns_the_rest() {
 async fn a_prepaid_cost_above_its_hold_is_charged_at_the_hold() {
     let store = store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
     top_up(&store, "acme", "0.5").await;
-    grant(&store, &admission("r1", "acme", Billing::Prepaid, usd("0.5"))).await;
+    grant(
+        &store,
+        &admission("r1", "acme", Billing::Prepaid, usd("0.5")),
+    )
+    .await;
     assert_eq!(store.balance("acme").await.unwrap(), balance("0", "0.5"));
 
     assert_eq!(
@@ -387,7 +399,11 @@ async fn a_prepaid_cost_above_its_hold_is_charged_at_the_hold() {
 async fn a_postpaid_call_holds_nothing_and_its_charge_is_owed() {
     let store = store_with(&[tenant("acme", Billing::Postpaid, Vec::new())]).await;
 
-    let granted = grant(&store, &admission("r1", "acme", Billing::Postpaid, usd("0.5"))).await;
+    let granted = grant(
+        &store,
+        &admission("r1", "acme", Billing::Postpaid, usd("0.5")),
+    )
+    .await;
     assert_eq!(granted.hold_posting, None);
     assert_eq!(store.balance("acme").await.unwrap(), balance("0", "0"));
     assert!(transactions(&store, "acme").await.is_empty());
@@ -557,7 +573,11 @@ async fn expired_holds_are_released_and_late_settlements_charge_nothing() {
         ..admission("r-old", "acme", Billing::Prepaid, usd("0.3"))
     };
     grant(&store, &expiring).await;
-    grant(&store, &admission("r-new", "acme", Billing::Prepaid, usd("0.2"))).await;
+    grant(
+        &store,
+        &admission("r-new", "acme", Billing::Prepaid, usd("0.2")),
+    )
+    .await;
     assert_eq!(store.balance("acme").await.unwrap(), balance("0.5", "0.5"));
 
     assert_eq!(store.expire_holds(T0 + 59_999).await.unwrap(), 0);
@@ -653,7 +673,7 @@ async fn a_hard_daily_budget_refuses_once_settled_spend_and_the_hold_would_pass_
     );
     // Spending up to the cap exactly is allowed.
     grant(&store, &call("r4", "0.2")).await;
-    assert_eq!(store.balance("acme").await.unwrap(), balance("9.2", "0.2"));
+    assert_eq!(store.balance("acme").await.unwrap(), balance("9", "0.2"));
     // A hard cap is a refusal, not an alert.
     assert!(store.alerts("acme").await.unwrap().is_empty());
 }
@@ -704,7 +724,7 @@ async fn a_soft_budget_admits_past_its_cap_and_alerts_once() {
 }
 
 #[tokio::test]
-#[ignore = "bug: two budgets of one period share a spend counter, which every cap bumps, so spend counts twice (accounts.rs admit/close_hold)"]
+
 async fn a_soft_alert_below_a_hard_cap_of_the_same_period_counts_spend_once() {
     let acme = tenant(
         "acme",
@@ -766,13 +786,19 @@ async fn token_buckets_drawn_on_the_estimate_are_corrected_to_the_actual_count()
         ..usage(request_id, "acme", usd("0.001"))
     };
 
-    assert_eq!(tokens_left(&grant(&store, &call("r1", 600)).await), Some(400));
+    assert_eq!(
+        tokens_left(&grant(&store, &call("r1", 600)).await),
+        Some(400)
+    );
     // Used 150 of the 600 drawn: 450 come back.
     store.settle(&finished("r1", 100, 50)).await.unwrap();
     assert_eq!(tokens_left(&grant(&store, &call("r2", 1)).await), Some(849));
     // Used exactly what was drawn: no change.
     store.settle(&finished("r2", 1, 0)).await.unwrap();
-    assert_eq!(tokens_left(&grant(&store, &call("r3", 100)).await), Some(749));
+    assert_eq!(
+        tokens_left(&grant(&store, &call("r3", 100)).await),
+        Some(749)
+    );
     // Used 400 of the 100 drawn: 300 more are taken.
     store.settle(&finished("r3", 150, 250)).await.unwrap();
     assert_eq!(tokens_left(&grant(&store, &call("r4", 1)).await), Some(448));
@@ -887,7 +913,11 @@ async fn closing_a_month_makes_one_invoice_per_tenant_once_no_call_is_in_flight(
         store.settle(&record).await.unwrap();
     }
     // One call admitted this month is still running; one admitted next month does not count.
-    grant(&store, &admission("r5", "beta", Billing::Postpaid, usd("1"))).await;
+    grant(
+        &store,
+        &admission("r5", "beta", Billing::Postpaid, usd("1")),
+    )
+    .await;
     let next_month = Admission {
         now_ms: end * 1000 + 1_000,
         expires_at_ms: end * 1000 + 1_000 + HOLD_TTL_MS,
@@ -927,12 +957,18 @@ async fn closing_a_month_makes_one_invoice_per_tenant_once_no_call_is_in_flight(
     assert_eq!(acme.total_usd, usd("0.6"));
     let beta = &closed[1].invoice;
     assert_eq!(beta.tenant_id, "beta");
-    assert_eq!(beta.lines.len(), 1);
-    assert_eq!(
-        (beta.lines[0].model.as_str(), beta.lines[0].totals.requests),
-        ("m-a", 1)
-    );
-    assert_eq!(beta.lines[0].totals.cost_usd, usd("0.05"));
+    let lines: Vec<(&str, u64, Money)> = beta
+        .lines
+        .iter()
+        .map(|line| {
+            (
+                line.model.as_str(),
+                line.totals.requests,
+                line.totals.cost_usd,
+            )
+        })
+        .collect();
+    assert_eq!(lines, [("m", 1, usd("0.01")), ("m-a", 1, usd("0.05"))]);
     assert_eq!(beta.total_usd, usd("0.06"));
 
     let again = store.close_period(month, end + 3_600).await.unwrap();
@@ -941,10 +977,7 @@ async fn closing_a_month_makes_one_invoice_per_tenant_once_no_call_is_in_flight(
         assert!(!second.created);
         assert_eq!(second.invoice, first.invoice);
     }
-    assert_eq!(
-        store.invoices("acme").await.unwrap(),
-        vec![acme.clone()]
-    );
+    assert_eq!(store.invoices("acme").await.unwrap(), vec![acme.clone()]);
     let figures = tenant_figures(&store, "acme").await;
     assert_eq!(
         figures.invoiced,
@@ -964,7 +997,11 @@ async fn refunds_and_debits_cannot_take_more_than_the_tenant_has() {
     ])
     .await;
     top_up(&store, "acme", "1").await;
-    grant(&store, &admission("r1", "acme", Billing::Prepaid, usd("0.4"))).await;
+    grant(
+        &store,
+        &admission("r1", "acme", Billing::Prepaid, usd("0.4")),
+    )
+    .await;
     store
         .settle(&usage("r1", "acme", usd("0.25")))
         .await
@@ -973,9 +1010,8 @@ async fn refunds_and_debits_cannot_take_more_than_the_tenant_has() {
     let ledger_before = transactions(&store, "acme").await.len();
 
     let refund = |amount: &str| posting(Posting::refund("acme", usd(amount)), None);
-    let adjust = |tenant_id: &str, amount: &str| {
-        posting(Posting::adjustment(tenant_id, usd(amount)), None)
-    };
+    let adjust =
+        |tenant_id: &str, amount: &str| posting(Posting::adjustment(tenant_id, usd(amount)), None);
     assert!(matches!(
         store.post(&refund("0.250000001")).await,
         Err(StoreError::Invalid(_))
@@ -1005,7 +1041,11 @@ async fn refunds_and_debits_cannot_take_more_than_the_tenant_has() {
     ));
     // Credit held by a call in flight is not available to debit either.
     top_up(&store, "acme", "1").await;
-    grant(&store, &admission("r2", "acme", Billing::Prepaid, usd("0.6"))).await;
+    grant(
+        &store,
+        &admission("r2", "acme", Billing::Prepaid, usd("0.6")),
+    )
+    .await;
     assert!(matches!(
         store.post(&adjust("acme", "-0.5")).await,
         Err(StoreError::Invalid(_))

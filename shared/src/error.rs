@@ -136,7 +136,9 @@ impl ApiError {
     }
 
     pub fn headers(&self) -> &[(String, String)] {
-        self.extras.as_ref().map_or(&[], |extras| extras.headers.as_slice())
+        self.extras
+            .as_ref()
+            .map_or(&[], |extras| extras.headers.as_slice())
     }
 
     pub fn retry_after(mut self, seconds: u64) -> ApiError {

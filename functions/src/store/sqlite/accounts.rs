@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use ferry_core::Money;
-use ferry_core::admission::{self, Admission, Grant, Hold, Refusal, SpendCounter};
+use ferry_core::admission::{self, Admission, Grant, Hold, Refusal, SpendCap, SpendCounter};
 use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, Totals, UsageRow};
 use ferry_core::calendar::Month;
 use ferry_core::ids::{self, IdKind};
@@ -21,8 +21,8 @@ use ferry_core::ratelimit;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    SqliteStore, USAGE_COLUMNS, from_sql_int, insert_usage, json_column, to_sql_int, unavailable,
-    usage_from_row,
+    SqliteStore, USAGE_COLUMNS, from_sql_int, insert_usage, json_column, row, run, to_sql_int,
+    unavailable, usage_from_row,
 };
 use crate::clock;
 
@@ -36,13 +36,13 @@ fn immediate(connection: &mut Connection) -> StoreResult<rusqlite::Transaction<'
 }
 
 fn account_balance(connection: &Connection, account: &str) -> rusqlite::Result<Money> {
-    let nanos: Option<i64> = connection
-        .query_row(
-            "SELECT balance_nanos FROM accounts WHERE id = ?1",
-            [account],
-            |row| row.get(0),
-        )
-        .optional()?;
+    let nanos: Option<i64> = row(
+        &connection,
+        "SELECT balance_nanos FROM accounts WHERE id = ?1",
+        [account],
+        |row| row.get(0),
+    )
+    .optional()?;
     Ok(Money::from_nanos(nanos.unwrap_or(0)))
 }
 
@@ -54,18 +54,18 @@ fn read_balance(connection: &Connection, tenant_id: &str) -> rusqlite::Result<Ba
 }
 
 fn read_counter(connection: &Connection, id: &str) -> rusqlite::Result<SpendCounter> {
-    let counter = connection
-        .query_row(
-            "SELECT settled_nanos, held_nanos FROM spend_counters WHERE id = ?1",
-            [id],
-            |row| {
-                Ok(SpendCounter {
-                    settled: Money::from_nanos(row.get(0)?),
-                    held: Money::from_nanos(row.get(1)?),
-                })
-            },
-        )
-        .optional()?;
+    let counter = row(
+        &connection,
+        "SELECT settled_nanos, held_nanos FROM spend_counters WHERE id = ?1",
+        [id],
+        |row| {
+            Ok(SpendCounter {
+                settled: Money::from_nanos(row.get(0)?),
+                held: Money::from_nanos(row.get(1)?),
+            })
+        },
+    )
+    .optional()?;
     Ok(counter.unwrap_or_default())
 }
 
@@ -75,7 +75,7 @@ fn bump_counter(
     settled: i64,
     held: i64,
 ) -> rusqlite::Result<()> {
-    connection.execute(
+    run(&connection, 
         "INSERT INTO spend_counters (id, settled_nanos, held_nanos) VALUES (?1, ?2, ?3)
          ON CONFLICT (id) DO UPDATE SET settled_nanos = settled_nanos + ?2, held_nanos = held_nanos + ?3",
         params![id, settled, held],
@@ -83,18 +83,28 @@ fn bump_counter(
     Ok(())
 }
 
+/// Each counter once: two budgets for the same period (a soft alert under a hard cap) share
+/// one counter, and a call must count against it once.
+fn distinct_counters(caps: &[SpendCap]) -> Vec<&str> {
+    let mut counters: Vec<&str> = caps.iter().map(|cap| cap.counter.as_str()).collect();
+    counters.sort_unstable();
+    counters.dedup();
+    counters
+}
+
 fn read_tat(connection: &Connection, bucket: &str) -> rusqlite::Result<Option<i64>> {
-    connection
-        .query_row(
-            "SELECT tat_nanos FROM rate_buckets WHERE id = ?1",
-            [bucket],
-            |row| row.get(0),
-        )
-        .optional()
+    row(
+        &connection,
+        "SELECT tat_nanos FROM rate_buckets WHERE id = ?1",
+        [bucket],
+        |row| row.get(0),
+    )
+    .optional()
 }
 
 fn write_tat(connection: &Connection, bucket: &str, tat: i64) -> rusqlite::Result<()> {
-    connection.execute(
+    run(
+        &connection,
         "INSERT INTO rate_buckets (id, tat_nanos) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET tat_nanos = excluded.tat_nanos",
         params![bucket, tat],
@@ -118,34 +128,31 @@ fn post_in(
             posting.kind.as_str()
         )));
     }
-    connection
-        .execute(
+    run(&connection, 
             "INSERT INTO ledger_transactions (id, kind, tenant_id, request_id, idempotency_key, memo, created_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![id, posting.kind.as_str(), posting.tenant_id, request_id, idempotency_key, memo, to_sql_int(now_ms)],
         )
         .map_err(unavailable)?;
     for entry in &posting.entries {
-        connection
-            .execute(
+        run(&connection, 
                 "INSERT INTO ledger_entries (transaction_id, account, amount_nanos) VALUES (?1, ?2, ?3)",
                 params![id, entry.account, entry.amount_usd.nanos()],
             )
             .map_err(unavailable)?;
-        connection
-            .execute(
-                "INSERT INTO accounts (id, balance_nanos) VALUES (?1, ?2)
+        run(
+            &connection,
+            "INSERT INTO accounts (id, balance_nanos) VALUES (?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET balance_nanos = balance_nanos + ?2",
-                params![entry.account, entry.amount_usd.nanos()],
-            )
-            .map_err(unavailable)?;
+            params![entry.account, entry.amount_usd.nanos()],
+        )
+        .map_err(unavailable)?;
     }
     Ok(())
 }
 
 fn load_transaction(connection: &Connection, id: &str) -> rusqlite::Result<Option<Transaction>> {
-    let header = connection
-        .query_row(
+    let header = row(&connection, 
             "SELECT id, kind, tenant_id, request_id, memo, created_at_ms FROM ledger_transactions WHERE id = ?1",
             [id],
             |row| {
@@ -183,13 +190,13 @@ fn load_hold(
     connection: &Connection,
     request_id: &str,
 ) -> rusqlite::Result<Option<(Hold, String)>> {
-    connection
-        .query_row(
-            "SELECT detail, state FROM holds WHERE request_id = ?1",
-            [request_id],
-            |row| Ok((json_column::<Hold>(row, 0)?, row.get::<_, String>(1)?)),
-        )
-        .optional()
+    row(
+        &connection,
+        "SELECT detail, state FROM holds WHERE request_id = ?1",
+        [request_id],
+        |row| Ok((json_column::<Hold>(row, 0)?, row.get::<_, String>(1)?)),
+    )
+    .optional()
 }
 
 /// Settles (or, with no cost, expires) an open hold; the caller has checked the usage record
@@ -220,10 +227,10 @@ fn close_hold(
             now_ms,
         )?;
     }
-    for cap in &hold.caps {
+    for counter in distinct_counters(&hold.caps) {
         bump_counter(
             connection,
-            &cap.counter,
+            counter,
             plan.charged.nanos(),
             -hold.amount.nanos(),
         )
@@ -245,13 +252,13 @@ fn close_hold(
             created_at_ms: now_ms,
         };
         let body = serde_json::to_string(&alert).map_err(unavailable)?;
-        connection
-            .execute(
-                "INSERT INTO alerts (id, tenant_id, body, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+        run(
+            &connection,
+            "INSERT INTO alerts (id, tenant_id, body, created_at_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (id) DO NOTHING",
-                params![alert.id, alert.tenant_id, body, to_sql_int(now_ms)],
-            )
-            .map_err(unavailable)?;
+            params![alert.id, alert.tenant_id, body, to_sql_int(now_ms)],
+        )
+        .map_err(unavailable)?;
         tracing::warn!(tenant = %hold.tenant_id, counter = %crossing.cap.counter, cap = %crossing.cap.cap, spent = %crossing.spent, "spend passed a budget");
     }
     if cost.is_some() {
@@ -266,12 +273,12 @@ fn close_hold(
         }
     }
     let state = if cost.is_some() { "settled" } else { "expired" };
-    connection
-        .execute(
-            "UPDATE holds SET state = ?2 WHERE request_id = ?1",
-            params![hold.request_id, state],
-        )
-        .map_err(unavailable)?;
+    run(
+        &connection,
+        "UPDATE holds SET state = ?2 WHERE request_id = ?1",
+        params![hold.request_id, state],
+    )
+    .map_err(unavailable)?;
     Ok(plan.charged)
 }
 
@@ -313,8 +320,7 @@ impl Accounts for SqliteStore {
             }
             let hold = Hold::of(&admission);
             let detail = serde_json::to_string(&hold).map_err(unavailable)?;
-            let inserted = transaction
-                .execute(
+            let inserted = run(&transaction, 
                     "INSERT INTO holds (request_id, tenant_id, state, detail, created_at_ms, expires_at_ms)
                      VALUES (?1, ?2, 'open', ?3, ?4, ?5) ON CONFLICT (request_id) DO NOTHING",
                     params![
@@ -333,8 +339,8 @@ impl Accounts for SqliteStore {
                 let id = format!("hold:{}", admission.request_id);
                 post_in(&transaction, &id, posting, Some(&admission.request_id), None, None, admission.now_ms)?;
             }
-            for cap in &admission.caps {
-                bump_counter(&transaction, &cap.counter, 0, admission.hold.nanos())
+            for counter in distinct_counters(&admission.caps) {
+                bump_counter(&transaction, counter, 0, admission.hold.nanos())
                     .map_err(unavailable)?;
             }
             transaction.commit().map_err(unavailable)?;
@@ -347,8 +353,7 @@ impl Accounts for SqliteStore {
         let mut usage = usage.clone();
         self.with(move |connection| {
             let transaction = immediate(connection)?;
-            let seen: Option<i64> = transaction
-                .query_row(
+            let seen: Option<i64> = row(&transaction, 
                     "SELECT 1 FROM usage_events WHERE request_id = ?1",
                     [&usage.request_id],
                     |row| row.get(0),
@@ -430,14 +435,14 @@ impl Accounts for SqliteStore {
             let transaction = immediate(connection)?;
             let tenant_id = request.posting.tenant_id.clone();
             if let Some(key) = &request.idempotency_key {
-                let existing: Option<String> = transaction
-                    .query_row(
-                        "SELECT id FROM ledger_transactions WHERE idempotency_key = ?1",
-                        [key],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                    .map_err(unavailable)?;
+                let existing: Option<String> = row(
+                    &transaction,
+                    "SELECT id FROM ledger_transactions WHERE idempotency_key = ?1",
+                    [key],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
                 if let Some(id) = existing {
                     let found = load_transaction(&transaction, &id)
                         .map_err(unavailable)?
@@ -458,14 +463,14 @@ impl Accounts for SqliteStore {
                     });
                 }
             }
-            let billing: Option<String> = transaction
-                .query_row(
-                    "SELECT billing FROM tenants WHERE id = ?1",
-                    [&tenant_id],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
+            let billing: Option<String> = row(
+                &transaction,
+                "SELECT billing FROM tenants WHERE id = ?1",
+                [&tenant_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?;
             let Some(billing) = billing else {
                 return Err(StoreError::Invalid("no such tenant".into()));
             };
@@ -548,8 +553,7 @@ impl Accounts for SqliteStore {
         let price = price.clone();
         self.with(move |connection| {
             let body = serde_json::to_string(&price.price).map_err(unavailable)?;
-            connection
-                .execute(
+            run(&connection, 
                     "INSERT INTO prices (model, deployment, effective_from_ms, price) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT DO UPDATE SET price = excluded.price",
                     params![price.model, price.deployment.as_deref().unwrap_or(""), to_sql_int(price.effective_from_ms), body],
@@ -596,8 +600,7 @@ impl Accounts for SqliteStore {
         let (model, deployment) = (model.to_owned(), deployment.to_owned());
         self.with(move |connection| {
             // A deployment's own price wins over the model's; within each, the latest in effect.
-            let text: Option<String> = connection
-                .query_row(
+            let text: Option<String> = row(&connection, 
                     "SELECT price FROM prices WHERE model = ?1 AND deployment IN (?2, '') AND effective_from_ms <= ?3
                      ORDER BY deployment = '' ASC, effective_from_ms DESC LIMIT 1",
                     params![model, deployment, to_sql_int(at_ms)],
@@ -691,8 +694,7 @@ impl Accounts for SqliteStore {
         self.with(move |connection| {
             let transaction = immediate(connection)?;
             let (start, end) = month.bounds_unix();
-            let in_flight: i64 = transaction
-                .query_row(
+            let in_flight: i64 = row(&transaction, 
                     "SELECT COUNT(*) FROM holds WHERE state = 'open' AND created_at_ms >= ?1 AND created_at_ms < ?2",
                     params![to_sql_int(start * 1000), to_sql_int(end * 1000)],
                     |row| row.get(0),
@@ -724,8 +726,7 @@ impl Accounts for SqliteStore {
                         .map_err(unavailable)?
                 };
                 let invoice = Invoice::from_usage(&tenant_id, month, &usage, now);
-                let existing: Option<String> = transaction
-                    .query_row("SELECT body FROM invoices WHERE id = ?1", [&invoice.id], |row| row.get(0))
+                let existing: Option<String> = row(&transaction, "SELECT body FROM invoices WHERE id = ?1", [&invoice.id], |row| row.get(0))
                     .optional()
                     .map_err(unavailable)?;
                 match existing {
@@ -775,15 +776,14 @@ impl Accounts for SqliteStore {
             let transaction = connection.transaction().map_err(unavailable)?;
             let count = |sql: &str, tenant: Option<&str>| -> StoreResult<u64> {
                 let value: i64 = match tenant {
-                    Some(tenant) => transaction.query_row(sql, [tenant], |row| row.get(0)),
-                    None => transaction.query_row(sql, [], |row| row.get(0)),
+                    Some(tenant) => row(&transaction, sql, [tenant], |row| row.get(0)),
+                    None => row(&transaction, sql, [], |row| row.get(0)),
                 }
                 .map_err(unavailable)?;
                 Ok(from_sql_int(value))
             };
             let sum = |sql: &str, tenant: &str, extra: &str| -> StoreResult<Money> {
-                let value: i64 = transaction
-                    .query_row(sql, params![tenant, extra], |row| row.get(0))
+                let value: i64 = row(&transaction, sql, params![tenant, extra], |row| row.get(0))
                     .map_err(unavailable)?;
                 Ok(Money::from_nanos(value))
             };
@@ -820,8 +820,7 @@ impl Accounts for SqliteStore {
                 for invoice in invoices {
                     let Ok(month) = invoice.period.parse::<Month>() else { continue };
                     let (start, end) = month.bounds_unix();
-                    let value: i64 = transaction
-                        .query_row(
+                    let value: i64 = row(&transaction, 
                             "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3",
                             params![tenant_id, to_sql_int(start), to_sql_int(end)],
                             |row| row.get(0),
@@ -861,8 +860,7 @@ impl Accounts for SqliteStore {
 
 fn write_invoice(connection: &Connection, invoice: &Invoice) -> StoreResult<()> {
     let body = serde_json::to_string(invoice).map_err(unavailable)?;
-    connection
-        .execute(
+    run(&connection, 
             "INSERT INTO invoices (id, tenant_id, period, body, total_nanos) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (id) DO UPDATE SET body = excluded.body, total_nanos = excluded.total_nanos",
             params![invoice.id, invoice.tenant_id, invoice.period, body, invoice.total_usd.nanos()],

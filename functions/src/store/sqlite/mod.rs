@@ -132,6 +132,18 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX alerts_by_tenant ON alerts(tenant_id, created_at_ms);",
 ];
 
+/// What a commit survives once `SqliteStore` has answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The process being killed (WAL with `synchronous = NORMAL`: the commit is in the log
+    /// file, which the next open replays). A power cut may lose the last commits before the
+    /// operating system wrote them out.
+    #[default]
+    ProcessCrash,
+    /// A power cut too (`synchronous = FULL`: the log is fsynced at every commit).
+    PowerLoss,
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
@@ -156,21 +168,33 @@ pub(super) fn from_sql_int(value: i64) -> u64 {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
+    /// Opens (creating if needed) the database file and brings its schema up to date. Commits
+    /// survive the process dying ([`Durability::ProcessCrash`]).
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with(path, Durability::ProcessCrash)
+    }
+
+    pub fn open_with(path: &Path, durability: Durability) -> StoreResult<SqliteStore> {
         let connection = Connection::open(path).map_err(unavailable)?;
-        SqliteStore::prepare(connection)
+        SqliteStore::prepare(connection, durability)
     }
 
     /// A private in-memory database, for tests.
     pub fn in_memory() -> StoreResult<SqliteStore> {
-        SqliteStore::prepare(Connection::open_in_memory().map_err(unavailable)?)
+        SqliteStore::prepare(
+            Connection::open_in_memory().map_err(unavailable)?,
+            Durability::ProcessCrash,
+        )
     }
 
-    fn prepare(mut connection: Connection) -> StoreResult<SqliteStore> {
-        // WAL lets readers run beside the writer; NORMAL sync is durable across process crashes.
+    fn prepare(mut connection: Connection, durability: Durability) -> StoreResult<SqliteStore> {
+        // WAL lets readers run beside the writer and makes a commit one append to the log.
+        let synchronous = match durability {
+            Durability::ProcessCrash => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        };
         connection
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+            .execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;"))
             .map_err(unavailable)?;
         migrate(&mut connection)?;
         Ok(SqliteStore {
@@ -196,18 +220,44 @@ impl SqliteStore {
 }
 
 fn migrate(connection: &mut Connection) -> StoreResult<()> {
-    let applied: usize = connection
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(unavailable)?;
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let transaction = connection.transaction().map_err(unavailable)?;
+    // Each step reads the version under the write lock, so two processes opening a new file
+    // at once never both run the same migration.
+    loop {
+        let transaction = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let applied: usize = transaction
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(unavailable)?;
+        let Some(migration) = MIGRATIONS.get(applied) else {
+            return Ok(());
+        };
         transaction.execute_batch(migration).map_err(unavailable)?;
         transaction
-            .pragma_update(None, "user_version", index + 1)
+            .pragma_update(None, "user_version", applied + 1)
             .map_err(unavailable)?;
         transaction.commit().map_err(unavailable)?;
     }
-    Ok(())
+}
+
+/// Runs a statement through the connection's statement cache: the hot paths run the same few
+/// statements thousands of times a second, and parsing SQL each time was most of their cost.
+pub(super) fn run(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    connection.prepare_cached(sql)?.execute(params)
+}
+
+/// One row, through the statement cache.
+pub(super) fn row<T>(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    connection.prepare_cached(sql)?.query_row(params, map)
 }
 
 pub(super) fn is_constraint_violation(error: &rusqlite::Error) -> bool {
@@ -330,35 +380,31 @@ pub(super) fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.with(|connection| {
-            connection
-                .query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(unavailable)
-        })
-        .await
+        self.with(|connection| row(&connection, "SELECT 1", [], |_| Ok(())).map_err(unavailable))
+            .await
     }
 
     async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
         let tenant = tenant.clone();
         self.with(move |connection| {
-            connection
-                .execute(
-                    &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
-                    params![
-                        tenant.id,
-                        tenant.name,
-                        tenant.billing.as_str(),
-                        to_sql_int(tenant.created_at),
-                        tenant_policy_json(tenant.limits, &tenant.budgets)?,
-                    ],
-                )
-                .map_err(|error| {
-                    if is_constraint_violation(&error) {
-                        StoreError::Conflict("tenant".into())
-                    } else {
-                        unavailable(error)
-                    }
-                })?;
+            run(
+                &connection,
+                &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                params![
+                    tenant.id,
+                    tenant.name,
+                    tenant.billing.as_str(),
+                    to_sql_int(tenant.created_at),
+                    tenant_policy_json(tenant.limits, &tenant.budgets)?,
+                ],
+            )
+            .map_err(|error| {
+                if is_constraint_violation(&error) {
+                    StoreError::Conflict("tenant".into())
+                } else {
+                    unavailable(error)
+                }
+            })?;
             Ok(())
         })
         .await
@@ -367,14 +413,14 @@ impl Store for SqliteStore {
     async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>> {
         let id = id.to_owned();
         self.with(move |connection| {
-            connection
-                .query_row(
-                    &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
-                    [id],
-                    tenant_from_row,
-                )
-                .optional()
-                .map_err(unavailable)
+            row(
+                &connection,
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
+                [id],
+                tenant_from_row,
+            )
+            .optional()
+            .map_err(unavailable)
         })
         .await
     }
@@ -401,12 +447,12 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         let policy = tenant_policy_json(limits, budgets)?;
         self.with(move |connection| {
-            let changed = connection
-                .execute(
-                    "UPDATE tenants SET policy = ?2 WHERE id = ?1",
-                    params![id, policy],
-                )
-                .map_err(unavailable)?;
+            let changed = run(
+                &connection,
+                "UPDATE tenants SET policy = ?2 WHERE id = ?1",
+                params![id, policy],
+            )
+            .map_err(unavailable)?;
             Ok(changed == 1)
         })
         .await
@@ -418,8 +464,7 @@ impl Store for SqliteStore {
             let models = key.models.as_ref().map(serde_json::to_string).transpose().map_err(unavailable)?;
             let limits = serde_json::to_string(&key.limits).map_err(unavailable)?;
             let budgets = serde_json::to_string(&key.budgets).map_err(unavailable)?;
-            connection
-                .execute(
+            run(&connection, 
                     &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
                     params![
                         key.id,
@@ -446,14 +491,14 @@ impl Store for SqliteStore {
     async fn find_key(&self, public_id: &str) -> StoreResult<Option<KeyRecord>> {
         let public_id = public_id.to_owned();
         self.with(move |connection| {
-            connection
-                .query_row(
-                    &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE public_id = ?1"),
-                    [public_id],
-                    key_from_row,
-                )
-                .optional()
-                .map_err(unavailable)
+            row(
+                &connection,
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE public_id = ?1"),
+                [public_id],
+                key_from_row,
+            )
+            .optional()
+            .map_err(unavailable)
         })
         .await
     }
@@ -473,12 +518,12 @@ impl Store for SqliteStore {
     async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool> {
         let key_id = key_id.to_owned();
         self.with(move |connection| {
-            let changed = connection
-                .execute(
-                    "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                    params![key_id, to_sql_int(at)],
-                )
-                .map_err(unavailable)?;
+            let changed = run(
+                &connection,
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![key_id, to_sql_int(at)],
+            )
+            .map_err(unavailable)?;
             Ok(changed == 1)
         })
         .await
@@ -501,8 +546,7 @@ impl Store for SqliteStore {
         let model = model.clone();
         self.with(move |connection| {
             let spec = serde_json::to_string(&model).map_err(unavailable)?;
-            let created_at: i64 = connection
-                .query_row(
+            let created_at: i64 = row(&connection, 
                     "INSERT INTO models (id, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
                      ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at
                      RETURNING created_at",
@@ -518,14 +562,14 @@ impl Store for SqliteStore {
     async fn get_model(&self, id: &str) -> StoreResult<Option<StoredModel>> {
         let id = id.to_owned();
         self.with(move |connection| {
-            connection
-                .query_row(
-                    "SELECT spec, created_at FROM models WHERE id = ?1",
-                    [id],
-                    model_from_row,
-                )
-                .optional()
-                .map_err(unavailable)
+            row(
+                &connection,
+                "SELECT spec, created_at FROM models WHERE id = ?1",
+                [id],
+                model_from_row,
+            )
+            .optional()
+            .map_err(unavailable)
         })
         .await
     }
@@ -546,10 +590,10 @@ impl Store for SqliteStore {
     async fn delete_model(&self, id: &str) -> StoreResult<bool> {
         let id = id.to_owned();
         self.with(move |connection| {
-            Ok(connection
-                .execute("DELETE FROM models WHERE id = ?1", [id])
-                .map_err(unavailable)?
-                == 1)
+            Ok(
+                run(&connection, "DELETE FROM models WHERE id = ?1", [id]).map_err(unavailable)?
+                    == 1,
+            )
         })
         .await
     }
@@ -576,7 +620,7 @@ impl Store for SqliteStore {
 /// Inserts a usage record; false when its request id is there already (replays are ignored,
 /// never doubled: the request id is the primary key).
 pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusqlite::Result<bool> {
-    let inserted = connection.execute(
+    let inserted = run(&connection, 
         &format!(
             "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT (request_id) DO NOTHING"

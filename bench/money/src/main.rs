@@ -1,0 +1,259 @@
+//! `bench/money`: settled calls per second through the real gateway router, with durable
+//! metering — every call admitted (rate limits, a prepaid hold, budgets), answered, and settled
+//! in the store before its response is returned — beside the same calls unbilled, in one run.
+//!
+//! The backend is an in-process stub that answers at once, so the figures are the gateway's
+//! and the store's own cost per call. Each scenario runs on a fresh SQLite file and is
+//! reconciled afterwards: a fast run that lost money would fail here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use ferry_core::billing;
+use ferry_core::ports::{Accounts, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
+use ferry_functions::admin::{OperatorKey, ensure_operator_key};
+use ferry_functions::auth::{AuthConfig, Authenticator};
+use ferry_functions::store::{Durability, SqliteStore};
+use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const CALLERS: usize = 32;
+const DURATION: Duration = Duration::from_secs(4);
+
+/// Answers every call at once with a fixed completion.
+struct InstantBackend;
+
+#[async_trait]
+impl Upstream for InstantBackend {
+    async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
+        Ok(UpstreamReply::Complete(json!({
+            "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": call.body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+        })))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    /// The operator's own calls: no admission, a usage record per call.
+    Unbilled,
+    /// A prepaid tenant: hold at admission, settle after, both durable.
+    Prepaid,
+    /// As prepaid, with key rate limits and a daily budget checked in the same transaction.
+    PrepaidWithLimits,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Unbilled => "unbilled (usage record only)",
+            Scenario::Prepaid => "prepaid (hold + settle)",
+            Scenario::PrepaidWithLimits => "prepaid + rpm/tpm + budget",
+        }
+    }
+}
+
+struct Setup {
+    app: Router,
+    store: Arc<SqliteStore>,
+    key: String,
+}
+
+async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))?;
+    let response = app.clone().oneshot(request).await?;
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), usize::MAX).await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+async fn set_up(
+    scenario: Scenario,
+    durability: Durability,
+    directory: &std::path::Path,
+) -> anyhow::Result<Setup> {
+    let store = Arc::new(SqliteStore::open_with(
+        &directory.join("ferry.db"),
+        durability,
+    )?);
+    let OperatorKey::Generated(operator) = ensure_operator_key(store.as_ref(), None).await? else {
+        anyhow::bail!("a fresh store has no operator key");
+    };
+    let auth = Authenticator::new(
+        store.clone(),
+        AuthConfig {
+            key_cache_ttl: Duration::from_secs(60),
+            jwt: None,
+        },
+        reqwest::Client::new(),
+    )?;
+    let state = AppState {
+        store: store.clone(),
+        accounts: store.clone(),
+        upstream: Arc::new(InstantBackend),
+        auth: Arc::new(auth),
+        money: MoneyConfig::default(),
+    };
+    let app = ferry_functions::router(state, &RouterConfig::default());
+    let model = json!({
+        "id": "bench-model",
+        "deployments": [{"id": "d1", "upstream": {"url": "http://127.0.0.1:9/v1", "model": "stub"}}],
+        "price": {"input_per_mtok_usd": "0.15", "output_per_mtok_usd": "0.60", "per_call_usd": "0.0001"},
+        "max_output_tokens": 64,
+    });
+    let (status, _) = send(&app, "POST", "/admin/v1/models", &operator, &model).await?;
+    ensure!(status == StatusCode::OK, "registering the model: {status}");
+    if scenario == Scenario::Unbilled {
+        return Ok(Setup {
+            app,
+            store,
+            key: operator,
+        });
+    }
+    let (_, tenant) = send(
+        &app,
+        "POST",
+        "/admin/v1/tenants",
+        &operator,
+        &json!({"name": "bench"}),
+    )
+    .await?;
+    let tenant_id = tenant["id"].as_str().context("tenant id")?.to_owned();
+    let credit = json!({"amount_usd": "1000000"});
+    send(
+        &app,
+        "POST",
+        &format!("/admin/v1/tenants/{tenant_id}/credits"),
+        &operator,
+        &credit,
+    )
+    .await?;
+    let mut key = json!({"name": "bench", "role": "member"});
+    if scenario == Scenario::PrepaidWithLimits {
+        key["limits"] = json!({"rpm": 10_000_000, "tpm": 1_000_000_000});
+        key["budgets"] = json!([{"period": "day", "amount_usd": "100000"}]);
+    }
+    let (_, created) = send(
+        &app,
+        "POST",
+        &format!("/admin/v1/tenants/{tenant_id}/keys"),
+        &operator,
+        &key,
+    )
+    .await?;
+    let key = created["key"].as_str().context("key")?.to_owned();
+    Ok(Setup { app, store, key })
+}
+
+/// Calls as fast as `CALLERS` concurrent callers can for `DURATION`; returns calls per second.
+async fn run(scenario: Scenario, durability: Durability) -> anyhow::Result<f64> {
+    let directory = std::env::temp_dir().join(format!(
+        "ferry-bench-money-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    std::fs::create_dir_all(&directory)?;
+    let setup = set_up(scenario, durability, &directory).await?;
+    let body = json!({"model": "bench-model", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16});
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (app, key, body, done) = (
+                setup.app.clone(),
+                setup.key.clone(),
+                body.clone(),
+                done.clone(),
+            );
+            tokio::spawn(async move {
+                while started.elapsed() < DURATION {
+                    let (status, answer) =
+                        send(&app, "POST", "/v1/chat/completions", &key, &body).await?;
+                    ensure!(status == StatusCode::OK, "call failed: {status} {answer}");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let calls = done.load(Ordering::Relaxed);
+    // Every call must be in the books, and the books must balance.
+    let (ledger, tenants) = setup.store.figures().await?;
+    let problems = billing::discrepancies(&ledger, &tenants);
+    ensure!(problems.is_empty(), "books do not reconcile: {problems:?}");
+    let settled: u64 = tenants
+        .iter()
+        .map(|tenant| u64::from(tenant.usage.nanos() > 0))
+        .sum();
+    ensure!(
+        scenario == Scenario::Unbilled || settled == 1,
+        "the tenant's calls were not charged"
+    );
+    drop(setup);
+    std::fs::remove_dir_all(&directory)?;
+    Ok(calls as f64 / seconds)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    println!(
+        "bench/money: {CALLERS} concurrent callers, {} s per scenario, instant backend, one SQLite file",
+        DURATION.as_secs()
+    );
+    println!(
+        "{:<30} {:<22} {:>12} {:>10}",
+        "scenario", "durability", "calls/s", "vs unbilled"
+    );
+    let mut baseline = None;
+    for (scenario, durability) in [
+        (Scenario::Unbilled, Durability::ProcessCrash),
+        (Scenario::Prepaid, Durability::ProcessCrash),
+        (Scenario::PrepaidWithLimits, Durability::ProcessCrash),
+        (Scenario::Unbilled, Durability::PowerLoss),
+        (Scenario::Prepaid, Durability::PowerLoss),
+    ] {
+        let rate = run(scenario, durability).await?;
+        if scenario == Scenario::Unbilled {
+            baseline = Some(rate);
+        }
+        let ratio = baseline.map_or(String::new(), |base| format!("{:.2}", rate / base));
+        let durability = match durability {
+            Durability::ProcessCrash => "process crash (NORMAL)",
+            Durability::PowerLoss => "power loss (FULL)",
+        };
+        println!(
+            "{:<30} {:<22} {:>12.0} {:>10}",
+            scenario.name(),
+            durability,
+            rate,
+            ratio
+        );
+    }
+    Ok(())
+}
