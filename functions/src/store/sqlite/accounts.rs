@@ -37,7 +37,7 @@ fn immediate(connection: &mut Connection) -> StoreResult<rusqlite::Transaction<'
 
 fn account_balance(connection: &Connection, account: &str) -> rusqlite::Result<Money> {
     let nanos: Option<i64> = row(
-        &connection,
+        connection,
         "SELECT balance_nanos FROM accounts WHERE id = ?1",
         [account],
         |row| row.get(0),
@@ -55,7 +55,7 @@ fn read_balance(connection: &Connection, tenant_id: &str) -> rusqlite::Result<Ba
 
 fn read_counter(connection: &Connection, id: &str) -> rusqlite::Result<SpendCounter> {
     let counter = row(
-        &connection,
+        connection,
         "SELECT settled_nanos, held_nanos FROM spend_counters WHERE id = ?1",
         [id],
         |row| {
@@ -75,7 +75,7 @@ fn bump_counter(
     settled: i64,
     held: i64,
 ) -> rusqlite::Result<()> {
-    run(&connection, 
+    run(connection,
         "INSERT INTO spend_counters (id, settled_nanos, held_nanos) VALUES (?1, ?2, ?3)
          ON CONFLICT (id) DO UPDATE SET settled_nanos = settled_nanos + ?2, held_nanos = held_nanos + ?3",
         params![id, settled, held],
@@ -94,7 +94,7 @@ fn distinct_counters(caps: &[SpendCap]) -> Vec<&str> {
 
 fn read_tat(connection: &Connection, bucket: &str) -> rusqlite::Result<Option<i64>> {
     row(
-        &connection,
+        connection,
         "SELECT tat_nanos FROM rate_buckets WHERE id = ?1",
         [bucket],
         |row| row.get(0),
@@ -104,7 +104,7 @@ fn read_tat(connection: &Connection, bucket: &str) -> rusqlite::Result<Option<i6
 
 fn write_tat(connection: &Connection, bucket: &str, tat: i64) -> rusqlite::Result<()> {
     run(
-        &connection,
+        connection,
         "INSERT INTO rate_buckets (id, tat_nanos) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET tat_nanos = excluded.tat_nanos",
         params![bucket, tat],
@@ -128,20 +128,20 @@ fn post_in(
             posting.kind.as_str()
         )));
     }
-    run(&connection, 
+    run(connection,
             "INSERT INTO ledger_transactions (id, kind, tenant_id, request_id, idempotency_key, memo, created_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![id, posting.kind.as_str(), posting.tenant_id, request_id, idempotency_key, memo, to_sql_int(now_ms)],
         )
         .map_err(unavailable)?;
     for entry in &posting.entries {
-        run(&connection, 
+        run(connection,
                 "INSERT INTO ledger_entries (transaction_id, account, amount_nanos) VALUES (?1, ?2, ?3)",
                 params![id, entry.account, entry.amount_usd.nanos()],
             )
             .map_err(unavailable)?;
         run(
-            &connection,
+            connection,
             "INSERT INTO accounts (id, balance_nanos) VALUES (?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET balance_nanos = balance_nanos + ?2",
             params![entry.account, entry.amount_usd.nanos()],
@@ -152,7 +152,7 @@ fn post_in(
 }
 
 fn load_transaction(connection: &Connection, id: &str) -> rusqlite::Result<Option<Transaction>> {
-    let header = row(&connection, 
+    let header = row(connection,
             "SELECT id, kind, tenant_id, request_id, memo, created_at_ms FROM ledger_transactions WHERE id = ?1",
             [id],
             |row| {
@@ -191,7 +191,7 @@ fn load_hold(
     request_id: &str,
 ) -> rusqlite::Result<Option<(Hold, String)>> {
     row(
-        &connection,
+        connection,
         "SELECT detail, state FROM holds WHERE request_id = ?1",
         [request_id],
         |row| Ok((json_column::<Hold>(row, 0)?, row.get::<_, String>(1)?)),
@@ -253,7 +253,7 @@ fn close_hold(
         };
         let body = serde_json::to_string(&alert).map_err(unavailable)?;
         run(
-            &connection,
+            connection,
             "INSERT INTO alerts (id, tenant_id, body, created_at_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (id) DO NOTHING",
             params![alert.id, alert.tenant_id, body, to_sql_int(now_ms)],
@@ -274,7 +274,7 @@ fn close_hold(
     }
     let state = if cost.is_some() { "settled" } else { "expired" };
     run(
-        &connection,
+        connection,
         "UPDATE holds SET state = ?2 WHERE request_id = ?1",
         params![hold.request_id, state],
     )
@@ -320,7 +320,7 @@ impl Accounts for SqliteStore {
             }
             let hold = Hold::of(&admission);
             let detail = serde_json::to_string(&hold).map_err(unavailable)?;
-            let inserted = run(&transaction, 
+            let inserted = run(&transaction,
                     "INSERT INTO holds (request_id, tenant_id, state, detail, created_at_ms, expires_at_ms)
                      VALUES (?1, ?2, 'open', ?3, ?4, ?5) ON CONFLICT (request_id) DO NOTHING",
                     params![
@@ -353,7 +353,7 @@ impl Accounts for SqliteStore {
         let mut usage = usage.clone();
         self.with(move |connection| {
             let transaction = immediate(connection)?;
-            let seen: Option<i64> = row(&transaction, 
+            let seen: Option<i64> = row(&transaction,
                     "SELECT 1 FROM usage_events WHERE request_id = ?1",
                     [&usage.request_id],
                     |row| row.get(0),
@@ -553,7 +553,7 @@ impl Accounts for SqliteStore {
         let price = price.clone();
         self.with(move |connection| {
             let body = serde_json::to_string(&price.price).map_err(unavailable)?;
-            run(&connection, 
+            run(connection,
                     "INSERT INTO prices (model, deployment, effective_from_ms, price) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT DO UPDATE SET price = excluded.price",
                     params![price.model, price.deployment.as_deref().unwrap_or(""), to_sql_int(price.effective_from_ms), body],
@@ -600,7 +600,7 @@ impl Accounts for SqliteStore {
         let (model, deployment) = (model.to_owned(), deployment.to_owned());
         self.with(move |connection| {
             // A deployment's own price wins over the model's; within each, the latest in effect.
-            let text: Option<String> = row(&connection, 
+            let text: Option<String> = row(connection,
                     "SELECT price FROM prices WHERE model = ?1 AND deployment IN (?2, '') AND effective_from_ms <= ?3
                      ORDER BY deployment = '' ASC, effective_from_ms DESC LIMIT 1",
                     params![model, deployment, to_sql_int(at_ms)],
@@ -694,7 +694,7 @@ impl Accounts for SqliteStore {
         self.with(move |connection| {
             let transaction = immediate(connection)?;
             let (start, end) = month.bounds_unix();
-            let in_flight: i64 = row(&transaction, 
+            let in_flight: i64 = row(&transaction,
                     "SELECT COUNT(*) FROM holds WHERE state = 'open' AND created_at_ms >= ?1 AND created_at_ms < ?2",
                     params![to_sql_int(start * 1000), to_sql_int(end * 1000)],
                     |row| row.get(0),
@@ -820,7 +820,7 @@ impl Accounts for SqliteStore {
                 for invoice in invoices {
                     let Ok(month) = invoice.period.parse::<Month>() else { continue };
                     let (start, end) = month.bounds_unix();
-                    let value: i64 = row(&transaction, 
+                    let value: i64 = row(&transaction,
                             "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3",
                             params![tenant_id, to_sql_int(start), to_sql_int(end)],
                             |row| row.get(0),
@@ -860,7 +860,7 @@ impl Accounts for SqliteStore {
 
 fn write_invoice(connection: &Connection, invoice: &Invoice) -> StoreResult<()> {
     let body = serde_json::to_string(invoice).map_err(unavailable)?;
-    run(&connection, 
+    run(connection,
             "INSERT INTO invoices (id, tenant_id, period, body, total_nanos) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (id) DO UPDATE SET body = excluded.body, total_nanos = excluded.total_nanos",
             params![invoice.id, invoice.tenant_id, invoice.period, body, invoice.total_usd.nanos()],

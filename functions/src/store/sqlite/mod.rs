@@ -380,7 +380,7 @@ pub(super) fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.with(|connection| row(&connection, "SELECT 1", [], |_| Ok(())).map_err(unavailable))
+        self.with(|connection| row(connection, "SELECT 1", [], |_| Ok(())).map_err(unavailable))
             .await
     }
 
@@ -388,7 +388,7 @@ impl Store for SqliteStore {
         let tenant = tenant.clone();
         self.with(move |connection| {
             run(
-                &connection,
+                connection,
                 &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
                 params![
                     tenant.id,
@@ -414,7 +414,7 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.with(move |connection| {
             row(
-                &connection,
+                connection,
                 &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
                 [id],
                 tenant_from_row,
@@ -448,7 +448,7 @@ impl Store for SqliteStore {
         let policy = tenant_policy_json(limits, budgets)?;
         self.with(move |connection| {
             let changed = run(
-                &connection,
+                connection,
                 "UPDATE tenants SET policy = ?2 WHERE id = ?1",
                 params![id, policy],
             )
@@ -464,7 +464,7 @@ impl Store for SqliteStore {
             let models = key.models.as_ref().map(serde_json::to_string).transpose().map_err(unavailable)?;
             let limits = serde_json::to_string(&key.limits).map_err(unavailable)?;
             let budgets = serde_json::to_string(&key.budgets).map_err(unavailable)?;
-            run(&connection, 
+            run(connection,
                     &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
                     params![
                         key.id,
@@ -492,7 +492,7 @@ impl Store for SqliteStore {
         let public_id = public_id.to_owned();
         self.with(move |connection| {
             row(
-                &connection,
+                connection,
                 &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE public_id = ?1"),
                 [public_id],
                 key_from_row,
@@ -519,7 +519,7 @@ impl Store for SqliteStore {
         let key_id = key_id.to_owned();
         self.with(move |connection| {
             let changed = run(
-                &connection,
+                connection,
                 "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![key_id, to_sql_int(at)],
             )
@@ -546,7 +546,7 @@ impl Store for SqliteStore {
         let model = model.clone();
         self.with(move |connection| {
             let spec = serde_json::to_string(&model).map_err(unavailable)?;
-            let created_at: i64 = row(&connection, 
+            let created_at: i64 = row(connection,
                     "INSERT INTO models (id, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
                      ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at
                      RETURNING created_at",
@@ -563,7 +563,7 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.with(move |connection| {
             row(
-                &connection,
+                connection,
                 "SELECT spec, created_at FROM models WHERE id = ?1",
                 [id],
                 model_from_row,
@@ -591,7 +591,7 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.with(move |connection| {
             Ok(
-                run(&connection, "DELETE FROM models WHERE id = ?1", [id]).map_err(unavailable)?
+                run(connection, "DELETE FROM models WHERE id = ?1", [id]).map_err(unavailable)?
                     == 1,
             )
         })
@@ -620,7 +620,7 @@ impl Store for SqliteStore {
 /// Inserts a usage record; false when its request id is there already (replays are ignored,
 /// never doubled: the request id is the primary key).
 pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusqlite::Result<bool> {
-    let inserted = run(&connection, 
+    let inserted = run(connection,
         &format!(
             "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT (request_id) DO NOTHING"
