@@ -19,7 +19,7 @@ use ferry_core::billing;
 use ferry_core::ports::{Accounts, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator};
-use ferry_functions::store::{Durability, SqliteStore};
+use ferry_functions::store::{Durability, SqliteOptions, SqliteStore};
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -91,12 +91,12 @@ async fn send(
 
 async fn set_up(
     scenario: Scenario,
-    durability: Durability,
+    options: SqliteOptions,
     directory: &std::path::Path,
 ) -> anyhow::Result<Setup> {
     let store = Arc::new(SqliteStore::open_with(
         &directory.join("ferry.db"),
-        durability,
+        options,
     )?);
     let OperatorKey::Generated(operator) = ensure_operator_key(store.as_ref(), None).await? else {
         anyhow::bail!("a fresh store has no operator key");
@@ -168,14 +168,14 @@ async fn set_up(
 }
 
 /// Calls as fast as `CALLERS` concurrent callers can for `DURATION`; returns calls per second.
-async fn run(scenario: Scenario, durability: Durability) -> anyhow::Result<f64> {
+async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> {
     let directory = std::env::temp_dir().join(format!(
         "ferry-bench-money-{}-{}",
         std::process::id(),
         Instant::now().elapsed().as_nanos()
     ));
     std::fs::create_dir_all(&directory)?;
-    let setup = set_up(scenario, durability, &directory).await?;
+    let setup = set_up(scenario, options, &directory).await?;
     let body = json!({"model": "bench-model", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16});
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -227,30 +227,43 @@ async fn main() -> anyhow::Result<()> {
         DURATION.as_secs()
     );
     println!(
-        "{:<30} {:<22} {:>12} {:>10}",
-        "scenario", "durability", "calls/s", "vs unbilled"
+        "{:<30} {:<24} {:<8} {:>10} {:>12}",
+        "scenario", "durability", "grouped", "calls/s", "vs unbilled"
     );
+    let options = |durability, group_commit| SqliteOptions {
+        durability,
+        group_commit,
+    };
+    let normal = Durability::ProcessCrash;
+    let full = Durability::PowerLoss;
+    // Each prepaid row is compared with the unbilled row of the same store settings above it.
     let mut baseline = None;
-    for (scenario, durability) in [
-        (Scenario::Unbilled, Durability::ProcessCrash),
-        (Scenario::Prepaid, Durability::ProcessCrash),
-        (Scenario::PrepaidWithLimits, Durability::ProcessCrash),
-        (Scenario::Unbilled, Durability::PowerLoss),
-        (Scenario::Prepaid, Durability::PowerLoss),
+    for (scenario, options) in [
+        (Scenario::Unbilled, options(normal, true)),
+        (Scenario::Prepaid, options(normal, true)),
+        (Scenario::PrepaidWithLimits, options(normal, true)),
+        (Scenario::Unbilled, options(normal, false)),
+        (Scenario::Prepaid, options(normal, false)),
+        (Scenario::Unbilled, options(full, true)),
+        (Scenario::Prepaid, options(full, true)),
+        (Scenario::Unbilled, options(full, false)),
+        (Scenario::Prepaid, options(full, false)),
     ] {
-        let rate = run(scenario, durability).await?;
+        let rate = run(scenario, options).await?;
         if scenario == Scenario::Unbilled {
             baseline = Some(rate);
         }
         let ratio = baseline.map_or(String::new(), |base| format!("{:.2}", rate / base));
-        let durability = match durability {
+        let durability = match options.durability {
             Durability::ProcessCrash => "process crash (NORMAL)",
             Durability::PowerLoss => "power loss (FULL)",
         };
+        let grouped = if options.group_commit { "yes" } else { "no" };
         println!(
-            "{:<30} {:<22} {:>12.0} {:>10}",
+            "{:<30} {:<24} {:<8} {:>10.0} {:>12}",
             scenario.name(),
             durability,
+            grouped,
             rate,
             ratio
         );

@@ -4,4 +4,4 @@ mod objects;
 mod sqlite;
 
 pub use objects::LocalObjectStore;
-pub use sqlite::{Durability, SqliteStore};
+pub use sqlite::{Durability, SqliteOptions, SqliteStore};

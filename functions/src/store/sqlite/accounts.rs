@@ -1,8 +1,9 @@
 //! Money on SQLite: admission, settlement, the ledger, prices and billing.
 //!
-//! Every operation is one `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock before
-//! reading, so two gateway processes sharing the file serialise on it and a decision is never
-//! made on state another writer is about to change. The rules themselves live in
+//! Every operation is atomic: admissions and settlements run in a savepoint of a group commit
+//! (`thread.rs`), the rest in a `BEGIN IMMEDIATE` transaction of their own. Either way SQLite's
+//! write lock is taken before reading, so two gateway processes sharing the file serialise on
+//! it and a decision is never made on state another writer is about to change. The rules themselves live in
 //! `ferry_core::admission`; this file only loads state, calls them, and writes the result.
 
 use async_trait::async_trait;
@@ -290,37 +291,36 @@ fn price_from_text(text: &str) -> StoreResult<Price> {
 impl Accounts for SqliteStore {
     async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
         let admission = admission.clone();
-        self.with(move |connection| {
-            let transaction = immediate(connection)?;
+        self.grouped(move |connection| {
             let read = || -> rusqlite::Result<admission::AdmissionState> {
-                let balance = read_balance(&transaction, &admission.tenant_id)?;
+                let balance = read_balance(connection, &admission.tenant_id)?;
                 Ok(admission::AdmissionState {
                     tats: admission
                         .draws
                         .iter()
-                        .map(|draw| read_tat(&transaction, &draw.bucket.id))
+                        .map(|draw| read_tat(connection, &draw.bucket.id))
                         .collect::<rusqlite::Result<_>>()?,
                     available: balance.available_usd,
                     held: balance.held_usd,
                     counters: admission
                         .caps
                         .iter()
-                        .map(|cap| read_counter(&transaction, &cap.counter))
+                        .map(|cap| read_counter(connection, &cap.counter))
                         .collect::<rusqlite::Result<_>>()?,
                 })
             };
             let state = read().map_err(unavailable)?;
             let grant = match admission::decide(&admission, &state) {
                 Ok(grant) => grant,
-                // Nothing was written: dropping the transaction rolls it back.
+                // Nothing has been written yet: a refusal takes nothing.
                 Err(refusal) => return Ok(Err(refusal)),
             };
             for (draw, tat) in admission.draws.iter().zip(&grant.tats) {
-                write_tat(&transaction, &draw.bucket.id, *tat).map_err(unavailable)?;
+                write_tat(connection, &draw.bucket.id, *tat).map_err(unavailable)?;
             }
             let hold = Hold::of(&admission);
             let detail = serde_json::to_string(&hold).map_err(unavailable)?;
-            let inserted = run(&transaction,
+            let inserted = run(connection,
                     "INSERT INTO holds (request_id, tenant_id, state, detail, created_at_ms, expires_at_ms)
                      VALUES (?1, ?2, 'open', ?3, ?4, ?5) ON CONFLICT (request_id) DO NOTHING",
                     params![
@@ -337,13 +337,12 @@ impl Accounts for SqliteStore {
             }
             if let Some(posting) = &grant.hold_posting {
                 let id = format!("hold:{}", admission.request_id);
-                post_in(&transaction, &id, posting, Some(&admission.request_id), None, None, admission.now_ms)?;
+                post_in(connection, &id, posting, Some(&admission.request_id), None, None, admission.now_ms)?;
             }
             for counter in distinct_counters(&admission.caps) {
-                bump_counter(&transaction, counter, 0, admission.hold.nanos())
+                bump_counter(connection, counter, 0, admission.hold.nanos())
                     .map_err(unavailable)?;
             }
-            transaction.commit().map_err(unavailable)?;
             Ok(Ok(grant))
         })
         .await
@@ -351,9 +350,8 @@ impl Accounts for SqliteStore {
 
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
         let mut usage = usage.clone();
-        self.with(move |connection| {
-            let transaction = immediate(connection)?;
-            let seen: Option<i64> = row(&transaction,
+        self.grouped(move |connection| {
+            let seen: Option<i64> = row(connection,
                     "SELECT 1 FROM usage_events WHERE request_id = ?1",
                     [&usage.request_id],
                     |row| row.get(0),
@@ -364,10 +362,10 @@ impl Accounts for SqliteStore {
                 return Ok(Settled::Duplicate);
             }
             let now_ms = clock::unix_millis();
-            let charged = match load_hold(&transaction, &usage.request_id).map_err(unavailable)? {
+            let charged = match load_hold(connection, &usage.request_id).map_err(unavailable)? {
                 Some((hold, state)) if state == "open" => {
                     let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
-                    let charged = close_hold(&transaction, &hold, Some(usage.cost), actual, now_ms)?;
+                    let charged = close_hold(connection, &hold, Some(usage.cost), actual, now_ms)?;
                     if charged != usage.cost {
                         tracing::warn!(request_id = %usage.request_id, cost = %usage.cost, %charged, "cost exceeded the hold; charged the hold");
                     }
@@ -382,8 +380,7 @@ impl Accounts for SqliteStore {
                 None => usage.cost,
             };
             usage.cost = charged;
-            insert_usage(&transaction, &usage).map_err(unavailable)?;
-            transaction.commit().map_err(unavailable)?;
+            insert_usage(connection, &usage).map_err(unavailable)?;
             Ok(Settled::Recorded { charged })
         })
         .await
@@ -840,7 +837,7 @@ impl Accounts for SqliteStore {
                     invoiced,
                     unsettled_events: count(
                         "SELECT COUNT(*) FROM usage_events u WHERE u.tenant_id = ?1 AND u.cost_nanos != 0 AND NOT EXISTS
-                         (SELECT 1 FROM ledger_transactions t WHERE t.request_id = u.request_id AND t.kind IN ('settle', 'charge'))",
+                         (SELECT 1 FROM ledger_transactions t WHERE t.id IN ('settle:' || u.request_id, 'charge:' || u.request_id))",
                         Some(&tenant_id),
                     )?,
                     orphan_settlements: count(

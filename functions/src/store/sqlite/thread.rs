@@ -1,0 +1,197 @@
+//! The store's connection lives on one thread of its own, fed by a queue. Callers await a
+//! reply instead of blocking a thread each on a lock, and the hot path's writes (admissions
+//! and settlements) are group-committed: the thread runs every such write already waiting in
+//! the queue inside one transaction, each in a savepoint of its own, commits once, and only
+//! then answers them all. A write is answered after its commit, never before, so grouping
+//! changes what a commit costs, not what an answer promises.
+
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+
+use ferry_core::ports::StoreResult;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::unavailable;
+
+/// Writes committed together at most; bounds the latency a group adds to its first member.
+const MAX_GROUP: usize = 128;
+
+enum Job {
+    /// Runs alone, managing its own transaction if it needs one.
+    Exclusive(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// Runs inside the current group's transaction.
+    Grouped(Box<dyn GroupedWork>),
+}
+
+trait GroupedWork: Send {
+    /// Runs the work in a savepoint: a failed work leaves no writes behind.
+    fn run(&mut self, connection: &Connection);
+    /// Answers the caller once the group's commit is known.
+    fn finish(self: Box<Self>, commit: StoreResult<()>);
+}
+
+struct Grouped<T, F> {
+    work: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> GroupedWork for Grouped<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+{
+    fn run(&mut self, connection: &Connection) {
+        let Some(work) = self.work.take() else {
+            return;
+        };
+        let result = connection
+            .execute_batch("SAVEPOINT grouped")
+            .map_err(unavailable)
+            .and_then(|()| {
+                let result = work(connection);
+                let end = if result.is_ok() {
+                    "RELEASE grouped"
+                } else {
+                    "ROLLBACK TO grouped; RELEASE grouped"
+                };
+                connection.execute_batch(end).map_err(unavailable)?;
+                result
+            });
+        self.result = Some(result);
+    }
+
+    fn finish(self: Box<Self>, commit: StoreResult<()>) {
+        let answer = match (commit, self.result) {
+            (Err(error), _) => Err(error),
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(unavailable("the write never ran")),
+        };
+        // The caller may have gone; its write stands either way.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// A handle on the store thread; cloning it shares the thread.
+#[derive(Clone)]
+pub(super) struct StoreThread {
+    jobs: Sender<Job>,
+}
+
+/// The queue and how many grouped writes may share a commit.
+struct Queue {
+    jobs: Receiver<Job>,
+    max_group: usize,
+}
+
+impl StoreThread {
+    pub(super) fn spawn(connection: Connection, group_commit: bool) -> StoreResult<StoreThread> {
+        let (jobs, receiver) = mpsc::channel();
+        let queue = Queue {
+            jobs: receiver,
+            max_group: if group_commit { MAX_GROUP } else { 1 },
+        };
+        std::thread::Builder::new()
+            .name("ferry-sqlite".into())
+            .spawn(move || serve(connection, queue))
+            .map_err(unavailable)?;
+        Ok(StoreThread { jobs })
+    }
+
+    /// Runs `work` alone on the store thread.
+    pub(super) async fn exclusive<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Exclusive(Box::new(move |connection| {
+            let _ = reply.send(work(connection));
+        }));
+        self.submit(job, answer).await
+    }
+
+    /// Runs `work` in the next group commit; answers once that commit is durable.
+    pub(super) async fn grouped<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Grouped(Box::new(Grouped {
+            work: Some(work),
+            result: None,
+            reply,
+        }));
+        self.submit(job, answer).await
+    }
+
+    async fn submit<T>(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<StoreResult<T>>,
+    ) -> StoreResult<T> {
+        self.jobs
+            .send(job)
+            .map_err(|_| unavailable("the store thread has stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the store thread dropped a request"))?
+    }
+}
+
+fn serve(mut connection: Connection, queue: Queue) {
+    let mut next = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            // Every handle is gone: the store was dropped.
+            None => match queue.jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        match job {
+            Job::Exclusive(work) => work(&mut connection),
+            Job::Grouped(first) => next = commit_group(&connection, first, &queue),
+        }
+    }
+}
+
+/// Runs `first` and every grouped job queued behind it (up to an exclusive one) in one
+/// transaction; returns the exclusive job it stopped at, if any.
+fn commit_group(
+    connection: &Connection,
+    first: Box<dyn GroupedWork>,
+    queue: &Queue,
+) -> Option<Job> {
+    let mut group = vec![first];
+    let mut stopped_at = None;
+    let commit = connection
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(unavailable)
+        .and_then(|()| {
+            group[0].run(connection);
+            while group.len() < queue.max_group {
+                match queue.jobs.try_recv() {
+                    Ok(Job::Grouped(mut work)) => {
+                        work.run(connection);
+                        group.push(work);
+                    }
+                    Ok(exclusive) => {
+                        stopped_at = Some(exclusive);
+                        break;
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            connection.execute_batch("COMMIT").map_err(|error| {
+                let _ = connection.execute_batch("ROLLBACK");
+                unavailable(error)
+            })
+        });
+    for work in group {
+        work.finish(commit.clone());
+    }
+    stopped_at
+}
