@@ -11,7 +11,7 @@ use ferry_core::ports::{Accounts, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key, register_model};
 use ferry_functions::auth::Authenticator;
 use ferry_functions::clock;
-use ferry_functions::store::SqliteStore;
+use ferry_functions::store::{Durability, SqliteOptions, SqliteStore};
 use ferry_functions::upstream::HttpUpstream;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use tokio::net::TcpListener;
@@ -43,10 +43,25 @@ pub struct ServeArgs {
     /// charge (the gateway died mid-call). Longer than any call may take.
     #[arg(long, env = "FERRY_HOLD_TTL_SECONDS", default_value_t = 900)]
     hold_ttl_seconds: u64,
+    /// What a commit (a settled call above all) must survive before Ferry answers:
+    /// `process-crash` (SQLite WAL, synchronous=NORMAL) or `power-loss` (fsync per commit).
+    #[arg(
+        long,
+        env = "FERRY_DURABILITY",
+        value_enum,
+        default_value = "process-crash"
+    )]
+    durability: DurabilityArg,
     #[command(flatten)]
     models: ModelChoiceArgs,
     #[command(flatten)]
     store: ModelStoreArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DurabilityArg {
+    ProcessCrash,
+    PowerLoss,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -58,8 +73,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let options = SqliteOptions {
+        durability: match args.durability {
+            DurabilityArg::ProcessCrash => Durability::ProcessCrash,
+            DurabilityArg::PowerLoss => Durability::PowerLoss,
+        },
+        ..SqliteOptions::default()
+    };
     let store = Arc::new(
-        SqliteStore::open(&config.data_dir.join("ferry.db")).context("opening the store")?,
+        SqliteStore::open_with(&config.data_dir.join("ferry.db"), options)
+            .context("opening the store")?,
     );
     let operator_key = ensure_operator_key(
         store.as_ref(),
