@@ -241,12 +241,19 @@ async fn dispatch(
                     .into());
                 }
                 Some(requested) => u64::from(requested) * u64::from(output.choices),
-                None => {
-                    // The hold assumes this much, so the backend must not go past it.
-                    let limit = output.default.map_or(cap, |default| default.min(cap));
-                    body["max_tokens"] = Value::from(limit);
-                    u64::from(limit) * u64::from(output.choices)
-                }
+                // The endpoint's own default (16 for legacy completions) is made explicit, so
+                // every backend stops where the hold assumes. A chat call without `max_tokens`
+                // is held at the model's cap and left as the caller sent it: backends reject a
+                // `max_tokens` the prompt leaves no room for, and the charge never exceeds the
+                // hold whatever the backend does.
+                None => match output.default {
+                    Some(default) => {
+                        let limit = default.min(cap);
+                        body["max_tokens"] = Value::from(limit);
+                        u64::from(limit) * u64::from(output.choices)
+                    }
+                    None => u64::from(cap) * u64::from(output.choices),
+                },
             }
         }
         None => 0,

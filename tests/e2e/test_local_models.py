@@ -2,11 +2,15 @@
 all-MiniLM-L6-v2, serves them from its local worker, and answers the OpenAI SDK."""
 
 import math
+import subprocess
+import time
+from decimal import ROUND_CEILING, Decimal
 
+import httpx
 import openai
 import pytest
 
-from conftest import Ferry, model_cache
+from conftest import Ferry, ferry_binary, model_cache
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -81,3 +85,40 @@ def test_embeddings_through_the_gateway(client):
 def test_a_prompt_longer_than_the_context_is_a_400(client):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "word " * 9000}], max_tokens=5)
+
+
+def test_a_priced_local_model_bills_its_tenant_and_the_books_close(served):
+    """Money on a real model: a tenant pays for real tokens, and `ferry billing close` and
+    `ferry billing reconcile` run on the data of this very `ferry serve`."""
+
+    def admin(method, path, **kwargs):
+        headers = {"Authorization": f"Bearer {served.operator_key}"}
+        return httpx.request(method, f"{served.url}/admin/v1{path}", headers=headers, timeout=30, **kwargs)
+
+    price = {"input_per_mtok_usd": "0.10", "output_per_mtok_usd": "0.40", "per_call_usd": "0.0001"}
+    assert admin("POST", f"/models/{CHAT}/prices", json={"price": price}).status_code == 201
+    tenant = admin("POST", "/tenants", json={"name": "Local"}).json()
+    assert admin("POST", f"/tenants/{tenant['id']}/credits", json={"amount_usd": "1"}).status_code == 201
+    key = admin("POST", f"/tenants/{tenant['id']}/keys", json={"name": "k", "role": "member"}).json()["key"]
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+    whole = client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=20)
+    chunks = list(client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=20, stream=True, stream_options={"include_usage": True}))
+    costs = []
+    for usage in (whole.usage, chunks[-1].usage):
+        exact = Decimal("0.0001") + (usage.prompt_tokens * Decimal("0.10") + usage.completion_tokens * Decimal("0.40")) / 1_000_000
+        cost = Decimal(usage.model_extra["cost"])
+        assert cost == exact.quantize(Decimal("0.000000001"), rounding=ROUND_CEILING)
+        costs.append(cost)
+    shown = admin("GET", f"/tenants/{tenant['id']}").json()
+    assert (Decimal(shown["available_usd"]), Decimal(shown["held_usd"])) == (1 - sum(costs), 0)
+
+    month = time.strftime("%Y-%m", time.gmtime())
+    ferry = [str(ferry_binary()), "billing"]
+    closed = subprocess.run([*ferry, "close", "--period", month, "--data-dir", str(served.data_dir)], capture_output=True, text=True, timeout=60)
+    assert closed.returncode == 0, closed.stdout + closed.stderr
+    (invoice,) = admin("GET", f"/tenants/{tenant['id']}/invoices").json()["data"]
+    assert [(line["model"], line["requests"]) for line in invoice["lines"]] == [(CHAT, 2)]
+    assert Decimal(invoice["total_usd"]) == sum(costs)
+    reconciled = subprocess.run([*ferry, "reconcile", "--data-dir", str(served.data_dir)], capture_output=True, text=True, timeout=60)
+    assert reconciled.returncode == 0, reconciled.stdout
