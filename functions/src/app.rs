@@ -42,6 +42,12 @@ impl MoneyConfig {
     pub fn hold_ttl_ms(&self) -> u64 {
         u64::try_from(self.hold_ttl.as_millis()).unwrap_or(u64::MAX)
     }
+
+    /// How long a call may run: a little less than its hold lives, so it always settles (or
+    /// is cut off) before the hold could expire.
+    pub fn call_time_limit(&self) -> Duration {
+        self.hold_ttl - (self.hold_ttl / 10).min(Duration::from_secs(30))
+    }
 }
 
 impl Default for MoneyConfig {

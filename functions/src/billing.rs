@@ -11,6 +11,7 @@ use ferry_core::error::ErrorBody;
 use ferry_core::ledger::Posting;
 use ferry_core::model::Price;
 use ferry_core::ports::{Alert, Balance, PostRequest, PriceRecord, Transaction, UsageRecord};
+use ferry_core::principal::Principal;
 use ferry_core::{ApiError, Money};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -60,11 +61,45 @@ pub struct PostingView {
     pub replayed: bool,
 }
 
+/// What a posting endpoint demands of its amount.
+#[derive(Clone, Copy, PartialEq)]
+enum Amount {
+    Positive,
+    /// Either sign, with a memo saying why.
+    SignedWithMemo,
+}
+
+/// The one path of every posting endpoint: operators only, an existing tenant, a valid
+/// amount and idempotency key, then the posting, once per key.
 async fn post_to_ledger(
     state: &AppState,
-    posting: Posting,
+    principal: &Principal,
+    tenant_id: &str,
     request: CreditRequest,
+    rule: Amount,
+    posting: fn(&str, Money) -> Posting,
 ) -> HandlerResult<(StatusCode, Json<PostingView>)> {
+    require_operator(principal)?;
+    existing_tenant(state.store.as_ref(), tenant_id).await?;
+    match rule {
+        Amount::Positive if request.amount_usd <= Money::ZERO => {
+            return Err(
+                ApiError::invalid("amount_usd", "amount_usd must be more than zero").into(),
+            );
+        }
+        Amount::SignedWithMemo if request.amount_usd == Money::ZERO => {
+            return Err(ApiError::invalid("amount_usd", "amount_usd must not be zero").into());
+        }
+        Amount::SignedWithMemo
+            if request
+                .memo
+                .as_deref()
+                .is_none_or(|memo| memo.trim().is_empty()) =>
+        {
+            return Err(ApiError::invalid("memo", "an adjustment needs a memo saying why").into());
+        }
+        _ => {}
+    }
     if let Some(key) = &request.idempotency_key
         && (key.is_empty() || key.len() > 200)
     {
@@ -77,7 +112,7 @@ async fn post_to_ledger(
     let posted = state
         .accounts
         .post(&PostRequest {
-            posting,
+            posting: posting(tenant_id, request.amount_usd),
             idempotency_key: request.idempotency_key,
             memo: request.memo,
             now_ms: clock::unix_millis(),
@@ -104,17 +139,6 @@ fn view(transaction: Transaction, balance: Balance, replayed: bool) -> PostingVi
     }
 }
 
-fn positive(amount: Money) -> Result<(), ApiError> {
-    if amount > Money::ZERO {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            "amount_usd",
-            "amount_usd must be more than zero",
-        ))
-    }
-}
-
 /// Tops up a tenant's credit (operators only). Idempotent by `idempotency_key`.
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/credits", tag = "billing", params(("id" = String, Path, description = "Tenant id")),
     request_body = CreditRequest,
@@ -127,13 +151,13 @@ pub async fn add_credit(
     Path(tenant_id): Path<String>,
     body: JsonBody<CreditRequest>,
 ) -> HandlerResult<(StatusCode, Json<PostingView>)> {
-    require_operator(&principal)?;
-    existing_tenant(state.store.as_ref(), &tenant_id).await?;
-    positive(body.typed.amount_usd)?;
     post_to_ledger(
         &state,
-        Posting::top_up(&tenant_id, body.typed.amount_usd),
+        &principal,
+        &tenant_id,
         body.typed,
+        Amount::Positive,
+        Posting::top_up,
     )
     .await
 }
@@ -149,13 +173,13 @@ pub async fn refund(
     Path(tenant_id): Path<String>,
     body: JsonBody<CreditRequest>,
 ) -> HandlerResult<(StatusCode, Json<PostingView>)> {
-    require_operator(&principal)?;
-    existing_tenant(state.store.as_ref(), &tenant_id).await?;
-    positive(body.typed.amount_usd)?;
     post_to_ledger(
         &state,
-        Posting::refund(&tenant_id, body.typed.amount_usd),
+        &principal,
+        &tenant_id,
         body.typed,
+        Amount::Positive,
+        Posting::refund,
     )
     .await
 }
@@ -171,23 +195,13 @@ pub async fn adjust(
     Path(tenant_id): Path<String>,
     body: JsonBody<CreditRequest>,
 ) -> HandlerResult<(StatusCode, Json<PostingView>)> {
-    require_operator(&principal)?;
-    existing_tenant(state.store.as_ref(), &tenant_id).await?;
-    if body.typed.amount_usd == Money::ZERO {
-        return Err(ApiError::invalid("amount_usd", "amount_usd must not be zero").into());
-    }
-    if body
-        .typed
-        .memo
-        .as_deref()
-        .is_none_or(|memo| memo.trim().is_empty())
-    {
-        return Err(ApiError::invalid("memo", "an adjustment needs a memo saying why").into());
-    }
     post_to_ledger(
         &state,
-        Posting::adjustment(&tenant_id, body.typed.amount_usd),
+        &principal,
+        &tenant_id,
         body.typed,
+        Amount::SignedWithMemo,
+        Posting::adjustment,
     )
     .await
 }

@@ -7,14 +7,16 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use ferry_core::admission::{Admission, Draw, RateStatus, TokenEstimate, spend_caps};
+use ferry_core::admission::{
+    Admission, Draw, RateStatus, TYPICAL_OUTPUT_TOKENS, TokenEstimate, spend_caps,
+};
 use ferry_core::error::ErrorBody;
 use ferry_core::model::ModelSpec;
 use ferry_core::openai::{
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
     EmbeddingRequest, EmbeddingResponse, ModelList, ModelObject, Usage,
 };
-use ferry_core::ports::{Endpoint, StoredModel, UpstreamCall, UpstreamReply};
+use ferry_core::ports::{Endpoint, StoredModel, UpstreamCall, UpstreamError, UpstreamReply};
 use ferry_core::principal::{Credential, Principal};
 use ferry_core::ratelimit::{Bucket, Unit};
 use ferry_core::{ApiError, ErrorKind, Money};
@@ -56,14 +58,17 @@ pub async fn chat_completions(
         .stream_options
         .as_ref()
         .is_some_and(|options| options.include_usage);
+    // With both fields set, a backend may read either: hold for the larger.
+    let (requested, param) = match (request.max_completion_tokens, request.max_tokens) {
+        (Some(completion), Some(max)) if max > completion => (Some(max), "max_tokens"),
+        (Some(completion), _) => (Some(completion), "max_completion_tokens"),
+        (None, max) => (max, "max_tokens"),
+    };
     let output = Output {
-        requested: request.max_output_tokens(),
-        param: if request.max_completion_tokens.is_some() {
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
-        },
+        requested,
+        param,
         choices: request.n.unwrap_or(1),
+        prompts: 1,
         default: None,
     };
     let call = Call {
@@ -73,6 +78,7 @@ pub async fn chat_completions(
         include_usage,
         output: Some(output),
         body_bytes: body.byte_len,
+        media_parts: request.media_parts(),
     };
     dispatch(&state, request_id, &principal, call, body.raw).await
 }
@@ -103,10 +109,13 @@ pub async fn completions(
             requested: request.max_tokens,
             param: "max_tokens",
             choices: request.n.unwrap_or(1),
+            // Each prompt of a batch gets its own completions.
+            prompts: request.prompt.count() as u64,
             // OpenAI's default for the legacy endpoint.
             default: Some(16),
         }),
         body_bytes: body.byte_len,
+        media_parts: 0,
     };
     dispatch(&state, request_id, &principal, call, body.raw).await
 }
@@ -130,6 +139,7 @@ pub async fn embeddings(
         include_usage: false,
         output: None,
         body_bytes: body.byte_len,
+        media_parts: 0,
     };
     dispatch(&state, request_id, &principal, call, body.raw).await
 }
@@ -191,6 +201,8 @@ struct Call<'a> {
     /// What the call may generate; none for embeddings.
     output: Option<Output>,
     body_bytes: usize,
+    /// Non-text content parts, each bounded apart from the body's bytes.
+    media_parts: u64,
 }
 
 struct Output {
@@ -200,6 +212,8 @@ struct Output {
     param: &'static str,
     /// `n`: each choice may generate the maximum.
     choices: u32,
+    /// Prompts in one call (legacy completions take a batch).
+    prompts: u64,
     /// What the endpoint generates when `max_tokens` is absent; none: up to the model's cap.
     default: Option<u32>,
 }
@@ -226,10 +240,11 @@ async fn dispatch(
         .with_code("model_not_allowed")
         .into());
     }
-    let output_max = match &call.output {
+    let (output_max, output_likely) = match &call.output {
         Some(output) => {
             let cap = model.spec.output_cap();
-            match output.requested {
+            let each = u64::from(output.choices).saturating_mul(output.prompts);
+            let (most, likely) = match output.requested {
                 Some(requested) if requested > cap => {
                     return Err(ApiError::invalid(
                         output.param,
@@ -240,23 +255,24 @@ async fn dispatch(
                     )
                     .into());
                 }
-                Some(requested) => u64::from(requested) * u64::from(output.choices),
+                Some(requested) => (u64::from(requested), u64::from(requested)),
                 // The endpoint's own default (16 for legacy completions) is made explicit, so
-                // every backend stops where the hold assumes. A chat call without `max_tokens`
-                // is held at the model's cap and left as the caller sent it: backends reject a
-                // `max_tokens` the prompt leaves no room for, and the charge never exceeds the
-                // hold whatever the backend does.
+                // every backend stops where the hold assumes. A chat call without
+                // `max_tokens` is held at the model's cap and left as the caller sent it:
+                // backends reject a `max_tokens` the prompt leaves no room for, and the
+                // charge never exceeds the hold whatever the backend does.
                 None => match output.default {
                     Some(default) => {
                         let limit = default.min(cap);
                         body["max_tokens"] = Value::from(limit);
-                        u64::from(limit) * u64::from(output.choices)
+                        (u64::from(limit), u64::from(limit))
                     }
-                    None => u64::from(cap) * u64::from(output.choices),
+                    None => (u64::from(cap), TYPICAL_OUTPUT_TOKENS),
                 },
-            }
+            };
+            (most.saturating_mul(each), likely.saturating_mul(each))
         }
-        None => 0,
+        None => (0, 0),
     };
     let deployment = model
         .spec
@@ -274,7 +290,7 @@ async fn dispatch(
         .price_at(&model.spec.id, &deployment.id, now_ms)
         .await?
         .or_else(|| model.spec.price.clone());
-    let estimate = TokenEstimate::new(call.body_bytes, output_max);
+    let estimate = TokenEstimate::new(call.body_bytes, call.media_parts, output_max, output_likely);
     let rate = match &principal.tenant_id {
         Some(tenant_id) => {
             let admission = AdmissionInput {
@@ -309,6 +325,7 @@ async fn dispatch(
         endpoint: call.endpoint,
         price,
         admitted_at: now_ms / 1000,
+        time_limit: state.money.call_time_limit(),
     });
     let upstream_call = UpstreamCall {
         target: deployment.upstream.clone(),
@@ -316,12 +333,15 @@ async fn dispatch(
         body,
         stream: call.stream,
     };
-    let reply = match state.upstream.call(upstream_call).await {
+    let reply = match tokio::time::timeout_at(meter.deadline(), state.upstream.call(upstream_call))
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout))
+    {
         Ok(reply) => reply,
         Err(error) => {
             tracing::warn!(%error, model = %model.spec.id, deployment = %deployment.id, "upstream call failed");
             let api_error = error.to_api_error();
-            meter
+            let _ = meter
                 .record(&Usage::default(), api_error.kind.status(), None)
                 .await;
             return Err(api_error.into());
@@ -343,13 +363,15 @@ async fn dispatch(
                 );
             }
             // Settled before the answer leaves: an answer the caller holds is already charged.
-            meter.record(&usage, 200, None).await;
+            if let Err(not_settled) = meter.record(&usage, 200, None).await {
+                return Err(not_settled.to_api_error().into());
+            }
             Json(response).into_response()
         }
         // A whole answer to a streamed request, or a stream to a plain one: the backend is broken.
         _ => {
             let error = wrong_mode();
-            meter
+            let _ = meter
                 .record(&Usage::default(), error.0.kind.status(), None)
                 .await;
             return Err(error);

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::Money;
 use ferry_core::model::Price;
 use ferry_core::openai::{PromptTokensDetails, Usage};
 use ferry_core::ports::{Accounts, Endpoint, Settled, StoreError, UsageRecord};
 use ferry_core::principal::{Credential, Principal};
+use ferry_core::{ApiError, ErrorKind, Money};
 
 /// Status recorded for a call its caller abandoned (nginx's "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
@@ -32,8 +32,14 @@ pub struct Meter {
     price: Option<Price>,
     started: Instant,
     admitted_at: u64,
+    deadline: tokio::time::Instant,
     recorded: bool,
 }
+
+/// The call's charge could not be recorded (the store failed, or its hold had already
+/// expired): its answer must not be delivered as complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotSettled;
 
 pub struct MeterParams<'a> {
     pub accounts: Arc<dyn Accounts>,
@@ -45,6 +51,9 @@ pub struct MeterParams<'a> {
     pub price: Option<Price>,
     /// Unix seconds.
     pub admitted_at: u64,
+    /// How long the call may run: its hold expires soon after, and a call that outlives its
+    /// hold would be free.
+    pub time_limit: Duration,
 }
 
 impl Meter {
@@ -64,12 +73,18 @@ impl Meter {
             price: params.price,
             started: Instant::now(),
             admitted_at: params.admitted_at,
+            deadline: tokio::time::Instant::now() + params.time_limit,
             recorded: false,
         }
     }
 
     pub fn model_id(&self) -> &str {
         &self.model_id
+    }
+
+    /// When the call must be over (its answer delivered, or cut off).
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -110,23 +125,29 @@ impl Meter {
     }
 
     /// Records the usage and settles the hold; returns once both are durable, so the caller's
-    /// answer is final only after its charge is. A store failure is retried, then logged: the
-    /// hold then expires and the call is charged nothing.
-    pub async fn record(mut self, usage: &Usage, status: u16, ttft: Option<Duration>) -> Money {
+    /// answer is final only after its charge is. A store failure is retried; if it persists
+    /// (or the hold had expired) the answer must be withheld: the hold expires and the call
+    /// is charged nothing.
+    pub async fn record(
+        mut self,
+        usage: &Usage,
+        status: u16,
+        ttft: Option<Duration>,
+    ) -> Result<Money, NotSettled> {
         self.recorded = true;
         let record = self.usage_record(usage, status, ttft);
         settle(self.accounts.as_ref(), &record).await
     }
 }
 
-async fn settle(accounts: &dyn Accounts, record: &UsageRecord) -> Money {
+async fn settle(accounts: &dyn Accounts, record: &UsageRecord) -> Result<Money, NotSettled> {
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=SETTLE_ATTEMPTS {
         match accounts.settle(record).await {
-            Ok(Settled::Recorded { charged }) => return charged,
+            Ok(Settled::Recorded { charged }) => return Ok(charged),
             Ok(Settled::Duplicate) => {
-                tracing::warn!(request_id = %record.request_id, "settled already; ignored the replay");
-                return Money::ZERO;
+                tracing::warn!(request_id = %record.request_id, "settled already (its hold expired?); not charged again");
+                return Err(NotSettled);
             }
             Err(StoreError::Unavailable(error)) if attempt < SETTLE_ATTEMPTS => {
                 tracing::warn!(request_id = %record.request_id, %error, attempt, "settlement not written; retrying");
@@ -135,11 +156,23 @@ async fn settle(accounts: &dyn Accounts, record: &UsageRecord) -> Money {
             }
             Err(error) => {
                 tracing::error!(request_id = %record.request_id, %error, "settlement not written; the hold will expire");
-                return Money::ZERO;
+                return Err(NotSettled);
             }
         }
     }
-    Money::ZERO
+    Err(NotSettled)
+}
+
+impl NotSettled {
+    /// What the caller gets instead of an answer that could not be charged.
+    pub fn to_api_error(self) -> ApiError {
+        ApiError::new(
+            ErrorKind::NoCapacity,
+            "This call's charge could not be recorded, so its answer was withheld; it was not billed. Retry shortly.",
+        )
+        .with_code("not_billed")
+        .retry_after(1)
+    }
 }
 
 impl Drop for Meter {
@@ -156,7 +189,7 @@ impl Drop for Meter {
         let accounts = Arc::clone(&self.accounts);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                settle(accounts.as_ref(), &record).await;
+                let _ = settle(accounts.as_ref(), &record).await;
             });
         }
     }

@@ -67,7 +67,10 @@ async fn pump(
     };
     let mut saw_done = false;
     let status = loop {
-        let chunk = match upstream.next().await {
+        let next = tokio::time::timeout_at(meter.deadline(), upstream.next())
+            .await
+            .unwrap_or(Some(Err(UpstreamError::Timeout)));
+        let chunk = match next {
             Some(chunk) => chunk,
             // Every OpenAI-compatible server ends with `[DONE]`; ending without it means the
             // upstream died mid-generation (a close-delimited body looks complete otherwise).
@@ -82,15 +85,7 @@ async fn pump(
             Err(error) => {
                 tracing::warn!(%error, "upstream stream broke");
                 let api_error = error.to_api_error();
-                let event = json!({
-                    "object": "chat.completion.chunk",
-                    "model": meter.model_id(),
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
-                    "error": api_error.body().error,
-                });
-                let _ = sender
-                    .send(Bytes::from(data_event(&event.to_string())))
-                    .await;
+                let _ = sender.send(error_event(meter.model_id(), &api_error)).await;
                 break api_error.kind.status();
             }
         };
@@ -124,13 +119,30 @@ async fn pump(
             usage
         }
     };
-    meter
+    let model_id = meter.model_id().to_owned();
+    let settled = meter
         .record(&usage, status, progress.first_token_after)
         .await;
     if status == 200 {
         // The caller may have left after the last chunk; there is no one to tell then.
-        let _ = sender.send(Bytes::from_static(DONE_EVENT.as_bytes())).await;
+        let end = match settled {
+            Ok(_) => Bytes::from_static(DONE_EVENT.as_bytes()),
+            // An answer that could not be charged does not end as complete.
+            Err(not_settled) => error_event(&model_id, &not_settled.to_api_error()),
+        };
+        let _ = sender.send(end).await;
     }
+}
+
+/// The one error event a failed stream ends with.
+fn error_event(model_id: &str, error: &ferry_core::ApiError) -> Bytes {
+    let event = json!({
+        "object": "chat.completion.chunk",
+        "model": model_id,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+        "error": error.body().error,
+    });
+    Bytes::from(data_event(&event.to_string()))
 }
 
 /// One upstream event as the caller should see it, or `None` to drop it.

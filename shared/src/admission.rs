@@ -24,25 +24,43 @@ pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
 /// A call refused only while other calls are in flight may retry this soon.
 const IN_FLIGHT_RETRY_SECONDS: u64 = 1;
 
+/// Tokens one non-text content part (an image, audio) may cost, beyond its bytes: more than
+/// any current vision encoder spends on one image.
+pub const TOKENS_PER_MEDIA_PART: u64 = 4096;
+/// The output a call without `max_tokens` typically generates, for token rate limits only (the
+/// hold still assumes the model's cap).
+pub const TYPICAL_OUTPUT_TOKENS: u64 = 256;
+
 /// What a call may consume, bounded before it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenEstimate {
     /// An upper bound on prompt tokens: a byte-level tokenizer never makes more tokens than
-    /// the request body has bytes (JSON framing covers each message's template tokens).
+    /// the request body has bytes (JSON framing covers each message's template tokens), plus
+    /// a bound per media part.
     pub prompt_max: u64,
     /// A typical prompt size (about four bytes a token), for token rate limits.
     pub prompt_likely: u64,
-    /// `max_tokens` (or the model's cap) times `n`.
+    /// Every completion token the call may generate: `max_tokens` (or the model's cap) times
+    /// `n` times the number of prompts.
     pub output_max: u64,
+    /// What it will likely generate, for token rate limits.
+    pub output_likely: u64,
 }
 
 impl TokenEstimate {
-    pub fn new(body_bytes: usize, output_max: u64) -> TokenEstimate {
+    pub fn new(
+        body_bytes: usize,
+        media_parts: u64,
+        output_max: u64,
+        output_likely: u64,
+    ) -> TokenEstimate {
         let bytes = u64::try_from(body_bytes).unwrap_or(u64::MAX);
+        let media = media_parts.saturating_mul(TOKENS_PER_MEDIA_PART);
         TokenEstimate {
-            prompt_max: bytes.saturating_add(TEMPLATE_TOKENS),
-            prompt_likely: bytes / 4 + 1,
+            prompt_max: bytes.saturating_add(TEMPLATE_TOKENS).saturating_add(media),
+            prompt_likely: (bytes / 4 + 1).saturating_add(media),
             output_max,
+            output_likely: output_likely.min(output_max),
         }
     }
 
@@ -60,7 +78,7 @@ impl TokenEstimate {
 
     /// Tokens drawn from token buckets at admission; corrected by the actual count after.
     pub fn rate_tokens(&self) -> u64 {
-        self.prompt_likely.saturating_add(self.output_max)
+        self.prompt_likely.saturating_add(self.output_likely)
     }
 }
 
@@ -806,9 +824,12 @@ mod tests {
             per_call_usd: Some(usd("0.001")),
             cache_hit_usd: None,
         };
-        let estimate = TokenEstimate::new(936, 100);
+        let estimate = TokenEstimate::new(936, 0, 100, 100);
         assert_eq!(estimate.prompt_max, 1000);
         assert_eq!(estimate.worst_case_cost(&price), usd("0.0022"));
         assert_eq!(estimate.rate_tokens(), 335);
+        let with_image = TokenEstimate::new(936, 1, 4096, TYPICAL_OUTPUT_TOKENS);
+        assert_eq!(with_image.prompt_max, 1000 + TOKENS_PER_MEDIA_PART);
+        assert_eq!(with_image.rate_tokens(), 235 + TOKENS_PER_MEDIA_PART + 256);
     }
 }

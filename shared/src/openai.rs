@@ -346,6 +346,20 @@ impl ChatCompletionRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
+    /// Content parts that are not text (images, audio): their tokens are not bounded by their
+    /// bytes.
+    pub fn media_parts(&self) -> u64 {
+        self.messages
+            .iter()
+            .filter_map(|message| match &message.content {
+                Some(MessageContent::Parts(parts)) => Some(parts),
+                _ => None,
+            })
+            .flatten()
+            .filter(|part| part.r#type != "text")
+            .count() as u64
+    }
+
     pub fn is_stream(&self) -> bool {
         self.stream == Some(true)
     }

@@ -466,3 +466,58 @@ def test_reconcile_finds_a_nanodollar_out_of_place(data_dir, upstream):
     result = billing(data_dir, "reconcile")
     assert result.returncode == 1
     assert "difference 0.000000001" in result.stdout
+
+
+def test_the_hold_bounds_everything_a_call_may_generate(gateway, upstream):
+    register(gateway, upstream, upstream_model="echo", max_output_tokens=1000)
+    tenant_id, key = tenant_with_key(gateway, credit="10")
+
+    def hold_for(path, body):
+        raw = json.dumps(body).encode()
+        response = httpx.post(f"{gateway.url}/v1{path}", content=raw, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, timeout=10)
+        assert response.status_code == 200, response.text
+        request_id = response.headers["x-request-id"]
+        (hold,) = [t for t in ledger(gateway, tenant_id) if t["kind"] == "hold" and t["request_id"] == request_id]
+        return hold_amount(hold), len(raw)
+
+    def expected(body_bytes, output_tokens):
+        # Prompt bound: the body's bytes plus 64 template tokens at $1/Mtok; output at $2/Mtok;
+        # plus the $0.001 fee. In nanodollars: 1000 per input token, 2000 per output token.
+        return Decimal((body_bytes + 64) * 1000 + output_tokens * 2000 + 1_000_000) / 10**9
+
+    hold, size = hold_for("/completions", {"model": "money-model", "prompt": ["a", "b", "c"], "max_tokens": 100, "n": 2})
+    assert hold == expected(size, 3 * 2 * 100), "every prompt of a batch, every choice"
+    hold, size = hold_for("/completions", {"model": "money-model", "prompt": "a"})
+    assert hold == expected(size, 16), "legacy completions default to 16 tokens"
+    hold, size = hold_for("/chat/completions", {"model": "money-model", "messages": MESSAGES, "max_tokens": 700, "max_completion_tokens": 5})
+    assert hold == expected(size, 700), "with both limits set, a backend may read either"
+    hold, size = hold_for("/chat/completions", {"model": "money-model", "messages": MESSAGES})
+    assert hold == expected(size, 1000), "no max_tokens: the model's cap"
+    too_many = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "money-model", "messages": MESSAGES, "max_tokens": 1001}, headers={"Authorization": f"Bearer {key}"})
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "max_tokens"
+
+
+def test_a_stream_that_would_outlive_its_hold_is_cut_off_and_charged_for_what_it_delivered(data_dir, upstream):
+    gateway = Ferry(data_dir, args=("--no-local-models", "--hold-ttl-seconds", "3"))
+    try:
+        register(gateway, upstream, model_id="endless", upstream_model="slow-stream")
+        tenant_id, key = tenant_with_key(gateway, credit="10")
+        body = {"model": "endless", "messages": MESSAGES, "stream": True}
+        lines = []
+        began = time.monotonic()
+        with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
+            assert response.status_code == 200
+            request_id = response.headers["x-request-id"]
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert time.monotonic() - began < 10, "cut off at the call's time limit, before its hold expires"
+        assert "data: [DONE]" not in lines
+        final = json.loads(lines[-1][6:])
+        assert final["choices"][0]["finish_reason"] == "error" and final["error"]["type"] == "timeout_error"
+        (event,) = [e for e in events(gateway, tenant_id) if e["request_id"] == request_id]
+        assert event["status"] == 504
+        assert event["completion_tokens"] == len(lines) - 1 > 10
+        assert Decimal(event["cost"]) > Decimal("0.001"), "charged the fee and every token delivered"
+        assert balance(gateway, tenant_id)[1] == 0
+        assert_reconciles(gateway)
+    finally:
+        gateway.stop()

@@ -27,6 +27,11 @@ use super::{
 };
 use crate::clock;
 
+/// An invoice made this long after its month ended is final. One made earlier (even just
+/// after midnight, when a call admitted a moment before may still be committing) is brought
+/// up to date by closing again.
+const FINAL_AFTER_SECONDS: u64 = 300;
+
 /// Usage status recorded for a call whose hold expired: the gateway died before it finished.
 pub const EXPIRED_STATUS: u16 = 500;
 
@@ -732,7 +737,7 @@ impl Accounts for SqliteStore {
                         if !existing.same_charges(&invoice) {
                             // An invoice closed before its month ended is brought up to date;
                             // one for a finished month is never rewritten.
-                            if existing.created_at >= end {
+                            if existing.created_at >= end + FINAL_AFTER_SECONDS {
                                 return Ok(Err(CloseError::Changed(existing.id)));
                             }
                             write_invoice(&transaction, &invoice)?;

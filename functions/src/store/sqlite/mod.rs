@@ -73,7 +73,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE usage_events ADD COLUMN cache_status TEXT NOT NULL DEFAULT 'none';
      CREATE TABLE accounts (
         id TEXT PRIMARY KEY,
-        balance_nanos INTEGER NOT NULL
+        -- SQLite turns an overflowing integer sum into a float: refuse that write instead.
+        balance_nanos INTEGER NOT NULL CHECK (typeof(balance_nanos) = 'integer')
      );
      CREATE TABLE ledger_transactions (
         id TEXT PRIMARY KEY,
@@ -106,8 +107,8 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE TABLE spend_counters (
         id TEXT PRIMARY KEY,
-        settled_nanos INTEGER NOT NULL,
-        held_nanos INTEGER NOT NULL
+        settled_nanos INTEGER NOT NULL CHECK (typeof(settled_nanos) = 'integer'),
+        held_nanos INTEGER NOT NULL CHECK (typeof(held_nanos) = 'integer')
      );
      CREATE TABLE prices (
         model TEXT NOT NULL,

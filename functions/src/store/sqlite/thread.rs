@@ -172,7 +172,7 @@ fn commit_group(
         .map_err(unavailable)
         .and_then(|()| {
             group[0].run(connection);
-            while group.len() < queue.max_group {
+            while group.len() < queue.max_group && !connection.is_autocommit() {
                 match queue.jobs.try_recv() {
                     Ok(Job::Grouped(mut work)) => {
                         work.run(connection);
@@ -184,6 +184,11 @@ fn commit_group(
                     }
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
+            }
+            // Some failures (a full disk, I/O errors) make SQLite roll back the whole
+            // transaction; then nothing of this group stands, and none may run outside it.
+            if connection.is_autocommit() {
+                return Err(unavailable("the group's transaction was rolled back"));
             }
             connection.execute_batch("COMMIT").map_err(|error| {
                 let _ = connection.execute_batch("ROLLBACK");
