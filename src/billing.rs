@@ -83,7 +83,7 @@ async fn close(store: &SqliteStore, objects: &dyn ObjectStore, month: Month) -> 
     for outcome in &closed {
         let invoice = &outcome.invoice;
         let events = store
-            .usage_events(&invoice.tenant_id, start, end, u32::MAX)
+            .usage_events(&invoice.tenant_id, None, start, end, u32::MAX)
             .await?;
         let mut lines = String::new();
         for event in &events {

@@ -11,7 +11,7 @@ use ferry_core::error::ErrorBody;
 use ferry_core::ledger::Posting;
 use ferry_core::model::Price;
 use ferry_core::ports::{Alert, Balance, PostRequest, PriceRecord, Transaction, UsageRecord};
-use ferry_core::principal::Principal;
+use ferry_core::principal::{Credential, Principal};
 use ferry_core::{ApiError, Money};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -276,6 +276,20 @@ impl UsageQuery {
     }
 }
 
+/// Whose usage the caller may see: the whole tenant's (operators, its admins), or a member's
+/// own key's; anyone else learns nothing.
+fn usage_scope<'a>(principal: &'a Principal, tenant_id: &str) -> Result<Option<&'a str>, ApiError> {
+    if principal.may_administer_tenant(tenant_id) {
+        return Ok(None);
+    }
+    match &principal.credential {
+        Credential::ApiKey { key_id } if principal.tenant_id.as_deref() == Some(tenant_id) => {
+            Ok(Some(key_id.as_str()))
+        }
+        _ => require_tenant_admin(principal, tenant_id).map(|()| None),
+    }
+}
+
 /// Spend by day, model and key over a period.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageReport {
@@ -285,7 +299,8 @@ pub struct UsageReport {
     pub data: Vec<UsageRow>,
 }
 
-/// A tenant's usage and spend, grouped by any of day, model and key.
+/// A tenant's usage and spend, grouped by any of day, model and key (a member sees its own
+/// key's).
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage", tag = "billing", params(("id" = String, Path, description = "Tenant id"), UsageQuery),
     responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn usage_report(
@@ -294,14 +309,14 @@ pub async fn usage_report(
     Path(tenant_id): Path<String>,
     Query(query): Query<UsageQuery>,
 ) -> HandlerResult<Json<UsageReport>> {
-    require_tenant_admin(&principal, &tenant_id)?;
+    let key_id = usage_scope(&principal, &tenant_id)?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     let (from, to) = query.range()?;
     let group = GroupBy::parse(query.group_by.as_deref().unwrap_or(""))
         .map_err(|message| ApiError::invalid("group_by", message))?;
     let data = state
         .accounts
-        .usage_report(&tenant_id, from, to, group)
+        .usage_report(&tenant_id, key_id, from, to, group)
         .await?;
     Ok(Json(UsageReport {
         object: "usage_report",
@@ -311,7 +326,7 @@ pub async fn usage_report(
     }))
 }
 
-/// A tenant's usage events, one per call, oldest first.
+/// A tenant's usage events, one per call, oldest first (a member sees its own key's).
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage/events", tag = "billing", params(("id" = String, Path, description = "Tenant id"), UsageQuery),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn usage_events(
@@ -320,14 +335,14 @@ pub async fn usage_events(
     Path(tenant_id): Path<String>,
     Query(query): Query<UsageQuery>,
 ) -> HandlerResult<Json<List<UsageRecord>>> {
-    require_tenant_admin(&principal, &tenant_id)?;
+    let key_id = usage_scope(&principal, &tenant_id)?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     let (from, to) = query.range()?;
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
     Ok(list(
         state
             .accounts
-            .usage_events(&tenant_id, from, to, limit)
+            .usage_events(&tenant_id, key_id, from, to, limit)
             .await?,
     ))
 }

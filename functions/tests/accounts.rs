@@ -178,7 +178,7 @@ fn moved(transaction: &Transaction, account: &str) -> Money {
 
 async fn events(store: &SqliteStore, tenant_id: &str) -> Vec<UsageRecord> {
     store
-        .usage_events(tenant_id, 0, u64::MAX, 1000)
+        .usage_events(tenant_id, None, 0, u64::MAX, 1000)
         .await
         .unwrap()
 }

@@ -319,10 +319,12 @@ pub trait Accounts: Send + Sync {
         at_ms: u64,
     ) -> StoreResult<Option<Price>>;
 
-    /// Usage events admitted in `[from, to)` (unix seconds), oldest first.
+    /// Usage events admitted in `[from, to)` (unix seconds), oldest first; only one key's
+    /// when `key_id` is set.
     async fn usage_events(
         &self,
         tenant_id: &str,
+        key_id: Option<&str>,
         from: u64,
         to: u64,
         limit: u32,
@@ -330,6 +332,7 @@ pub trait Accounts: Send + Sync {
     async fn usage_report(
         &self,
         tenant_id: &str,
+        key_id: Option<&str>,
         from: u64,
         to: u64,
         group: GroupBy,

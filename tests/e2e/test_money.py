@@ -521,3 +521,20 @@ def test_a_stream_that_would_outlive_its_hold_is_cut_off_and_charged_for_what_it
         assert_reconciles(gateway)
     finally:
         gateway.stop()
+
+
+def test_a_member_sees_only_its_own_keys_usage(gateway, upstream):
+    register(gateway, upstream, upstream_model="echo")
+    tenant_id, first_key = tenant_with_key(gateway, credit="1")
+    second = ok(admin(gateway, "POST", f"/tenants/{tenant_id}/keys", json={"name": "other", "role": "member"}), 201)
+    for key in (first_key, second["key"], second["key"]):
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0).chat.completions.create(model="money-model", messages=MESSAGES)
+
+    own = ok(admin(gateway, "GET", f"/tenants/{tenant_id}/usage/events", key=second["key"]))["data"]
+    assert [e["key_id"] for e in own] == [second["id"], second["id"]]
+    report = ok(admin(gateway, "GET", f"/tenants/{tenant_id}/usage", key=first_key, params={"group_by": "key"}))["data"]
+    assert [r["requests"] for r in report] == [1]
+    assert len(events(gateway, tenant_id)) == 3, "the operator sees every key's"
+    assert admin(gateway, "GET", f"/tenants/{tenant_id}/ledger", key=first_key).status_code == 403
+    other_tenant, _ = tenant_with_key(gateway)
+    assert admin(gateway, "GET", f"/tenants/{other_tenant}/usage/events", key=first_key).status_code == 404

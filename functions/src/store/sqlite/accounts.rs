@@ -618,20 +618,22 @@ impl Accounts for SqliteStore {
     async fn usage_events(
         &self,
         tenant_id: &str,
+        key_id: Option<&str>,
         from: u64,
         to: u64,
         limit: u32,
     ) -> StoreResult<Vec<UsageRecord>> {
         let tenant_id = tenant_id.to_owned();
+        let key_id = key_id.map(str::to_owned);
         self.with(move |connection| {
             let mut statement = connection
                 .prepare(&format!(
                     "SELECT {USAGE_COLUMNS} FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3
-                     ORDER BY created_at, request_id LIMIT ?4"
+                     AND (?5 IS NULL OR key_id = ?5) ORDER BY created_at, request_id LIMIT ?4"
                 ))
                 .map_err(unavailable)?;
             let rows = statement
-                .query_map(params![tenant_id, to_sql_int(from), to_sql_int(to), limit], usage_from_row)
+                .query_map(params![tenant_id, to_sql_int(from), to_sql_int(to), limit, key_id], usage_from_row)
                 .map_err(unavailable)?;
             rows.collect::<Result<_, _>>().map_err(unavailable)
         })
@@ -641,11 +643,13 @@ impl Accounts for SqliteStore {
     async fn usage_report(
         &self,
         tenant_id: &str,
+        key_id: Option<&str>,
         from: u64,
         to: u64,
         group: GroupBy,
     ) -> StoreResult<Vec<UsageRow>> {
         let tenant_id = tenant_id.to_owned();
+        let key_id = key_id.map(str::to_owned);
         self.with(move |connection| {
             let day = if group.day { "strftime('%Y-%m-%d', created_at, 'unixepoch')" } else { "NULL" };
             let model = if group.model { "model" } else { "NULL" };
@@ -654,11 +658,12 @@ impl Accounts for SqliteStore {
                 "SELECT {day} AS d, {model} AS m, {key} AS k, COUNT(*), SUM(prompt_tokens), SUM(cached_tokens),
                         SUM(completion_tokens), SUM(cost_nanos)
                  FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3
+                 AND (?4 IS NULL OR key_id = ?4)
                  GROUP BY d, m, k ORDER BY d, m, k"
             );
             let mut statement = connection.prepare(&sql).map_err(unavailable)?;
             let rows = statement
-                .query_map(params![tenant_id, to_sql_int(from), to_sql_int(to)], |row| {
+                .query_map(params![tenant_id, to_sql_int(from), to_sql_int(to), key_id], |row| {
                     Ok(UsageRow {
                         day: row.get(0)?,
                         model: row.get(1)?,
