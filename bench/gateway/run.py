@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Gateway overhead: the same constant-rate load straight to a zero-delay mock upstream and
+through `ferry serve` with the whole pay-per-call pipeline on (API-key auth, key rate limits,
+a daily budget, a prepaid hold and its settlement, durable metering), side by side at each
+rate, in one run. Prints a table (and the JSON lines behind it).
+
+    python3 bench/gateway/run.py                      # rates 1000 5000 10000, 10 s each
+    python3 bench/gateway/run.py --rates 500 --duration 2 --tiny   # what CI runs
+
+Uses release builds; stdlib only.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RELEASE = ROOT / "target" / "release"
+ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+def make_key():
+    part = lambda n: "".join(ALPHABET[b & 31] for b in secrets.token_bytes(n))  # noqa: E731
+    return f"fy_{part(12)}_{part(32)}"
+
+
+def start(command, env=None):
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    for line in process.stdout:
+        if line.startswith("listening on "):
+            return process, line.split()[-1].strip()
+    raise RuntimeError(f"{command[0]} did not start")
+
+
+def call(url, key, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def process_figures(pid):
+    """Peak RSS (MiB) and CPU seconds so far of a process."""
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return peak_kib / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def load(url, key, rate, duration, label, stream=False):
+    command = [str(RELEASE / "ferry-bench-load"), "--url", url, "--rate", str(rate), "--duration", str(duration), "--label", label]
+    if stream:
+        command.append("--stream")
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "FERRY_BENCH_KEY": key or ""}, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", type=float, nargs="+", default=[1000, 5000, 10000])
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--tiny", action="store_true", help="check it works; no figures worth reading")
+    parser.add_argument("--no-build", action="store_true")
+    args = parser.parse_args()
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry", "--bin", "ferry"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry-bench-gateway"], cwd=ROOT, check=True)
+
+    mock, mock_url = start([str(RELEASE / "ferry-bench-mock")])
+    operator = make_key()
+    data_dir = tempfile.mkdtemp(prefix="ferry-bench-gateway-")
+    ferry, ferry_url = start(
+        [str(RELEASE / "ferry"), "serve", "--addr", "127.0.0.1:0", "--data-dir", data_dir, "--no-local-models"],
+        env={"FERRY_OPERATOR_KEY": operator, "FERRY_LOG": "error"},
+    )
+    try:
+        admin = f"{ferry_url}/admin/v1"
+        call(f"{admin}/models", operator, {
+            "id": "bench-model",
+            "deployments": [{"id": "mock", "upstream": {"url": f"{mock_url}/v1", "model": "mock"}}],
+            "price": {"input_per_mtok_usd": "0.15", "output_per_mtok_usd": "0.60", "per_call_usd": "0.0001"},
+            "max_output_tokens": 64,
+        })
+        tenant = call(f"{admin}/tenants", operator, {"name": "bench"})
+        call(f"{admin}/tenants/{tenant['id']}/credits", operator, {"amount_usd": "1000000"})
+        key = call(f"{admin}/tenants/{tenant['id']}/keys", operator, {
+            "name": "bench", "role": "member",
+            "limits": {"rpm": 100000000, "tpm": 1000000000},
+            "budgets": [{"period": "day", "amount_usd": "1000000"}],
+        })["key"]
+        # One call each way first: connections, caches and the store's first pages.
+        call(f"{ferry_url}/v1/chat/completions", key, {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]})
+
+        rows = []
+        for rate in args.rates:
+            direct = load(f"{mock_url}/v1/chat/completions", None, rate, args.duration, "direct")
+            _, cpu_before = process_figures(ferry.pid)
+            through = load(f"{ferry_url}/v1/chat/completions", key, rate, args.duration, "ferry")
+            peak_mib, cpu_after = process_figures(ferry.pid)
+            through["ferry_cpu_s_per_1k"] = (cpu_after - cpu_before) / max(through["requests"], 1) * 1000
+            through["ferry_peak_rss_mib"] = peak_mib
+            rows += [direct, through]
+            for row in (direct, through):
+                print(json.dumps(row), file=sys.stderr)
+
+        print(f"\ngateway overhead, {args.duration:g} s per row, mock + load generator + gateway on one machine ({os.cpu_count()} CPUs)")
+        print(f"{'target':<8} {'offered':>8} {'achieved':>9} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'cpu s/1k':>9} {'peak MiB':>9}")
+        for row in rows:
+            cpu = f"{row['ferry_cpu_s_per_1k']:.3f}" if "ferry_cpu_s_per_1k" in row else "-"
+            rss = f"{row['ferry_peak_rss_mib']:.0f}" if "ferry_peak_rss_mib" in row else "-"
+            print(f"{row['label']:<8} {row['offered_rps']:>8.0f} {row['achieved_rps']:>9.0f} {row['errors']:>7} {row['p50_ms']:>8.2f} {row['p90_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['p999_ms']:>9.2f} {cpu:>9} {rss:>9}")
+        # Every call through Ferry was charged: the books must still reconcile.
+        ferry.terminate()
+        ferry.wait(timeout=10)
+        reconcile = subprocess.run([str(RELEASE / "ferry"), "billing", "reconcile", "--data-dir", data_dir], capture_output=True, text=True)
+        print(reconcile.stdout.strip().splitlines()[-1])
+        if reconcile.returncode != 0 or (args.tiny and any(row["errors"] for row in rows)):
+            sys.exit(1)
+    finally:
+        for process in (ferry, mock):
+            if process.poll() is None:
+                process.kill()
+
+
+if __name__ == "__main__":
+    main()
