@@ -195,7 +195,16 @@ impl SqliteStore {
 
     pub fn open_with(path: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
         let connection = Connection::open(path).map_err(unavailable)?;
-        SqliteStore::prepare(connection, options)
+        let store = SqliteStore::prepare(connection, options)?;
+        // Checkpoints (copying the log back into the database file, with an fsync) run on a
+        // connection of their own, so the store thread never stalls on one mid-burst.
+        store.thread.run(|connection| {
+            connection
+                .execute_batch("PRAGMA wal_autocheckpoint = 0;")
+                .map_err(unavailable)
+        })?;
+        thread::spawn_checkpointer(path, &store.thread)?;
+        Ok(store)
     }
 
     /// A private in-memory database, for tests.

@@ -5,7 +5,10 @@
 //! then answers them all. A write is answered after its commit, never before, so grouping
 //! changes what a commit costs, not what an answer promises.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::time::Duration;
 
 use ferry_core::ports::StoreResult;
 use rusqlite::Connection;
@@ -76,7 +79,12 @@ where
 #[derive(Clone)]
 pub(super) struct StoreThread {
     jobs: Sender<Job>,
+    /// Dropped with the last handle; the checkpointer stops when it can no longer upgrade it.
+    alive: Arc<()>,
 }
+
+/// How often the checkpointer copies the log back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// The queue and how many grouped writes may share a commit.
 struct Queue {
@@ -95,7 +103,27 @@ impl StoreThread {
             .name("ferry-sqlite".into())
             .spawn(move || serve(connection, queue))
             .map_err(unavailable)?;
-        Ok(StoreThread { jobs })
+        Ok(StoreThread {
+            jobs,
+            alive: Arc::new(()),
+        })
+    }
+
+    /// Runs `work` on the store thread and waits for it, from synchronous code (setup).
+    pub(super) fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let job = Job::Exclusive(Box::new(move |connection| {
+            let _ = reply.send(work(connection));
+        }));
+        self.jobs
+            .send(job)
+            .map_err(|_| unavailable("the store thread has stopped"))?;
+        answer
+            .recv()
+            .map_err(|_| unavailable("the store thread dropped a request"))?
     }
 
     /// Runs `work` alone on the store thread.
@@ -138,6 +166,29 @@ impl StoreThread {
             .await
             .map_err(|_| unavailable("the store thread dropped a request"))?
     }
+}
+
+/// Copies the write-ahead log back into the database file every so often, on a connection of
+/// its own, for as long as the store lives. PASSIVE never waits for the writer, so the store
+/// thread keeps committing meanwhile.
+pub(super) fn spawn_checkpointer(path: &Path, store: &StoreThread) -> StoreResult<()> {
+    let connection = Connection::open(path).map_err(unavailable)?;
+    connection
+        .execute_batch("PRAGMA busy_timeout = 5000;")
+        .map_err(unavailable)?;
+    let alive = Arc::downgrade(&store.alive);
+    std::thread::Builder::new()
+        .name("ferry-sqlite-checkpoint".into())
+        .spawn(move || {
+            while alive.upgrade().is_some() {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                    tracing::warn!(%error, "checkpoint failed; the write-ahead log grows until one succeeds");
+                }
+            }
+        })
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 fn serve(mut connection: Connection, queue: Queue) {
