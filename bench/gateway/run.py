@@ -6,8 +6,9 @@ rate, in one run. Prints a table (and the JSON lines behind it).
 
     python3 bench/gateway/run.py                      # rates 1000 5000 10000, 10 s each
     python3 bench/gateway/run.py --rates 500 --duration 2 --tiny   # what CI runs
+    python3 bench/gateway/run.py --litellm            # and LiteLLM's proxy on the same mock
 
-Uses release builds; stdlib only.
+Uses release builds; stdlib only (LiteLLM goes into bench/gateway/.venv on first use).
 """
 
 import argparse
@@ -15,6 +16,7 @@ import json
 import os
 import pathlib
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,8 @@ import urllib.request
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RELEASE = ROOT / "target" / "release"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+LITELLM = "litellm[proxy]==1.108.7"
+VENV = ROOT / "bench" / "gateway" / ".venv"
 
 
 def make_key():
@@ -62,18 +66,51 @@ def load(url, key, rate, duration, label, stream=False):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def start_litellm(mock_url, workdir):
+    """LiteLLM's proxy in front of the same mock: master key, local cost map, no database."""
+    if not (VENV / "bin" / "litellm").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", LITELLM], check=True)
+    config = pathlib.Path(workdir) / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: bench-model\n    litellm_params:\n"
+        f"      model: openai/mock\n      api_base: {mock_url}/v1\n      api_key: dummy\n"
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key = "sk-bench-" + secrets.token_hex(8)
+    process = subprocess.Popen(
+        [str(VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
+        env={**os.environ, "LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health/liveliness", timeout=2).read()
+            return process, url, key
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("LiteLLM did not start")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", type=float, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--tiny", action="store_true", help="check it works; no figures worth reading")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--litellm", action="store_true", help="also load LiteLLM's proxy on the same mock")
     args = parser.parse_args()
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry", "--bin", "ferry"], cwd=ROOT, check=True)
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry-bench-gateway"], cwd=ROOT, check=True)
 
     mock, mock_url = start([str(RELEASE / "ferry-bench-mock")])
+    litellm = None
     operator = make_key()
     data_dir = tempfile.mkdtemp(prefix="ferry-bench-gateway-")
     ferry, ferry_url = start(
@@ -97,6 +134,9 @@ def main():
         })["key"]
         # One call each way first: connections, caches and the store's first pages.
         call(f"{ferry_url}/v1/chat/completions", key, {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]})
+        if args.litellm:
+            litellm, litellm_url, litellm_key = start_litellm(mock_url, data_dir)
+            call(f"{litellm_url}/v1/chat/completions", litellm_key, {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]})
 
         rows = []
         for rate in args.rates:
@@ -107,7 +147,9 @@ def main():
             through["ferry_cpu_s_per_1k"] = (cpu_after - cpu_before) / max(through["requests"], 1) * 1000
             through["ferry_peak_rss_mib"] = peak_mib
             rows += [direct, through]
-            for row in (direct, through):
+            if litellm:
+                rows.append(load(f"{litellm_url}/v1/chat/completions", litellm_key, rate, args.duration, "litellm"))
+            for row in rows[-3:] if litellm else (direct, through):
                 print(json.dumps(row), file=sys.stderr)
 
         print(f"\ngateway overhead, {args.duration:g} s per row, mock + load generator + gateway on one machine ({os.cpu_count()} CPUs)")
@@ -124,8 +166,8 @@ def main():
         if reconcile.returncode != 0 or (args.tiny and any(row["errors"] for row in rows)):
             sys.exit(1)
     finally:
-        for process in (ferry, mock):
-            if process.poll() is None:
+        for process in (ferry, mock, litellm):
+            if process is not None and process.poll() is None:
                 process.kill()
 
 
