@@ -97,6 +97,53 @@ def start_litellm(mock_url, workdir):
     raise RuntimeError("LiteLLM did not start")
 
 
+def cold_start(mock_url, rounds=5):
+    """Process start to first successful chat completion (what a Lambda or Knative cold start
+    pays), on a fresh data directory and on an existing one; and the stripped binary's size."""
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="ferry-cold-"))
+    (workdir / "ferry.toml").write_text(
+        f'[[models]]\nid = "bench-model"\ndeployments = [{{ id = "mock", upstream = {{ url = "{mock_url}/v1", model = "mock" }} }}]\n'
+    )
+    operator = make_key()
+    body = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    results = {}
+    for kind in ("fresh", "existing"):
+        samples = []
+        for round_index in range(rounds):
+            data_dir = workdir / (f"fresh-{round_index}" if kind == "fresh" else "existing")
+            data_dir.mkdir(exist_ok=True)
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            began = time.monotonic()
+            process = subprocess.Popen(
+                [str(RELEASE / "ferry"), "serve", "--addr", f"127.0.0.1:{port}", "--data-dir", str(data_dir), "--config", str(workdir / "ferry.toml"), "--no-local-models"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "FERRY_OPERATOR_KEY": operator, "FERRY_LOG": "error"},
+            )
+            try:
+                while True:
+                    try:
+                        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"Authorization": f"Bearer {operator}", "Content-Type": "application/json"})
+                        with urllib.request.urlopen(request, timeout=5) as response:
+                            if response.status == 200:
+                                break
+                    except OSError:
+                        time.sleep(0.001)
+                    if time.monotonic() - began > 30:
+                        raise RuntimeError("ferry did not answer within 30 s")
+                samples.append((time.monotonic() - began) * 1000)
+            finally:
+                process.terminate()
+                process.wait(timeout=10)
+        samples.sort()
+        results[kind] = samples[len(samples) // 2]
+    stripped = workdir / "ferry-stripped"
+    subprocess.run(["strip", "-o", str(stripped), str(RELEASE / "ferry")], check=True)
+    results["binary_mib"] = (RELEASE / "ferry").stat().st_size / 2**20
+    results["stripped_mib"] = stripped.stat().st_size / 2**20
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", type=float, nargs="+", default=[1000, 5000, 10000])
@@ -104,12 +151,23 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="check it works; no figures worth reading")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--litellm", action="store_true", help="also load LiteLLM's proxy on the same mock")
+    parser.add_argument("--cold-start", action="store_true", help="only measure cold start and binary size")
     args = parser.parse_args()
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry", "--bin", "ferry"], cwd=ROOT, check=True)
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry-bench-gateway"], cwd=ROOT, check=True)
 
     mock, mock_url = start([str(RELEASE / "ferry-bench-mock")])
+    if args.cold_start:
+        try:
+            figures = cold_start(mock_url)
+        finally:
+            mock.kill()
+        print("cold start: process start to first successful chat completion (median of 5)")
+        print(f"  fresh data directory (migrations, operator key): {figures['fresh']:.1f} ms")
+        print(f"  existing data directory:                        {figures['existing']:.1f} ms")
+        print(f"binary: {figures['binary_mib']:.1f} MiB, stripped {figures['stripped_mib']:.1f} MiB (includes the native engine)")
+        return
     litellm = None
     operator = make_key()
     data_dir = tempfile.mkdtemp(prefix="ferry-bench-gateway-")
