@@ -149,8 +149,11 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.addr))?;
     println!("worker listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, ferry_worker::server::router(models))
-        .with_graceful_shutdown(crate::serve::shutdown_signal())
-        .await?;
+    axum::serve(
+        crate::serve::no_delay(listener),
+        ferry_worker::server::router(models),
+    )
+    .with_graceful_shutdown(crate::serve::shutdown_signal())
+    .await?;
     Ok(())
 }

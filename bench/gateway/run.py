@@ -152,6 +152,7 @@ def main():
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--litellm", action="store_true", help="also load LiteLLM's proxy on the same mock")
     parser.add_argument("--cold-start", action="store_true", help="only measure cold start and binary size")
+    parser.add_argument("--stream", action="store_true", help="streamed calls (16 chunks each); adds time to first byte")
     args = parser.parse_args()
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry", "--bin", "ferry"], cwd=ROOT, check=True)
@@ -198,24 +199,25 @@ def main():
 
         rows = []
         for rate in args.rates:
-            direct = load(f"{mock_url}/v1/chat/completions", None, rate, args.duration, "direct")
+            direct = load(f"{mock_url}/v1/chat/completions", None, rate, args.duration, "direct", args.stream)
             _, cpu_before = process_figures(ferry.pid)
-            through = load(f"{ferry_url}/v1/chat/completions", key, rate, args.duration, "ferry")
+            through = load(f"{ferry_url}/v1/chat/completions", key, rate, args.duration, "ferry", args.stream)
             peak_mib, cpu_after = process_figures(ferry.pid)
             through["ferry_cpu_s_per_1k"] = (cpu_after - cpu_before) / max(through["requests"], 1) * 1000
             through["ferry_peak_rss_mib"] = peak_mib
             rows += [direct, through]
             if litellm:
-                rows.append(load(f"{litellm_url}/v1/chat/completions", litellm_key, rate, args.duration, "litellm"))
+                rows.append(load(f"{litellm_url}/v1/chat/completions", litellm_key, rate, args.duration, "litellm", args.stream))
             for row in rows[-3:] if litellm else (direct, through):
                 print(json.dumps(row), file=sys.stderr)
 
         print(f"\ngateway overhead, {args.duration:g} s per row, mock + load generator + gateway on one machine ({os.cpu_count()} CPUs)")
-        print(f"{'target':<8} {'offered':>8} {'achieved':>9} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'cpu s/1k':>9} {'peak MiB':>9}")
+        print(f"{'target':<8} {'offered':>8} {'achieved':>9} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'cpu s/1k':>9} {'peak MiB':>9}" + ("  ttfb p50/p99 ms" if args.stream else ""))
         for row in rows:
             cpu = f"{row['ferry_cpu_s_per_1k']:.3f}" if "ferry_cpu_s_per_1k" in row else "-"
             rss = f"{row['ferry_peak_rss_mib']:.0f}" if "ferry_peak_rss_mib" in row else "-"
-            print(f"{row['label']:<8} {row['offered_rps']:>8.0f} {row['achieved_rps']:>9.0f} {row['errors']:>7} {row['p50_ms']:>8.2f} {row['p90_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['p999_ms']:>9.2f} {cpu:>9} {rss:>9}")
+            ttfb = f"  {row['ttfb_p50_ms']:.2f}/{row['ttfb_p99_ms']:.2f}" if args.stream else ""
+            print(f"{row['label']:<8} {row['offered_rps']:>8.0f} {row['achieved_rps']:>9.0f} {row['errors']:>7} {row['p50_ms']:>8.2f} {row['p90_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['p999_ms']:>9.2f} {cpu:>9} {rss:>9}{ttfb}")
         # Every call through Ferry was charged: the books must still reconcile.
         ferry.terminate()
         ferry.wait(timeout=10)
