@@ -154,11 +154,18 @@ pub struct ModelView {
 }
 
 impl ModelView {
-    fn of(model: StoredModel) -> ModelView {
-        ModelView {
-            spec: model.spec.redacted(),
+    /// The model as stored, with `price` the model-wide price in effect now: prices live in
+    /// their own effective-dated table, and the copy registered with the model goes stale
+    /// after `POST /models/{id}/prices`.
+    async fn of(accounts: &dyn Accounts, model: StoredModel) -> Result<ModelView, StoreError> {
+        let mut spec = model.spec.redacted();
+        spec.price = accounts
+            .price_at(&spec.id, "", clock::unix_millis())
+            .await?;
+        Ok(ModelView {
+            spec,
             created_at: model.created_at,
-        }
+        })
     }
 }
 
@@ -264,15 +271,21 @@ pub async fn update_tenant(
     body: JsonBody<UpdateTenant>,
 ) -> HandlerResult<Json<TenantView>> {
     require_operator(&principal)?;
-    let tenant = existing_tenant(state.store.as_ref(), &id).await?;
-    let limits = body.typed.limits.unwrap_or(tenant.limits);
-    let budgets = body.typed.budgets.unwrap_or(tenant.budgets);
-    admission::validate_budgets(&budgets, "budgets")?;
-    state
+    let mut tenant = existing_tenant(state.store.as_ref(), &id).await?;
+    if let Some(limits) = body.typed.limits {
+        tenant.limits = limits;
+    }
+    if let Some(budgets) = body.typed.budgets {
+        tenant.budgets = budgets;
+    }
+    admission::validate_budgets(&tenant.budgets, "budgets")?;
+    if !state
         .store
-        .update_tenant_policy(&id, limits, &budgets)
-        .await?;
-    let tenant = existing_tenant(state.store.as_ref(), &id).await?;
+        .update_tenant_policy(&id, tenant.limits, &tenant.budgets)
+        .await?
+    {
+        return Err(tenant_not_found().into());
+    }
     Ok(Json(TenantView::of(&state, tenant).await?))
 }
 
@@ -437,7 +450,7 @@ pub async fn put_model(
         clock::unix_millis(),
     )
     .await?;
-    Ok(Json(ModelView::of(stored)))
+    Ok(Json(ModelView::of(state.accounts.as_ref(), stored).await?))
 }
 
 /// Stores a model; a price that differs from the one in effect starts now, and calls made
@@ -473,15 +486,11 @@ pub async fn list_models(
     Caller(principal): Caller,
 ) -> HandlerResult<Json<List<ModelView>>> {
     require_operator(&principal)?;
-    Ok(list(
-        state
-            .store
-            .list_models()
-            .await?
-            .into_iter()
-            .map(ModelView::of)
-            .collect(),
-    ))
+    let mut views = Vec::new();
+    for model in state.store.list_models().await? {
+        views.push(ModelView::of(state.accounts.as_ref(), model).await?);
+    }
+    Ok(list(views))
 }
 
 pub(crate) fn model_not_found(id: &str) -> ApiError {
@@ -501,7 +510,7 @@ pub async fn get_model(
         .get_model(&id)
         .await?
         .ok_or_else(|| model_not_found(&id))?;
-    Ok(Json(ModelView::of(model)))
+    Ok(Json(ModelView::of(state.accounts.as_ref(), model).await?))
 }
 
 #[utoipa::path(delete, path = "/admin/v1/models/{id}", tag = "admin", params(("id" = String, Path, description = "Model id")),

@@ -10,7 +10,7 @@ use ferry_core::calendar::{Date, Month};
 use ferry_core::error::ErrorBody;
 use ferry_core::ledger::Posting;
 use ferry_core::model::Price;
-use ferry_core::ports::{Alert, Balance, PostRequest, PriceRecord, Transaction, UsageRecord};
+use ferry_core::ports::{Alert, PostRequest, PriceRecord, Transaction, UsageRecord};
 use ferry_core::principal::{Credential, Principal};
 use ferry_core::{ApiError, Money};
 use serde::{Deserialize, Serialize};
@@ -125,18 +125,14 @@ async fn post_to_ledger(
     };
     Ok((
         status,
-        Json(view(posted.transaction, posted.balance, posted.replayed)),
+        Json(PostingView {
+            transaction: posted.transaction,
+            balance_usd: posted.balance.total(),
+            available_usd: posted.balance.available_usd,
+            held_usd: posted.balance.held_usd,
+            replayed: posted.replayed,
+        }),
     ))
-}
-
-fn view(transaction: Transaction, balance: Balance, replayed: bool) -> PostingView {
-    PostingView {
-        transaction,
-        balance_usd: balance.total(),
-        available_usd: balance.available_usd,
-        held_usd: balance.held_usd,
-        replayed,
-    }
 }
 
 /// Tops up a tenant's credit (operators only). Idempotent by `idempotency_key`.

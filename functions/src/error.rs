@@ -1,6 +1,6 @@
 //! The one place where an [`ApiError`] becomes an HTTP response.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_core::ApiError;
 use ferry_core::ports::StoreError;
@@ -37,14 +37,7 @@ impl IntoResponse for Failure {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        for (name, value) in error.headers() {
-            if let (Ok(name), Ok(value)) = (
-                header::HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                response.headers_mut().insert(name, value);
-            }
-        }
+        add_headers(response.headers_mut(), error.headers());
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -55,6 +48,18 @@ impl IntoResponse for Failure {
             .extensions_mut()
             .insert(ErrorKindTag(error.kind.type_name()));
         response
+    }
+}
+
+/// Adds computed headers (`x-ratelimit-*`) to a response, skipping any that are not valid.
+pub(crate) fn add_headers(headers: &mut HeaderMap, pairs: &[(String, String)]) {
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
     }
 }
 

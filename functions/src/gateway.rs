@@ -3,7 +3,6 @@
 //! and metered.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -24,7 +23,7 @@ use serde_json::Value;
 
 use crate::app::{AppState, Caller, RequestId};
 use crate::clock;
-use crate::error::{Failure, HandlerResult};
+use crate::error::{Failure, HandlerResult, add_headers};
 use crate::extract::JsonBody;
 use crate::meter::{Meter, MeterParams};
 use crate::relay::relay;
@@ -288,8 +287,7 @@ async fn dispatch(
     let price = state
         .accounts
         .price_at(&model.spec.id, &deployment.id, now_ms)
-        .await?
-        .or_else(|| model.spec.price.clone());
+        .await?;
     let estimate = TokenEstimate::new(call.body_bytes, call.media_parts, output_max, output_likely);
     let rate = match &principal.tenant_id {
         Some(tenant_id) => {
@@ -450,17 +448,6 @@ async fn admit(state: &AppState, input: AdmissionInput<'_>) -> HandlerResult<Rat
     match state.accounts.admit(&admission).await? {
         Ok(grant) => Ok(grant.rate),
         Err(refusal) => Err(refusal.to_api_error().into()),
-    }
-}
-
-fn add_headers(headers: &mut HeaderMap, pairs: &[(String, String)]) {
-    for (name, value) in pairs {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(name, value);
-        }
     }
 }
 

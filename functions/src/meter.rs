@@ -180,12 +180,8 @@ impl Drop for Meter {
         if self.recorded {
             return;
         }
-        let mut usage = Usage::default();
-        self.price_usage(&mut usage);
-        // Nothing was delivered, so nothing but a per-call fee is owed; a departed caller is
-        // not charged even that.
-        usage.cost = Some(Money::ZERO);
-        let record = self.usage_record(&usage, CLIENT_CLOSED, None);
+        // Nothing was delivered: a departed caller is not charged, not even the per-call fee.
+        let record = self.usage_record(&Usage::default(), CLIENT_CLOSED, None);
         let accounts = Arc::clone(&self.accounts);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

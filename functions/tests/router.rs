@@ -14,7 +14,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use ferry_core::Money;
-use ferry_core::ports::{Store, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
+use ferry_core::ports::{Accounts, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator};
 use ferry_functions::store::SqliteStore;
@@ -490,7 +490,11 @@ async fn a_successful_call_is_metered_exactly_once() {
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
 
-    let usage = ferry.store.list_usage(&member.tenant_id).await.unwrap();
+    let usage = ferry
+        .store
+        .usage_events(&member.tenant_id, None, 0, u64::MAX, 10)
+        .await
+        .unwrap();
     assert_eq!(usage.len(), 1, "{usage:?}");
     let record = &usage[0];
     assert_eq!(record.prompt_tokens, 7);

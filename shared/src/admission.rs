@@ -265,7 +265,7 @@ pub struct Admission {
 
 impl Admission {
     pub fn now_nanos(&self) -> i64 {
-        i64::try_from(self.now_ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000
+        ratelimit::nanos_from_millis(self.now_ms)
     }
 }
 

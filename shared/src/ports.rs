@@ -148,7 +148,7 @@ impl From<StoreError> for ApiError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Tenants, keys, models and usage. Implemented by `SqliteStore` (embedded) and cloud stores.
+/// Tenants, keys and models (usage is written by `Accounts::settle`). Implemented by `SqliteStore` (embedded) and cloud stores.
 #[async_trait]
 pub trait Store: Send + Sync {
     async fn ping(&self) -> StoreResult<()>;
@@ -178,10 +178,6 @@ pub trait Store: Send + Sync {
     async fn get_model(&self, id: &str) -> StoreResult<Option<StoredModel>>;
     async fn list_models(&self) -> StoreResult<Vec<StoredModel>>;
     async fn delete_model(&self, id: &str) -> StoreResult<bool>;
-
-    /// Records one call; false when this request id was recorded already.
-    async fn record_usage(&self, usage: &UsageRecord) -> StoreResult<bool>;
-    async fn list_usage(&self, tenant_id: &str) -> StoreResult<Vec<UsageRecord>>;
 }
 
 /// A tenant's credit: what it may spend, and what calls in flight hold.

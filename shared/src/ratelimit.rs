@@ -96,6 +96,11 @@ pub enum Taken {
     },
 }
 
+/// Unix milliseconds as the unix nanoseconds buckets count in.
+pub fn nanos_from_millis(millis: u64) -> i64 {
+    clamp_i64(i128::from(millis) * 1_000_000)
+}
+
 fn clamp_i64(value: i128) -> i64 {
     i64::try_from(value).unwrap_or(if value < 0 { i64::MIN } else { i64::MAX })
 }

@@ -432,6 +432,7 @@ def test_a_price_change_mid_period_bills_each_call_at_its_own_price(gateway, ups
     after = [call() for _ in range(2)]
     assert after[0] == before[0] * 10
     assert len(ok(admin(gateway, "GET", "/models/money-model/prices"))["data"]) == 2
+    assert ok(admin(gateway, "GET", "/models/money-model"))["price"]["input_per_mtok_usd"] == "10.00", "the model shows the price in effect"
 
     closed = billing(gateway, "close", "--period", this_month())
     assert closed.returncode == 0, closed.stdout + closed.stderr

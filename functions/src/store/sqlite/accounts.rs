@@ -269,7 +269,7 @@ fn close_hold(
     }
     if cost.is_some() {
         // Token buckets drew the estimate at admission; now they take the actual count.
-        let now_nanos = i64::try_from(now_ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
+        let now_nanos = ratelimit::nanos_from_millis(now_ms);
         for draw in &hold.token_draws {
             let delta = i64::try_from(actual_tokens).unwrap_or(i64::MAX)
                 - i64::try_from(draw.amount).unwrap_or(i64::MAX);

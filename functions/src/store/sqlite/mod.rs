@@ -132,6 +132,11 @@ const MIGRATIONS: &[&str] = &[
         created_at_ms INTEGER NOT NULL
      );
      CREATE INDEX alerts_by_tenant ON alerts(tenant_id, created_at_ms);",
+    // Prices registered with a model before prices had a table of their own take effect from
+    // when the model was registered: the table is the only place a call's price is read.
+    "INSERT OR IGNORE INTO prices (model, deployment, effective_from_ms, price)
+     SELECT id, '', created_at * 1000, json(json_extract(spec, '$.price'))
+     FROM models WHERE json_extract(spec, '$.price') IS NOT NULL;",
 ];
 
 /// What a commit survives once `SqliteStore` has answered.
@@ -195,14 +200,12 @@ impl SqliteStore {
 
     pub fn open_with(path: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
         let connection = Connection::open(path).map_err(unavailable)?;
-        let store = SqliteStore::prepare(connection, options)?;
         // Checkpoints (copying the log back into the database file, with an fsync) run on a
         // connection of their own, so the store thread never stalls on one mid-burst.
-        store.thread.run(|connection| {
-            connection
-                .execute_batch("PRAGMA wal_autocheckpoint = 0;")
-                .map_err(unavailable)
-        })?;
+        connection
+            .execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(unavailable)?;
+        let store = SqliteStore::prepare(connection, options)?;
         thread::spawn_checkpointer(path, &store.thread)?;
         Ok(store)
     }
@@ -628,24 +631,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
-    async fn record_usage(&self, usage: &UsageRecord) -> StoreResult<bool> {
-        let usage = usage.clone();
-        self.with(move |connection| insert_usage(connection, &usage).map_err(unavailable))
-            .await
-    }
-
-    async fn list_usage(&self, tenant_id: &str) -> StoreResult<Vec<UsageRecord>> {
-        let tenant_id = tenant_id.to_owned();
-        self.with(move |connection| {
-            let mut statement = connection
-                .prepare(&format!("SELECT {USAGE_COLUMNS} FROM usage_events WHERE tenant_id = ?1 ORDER BY created_at, request_id"))
-                .map_err(unavailable)?;
-            let rows = statement.query_map([tenant_id], usage_from_row).map_err(unavailable)?;
-            rows.collect::<Result<_, _>>().map_err(unavailable)
-        })
-        .await
-    }
 }
 
 /// Inserts a usage record; false when its request id is there already (replays are ignored,
@@ -680,6 +665,7 @@ pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusq
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_core::ports::{Accounts, Settled};
 
     fn tenant(id: &str) -> Tenant {
         Tenant {
@@ -768,10 +754,25 @@ mod tests {
     #[tokio::test]
     async fn usage_is_recorded_once_per_request() {
         let store = SqliteStore::in_memory().unwrap();
-        assert!(store.record_usage(&usage("r1", "a")).await.unwrap());
-        assert!(!store.record_usage(&usage("r1", "a")).await.unwrap());
-        store.record_usage(&usage("r2", "b")).await.unwrap();
-        assert_eq!(store.list_usage("a").await.unwrap(), vec![usage("r1", "a")]);
+        // Unbilled calls (no hold) are recorded as they come, once per request id.
+        assert_eq!(
+            store.settle(&usage("r1", "a")).await.unwrap(),
+            Settled::Recorded {
+                charged: Money::from_nanos(12)
+            }
+        );
+        assert_eq!(
+            store.settle(&usage("r1", "a")).await.unwrap(),
+            Settled::Duplicate
+        );
+        store.settle(&usage("r2", "b")).await.unwrap();
+        assert_eq!(
+            store
+                .usage_events("a", None, 0, u64::MAX, 10)
+                .await
+                .unwrap(),
+            vec![usage("r1", "a")]
+        );
     }
 
     #[tokio::test]

@@ -109,23 +109,6 @@ impl StoreThread {
         })
     }
 
-    /// Runs `work` on the store thread and waits for it, from synchronous code (setup).
-    pub(super) fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
-    ) -> StoreResult<T> {
-        let (reply, answer) = std::sync::mpsc::channel();
-        let job = Job::Exclusive(Box::new(move |connection| {
-            let _ = reply.send(work(connection));
-        }));
-        self.jobs
-            .send(job)
-            .map_err(|_| unavailable("the store thread has stopped"))?;
-        answer
-            .recv()
-            .map_err(|_| unavailable("the store thread dropped a request"))?
-    }
-
     /// Runs `work` alone on the store thread.
     pub(super) async fn exclusive<T, F>(&self, work: F) -> StoreResult<T>
     where
