@@ -17,8 +17,10 @@ fn main() {
         Some("hybrid") => WeightFormat::Hybrid,
         _ => WeightFormat::Native,
     };
-    println!("weights: {format:?}");
-    let model = Llama::load(&file, &Device::Cpu, format).unwrap();
+    // The GPU in a `cuda` build, else the CPU.
+    let device = Device::cuda_if_available(0).unwrap();
+    println!("weights: {format:?} on {device:?}");
+    let model = Llama::load(&file, &device, format).unwrap();
     let prompt: Vec<u32> = (0..40).map(|i| 100 + i).collect();
     for batch in [1usize, 4, 16] {
         let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache()).collect();
@@ -47,22 +49,24 @@ fn main() {
     let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
         content,
         &mut reader,
-        &Device::Cpu,
+        &device,
     )
     .unwrap();
-    let x = Tensor::new(prompt.as_slice(), &Device::Cpu)
+    let x = Tensor::new(prompt.as_slice(), &device)
         .unwrap()
         .unsqueeze(0)
         .unwrap();
     reference.forward(&x, 0).unwrap();
     let started = Instant::now();
     for step in 0..32 {
-        let x = Tensor::new(&[200u32], &Device::Cpu)
+        let x = Tensor::new(&[200u32], &device)
             .unwrap()
             .unsqueeze(0)
             .unwrap();
         reference.forward(&x, prompt.len() + step).unwrap();
     }
+    // GPU work is queued: wait for it before reading the clock.
+    device.synchronize().unwrap();
     let per_step = started.elapsed().as_secs_f64() / 32.0;
     println!(
         "candle reference: decode {:>6.1} ms/step, {:>6.1} tok/s",

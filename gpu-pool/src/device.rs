@@ -48,15 +48,19 @@ pub fn inventory() -> Vec<DeviceInfo> {
 }
 
 fn cuda_devices() -> Result<Vec<DeviceInfo>, String> {
-    // Without a driver, cudarc's loader would panic on first use: ask first.
-    #[expect(
-        unsafe_code,
-        reason = "cudarc's presence check is an FFI probe of the dynamic loader"
-    )]
-    // SAFETY: only tries to open the driver library; nothing is called through it yet.
-    let present = unsafe { cudarc::driver::sys::is_culib_present() };
-    if !present {
-        return Err("the CUDA driver library is not installed".into());
+    // Without a driver, cudarc's loader would panic on first use: ask first. A `cuda` build
+    // links the driver instead, so it would not have started without one.
+    #[cfg(not(feature = "cuda"))]
+    {
+        #[expect(
+            unsafe_code,
+            reason = "cudarc's presence check is an FFI probe of the dynamic loader"
+        )]
+        // SAFETY: only tries to open the driver library; nothing is called through it yet.
+        let present = unsafe { cudarc::driver::sys::is_culib_present() };
+        if !present {
+            return Err("the CUDA driver library is not installed".into());
+        }
     }
     let count = cudarc::driver::CudaContext::device_count().map_err(|error| error.to_string())?;
     (0..usize::try_from(count).unwrap_or(0))
