@@ -33,6 +33,9 @@ pub struct ServerSection {
     pub addr: Option<SocketAddr>,
     /// Larger request bodies get 413. Default 8 MiB.
     pub max_request_body_bytes: Option<usize>,
+    /// How long tenants (limits, budgets), models and price schedules are trusted before they
+    /// are read again; bounds how late another replica's change takes effect here. Default 5.
+    pub read_cache_ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +61,7 @@ pub struct Config {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub max_request_body_bytes: usize,
+    pub read_cache_ttl: Duration,
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
     pub models: Vec<ModelSpec>,
@@ -101,6 +105,7 @@ pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
             .server
             .max_request_body_bytes
             .unwrap_or(8 * 1024 * 1024),
+        read_cache_ttl: Duration::from_secs(file.server.read_cache_ttl_seconds.unwrap_or(5)),
         auth: AuthConfig {
             key_cache_ttl: Duration::from_secs(file.auth.key_cache_ttl_seconds.unwrap_or(5)),
             jwt: file.auth.jwt,
@@ -144,6 +149,7 @@ mod tests {
             [server]
             addr = "0.0.0.0:9000"
             max_request_body_bytes = 1024
+            read_cache_ttl_seconds = 0
             [auth]
             key_cache_ttl_seconds = 1
             [auth.jwt]

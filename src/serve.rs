@@ -12,7 +12,7 @@ use ferry_core::ports::{Accounts, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key, register_model};
 use ferry_functions::auth::Authenticator;
 use ferry_functions::clock;
-use ferry_functions::store::{Durability, SqliteOptions, SqliteStore};
+use ferry_functions::store::{CachedStore, Durability, SqliteOptions, SqliteStore};
 use ferry_functions::upstream::HttpUpstream;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use tokio::net::TcpListener;
@@ -104,11 +104,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     tokio::spawn(expire_holds(store.clone(), money.hold_ttl));
     let http = reqwest::Client::builder().build().context("HTTP client")?;
+    let cached = Arc::new(CachedStore::new(
+        store.clone(),
+        store,
+        config.read_cache_ttl,
+    ));
     let state = AppState {
-        store: store.clone(),
-        accounts: store.clone(),
+        store: cached.clone(),
+        accounts: cached.clone(),
         upstream: Arc::new(HttpUpstream::new(config.upstream.clone()).context("upstream client")?),
-        auth: Arc::new(Authenticator::new(store, config.auth.clone(), http)?),
+        auth: Arc::new(Authenticator::new(cached, config.auth.clone(), http)?),
         money,
     };
     let router = ferry_functions::router(

@@ -7,6 +7,10 @@ rate, in one run. Prints a table (and the JSON lines behind it).
     python3 bench/gateway/run.py                      # rates 1000 5000 10000, 10 s each
     python3 bench/gateway/run.py --rates 500 --duration 2 --tiny   # what CI runs
     python3 bench/gateway/run.py --litellm            # and LiteLLM's proxy on the same mock
+    python3 bench/gateway/run.py --stream             # streamed: time to first byte, per chunk
+    python3 bench/gateway/run.py --streams 9000       # memory per open stream
+    python3 bench/gateway/run.py --cold-start         # process start to first answer; size
+    ... --plot overhead.png                           # latency against offered load
 
 Uses release builds; stdlib only (LiteLLM goes into bench/gateway/.venv on first use).
 """
@@ -58,8 +62,13 @@ def process_figures(pid):
     return peak_kib / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
-def load(url, key, rate, duration, label, stream=False):
-    command = [str(RELEASE / "ferry-bench-load"), "--url", url, "--rate", str(rate), "--duration", str(duration), "--label", label]
+def current_rss_mib(pid):
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+
+
+def load(url, key, rate, duration, label, stream=False, model="bench-model"):
+    command = [str(RELEASE / "ferry-bench-load"), "--url", url, "--rate", str(rate), "--duration", str(duration), "--label", label, "--model", model]
     if stream:
         command.append("--stream")
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "FERRY_BENCH_KEY": key or ""}, check=True)
@@ -153,6 +162,8 @@ def main():
     parser.add_argument("--litellm", action="store_true", help="also load LiteLLM's proxy on the same mock")
     parser.add_argument("--cold-start", action="store_true", help="only measure cold start and binary size")
     parser.add_argument("--stream", action="store_true", help="streamed calls (16 chunks each); adds time to first byte")
+    parser.add_argument("--streams", type=int, metavar="N", help="only hold N streams open at once (one chunk a second) and measure memory per stream")
+    parser.add_argument("--plot", metavar="PNG", help="also draw latency against offered load (matplotlib goes into bench/gateway/.venv)")
     args = parser.parse_args()
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry", "--bin", "ferry"], cwd=ROOT, check=True)
@@ -169,7 +180,7 @@ def main():
         print(f"  existing data directory:                        {figures['existing']:.1f} ms")
         print(f"binary: {figures['binary_mib']:.1f} MiB, stripped {figures['stripped_mib']:.1f} MiB (includes the native engine)")
         return
-    litellm = None
+    litellm = slow_mock = None
     operator = make_key()
     data_dir = tempfile.mkdtemp(prefix="ferry-bench-gateway-")
     ferry, ferry_url = start(
@@ -178,12 +189,22 @@ def main():
     )
     try:
         admin = f"{ferry_url}/admin/v1"
+        price = {"input_per_mtok_usd": "0.15", "output_per_mtok_usd": "0.60", "per_call_usd": "0.0001"}
         call(f"{admin}/models", operator, {
             "id": "bench-model",
             "deployments": [{"id": "mock", "upstream": {"url": f"{mock_url}/v1", "model": "mock"}}],
-            "price": {"input_per_mtok_usd": "0.15", "output_per_mtok_usd": "0.60", "per_call_usd": "0.0001"},
+            "price": price,
             "max_output_tokens": 64,
         })
+        if args.streams:
+            # Streams that stay open: a chunk a second, 16 of them.
+            slow_mock, slow_url = start([str(RELEASE / "ferry-bench-mock"), "--chunk-delay-ms", "1000"])
+            call(f"{admin}/models", operator, {
+                "id": "bench-slow",
+                "deployments": [{"id": "slow", "upstream": {"url": f"{slow_url}/v1", "model": "mock"}}],
+                "price": price,
+                "max_output_tokens": 64,
+            })
         tenant = call(f"{admin}/tenants", operator, {"name": "bench"})
         call(f"{admin}/tenants/{tenant['id']}/credits", operator, {"amount_usd": "1000000"})
         key = call(f"{admin}/tenants/{tenant['id']}/keys", operator, {
@@ -196,6 +217,11 @@ def main():
         if args.litellm:
             litellm, litellm_url, litellm_key = start_litellm(mock_url, data_dir)
             call(f"{litellm_url}/v1/chat/completions", litellm_key, {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]})
+
+        if args.streams:
+            hold_streams(args, ferry, ferry_url, key, slow_url)
+            reconcile_or_exit(ferry, data_dir, [])
+            return
 
         rows = []
         for rate in args.rates:
@@ -212,23 +238,85 @@ def main():
                 print(json.dumps(row), file=sys.stderr)
 
         print(f"\ngateway overhead, {args.duration:g} s per row, mock + load generator + gateway on one machine ({os.cpu_count()} CPUs)")
-        print(f"{'target':<8} {'offered':>8} {'achieved':>9} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'cpu s/1k':>9} {'peak MiB':>9}" + ("  ttfb p50/p99 ms" if args.stream else ""))
+        print(f"{'target':<8} {'offered':>8} {'achieved':>9} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'cpu s/1k':>9} {'peak MiB':>9}" + ("  ttfb p50/p99 ms  body p50/p99 ms" if args.stream else ""))
         for row in rows:
             cpu = f"{row['ferry_cpu_s_per_1k']:.3f}" if "ferry_cpu_s_per_1k" in row else "-"
             rss = f"{row['ferry_peak_rss_mib']:.0f}" if "ferry_peak_rss_mib" in row else "-"
-            ttfb = f"  {row['ttfb_p50_ms']:.2f}/{row['ttfb_p99_ms']:.2f}" if args.stream else ""
+            ttfb = f"  {row['ttfb_p50_ms']:.2f}/{row['ttfb_p99_ms']:.2f}  {row['body_p50_ms']:.2f}/{row['body_p99_ms']:.2f}" if args.stream else ""
             print(f"{row['label']:<8} {row['offered_rps']:>8.0f} {row['achieved_rps']:>9.0f} {row['errors']:>7} {row['p50_ms']:>8.2f} {row['p90_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['p999_ms']:>9.2f} {cpu:>9} {rss:>9}{ttfb}")
-        # Every call through Ferry was charged: the books must still reconcile.
-        ferry.terminate()
-        ferry.wait(timeout=10)
-        reconcile = subprocess.run([str(RELEASE / "ferry"), "billing", "reconcile", "--data-dir", data_dir], capture_output=True, text=True)
-        print(reconcile.stdout.strip().splitlines()[-1])
-        if reconcile.returncode != 0 or (args.tiny and any(row["errors"] for row in rows)):
-            sys.exit(1)
+        if args.plot:
+            plot(rows, args.plot, args.stream)
+        reconcile_or_exit(ferry, data_dir, rows if args.tiny else [])
     finally:
-        for process in (ferry, mock, litellm):
+        for process in (ferry, mock, litellm, slow_mock):
             if process is not None and process.poll() is None:
                 process.kill()
+
+
+def hold_streams(args, ferry, ferry_url, key, slow_url):
+    """N streams open at once, straight to the slow mock and through Ferry: Ferry's resident
+    memory before and at its peak, per open stream."""
+    ramp = min(args.streams / 10, 1000)
+    duration = args.streams / ramp
+    direct = load(f"{slow_url}/v1/chat/completions", None, ramp, duration, "direct", True, "bench-slow")
+    idle = current_rss_mib(ferry.pid)
+    through = load(f"{ferry_url}/v1/chat/completions", key, ramp, duration, "ferry", True, "bench-slow")
+    peak, _ = process_figures(ferry.pid)
+    for row in (direct, through):
+        print(json.dumps(row), file=sys.stderr)
+    opened = max(through["max_open_streams"], 1)
+    print(f"\n{args.streams} streams of 16 chunks a second apart, opened over {duration:g} s ({os.cpu_count()} CPUs)")
+    print(f"{'target':<8} {'streams':>8} {'most open':>10} {'errors':>7} {'ttfb p50 ms':>12} {'ttfb p99 ms':>12}")
+    for row in (direct, through):
+        print(f"{row['label']:<8} {row['requests']:>8} {row['max_open_streams']:>10} {row['errors']:>7} {row['ttfb_p50_ms']:>12.2f} {row['ttfb_p99_ms']:>12.2f}")
+    print(f"ferry resident memory: {idle:.1f} MiB idle, {peak:.1f} MiB at most, {(peak - idle) * 1024 / opened:.1f} KiB per open stream")
+    if args.tiny and (direct["errors"] or through["errors"]):
+        sys.exit(1)
+
+
+def reconcile_or_exit(ferry, data_dir, rows):
+    """Every call through Ferry was charged: the books must still reconcile (and, for a tiny
+    run, no call may have failed)."""
+    ferry.terminate()
+    ferry.wait(timeout=10)
+    reconcile = subprocess.run([str(RELEASE / "ferry"), "billing", "reconcile", "--data-dir", data_dir], capture_output=True, text=True)
+    print(reconcile.stdout.strip().splitlines()[-1])
+    if reconcile.returncode != 0 or any(row["errors"] for row in rows):
+        sys.exit(1)
+
+
+PLOT = """
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+rows, path, title = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+figure, axes = plt.subplots(figsize=(7, 4.5))
+for label in dict.fromkeys(row["label"] for row in rows):
+    mine = sorted((row for row in rows if row["label"] == label), key=lambda row: row["offered_rps"])
+    rates = [row["offered_rps"] for row in mine]
+    line, = axes.plot(rates, [row["p99_ms"] for row in mine], marker="o", label=f"{label} p99")
+    axes.plot(rates, [row["p50_ms"] for row in mine], marker=".", linestyle="--", color=line.get_color(), label=f"{label} p50")
+axes.set_xlabel("offered load (requests/s)")
+axes.set_ylabel("latency (ms, log scale)")
+axes.set_yscale("log")
+axes.set_title(title)
+axes.grid(True, which="both", alpha=0.3)
+axes.legend(fontsize=8)
+figure.tight_layout()
+figure.savefig(path, dpi=110)
+"""
+
+
+def plot(rows, path, stream):
+    """Latency percentiles against offered load, one line per target."""
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    if subprocess.run([str(VENV / "bin" / "python"), "-c", "import matplotlib"], capture_output=True).returncode:
+        subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "matplotlib==3.11.2"], check=True)
+    title = f"{'streamed' if stream else 'whole'} chat completions, zero-delay mock, {os.cpu_count()} CPUs"
+    subprocess.run([str(VENV / "bin" / "python"), "-c", PLOT, json.dumps(rows), path, title], check=True)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

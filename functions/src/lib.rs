@@ -16,6 +16,7 @@ mod meter;
 mod openapi;
 mod relay;
 pub mod store;
+mod ttl_cache;
 pub mod upstream;
 
 pub use app::{AppState, MoneyConfig, RouterConfig, router};

@@ -1,36 +1,35 @@
-//! A small TTL cache of looked-up API keys, misses included (negative caching), so random keys
-//! and hot keys cost no store round trip, while revocations still land within the TTL.
+//! A small, bounded TTL cache of looked-up values by id, misses included (negative caching when
+//! the value is an `Option`), so hot and random ids alike cost no store round trip while a
+//! change made elsewhere still lands within the TTL.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ferry_core::ports::KeyRecord;
-
-/// Beyond this many entries the cache starts over: a flood of random keys cannot grow memory.
+/// Beyond this many entries the cache starts over: a flood of random ids cannot grow memory.
 const CAPACITY: usize = 10_000;
 
-pub struct KeyCache {
+pub struct TtlCache<V> {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, Option<KeyRecord>)>>,
+    entries: Mutex<HashMap<String, (Instant, V)>>,
 }
 
-impl KeyCache {
-    pub fn new(ttl: Duration) -> KeyCache {
-        KeyCache {
+impl<V: Clone> TtlCache<V> {
+    pub fn new(ttl: Duration) -> TtlCache<V> {
+        TtlCache {
             ttl,
             entries: Mutex::new(HashMap::new()),
         }
     }
 
-    /// `Some(found)` when a fresh lookup result is cached (`found` may itself be `None`).
-    pub fn get(&self, public_id: &str) -> Option<Option<KeyRecord>> {
+    /// The cached value, if it is still fresh.
+    pub fn get(&self, id: &str) -> Option<V> {
         let entries = self.entries.lock().ok()?;
-        let (stored_at, record) = entries.get(public_id)?;
-        (stored_at.elapsed() < self.ttl).then(|| record.clone())
+        let (stored_at, value) = entries.get(id)?;
+        (stored_at.elapsed() < self.ttl).then(|| value.clone())
     }
 
-    pub fn put(&self, public_id: &str, record: Option<KeyRecord>) {
+    pub fn put(&self, id: &str, value: V) {
         if self.ttl.is_zero() {
             return;
         }
@@ -41,13 +40,13 @@ impl KeyCache {
                     entries.clear();
                 }
             }
-            entries.insert(public_id.to_owned(), (Instant::now(), record));
+            entries.insert(id.to_owned(), (Instant::now(), value));
         }
     }
 
-    pub fn forget(&self, public_id: &str) {
+    pub fn forget(&self, id: &str) {
         if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(public_id);
+            entries.remove(id);
         }
     }
 }
@@ -58,7 +57,7 @@ mod tests {
 
     #[test]
     fn misses_are_cached_and_expire() {
-        let cache = KeyCache::new(Duration::from_millis(30));
+        let cache = TtlCache::<Option<u8>>::new(Duration::from_millis(30));
         assert_eq!(cache.get("a"), None);
         cache.put("a", None);
         assert_eq!(cache.get("a"), Some(None));
@@ -68,11 +67,11 @@ mod tests {
 
     #[test]
     fn forget_drops_an_entry_and_zero_ttl_caches_nothing() {
-        let cache = KeyCache::new(Duration::from_secs(60));
+        let cache = TtlCache::<Option<u8>>::new(Duration::from_secs(60));
         cache.put("a", None);
         cache.forget("a");
         assert_eq!(cache.get("a"), None);
-        let uncached = KeyCache::new(Duration::ZERO);
+        let uncached = TtlCache::<Option<u8>>::new(Duration::ZERO);
         uncached.put("a", None);
         assert_eq!(uncached.get("a"), None);
     }

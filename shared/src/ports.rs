@@ -212,6 +212,30 @@ pub struct PriceRecord {
     pub price: Price,
 }
 
+impl PriceRecord {
+    /// The price in effect for `deployment` at `at_ms`, from one model's records: the
+    /// deployment's own price wins over the model's; within each, the latest to take effect.
+    pub fn in_effect<'a>(
+        records: &'a [PriceRecord],
+        deployment: &str,
+        at_ms: u64,
+    ) -> Option<&'a Price> {
+        let latest = |own: bool| {
+            records
+                .iter()
+                .filter(|record| record.effective_from_ms <= at_ms)
+                .filter(|record| match &record.deployment {
+                    Some(named) => own && named == deployment,
+                    None => !own,
+                })
+                .max_by_key(|record| record.effective_from_ms)
+        };
+        latest(true)
+            .or_else(|| latest(false))
+            .map(|record| &record.price)
+    }
+}
+
 /// A ledger transaction as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -313,7 +337,10 @@ pub trait Accounts: Send + Sync {
         model: &str,
         deployment: &str,
         at_ms: u64,
-    ) -> StoreResult<Option<Price>>;
+    ) -> StoreResult<Option<Price>> {
+        let records = self.list_prices(model).await?;
+        Ok(PriceRecord::in_effect(&records, deployment, at_ms).cloned())
+    }
 
     /// Usage events admitted in `[from, to)` (unix seconds), oldest first; only one key's
     /// when `key_id` is set.
@@ -469,6 +496,49 @@ pub trait Upstream: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deployments_own_latest_price_in_effect_wins() {
+        let record = |deployment: Option<&str>, from: u64, nanos: i64| PriceRecord {
+            model: "m".into(),
+            deployment: deployment.map(str::to_owned),
+            effective_from_ms: from,
+            price: Price {
+                input_per_mtok_usd: Money::from_nanos(nanos),
+                cached_input_per_mtok_usd: None,
+                output_per_mtok_usd: Money::ZERO,
+                per_call_usd: None,
+                cache_hit_usd: None,
+            },
+        };
+        let records = [
+            record(None, 0, 1),
+            record(None, 100, 2),
+            record(Some("a"), 50, 3),
+            record(Some("a"), 200, 4),
+            record(Some("b"), 300, 5),
+        ];
+        let at = |deployment: &str, at_ms: u64| {
+            PriceRecord::in_effect(&records, deployment, at_ms)
+                .map(|price| price.input_per_mtok_usd.nanos())
+        };
+        assert_eq!(at("a", 10), Some(1), "before its own price, the model's");
+        assert_eq!(at("a", 60), Some(3));
+        assert_eq!(
+            at("a", 150),
+            Some(3),
+            "its own older price beats the model's newer one"
+        );
+        assert_eq!(
+            at("a", 200),
+            Some(4),
+            "in effect from its first millisecond"
+        );
+        assert_eq!(at("c", 150), Some(2));
+        assert_eq!(at("b", 299), Some(2));
+        assert_eq!(at("b", 300), Some(5));
+        assert_eq!(PriceRecord::in_effect(&records[4..], "a", 1_000), None);
+    }
 
     #[test]
     fn upstream_failures_map_to_the_contract() {

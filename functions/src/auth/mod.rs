@@ -1,21 +1,20 @@
 //! Authentication: turns a bearer credential (an API key or an OIDC JWT) into a [`Principal`].
 
 mod jwt;
-mod key_cache;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
 use ferry_core::api_key::ApiKey;
-use ferry_core::ports::Store;
+use ferry_core::ports::{KeyRecord, Store};
 use ferry_core::principal::{Credential, KeyPolicy, Principal, Role};
 use ferry_core::{ApiError, ErrorKind};
 
 pub use jwt::{JwtConfig, JwtConfigError, JwtVerifier};
-use key_cache::KeyCache;
 
 use crate::clock;
+use crate::ttl_cache::TtlCache;
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -36,7 +35,7 @@ impl Default for AuthConfig {
 
 pub struct Authenticator {
     store: Arc<dyn Store>,
-    keys: KeyCache,
+    keys: TtlCache<Option<KeyRecord>>,
     jwt: Option<JwtVerifier>,
 }
 
@@ -56,7 +55,7 @@ impl Authenticator {
             .transpose()?;
         Ok(Authenticator {
             store,
-            keys: KeyCache::new(config.key_cache_ttl),
+            keys: TtlCache::new(config.key_cache_ttl),
             jwt,
         })
     }

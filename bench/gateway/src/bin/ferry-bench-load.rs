@@ -1,10 +1,11 @@
 //! An open-model, constant-rate load generator: request `i` is due at `start + i / rate`
 //! whether or not earlier ones have answered, and its latency counts from when it was due, so
 //! a slow server cannot hide its queue (no coordinated omission). Prints one JSON line:
-//! offered and achieved rate, errors, and latency percentiles (and time to first byte of the
-//! body for streams).
+//! offered and achieved rate, errors, and latency percentiles (and, for streams, time to first
+//! byte, time from first to last byte, and the most streams open at once).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -42,6 +43,24 @@ struct Outcome {
     first_byte: Option<Duration>,
 }
 
+/// Streams whose response has begun and not yet ended, and the most there have been.
+#[derive(Default)]
+struct OpenStreams {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl OpenStreams {
+    fn opened(&self) {
+        let now = self.now.fetch_add(1, Ordering::Relaxed) + 1;
+        self.most.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -63,16 +82,18 @@ async fn main() -> anyhow::Result<()> {
     let url: Arc<str> = args.url.clone().into();
     let total = (args.rate * args.duration).round() as u64;
     let (sender, mut outcomes) = mpsc::unbounded_channel::<Outcome>();
+    let open = Arc::new(OpenStreams::default());
     let started = tokio::time::Instant::now();
     for index in 0..total {
         let due = started + Duration::from_secs_f64(index as f64 / args.rate);
         tokio::time::sleep_until(due).await;
-        let (client, body, auth, url, sender) = (
+        let (client, body, auth, url, sender, open) = (
             client.clone(),
             body.clone(),
             auth.clone(),
             url.clone(),
             sender.clone(),
+            open.clone(),
         );
         let stream = args.stream;
         tokio::spawn(async move {
@@ -85,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let outcome = match request.send().await {
                 Ok(response) if response.status().is_success() => {
+                    open.opened();
                     let mut chunks = response.bytes_stream();
                     let mut first_byte = None;
                     let mut tail = Vec::new();
@@ -103,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
                             }
                         }
                     }
+                    open.closed();
                     // A stream is whole only if it ended with [DONE].
                     let whole = !stream || tail.windows(12).any(|window| window == b"data: [DONE]");
                     Outcome {
@@ -123,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
     drop(sender);
     let mut latencies = Vec::with_capacity(total as usize);
     let mut first_bytes = Vec::new();
+    let mut bodies = Vec::new();
     let mut errors = 0u64;
     let mut last_done = Instant::now();
     while let Some(outcome) = outcomes.recv().await {
@@ -130,6 +154,11 @@ async fn main() -> anyhow::Result<()> {
         if outcome.ok {
             latencies.push(outcome.latency);
             first_bytes.extend(outcome.first_byte);
+            bodies.extend(
+                outcome
+                    .first_byte
+                    .map(|first| outcome.latency.saturating_sub(first)),
+            );
         } else {
             errors += 1;
         }
@@ -137,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = last_done.duration_since(started.into_std()).as_secs_f64();
     latencies.sort_unstable();
     first_bytes.sort_unstable();
+    bodies.sort_unstable();
     let percentile = |sorted: &[Duration], p: f64| -> f64 {
         if sorted.is_empty() {
             return f64::NAN;
@@ -158,6 +188,10 @@ async fn main() -> anyhow::Result<()> {
         "max_ms": percentile(&latencies, 100.0),
         "ttfb_p50_ms": if args.stream { percentile(&first_bytes, 50.0) } else { f64::NAN },
         "ttfb_p99_ms": if args.stream { percentile(&first_bytes, 99.0) } else { f64::NAN },
+        // First to last byte of the body: what relaying the chunks after the first costs.
+        "body_p50_ms": if args.stream { percentile(&bodies, 50.0) } else { f64::NAN },
+        "body_p99_ms": if args.stream { percentile(&bodies, 99.0) } else { f64::NAN },
+        "max_open_streams": open.most.load(Ordering::Relaxed),
     });
     println!("{line}");
     Ok(())

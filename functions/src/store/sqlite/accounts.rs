@@ -593,28 +593,6 @@ impl Accounts for SqliteStore {
         .await
     }
 
-    async fn price_at(
-        &self,
-        model: &str,
-        deployment: &str,
-        at_ms: u64,
-    ) -> StoreResult<Option<Price>> {
-        let (model, deployment) = (model.to_owned(), deployment.to_owned());
-        self.with(move |connection| {
-            // A deployment's own price wins over the model's; within each, the latest in effect.
-            let text: Option<String> = row(connection,
-                    "SELECT price FROM prices WHERE model = ?1 AND deployment IN (?2, '') AND effective_from_ms <= ?3
-                     ORDER BY deployment = '' ASC, effective_from_ms DESC LIMIT 1",
-                    params![model, deployment, to_sql_int(at_ms)],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            text.as_deref().map(price_from_text).transpose()
-        })
-        .await
-    }
-
     async fn usage_events(
         &self,
         tenant_id: &str,

@@ -1,0 +1,226 @@
+//! A read-through cache in front of any store: tenants, models and price schedules, the
+//! read-mostly data every call looks up, are kept for a short TTL so the hot path makes no
+//! store round trip for them (API keys are cached by the authenticator).
+//!
+//! Writes made through this cache forget what they change at once, so this replica sees its
+//! own changes immediately; a change made by another replica lands here within the TTL.
+//! Prices are cached as the model's whole schedule and the price in effect is picked per call,
+//! so a price scheduled at least a TTL ahead takes effect on time everywhere.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_core::admission::{Admission, Budget, Grant, Refusal};
+use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow};
+use ferry_core::calendar::Month;
+use ferry_core::model::{ModelSpec, Price};
+use ferry_core::ports::{
+    Accounts, Alert, Balance, CloseError, Closed, KeyRecord, PostRequest, Posted, PriceRecord,
+    Settled, Store, StoreResult, StoredModel, Tenant, Transaction, UsageRecord,
+};
+use ferry_core::ratelimit::RateLimits;
+
+use crate::ttl_cache::TtlCache;
+
+pub struct CachedStore {
+    store: Arc<dyn Store>,
+    accounts: Arc<dyn Accounts>,
+    tenants: TtlCache<Option<Tenant>>,
+    models: TtlCache<Option<StoredModel>>,
+    prices: TtlCache<Arc<[PriceRecord]>>,
+}
+
+impl CachedStore {
+    /// A zero `ttl` caches nothing.
+    pub fn new(store: Arc<dyn Store>, accounts: Arc<dyn Accounts>, ttl: Duration) -> CachedStore {
+        CachedStore {
+            store,
+            accounts,
+            tenants: TtlCache::new(ttl),
+            models: TtlCache::new(ttl),
+            prices: TtlCache::new(ttl),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.store.ping().await
+    }
+
+    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
+        let created = self.store.create_tenant(tenant).await;
+        self.tenants.forget(&tenant.id);
+        created
+    }
+
+    async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>> {
+        if let Some(tenant) = self.tenants.get(id) {
+            return Ok(tenant);
+        }
+        let tenant = self.store.get_tenant(id).await?;
+        self.tenants.put(id, tenant.clone());
+        Ok(tenant)
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        self.store.list_tenants().await
+    }
+
+    async fn update_tenant_policy(
+        &self,
+        id: &str,
+        limits: RateLimits,
+        budgets: &[Budget],
+    ) -> StoreResult<bool> {
+        let updated = self.store.update_tenant_policy(id, limits, budgets).await;
+        self.tenants.forget(id);
+        updated
+    }
+
+    async fn create_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        self.store.create_key(key).await
+    }
+
+    async fn find_key(&self, public_id: &str) -> StoreResult<Option<KeyRecord>> {
+        self.store.find_key(public_id).await
+    }
+
+    async fn list_keys(&self, tenant_id: &str) -> StoreResult<Vec<KeyRecord>> {
+        self.store.list_keys(tenant_id).await
+    }
+
+    async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool> {
+        self.store.revoke_key(key_id, at).await
+    }
+
+    async fn list_operator_keys(&self) -> StoreResult<Vec<KeyRecord>> {
+        self.store.list_operator_keys().await
+    }
+
+    async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel> {
+        let stored = self.store.put_model(model, now).await;
+        // Registering a model may also record its price.
+        self.models.forget(&model.id);
+        self.prices.forget(&model.id);
+        stored
+    }
+
+    async fn get_model(&self, id: &str) -> StoreResult<Option<StoredModel>> {
+        if let Some(model) = self.models.get(id) {
+            return Ok(model);
+        }
+        let model = self.store.get_model(id).await?;
+        self.models.put(id, model.clone());
+        Ok(model)
+    }
+
+    async fn list_models(&self) -> StoreResult<Vec<StoredModel>> {
+        self.store.list_models().await
+    }
+
+    async fn delete_model(&self, id: &str) -> StoreResult<bool> {
+        let deleted = self.store.delete_model(id).await;
+        self.models.forget(id);
+        self.prices.forget(id);
+        deleted
+    }
+}
+
+#[async_trait]
+impl Accounts for CachedStore {
+    async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
+        self.accounts.admit(admission).await
+    }
+
+    async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
+        self.accounts.settle(usage).await
+    }
+
+    async fn expire_holds(&self, now_ms: u64) -> StoreResult<u64> {
+        self.accounts.expire_holds(now_ms).await
+    }
+
+    async fn post(&self, request: &PostRequest) -> StoreResult<Posted> {
+        self.accounts.post(request).await
+    }
+
+    async fn balance(&self, tenant_id: &str) -> StoreResult<Balance> {
+        self.accounts.balance(tenant_id).await
+    }
+
+    async fn transactions(&self, tenant_id: &str, limit: u32) -> StoreResult<Vec<Transaction>> {
+        self.accounts.transactions(tenant_id, limit).await
+    }
+
+    async fn put_price(&self, price: &PriceRecord) -> StoreResult<()> {
+        let put = self.accounts.put_price(price).await;
+        self.prices.forget(&price.model);
+        put
+    }
+
+    async fn list_prices(&self, model: &str) -> StoreResult<Vec<PriceRecord>> {
+        self.accounts.list_prices(model).await
+    }
+
+    async fn price_at(
+        &self,
+        model: &str,
+        deployment: &str,
+        at_ms: u64,
+    ) -> StoreResult<Option<Price>> {
+        let schedule = match self.prices.get(model) {
+            Some(schedule) => schedule,
+            None => {
+                let schedule: Arc<[PriceRecord]> = self.accounts.list_prices(model).await?.into();
+                self.prices.put(model, schedule.clone());
+                schedule
+            }
+        };
+        Ok(PriceRecord::in_effect(&schedule, deployment, at_ms).cloned())
+    }
+
+    async fn usage_events(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        from: u64,
+        to: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UsageRecord>> {
+        self.accounts
+            .usage_events(tenant_id, key_id, from, to, limit)
+            .await
+    }
+
+    async fn usage_report(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        from: u64,
+        to: u64,
+        group: GroupBy,
+    ) -> StoreResult<Vec<UsageRow>> {
+        self.accounts
+            .usage_report(tenant_id, key_id, from, to, group)
+            .await
+    }
+
+    async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>> {
+        self.accounts.alerts(tenant_id).await
+    }
+
+    async fn close_period(&self, month: Month, now: u64) -> Result<Vec<Closed>, CloseError> {
+        self.accounts.close_period(month, now).await
+    }
+
+    async fn invoices(&self, tenant_id: &str) -> StoreResult<Vec<Invoice>> {
+        self.accounts.invoices(tenant_id).await
+    }
+
+    async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)> {
+        self.accounts.figures().await
+    }
+}
