@@ -163,6 +163,7 @@ def main():
     parser.add_argument("--cold-start", action="store_true", help="only measure cold start and binary size")
     parser.add_argument("--stream", action="store_true", help="streamed calls (16 chunks each); adds time to first byte")
     parser.add_argument("--streams", type=int, metavar="N", help="only hold N streams open at once (one chunk a second) and measure memory per stream")
+    parser.add_argument("--no-read-cache", action="store_true", help="Ferry reads tenants, models and prices from the store on every call (what the cache saves)")
     parser.add_argument("--plot", metavar="PNG", help="also draw latency against offered load (matplotlib goes into bench/gateway/.venv)")
     args = parser.parse_args()
     if not args.no_build:
@@ -183,6 +184,8 @@ def main():
     litellm = slow_mock = None
     operator = make_key()
     data_dir = tempfile.mkdtemp(prefix="ferry-bench-gateway-")
+    if args.no_read_cache:
+        pathlib.Path(data_dir, "ferry.toml").write_text("[server]\nread_cache_ttl_seconds = 0\n")
     ferry, ferry_url = start(
         [str(RELEASE / "ferry"), "serve", "--addr", "127.0.0.1:0", "--data-dir", data_dir, "--no-local-models"],
         env={"FERRY_OPERATOR_KEY": operator, "FERRY_LOG": "error"},

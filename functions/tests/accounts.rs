@@ -27,7 +27,7 @@ use ferry_core::ports::{
     Store, StoreError, Tenant, Transaction, UsageRecord,
 };
 use ferry_core::ratelimit::{Bucket, Unit};
-use ferry_functions::store::SqliteStore;
+use ferry_functions::store::{SqliteOptions, SqliteStore};
 
 /// 2100-01-15T12:00:00Z, in unix milliseconds.
 const T0: u64 = 4_103_697_600_000;
@@ -1055,6 +1055,73 @@ async fn refunds_and_debits_cannot_take_more_than_the_tenant_has() {
     assert_eq!(
         store.post(&adjust("beta", "-2")).await.unwrap().balance,
         balance("-2", "0")
+    );
+    assert_books_reconcile(&store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The write-ahead log.
+
+/// The log's checkpoint sequence number (bytes 12..16 of its header): how many times it has
+/// started over.
+fn wal_restarts(path: &std::path::Path) -> u32 {
+    let header = std::fs::read(path).unwrap_or_default();
+    header
+        .get(12..16)
+        .map_or(0, |bytes| u32::from_be_bytes(bytes.try_into().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_log_starts_over_under_continuous_writes() {
+    let directory = TempDir::new("wal");
+    let path = directory.0.join("ferry.db");
+    let store = Arc::new(
+        SqliteStore::open_with(
+            &path,
+            SqliteOptions {
+                wal_catch_up_bytes: 256 << 10,
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    store
+        .create_tenant(&tenant("acme", Billing::Postpaid, Vec::new()))
+        .await
+        .unwrap();
+    // Writers that never pause together: a checkpoint beside them never catches up alone.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut calls = 0u32;
+                while std::time::Instant::now() < until {
+                    let id = format!("req-{writer}-{calls}");
+                    grant(
+                        &store,
+                        &admission(&id, "acme", Billing::Postpaid, Money::ZERO),
+                    )
+                    .await;
+                    store
+                        .settle(&usage(&id, "acme", usd("0.001")))
+                        .await
+                        .unwrap();
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for writer in writers {
+        calls += writer.await.unwrap();
+    }
+    let wal = directory.0.join("ferry.db-wal");
+    assert!(
+        wal_restarts(&wal) >= 2,
+        "the log started over {} times in {calls} calls",
+        wal_restarts(&wal)
     );
     assert_books_reconcile(&store).await;
 }

@@ -233,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
     let options = |durability, group_commit| SqliteOptions {
         durability,
         group_commit,
+        ..SqliteOptions::default()
     };
     let normal = Durability::ProcessCrash;
     let full = Durability::PowerLoss;

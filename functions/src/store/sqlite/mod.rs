@@ -157,6 +157,9 @@ pub struct SqliteOptions {
     /// Commit the admissions and settlements waiting at the same time together (on by
     /// default; off is for measuring what it buys).
     pub group_commit: bool,
+    /// How large the write-ahead log may grow before the store thread catches the checkpoint
+    /// up so the log starts over (`thread.rs`).
+    pub wal_catch_up_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -164,6 +167,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             durability: Durability::default(),
             group_commit: true,
+            wal_catch_up_bytes: 128 << 20,
         }
     }
 }
@@ -201,12 +205,15 @@ impl SqliteStore {
     pub fn open_with(path: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
         let connection = Connection::open(path).map_err(unavailable)?;
         // Checkpoints (copying the log back into the database file, with an fsync) run on a
-        // connection of their own, so the store thread never stalls on one mid-burst.
+        // connection of their own, so the store thread rarely stalls on one (`thread.rs`).
+        // Once the log starts over it keeps up to 256 MiB of its file: rewriting allocated
+        // blocks is cheaper than extending the file again. 1 KiB pages (for a new file): a
+        // call dirties about thirty pages, so this is what it writes to the log.
         connection
-            .execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .execute_batch("PRAGMA page_size = 1024; PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 268435456;")
             .map_err(unavailable)?;
         let store = SqliteStore::prepare(connection, options)?;
-        thread::spawn_checkpointer(path, &store.thread)?;
+        thread::spawn_checkpointer(path, &store.thread, options.wal_catch_up_bytes)?;
         Ok(store)
     }
 
