@@ -13,3 +13,6 @@ cargo build -p ferry-core --target wasm32-wasip1 --locked
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 FERRY_BIN=target/debug/ferry .venv/bin/python -m pytest tests/e2e -q
+
+# Every benchmark, tiny: still working end to end (no timing is checked).
+bash bench/tiny.sh

@@ -89,8 +89,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--streams", default="1,4,16")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="Ferry alone (CI's tiny run: llama.cpp takes ~10 min to compile)")
     args = parser.parse_args()
-    engines = {"ferry": start_ferry(args.ferry, args.model, args.threads), "llama.cpp": start_llama_cpp(args.model, args.threads)}
+    engines = {"ferry": start_ferry(args.ferry, args.model, args.threads)}
+    if not args.no_llama_cpp:
+        engines["llama.cpp"] = start_llama_cpp(args.model, args.threads)
     try:
         for _, base, model in engines.values():
             one_call(base, model, 8)  # warm-up
@@ -101,7 +104,11 @@ def main():
             for _ in range(args.rounds):
                 for name, (_, base, model) in engines.items():
                     results[name].append(measure(base, model, streams, args.tokens))
-            ferry, llama = (statistics.median(results[name]) for name in engines)
+            ferry = statistics.median(results["ferry"])
+            if args.no_llama_cpp:
+                print(f"{streams:>7} | {ferry:>11.1f} | {'-':>15} | {'-':>17}")
+                continue
+            llama = statistics.median(results["llama.cpp"])
             print(f"{streams:>7} | {ferry:>11.1f} | {llama:>15.1f} | {ferry / llama:>17.2f}")
     finally:
         for process, _, _ in engines.values():

@@ -28,6 +28,7 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Where the binaries are: the release build, or the debug build for `--debug` (CI's tiny run).
 RELEASE = ROOT / "target" / "release"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 LITELLM = "litellm[proxy]==1.108.7"
@@ -106,7 +107,7 @@ def start_litellm(mock_url, workdir):
     raise RuntimeError("LiteLLM did not start")
 
 
-def cold_start(mock_url, rounds=5):
+def cold_start(mock_url, rounds):
     """Process start to first successful chat completion (what a Lambda or Knative cold start
     pays), on a fresh data directory and on an existing one; and the stripped binary's size."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="ferry-cold-"))
@@ -159,6 +160,7 @@ def main():
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--tiny", action="store_true", help="check it works; no figures worth reading")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="use the debug build as it is (what CI's tiny run does)")
     parser.add_argument("--litellm", action="store_true", help="also load LiteLLM's proxy on the same mock")
     parser.add_argument("--cold-start", action="store_true", help="only measure cold start and binary size")
     parser.add_argument("--stream", action="store_true", help="streamed calls (16 chunks each); adds time to first byte")
@@ -166,17 +168,20 @@ def main():
     parser.add_argument("--no-read-cache", action="store_true", help="Ferry reads tenants, models and prices from the store on every call (what the cache saves)")
     parser.add_argument("--plot", metavar="PNG", help="also draw latency against offered load (matplotlib goes into bench/gateway/.venv)")
     args = parser.parse_args()
-    if not args.no_build:
+    if args.debug:
+        global RELEASE
+        RELEASE = ROOT / "target" / "debug"
+    elif not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry", "--bin", "ferry"], cwd=ROOT, check=True)
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "ferry-bench-gateway"], cwd=ROOT, check=True)
 
     mock, mock_url = start([str(RELEASE / "ferry-bench-mock")])
     if args.cold_start:
         try:
-            figures = cold_start(mock_url)
+            figures = cold_start(mock_url, rounds=1 if args.tiny else 5)
         finally:
             mock.kill()
-        print("cold start: process start to first successful chat completion (median of 5)")
+        print(f"cold start: process start to first successful chat completion (median of {1 if args.tiny else 5})")
         print(f"  fresh data directory (migrations, operator key): {figures['fresh']:.1f} ms")
         print(f"  existing data directory:                        {figures['existing']:.1f} ms")
         print(f"binary: {figures['binary_mib']:.1f} MiB, stripped {figures['stripped_mib']:.1f} MiB (includes the native engine)")
@@ -201,7 +206,7 @@ def main():
         })
         if args.streams:
             # Streams that stay open: a chunk a second, 16 of them.
-            slow_mock, slow_url = start([str(RELEASE / "ferry-bench-mock"), "--chunk-delay-ms", "1000"])
+            slow_mock, slow_url = start([str(RELEASE / "ferry-bench-mock"), "--chunk-delay-ms", "100" if args.tiny else "1000"])
             call(f"{admin}/models", operator, {
                 "id": "bench-slow",
                 "deployments": [{"id": "slow", "upstream": {"url": f"{slow_url}/v1", "model": "mock"}}],
@@ -259,7 +264,7 @@ def main():
 def hold_streams(args, ferry, ferry_url, key, slow_url):
     """N streams open at once, straight to the slow mock and through Ferry: Ferry's resident
     memory before and at its peak, per open stream."""
-    ramp = min(args.streams / 10, 1000)
+    ramp = args.streams if args.tiny else min(args.streams / 10, 1000)
     duration = args.streams / ramp
     direct = load(f"{slow_url}/v1/chat/completions", None, ramp, duration, "direct", True, "bench-slow")
     idle = current_rss_mib(ferry.pid)
@@ -268,7 +273,7 @@ def hold_streams(args, ferry, ferry_url, key, slow_url):
     for row in (direct, through):
         print(json.dumps(row), file=sys.stderr)
     opened = max(through["max_open_streams"], 1)
-    print(f"\n{args.streams} streams of 16 chunks a second apart, opened over {duration:g} s ({os.cpu_count()} CPUs)")
+    print(f"\n{args.streams} streams of 16 chunks {'0.1' if args.tiny else '1'} s apart, opened over {duration:g} s ({os.cpu_count()} CPUs)")
     print(f"{'target':<8} {'streams':>8} {'most open':>10} {'errors':>7} {'ttfb p50 ms':>12} {'ttfb p99 ms':>12}")
     for row in (direct, through):
         print(f"{row['label']:<8} {row['requests']:>8} {row['max_open_streams']:>10} {row['errors']:>7} {row['ttfb_p50_ms']:>12.2f} {row['ttfb_p99_ms']:>12.2f}")
@@ -303,6 +308,9 @@ for label in dict.fromkeys(row["label"] for row in rows):
 axes.set_xlabel("offered load (requests/s)")
 axes.set_ylabel("latency (ms, log scale)")
 axes.set_yscale("log")
+rates = [row["offered_rps"] for row in rows]
+if max(rates) >= 10 * min(rates):
+    axes.set_xscale("log")
 axes.set_title(title)
 axes.grid(True, which="both", alpha=0.3)
 axes.legend(fontsize=8)

@@ -27,6 +27,16 @@ use tower::ServiceExt;
 const CALLERS: usize = 32;
 const DURATION: Duration = Duration::from_secs(4);
 
+/// `--seconds N` per scenario (CI runs a tiny one to check the benchmark works), else 4.
+fn duration() -> Duration {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|pair| pair[0] == "--seconds")
+        .and_then(|pair| pair[1].parse::<f64>().ok())
+        .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
+        .map_or(DURATION, Duration::from_secs_f64)
+}
+
 /// Answers every call at once with a fixed completion.
 struct InstantBackend;
 
@@ -167,7 +177,7 @@ async fn set_up(
     Ok(Setup { app, store, key })
 }
 
-/// Calls as fast as `CALLERS` concurrent callers can for `DURATION`; returns calls per second.
+/// Calls as fast as `CALLERS` concurrent callers can for `duration()`; returns calls per second.
 async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> {
     let directory = std::env::temp_dir().join(format!(
         "ferry-bench-money-{}-{}",
@@ -179,6 +189,7 @@ async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> 
     let body = json!({"model": "bench-model", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16});
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let duration = duration();
     let callers: Vec<_> = (0..CALLERS)
         .map(|_| {
             let (app, key, body, done) = (
@@ -188,7 +199,7 @@ async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> 
                 done.clone(),
             );
             tokio::spawn(async move {
-                while started.elapsed() < DURATION {
+                while started.elapsed() < duration {
                     let (status, answer) =
                         send(&app, "POST", "/v1/chat/completions", &key, &body).await?;
                     ensure!(status == StatusCode::OK, "call failed: {status} {answer}");
@@ -224,7 +235,7 @@ async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> 
 async fn main() -> anyhow::Result<()> {
     println!(
         "bench/money: {CALLERS} concurrent callers, {} s per scenario, instant backend, one SQLite file",
-        DURATION.as_secs()
+        duration().as_secs_f64()
     );
     println!(
         "{:<30} {:<24} {:<8} {:>10} {:>12}",
