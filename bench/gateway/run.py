@@ -250,8 +250,9 @@ def main():
         for row in rows:
             cpu = f"{row['ferry_cpu_s_per_1k']:.3f}" if "ferry_cpu_s_per_1k" in row else "-"
             rss = f"{row['ferry_peak_rss_mib']:.0f}" if "ferry_peak_rss_mib" in row else "-"
-            ttfb = f"  {row['ttfb_p50_ms']:.2f}/{row['ttfb_p99_ms']:.2f}  {row['body_p50_ms']:.2f}/{row['body_p99_ms']:.2f}" if args.stream else ""
-            print(f"{row['label']:<8} {row['offered_rps']:>8.0f} {row['achieved_rps']:>9.0f} {row['errors']:>7} {row['p50_ms']:>8.2f} {row['p90_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['p999_ms']:>9.2f} {cpu:>9} {rss:>9}{ttfb}")
+            ttfb = f"  {row['ttfb_p50_ms'] or 0:.2f}/{row['ttfb_p99_ms'] or 0:.2f}  {row['body_p50_ms'] or 0:.2f}/{row['body_p99_ms'] or 0:.2f}" if args.stream else ""
+            ms = lambda key, width: f"{row[key]:>{width}.2f}" if row.get(key) is not None else f"{'-':>{width}}"  # noqa: E731
+            print(f"{row['label']:<8} {row['offered_rps']:>8.0f} {row['achieved_rps']:>9.0f} {row['errors']:>7} {ms('p50_ms', 8)} {ms('p90_ms', 8)} {ms('p99_ms', 8)} {ms('p999_ms', 9)} {cpu:>9} {rss:>9}{ttfb}")
         if args.plot:
             plot(rows, args.plot, args.stream)
         reconcile_or_exit(ferry, data_dir, rows if args.tiny else [])
@@ -301,7 +302,7 @@ import matplotlib.pyplot as plt
 rows, path, title = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 figure, axes = plt.subplots(figsize=(7, 4.5))
 for label in dict.fromkeys(row["label"] for row in rows):
-    mine = sorted((row for row in rows if row["label"] == label), key=lambda row: row["offered_rps"])
+    mine = sorted((row for row in rows if row["label"] == label and row["p99_ms"] is not None), key=lambda row: row["offered_rps"])
     rates = [row["offered_rps"] for row in mine]
     line, = axes.plot(rates, [row["p99_ms"] for row in mine], marker="o", label=f"{label} p99")
     axes.plot(rates, [row["p50_ms"] for row in mine], marker=".", linestyle="--", color=line.get_color(), label=f"{label} p50")

@@ -1125,3 +1125,53 @@ async fn the_log_starts_over_under_continuous_writes() {
     );
     assert_books_reconcile(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_overloaded_store_turns_new_calls_away_and_holds_nothing_for_them() {
+    const CALLS: usize = 400;
+    let directory = TempDir::new("busy");
+    let store = Arc::new(
+        SqliteStore::open_with(
+            &directory.0.join("ferry.db"),
+            SqliteOptions {
+                max_queued_admissions: 8,
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    store
+        .create_tenant(&tenant("acme", Billing::Prepaid, Vec::new()))
+        .await
+        .unwrap();
+    top_up(&store, "acme", "1000").await;
+    let hold = usd("0.1");
+    let tasks: Vec<_> = (0..CALLS)
+        .map(|index| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .admit(&admission(
+                        &format!("r{index}"),
+                        "acme",
+                        Billing::Prepaid,
+                        hold,
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    let (mut granted, mut busy) = (0i64, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(Ok(_)) => granted += 1,
+            Err(StoreError::Busy(_)) => busy += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(granted > 0 && busy > 0, "granted {granted}, busy {busy}");
+    let balance = store.balance("acme").await.unwrap();
+    assert_eq!(balance.held_usd, Money::from_nanos(hold.nanos() * granted));
+    // Settlements are never turned away, however long the queue.
+    assert_books_reconcile(&store).await;
+}

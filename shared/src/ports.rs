@@ -124,6 +124,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// More work is queued than the store can do promptly: new calls are turned away (with
+    /// a fast 503) rather than queued until every caller times out.
+    #[error("store busy: {0}")]
+    Busy(String),
     /// The change would break a rule the store keeps (a negative prepaid balance, a reused
     /// idempotency key); the message is for the caller.
     #[error("{0}")]
@@ -142,6 +146,12 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorKind::Internal, "the store is unavailable; try again")
                     .retry_after(1)
             }
+            StoreError::Busy(_) => ApiError::new(
+                ErrorKind::NoCapacity,
+                "The service is overloaded; try again shortly.",
+            )
+            .with_code("overloaded")
+            .retry_after(1),
         }
     }
 }

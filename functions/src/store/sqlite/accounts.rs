@@ -296,7 +296,7 @@ fn price_from_text(text: &str) -> StoreResult<Price> {
 impl Accounts for SqliteStore {
     async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
         let admission = admission.clone();
-        self.grouped(move |connection| {
+        self.grouped_unless_busy(move |connection| {
             let read = || -> rusqlite::Result<admission::AdmissionState> {
                 let balance = read_balance(connection, &admission.tenant_id)?;
                 Ok(admission::AdmissionState {

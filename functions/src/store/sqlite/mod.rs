@@ -160,6 +160,10 @@ pub struct SqliteOptions {
     /// How large the write-ahead log may grow before the store thread catches the checkpoint
     /// up so the log starts over (`thread.rs`).
     pub wal_catch_up_bytes: u64,
+    /// New calls are turned away (503 `overloaded`) while this many store jobs are queued;
+    /// at a few hundred microseconds a job, 256 is a queue of tens of milliseconds.
+    /// Settlements are never turned away.
+    pub max_queued_admissions: usize,
 }
 
 impl Default for SqliteOptions {
@@ -168,6 +172,7 @@ impl Default for SqliteOptions {
             durability: Durability::default(),
             group_commit: true,
             wal_catch_up_bytes: 128 << 20,
+            max_queued_admissions: 256,
         }
     }
 }
@@ -175,6 +180,7 @@ impl Default for SqliteOptions {
 #[derive(Clone)]
 pub struct SqliteStore {
     thread: StoreThread,
+    max_queued_admissions: usize,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -237,6 +243,7 @@ impl SqliteStore {
         migrate(&mut connection)?;
         Ok(SqliteStore {
             thread: StoreThread::spawn(connection, options.group_commit)?,
+            max_queued_admissions: options.max_queued_admissions,
         })
     }
 
@@ -251,6 +258,17 @@ impl SqliteStore {
 
     /// Runs `work` inside the next group commit (see `thread.rs`); it must not manage
     /// transactions itself.
+    /// As `grouped`, for new work that may be turned away when the store is overloaded.
+    pub(super) async fn grouped_unless_busy<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.thread
+            .grouped_unless_busy(self.max_queued_admissions, work)
+            .await
+    }
+
     pub(super) async fn grouped<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,

@@ -7,10 +7,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use ferry_core::ports::StoreResult;
+use ferry_core::ports::{StoreError, StoreResult};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -79,6 +80,8 @@ where
 #[derive(Clone)]
 pub(super) struct StoreThread {
     jobs: Sender<Job>,
+    /// Jobs sent and not yet taken off the queue.
+    queued: Arc<AtomicUsize>,
     /// Dropped with the last handle; the checkpointer stops when it can no longer upgrade it.
     alive: Arc<()>,
 }
@@ -91,14 +94,31 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// The queue and how many grouped writes may share a commit.
 struct Queue {
     jobs: Receiver<Job>,
+    queued: Arc<AtomicUsize>,
     max_group: usize,
+}
+
+impl Queue {
+    fn next(&self) -> Option<Job> {
+        let job = self.jobs.recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(job)
+    }
+
+    fn try_next(&self) -> Option<Job> {
+        let job = self.jobs.try_recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(job)
+    }
 }
 
 impl StoreThread {
     pub(super) fn spawn(connection: Connection, group_commit: bool) -> StoreResult<StoreThread> {
         let (jobs, receiver) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let queue = Queue {
             jobs: receiver,
+            queued: queued.clone(),
             max_group: if group_commit { MAX_GROUP } else { 1 },
         };
         std::thread::Builder::new()
@@ -107,6 +127,7 @@ impl StoreThread {
             .map_err(unavailable)?;
         Ok(StoreThread {
             jobs,
+            queued,
             alive: Arc::new(()),
         })
     }
@@ -139,11 +160,26 @@ impl StoreThread {
         self.submit(job, answer).await
     }
 
+    /// As `grouped`, unless `limit` jobs or more are already queued: then it is refused at
+    /// once, so an overload turns new work away instead of queueing it past every deadline.
+    pub(super) async fn grouped_unless_busy<T, F>(&self, limit: usize, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued >= limit {
+            return Err(StoreError::Busy(format!("{queued} jobs queued")));
+        }
+        self.grouped(work).await
+    }
+
     async fn submit<T>(
         &self,
         job: Job,
         answer: oneshot::Receiver<StoreResult<T>>,
     ) -> StoreResult<T> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
         self.jobs
             .send(job)
             .map_err(|_| unavailable("the store thread has stopped"))?;
@@ -174,7 +210,7 @@ pub(super) fn spawn_checkpointer(
         .query_row("PRAGMA page_size", [], |row| row.get(0))
         .map_err(unavailable)?;
     let alive = Arc::downgrade(&store.alive);
-    let jobs = store.jobs.clone();
+    let (jobs, queued) = (store.jobs.clone(), store.queued.clone());
     std::thread::Builder::new()
         .name("ferry-sqlite-checkpoint".into())
         .spawn(move || {
@@ -201,6 +237,7 @@ pub(super) fn spawn_checkpointer(
                     let _ = done.send(());
                 }));
                 // One at a time: wait for it before sleeping again.
+                queued.fetch_add(1, Ordering::Relaxed);
                 if jobs.send(catch_up).is_err() || finished.recv().is_err() {
                     return;
                 }
@@ -223,9 +260,9 @@ fn serve(mut connection: Connection, queue: Queue) {
         let job = match next.take() {
             Some(job) => job,
             // Every handle is gone: the store was dropped.
-            None => match queue.jobs.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+            None => match queue.next() {
+                Some(job) => job,
+                None => return,
             },
         };
         match job {
@@ -250,16 +287,16 @@ fn commit_group(
         .and_then(|()| {
             group[0].run(connection);
             while group.len() < queue.max_group && !connection.is_autocommit() {
-                match queue.jobs.try_recv() {
-                    Ok(Job::Grouped(mut work)) => {
+                match queue.try_next() {
+                    Some(Job::Grouped(mut work)) => {
                         work.run(connection);
                         group.push(work);
                     }
-                    Ok(exclusive) => {
+                    Some(exclusive) => {
                         stopped_at = Some(exclusive);
                         break;
                     }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    None => break,
                 }
             }
             // Some failures (a full disk, I/O errors) make SQLite roll back the whole
