@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_core::model::ModelSpec;
+use ferry_functions::RouterConfig;
 use ferry_functions::auth::{AuthConfig, JwtConfig};
 use ferry_functions::upstream::UpstreamConfig;
 use serde::Deserialize;
@@ -36,6 +37,8 @@ pub struct ServerSection {
     /// How long tenants (limits, budgets), models and price schedules are trusted before they
     /// are read again; bounds how late another replica's change takes effect here. Default 5.
     pub read_cache_ttl_seconds: Option<u64>,
+    /// Model calls served at once before more get 503 `overloaded`. Default 4096.
+    pub max_calls_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +65,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub max_request_body_bytes: usize,
     pub read_cache_ttl: Duration,
+    pub max_calls_in_flight: usize,
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
     pub models: Vec<ModelSpec>,
@@ -106,6 +110,10 @@ pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
             .max_request_body_bytes
             .unwrap_or(8 * 1024 * 1024),
         read_cache_ttl: Duration::from_secs(file.server.read_cache_ttl_seconds.unwrap_or(5)),
+        max_calls_in_flight: file
+            .server
+            .max_calls_in_flight
+            .unwrap_or(RouterConfig::default().max_calls_in_flight),
         auth: AuthConfig {
             key_cache_ttl: Duration::from_secs(file.auth.key_cache_ttl_seconds.unwrap_or(5)),
             jwt: file.auth.jwt,
@@ -150,6 +158,7 @@ mod tests {
             addr = "0.0.0.0:9000"
             max_request_body_bytes = 1024
             read_cache_ttl_seconds = 0
+            max_calls_in_flight = 64
             [auth]
             key_cache_ttl_seconds = 1
             [auth.jwt]

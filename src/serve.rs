@@ -120,6 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state,
         &RouterConfig {
             max_request_body_bytes: config.max_request_body_bytes,
+            max_calls_in_flight: config.max_calls_in_flight,
         },
     );
     let listener = TcpListener::bind(config.addr)

@@ -15,6 +15,7 @@ use ferry_core::ports::{Accounts, Store, Upstream};
 use ferry_core::principal::Principal;
 use ferry_core::{ApiError, ErrorKind};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::error::{ErrorKindTag, Failure};
@@ -62,20 +63,26 @@ impl Default for MoneyConfig {
 pub struct RouterConfig {
     /// Larger request bodies are refused with 413 before they are read whole.
     pub max_request_body_bytes: usize,
+    /// Model calls served at once, waiting on their upstream included (a stream counts until
+    /// its first byte); more get 503 `overloaded` at once. A bound on memory and queueing, set
+    /// well above what a replica's upstreams keep busy (calls to a model take seconds).
+    pub max_calls_in_flight: usize,
 }
 
 impl Default for RouterConfig {
     fn default() -> RouterConfig {
         RouterConfig {
             max_request_body_bytes: 8 * 1024 * 1024,
+            max_calls_in_flight: 4096,
         }
     }
 }
 
 /// The whole HTTP surface of the functions, ready to be served by any runtime.
 pub fn router(state: AppState, config: &RouterConfig) -> Router {
+    let in_flight = Arc::new(Semaphore::new(config.max_calls_in_flight));
     Router::new()
-        .merge(gateway::routes())
+        .merge(gateway::routes().layer(middleware::from_fn_with_state(in_flight, shed_when_full)))
         .nest("/admin/v1", admin::routes().merge(billing::routes()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -85,6 +92,28 @@ pub fn router(state: AppState, config: &RouterConfig) -> Router {
         .layer(DefaultBodyLimit::max(config.max_request_body_bytes))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
+}
+
+/// Turns a call away when `max_calls_in_flight` are already being served: past its capacity
+/// a replica answers the excess at once (and a load balancer can send it elsewhere) rather
+/// than queueing every call until all of them time out.
+async fn shed_when_full(
+    State(in_flight): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match in_flight.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => Failure(
+            ApiError::new(
+                ErrorKind::NoCapacity,
+                "The service is overloaded; try again shortly.",
+            )
+            .with_code("overloaded")
+            .retry_after(1),
+        )
+        .into_response(),
+    }
 }
 
 /// The request id of the call being served (also sent back in `x-request-id`).

@@ -591,6 +591,7 @@ async fn bad_request_bodies_are_400s_that_name_the_parameter_at_fault() {
 async fn a_body_over_the_configured_limit_is_refused_with_413() {
     let ferry = Ferry::start_with(RouterConfig {
         max_request_body_bytes: 1024,
+        ..RouterConfig::default()
     })
     .await;
     let member = ferry.set_up_acme().await;
@@ -612,6 +613,30 @@ async fn a_body_over_the_configured_limit_is_refused_with_413() {
         .post("/v1/chat/completions", &member.key, &chat("allowed"))
         .await;
     assert_eq!(small.status, StatusCode::OK, "{}", small.body);
+}
+
+#[tokio::test]
+async fn calls_past_the_in_flight_limit_are_turned_away_at_once() {
+    let ferry = Ferry::start_with(RouterConfig {
+        max_calls_in_flight: 0,
+        ..RouterConfig::default()
+    })
+    .await;
+    let member = ferry.set_up_acme().await;
+    let answer = ferry
+        .post("/v1/chat/completions", &member.key, &chat("allowed"))
+        .await;
+    assert_error_code(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable_error",
+        "overloaded",
+    );
+    assert_eq!(answer.headers[header::RETRY_AFTER], "1");
+    request_id(&answer);
+    assert!(ferry.upstream.calls().is_empty());
+    // Health checks and the admin API are not model calls: they still answer.
+    assert_eq!(ferry.get("/healthz", None).await.status, StatusCode::OK);
 }
 
 // ---------------------------------------------------------------------------------------------
