@@ -3,6 +3,7 @@
 mod billing;
 mod config;
 mod models;
+mod pool;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,9 @@ enum Command {
     /// Close billing periods into invoices, and reconcile the books.
     #[command(subcommand)]
     Billing(billing::BillingCommand),
+    /// The GPU pool: replay a trace through the autoscaling policies.
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
     /// Print the OpenAPI document of the HTTP surface.
     Openapi,
 }
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Pool(command) => pool::run(command),
         Command::Openapi => {
             println!("{}", ferry_functions::openapi_json()?);
             Ok(())

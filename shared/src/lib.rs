@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod api_key;
+pub mod autoscale;
 pub mod billing;
 pub mod body;
 pub mod calendar;
@@ -18,6 +19,7 @@ pub mod openai;
 pub mod ports;
 pub mod principal;
 pub mod ratelimit;
+pub mod replay;
 pub mod sse;
 pub mod usage;
 
