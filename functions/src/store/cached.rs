@@ -44,6 +44,20 @@ impl CachedStore {
     }
 }
 
+/// The cached value for `id`, else what `load` reads (then cached). `load` runs only on a miss.
+async fn read_through<V: Clone>(
+    cache: &TtlCache<V>,
+    id: &str,
+    load: impl Future<Output = StoreResult<V>>,
+) -> StoreResult<V> {
+    if let Some(value) = cache.get(id) {
+        return Ok(value);
+    }
+    let value = load.await?;
+    cache.put(id, value.clone());
+    Ok(value)
+}
+
 #[async_trait]
 impl Store for CachedStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -57,12 +71,7 @@ impl Store for CachedStore {
     }
 
     async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>> {
-        if let Some(tenant) = self.tenants.get(id) {
-            return Ok(tenant);
-        }
-        let tenant = self.store.get_tenant(id).await?;
-        self.tenants.put(id, tenant.clone());
-        Ok(tenant)
+        read_through(&self.tenants, id, self.store.get_tenant(id)).await
     }
 
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
@@ -109,12 +118,7 @@ impl Store for CachedStore {
     }
 
     async fn get_model(&self, id: &str) -> StoreResult<Option<StoredModel>> {
-        if let Some(model) = self.models.get(id) {
-            return Ok(model);
-        }
-        let model = self.store.get_model(id).await?;
-        self.models.put(id, model.clone());
-        Ok(model)
+        read_through(&self.models, id, self.store.get_model(id)).await
     }
 
     async fn list_models(&self) -> StoreResult<Vec<StoredModel>> {
@@ -171,14 +175,8 @@ impl Accounts for CachedStore {
         deployment: &str,
         at_ms: u64,
     ) -> StoreResult<Option<Price>> {
-        let schedule = match self.prices.get(model) {
-            Some(schedule) => schedule,
-            None => {
-                let schedule: Arc<[PriceRecord]> = self.accounts.list_prices(model).await?.into();
-                self.prices.put(model, schedule.clone());
-                schedule
-            }
-        };
+        let load = async { Ok(self.accounts.list_prices(model).await?.into()) };
+        let schedule = read_through(&self.prices, model, load).await?;
         Ok(PriceRecord::in_effect(&schedule, deployment, at_ms).cloned())
     }
 
