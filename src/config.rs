@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub pool: PoolSection,
     /// Models registered (created or replaced) at every start.
     #[serde(default)]
     pub models: Vec<ModelSpec>,
@@ -58,6 +60,39 @@ pub struct UpstreamSection {
     pub stream_idle_timeout_seconds: Option<u64>,
 }
 
+/// The local GPU pool that serves `ferry serve`'s own models: worker processes started on
+/// demand, scaled by load, and stopped when idle.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// Replicas kept even when idle. Default 0: the first call after an idle spell waits for
+    /// a worker to load.
+    pub min_replicas: Option<u32>,
+    /// Default 1: on one machine, more workers share the same cores or GPU.
+    pub max_replicas: Option<u32>,
+    /// `ferry` (LLM-aware: queue and KV-cache saturation) or `kpa` (Knative's). Default ferry.
+    pub policy: Option<PolicyName>,
+    /// Calls sent to one replica at once; more wait in the activator. Default: the batch size.
+    pub replica_concurrency: Option<u32>,
+    /// Calls that may wait for a replica before more get 503. Default 256.
+    pub max_queue: Option<usize>,
+    /// How long a call may wait for a replica (a cold start included). Default 120.
+    pub queue_deadline_seconds: Option<f64>,
+    /// The window the policy looks back over before scaling in. Default 45 (kpa: 60).
+    pub stable_window_seconds: Option<f64>,
+    /// How long the last replica stays once the deployment is idle. Default 30.
+    pub scale_to_zero_grace_seconds: Option<f64>,
+    /// How often the autoscaler looks. Default 0.5.
+    pub tick_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    Ferry,
+    Kpa,
+}
+
 /// The validated configuration `serve` runs with.
 #[derive(Debug)]
 pub struct Config {
@@ -69,6 +104,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
     pub models: Vec<ModelSpec>,
+    pub pool: PoolSection,
 }
 
 pub struct Overrides {
@@ -133,7 +169,37 @@ pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
             ),
         },
         models: file.models,
+        pool: validate_pool(file.pool)?,
     })
+}
+
+fn validate_pool(pool: PoolSection) -> anyhow::Result<PoolSection> {
+    for (name, value) in [
+        ("queue_deadline_seconds", pool.queue_deadline_seconds),
+        ("stable_window_seconds", pool.stable_window_seconds),
+        (
+            "scale_to_zero_grace_seconds",
+            pool.scale_to_zero_grace_seconds,
+        ),
+        ("tick_seconds", pool.tick_seconds),
+    ] {
+        if let Some(value) = value
+            && !(value.is_finite() && (0.0..=86_400.0).contains(&value))
+        {
+            anyhow::bail!("config: pool.{name} must be between 0 and 86400 seconds");
+        }
+    }
+    if pool.tick_seconds == Some(0.0) {
+        anyhow::bail!("config: pool.tick_seconds must be above 0");
+    }
+    let (min, max) = (
+        pool.min_replicas.unwrap_or(0),
+        pool.max_replicas.unwrap_or(1),
+    );
+    if max == 0 || min > max {
+        anyhow::bail!("config: pool needs 1 <= max_replicas and min_replicas <= max_replicas");
+    }
+    Ok(pool)
 }
 
 fn read(path: &Path) -> anyhow::Result<FileConfig> {
@@ -166,6 +232,11 @@ mod tests {
             issuer = "https://idp"
             audience = "ferry"
             role_map = { admins = "tenant-admin" }
+            [pool]
+            min_replicas = 0
+            max_replicas = 2
+            policy = "kpa"
+            scale_to_zero_grace_seconds = 1.5
             [[models]]
             id = "small"
             deployments = [{ id = "a", upstream = { url = "http://127.0.0.1:8000/v1", model = "m" } }]

@@ -51,6 +51,20 @@ pub struct ModelChoiceArgs {
 }
 
 impl ModelChoiceArgs {
+    /// The same choice as `ferry worker` arguments.
+    pub fn worker_args(&self) -> Vec<String> {
+        vec![
+            "--chat-model".into(),
+            self.chat_model.clone(),
+            "--embedding-model".into(),
+            self.embedding_model.clone(),
+            "--max-batch".into(),
+            self.max_batch.to_string(),
+            "--max-queue".into(),
+            self.max_queue.to_string(),
+        ]
+    }
+
     pub fn worker_config(&self, pull: PullOptions) -> WorkerConfig {
         WorkerConfig {
             chat: model_ref(&self.chat_model),
@@ -137,6 +151,10 @@ pub struct WorkerArgs {
     /// The data directory whose `models` folder is the default cache.
     #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
     data_dir: PathBuf,
+    /// Shut down (gracefully) when standard input closes: a pool that spawned this worker
+    /// stops it that way, and if the pool dies the worker goes with it.
+    #[arg(long, hide = true)]
+    exit_with_stdin: bool,
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -153,7 +171,23 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         crate::serve::no_delay(listener),
         ferry_worker::server::router(models),
     )
-    .with_graceful_shutdown(crate::serve::shutdown_signal())
+    .with_graceful_shutdown(async move {
+        if args.exit_with_stdin {
+            tokio::select! {
+                () = crate::serve::shutdown_signal() => {}
+                () = stdin_closed() => tracing::info!("standard input closed: shutting down"),
+            }
+        } else {
+            crate::serve::shutdown_signal().await;
+        }
+    })
     .await?;
     Ok(())
+}
+
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt as _;
+    let mut stdin = tokio::io::stdin();
+    let mut buffer = [0u8; 64];
+    while matches!(stdin.read(&mut buffer).await, Ok(read) if read > 0) {}
 }

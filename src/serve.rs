@@ -1,5 +1,7 @@
-//! `ferry serve`: the all-in-one process — gateway, admin API and embedded SQLite store.
+//! `ferry serve`: the all-in-one process — gateway, admin API, embedded SQLite store, and a
+//! local GPU pool of worker processes that scales to zero.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
+use ferry_core::autoscale::ScalingConfig;
 use ferry_core::model::{Deployment, ModelSpec, UpstreamTarget};
 use ferry_core::ports::{Accounts, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key, register_model};
@@ -15,9 +18,13 @@ use ferry_functions::clock;
 use ferry_functions::store::{CachedStore, Durability, SqliteOptions, SqliteStore};
 use ferry_functions::upstream::HttpUpstream;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use ferry_scaler::provider::ProcessSpec;
+use ferry_scaler::{DeploymentConfig, LocalProcesses, Pool};
+use ferry_worker::source::ModelKind;
+use ferry_worker::worker::{ModelRef, resolve};
 use tokio::net::TcpListener;
 
-use crate::config::{self, Config, Overrides};
+use crate::config::{self, Config, Overrides, PolicyName, PoolSection};
 use crate::models::{ModelChoiceArgs, ModelStoreArgs};
 
 #[derive(clap::Args)]
@@ -94,10 +101,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for model in &config.models {
         register_model(store.as_ref(), store.as_ref(), model, clock::unix_millis()).await?;
     }
-    let local_models = if args.no_local_models {
-        Vec::new()
+    let (pool, local_models) = if args.no_local_models {
+        (None, Vec::new())
     } else {
-        start_local_worker(&args, &config, store.as_ref()).await?
+        let (pool, ids) = start_local_pool(&args, &config, store.as_ref()).await?;
+        (Some(pool), ids)
     };
     let money = MoneyConfig {
         hold_ttl: Duration::from_secs(args.hold_ttl_seconds.max(1)),
@@ -138,6 +146,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     axum::serve(no_delay(listener), router)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    if let Some(pool) = pool {
+        pool.shutdown(Duration::from_secs(30)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -156,39 +167,83 @@ async fn expire_holds(accounts: Arc<SqliteStore>, hold_ttl: Duration) {
     }
 }
 
-/// Loads the local models (pulling them on first start), serves them on a loopback port as a
-/// pool replica, and points their models' deployments at it. Returns the model ids.
-async fn start_local_worker(
+/// The local models' pool: pulls the models (so no cold start waits for a download), runs the
+/// activator on a loopback port with `ferry worker` processes as its replicas, started on
+/// demand and stopped when idle, and points the models' `local` deployments at it.
+async fn start_local_pool(
     args: &ServeArgs,
     config: &Config,
     store: &dyn Store,
-) -> anyhow::Result<Vec<String>> {
-    let worker_config = args
-        .models
-        .worker_config(args.store.pull_options(&config.data_dir));
-    let models = tokio::task::spawn_blocking(move || ferry_worker::worker::load(&worker_config))
-        .await?
-        .context("local models")?;
-    let ids: Vec<String> = models
+) -> anyhow::Result<(Arc<Pool>, Vec<String>)> {
+    let pull = args.store.pull_options(&config.data_dir);
+    let worker_config = args.models.worker_config(pull.clone());
+    let models: Vec<(ModelRef, ModelKind)> = worker_config
         .chat
         .iter()
-        .map(|model| model.id.clone())
-        .chain(models.embedding.iter().map(|model| model.id.clone()))
+        .map(|model| (model.clone(), ModelKind::Chat))
+        .chain(
+            worker_config
+                .embedding
+                .iter()
+                .map(|model| (model.clone(), ModelKind::Embedding)),
+        )
         .collect();
+    let ids: Vec<String> = models.iter().map(|(model, _)| model.id.clone()).collect();
+    if ids.is_empty() {
+        anyhow::bail!("no local models chosen: pass --no-local-models to serve none");
+    }
+    let to_pull = models.clone();
+    let resolve_with = pull.clone();
+    tokio::task::spawn_blocking(move || {
+        to_pull
+            .iter()
+            .try_for_each(|(model, kind)| resolve(model, *kind, &resolve_with).map(drop))
+    })
+    .await?
+    .context("local models")?;
+
+    let mut worker_args = vec![
+        "worker".to_owned(),
+        "--addr".into(),
+        "127.0.0.1:0".into(),
+        "--exit-with-stdin".into(),
+        "--models-dir".into(),
+        pull.cache_dir.display().to_string(),
+        "--python".into(),
+        pull.python.clone(),
+        "--data-dir".into(),
+        config.data_dir.display().to_string(),
+    ];
+    worker_args.extend(args.models.worker_args());
+    let deployment = local_deployment(&config.pool, args.models.max_batch);
+    let spec = ProcessSpec {
+        program: std::env::current_exe().context("locating the ferry binary")?,
+        args: worker_args,
+        env: share_cores(deployment.scaling.max_replicas),
+        ready_timeout: Duration::from_secs(600),
+    };
+    tracing::info!(
+        min_replicas = deployment.scaling.min_replicas,
+        max_replicas = deployment.scaling.max_replicas,
+        idle_grace_seconds = deployment.scaling.scale_to_zero_grace_ms / 1000,
+        "local models run in worker processes started on demand; with no replica kept, the first call after an idle spell waits for a cold start"
+    );
+    let provider = LocalProcesses::new(HashMap::from([(LOCAL.to_owned(), spec)]));
+    let pool = Pool::new(vec![deployment], Arc::new(provider));
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .context("binding the local worker")?;
-    let url = format!("http://{}/v1", listener.local_addr()?);
+        .context("binding the pool's activator")?;
+    let url = format!("http://{}/{LOCAL}/v1", listener.local_addr()?);
+    let activator = ferry_scaler::proxy::router(pool.clone());
     tokio::spawn(async move {
-        if let Err(error) =
-            axum::serve(no_delay(listener), ferry_worker::server::router(models)).await
-        {
-            tracing::error!(%error, "local worker stopped");
+        if let Err(error) = axum::serve(no_delay(listener), activator).await {
+            tracing::error!(%error, "the pool's activator stopped");
         }
     });
+    pool.spawn();
     for id in &ids {
         let deployment = Deployment {
-            id: "local".into(),
+            id: LOCAL.into(),
             upstream: UpstreamTarget {
                 url: url.clone(),
                 model: id.clone(),
@@ -196,7 +251,7 @@ async fn start_local_worker(
             },
             weight: 1,
         };
-        // The worker's port changes every start: only the `local` deployment is replaced;
+        // The activator's port changes every start: only the `local` deployment is replaced;
         // the operator's price and other deployments of the model are kept.
         let spec = match store.get_model(id).await? {
             Some(existing) => {
@@ -216,7 +271,53 @@ async fn start_local_worker(
         store.put_model(&spec, clock::unix_seconds()).await?;
         tracing::info!(model = %id, %url, "serving local model");
     }
-    Ok(ids)
+    Ok((pool, ids))
+}
+
+/// Workers on one machine share its cores: each gets its part for its CPU kernels, since
+/// thread pools that each take every core spin against one another (on 2 cores, two workers
+/// decoded 8 times slower than with a core each). An operator's own setting wins.
+fn share_cores(max_replicas: u32) -> Vec<(String, String)> {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return Vec::new();
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let replicas = usize::try_from(max_replicas).unwrap_or(1).max(1);
+    vec![(
+        "RAYON_NUM_THREADS".into(),
+        (cores / replicas).max(1).to_string(),
+    )]
+}
+
+/// The pool deployment of `ferry serve`'s own models.
+const LOCAL: &str = "local";
+
+fn local_deployment(pool: &PoolSection, max_batch: usize) -> DeploymentConfig {
+    let millis = |seconds: f64| (seconds * 1000.0).round() as u64;
+    let concurrency = pool
+        .replica_concurrency
+        .unwrap_or_else(|| u32::try_from(max_batch).unwrap_or(u32::MAX))
+        .max(1);
+    let max_replicas = pool.max_replicas.unwrap_or(1);
+    let mut scaling = match pool.policy.unwrap_or(PolicyName::Ferry) {
+        PolicyName::Ferry => ScalingConfig::llm_aware(f64::from(concurrency), max_replicas),
+        PolicyName::Kpa => ScalingConfig::kpa(f64::from(concurrency), max_replicas),
+    };
+    scaling.min_replicas = pool.min_replicas.unwrap_or(0);
+    if let Some(seconds) = pool.stable_window_seconds {
+        scaling.stable_window_ms = millis(seconds);
+    }
+    if let Some(seconds) = pool.scale_to_zero_grace_seconds {
+        scaling.scale_to_zero_grace_ms = millis(seconds);
+    }
+    DeploymentConfig {
+        name: LOCAL.into(),
+        scaling,
+        replica_concurrency: concurrency,
+        max_queue: pool.max_queue.unwrap_or(256),
+        queue_deadline: Duration::from_secs_f64(pool.queue_deadline_seconds.unwrap_or(120.0)),
+        tick: Duration::from_secs_f64(pool.tick_seconds.unwrap_or(0.5)),
+    }
 }
 
 pub(crate) fn init_logging(json: bool) {

@@ -1,0 +1,231 @@
+//! The autoscaler loop: every tick (or at once when a call waits), read the replicas' load,
+//! ask the policy, and apply its answer through the provider.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::autoscale::{Autoscaler, Reason};
+use futures_util::future::join_all;
+use serde_json::Value;
+
+use crate::deployment::{Deployment, DeploymentConfig, Plan, WorkerLoad};
+use crate::provider::{Provider, ReplicaId};
+
+/// The pool: its deployments and the provider that makes their replicas.
+pub struct Pool {
+    deployments: HashMap<String, Arc<Deployment>>,
+    provider: Arc<dyn Provider>,
+    http: reqwest::Client,
+    pub(crate) proxy_http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Pool")
+            .field("deployments", &self.deployments.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub fn new(configs: Vec<DeploymentConfig>, provider: Arc<dyn Provider>) -> Arc<Pool> {
+        let deployments = configs
+            .into_iter()
+            .map(|config| (config.name.clone(), Deployment::new(config)))
+            .collect();
+        Arc::new(Pool {
+            deployments,
+            provider,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+            proxy_http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn deployment(&self, name: &str) -> Option<&Arc<Deployment>> {
+        self.deployments.get(name)
+    }
+
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.deployments.values()
+    }
+
+    /// Runs every deployment's autoscaler until the pool is shut down.
+    pub fn spawn(self: &Arc<Self>) {
+        for deployment in self.deployments.values() {
+            tokio::spawn(run(self.clone(), deployment.clone()));
+        }
+    }
+
+    /// Refuses new and waiting calls, lets the ones in flight finish (up to `grace`), then
+    /// stops every replica.
+    pub async fn shutdown(self: &Arc<Self>, grace: Duration) {
+        let until = Instant::now() + grace;
+        for deployment in self.deployments.values() {
+            apply(self, deployment, deployment.close()).await;
+        }
+        for deployment in self.deployments.values() {
+            while !deployment.replicas().is_empty() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                apply(self, deployment, deployment.plan(0)).await;
+            }
+            for replica in deployment.replicas() {
+                deployment.remove(replica.id);
+                self.provider.stop(replica.id).await;
+            }
+        }
+    }
+}
+
+async fn run(pool: Arc<Pool>, deployment: Arc<Deployment>) {
+    let config = deployment.config().clone();
+    let mut autoscaler = Autoscaler::new(config.scaling);
+    let epoch = Instant::now();
+    let mut last = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(config.tick) => {}
+            () = deployment.wake.notified() => {}
+        }
+        for id in pool.provider.exited() {
+            if deployment.remove(id).is_some() {
+                tracing::warn!(deployment = %config.name, replica = %id, "a replica ended on its own; its calls in flight fail, and the autoscaler replaces it");
+            }
+        }
+        refresh_loads(&pool, &deployment).await;
+        let (ready, load) = deployment.observed();
+        let at_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let decision = autoscaler.observe(at_ms, ready, load);
+        if last != Some(decision.replicas) {
+            match decision.reason {
+                Reason::ColdStart => tracing::info!(
+                    deployment = %config.name,
+                    waiting = load.queued,
+                    "cold start: calls are waiting and no replica is ready; starting one (they wait until it has loaded)"
+                ),
+                reason => tracing::info!(
+                    deployment = %config.name,
+                    from = ?last.unwrap_or(0),
+                    to = decision.replicas,
+                    ?reason,
+                    queued = load.queued,
+                    running = load.running,
+                    kv_use = load.kv_use,
+                    "scaling"
+                ),
+            }
+            last = Some(decision.replicas);
+        }
+        let plan = deployment.plan(decision.replicas);
+        apply(&pool, &deployment, plan).await;
+    }
+}
+
+/// Starts and stops what a plan says. Starts run on their own (loading takes seconds) and
+/// report back to the deployment; stops are drained replicas, quick to end.
+async fn apply(pool: &Arc<Pool>, deployment: &Arc<Deployment>, plan: Plan) {
+    let name = &deployment.config().name;
+    for id in plan.drain {
+        tracing::info!(deployment = %name, replica = %id, "draining: no new calls; stopped once its calls in flight end");
+    }
+    for id in plan.start {
+        let pool = pool.clone();
+        let deployment = deployment.clone();
+        tokio::spawn(async move { start(&pool, &deployment, id).await });
+    }
+    for id in plan.stop {
+        tracing::info!(deployment = %name, replica = %id, "replica stopped");
+        pool.provider.stop(id).await;
+    }
+}
+
+async fn start(pool: &Pool, deployment: &Arc<Deployment>, id: ReplicaId) {
+    let name = &deployment.config().name;
+    match pool.provider.start(name, id).await {
+        Ok(url) => match deployment.ready(id, url.clone()) {
+            Some(took) => tracing::info!(
+                deployment = %name,
+                replica = %id,
+                %url,
+                cold_start_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                "replica ready"
+            ),
+            // Removed while it loaded (the pool is shutting down): not needed.
+            None => pool.provider.stop(id).await,
+        },
+        Err(error) => {
+            tracing::error!(deployment = %name, replica = %id, %error, "replica failed to start");
+            deployment.remove(id);
+            // Not at once again: the next tick retries, if calls still wait.
+        }
+    }
+}
+
+async fn refresh_loads(pool: &Pool, deployment: &Deployment) {
+    let replicas = deployment.ready_replicas();
+    let loads = join_all(replicas.iter().map(|(_, url)| fetch_load(&pool.http, url))).await;
+    for ((id, _), load) in replicas.into_iter().zip(loads) {
+        if let Some(load) = load {
+            deployment.record_load(id, load);
+        }
+    }
+}
+
+/// A worker's `/stats`: its chat engine's queue, running sequences and KV-cache use.
+async fn fetch_load(http: &reqwest::Client, url: &str) -> Option<WorkerLoad> {
+    let stats: Value = http
+        .get(format!("{url}/stats"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(parse_load(&stats))
+}
+
+fn parse_load(stats: &Value) -> WorkerLoad {
+    let engine = &stats["chat"]["engine"];
+    let number = |field: &str| engine[field].as_u64().unwrap_or(0);
+    let capacity = number("kv_cache_capacity_tokens");
+    WorkerLoad {
+        queued: u32::try_from(number("queue_depth")).unwrap_or(u32::MAX),
+        running: u32::try_from(number("active_sequences")).unwrap_or(u32::MAX),
+        kv_use: if capacity == 0 {
+            0.0
+        } else {
+            number("kv_cache_tokens") as f64 / capacity as f64
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_stats_become_its_load() {
+        let stats = serde_json::json!({"chat": {"model": "m", "engine": {
+            "queue_depth": 3, "active_sequences": 16, "kv_cache_tokens": 800,
+            "kv_cache_capacity_tokens": 1000, "max_batch": 16}}, "embedding": null});
+        assert_eq!(
+            parse_load(&stats),
+            WorkerLoad {
+                queued: 3,
+                running: 16,
+                kv_use: 0.8
+            }
+        );
+        assert_eq!(
+            parse_load(&serde_json::json!({"chat": null})),
+            WorkerLoad::default()
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! Replica providers: what makes and removes a deployment's replicas.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ReplicaId(pub u64);
+
+impl std::fmt::Display for ReplicaId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}", self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("no such deployment: {0}")]
+    UnknownDeployment(String),
+    #[error("could not start a replica: {0}")]
+    Start(String),
+    #[error("the replica did not become ready within {0:?}")]
+    NotReady(Duration),
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Starts replica `id` of `deployment`; returns its base URL once it is ready to serve.
+    async fn start(&self, deployment: &str, id: ReplicaId) -> Result<String, ProviderError>;
+    /// Stops a replica that has nothing in flight, and waits until it is gone.
+    async fn stop(&self, id: ReplicaId);
+    /// Replicas that ended without being asked to, since the last call.
+    fn exited(&self) -> Vec<ReplicaId>;
+}
+
+/// How to run one deployment's replicas as local processes.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub program: PathBuf,
+    /// Arguments of `ferry worker` (or any program that prints `listening on http://ADDR`
+    /// once it serves, and serves `GET /readyz`).
+    pub args: Vec<String>,
+    /// Set in its environment, beside what it inherits.
+    pub env: Vec<(String, String)>,
+    /// How long loading may take before the start counts as failed.
+    pub ready_timeout: Duration,
+}
+
+/// Replicas as child processes of this one (`ferry worker`), each on its own loopback port.
+///
+/// A replica's stdin is a pipe it watches (`--exit-with-stdin`): closing it is the polite stop,
+/// and if this process dies however it dies, the pipe closes and the workers go too.
+#[derive(Debug)]
+pub struct LocalProcesses {
+    specs: HashMap<String, ProcessSpec>,
+    children: Mutex<HashMap<ReplicaId, Child>>,
+    http: reqwest::Client,
+}
+
+/// How long a stopped worker gets to finish before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl LocalProcesses {
+    pub fn new(specs: HashMap<String, ProcessSpec>) -> LocalProcesses {
+        LocalProcesses {
+            specs,
+            children: Mutex::new(HashMap::new()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<ReplicaId, Child>> {
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Process ids of the running replicas, for operators and tests.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children().values().filter_map(Child::id).collect()
+    }
+
+    async fn wait_until_ready(
+        &self,
+        id: ReplicaId,
+        stdout: tokio::process::ChildStdout,
+        deadline: Instant,
+    ) -> Result<String, ProviderError> {
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+                .await
+                .map_err(|_| ProviderError::NotReady(Duration::ZERO))?
+                .map_err(|error| ProviderError::Start(error.to_string()))?;
+            match line {
+                Some(line) => {
+                    if let Some(at) = line.find("listening on ") {
+                        break line[at + "listening on ".len()..].trim().to_owned();
+                    }
+                }
+                None => {
+                    let status = self
+                        .children()
+                        .remove(&id)
+                        .map(|mut child| child.try_wait());
+                    return Err(ProviderError::Start(format!(
+                        "the worker exited while loading ({status:?})"
+                    )));
+                }
+            }
+        };
+        // The rest of its stdout is not ours to keep, but it must not fill the pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let readyz = format!("{url}/readyz");
+        loop {
+            let answered = self
+                .http
+                .get(&readyz)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if answered.is_ok_and(|response| response.status().is_success()) {
+                return Ok(url);
+            }
+            if Instant::now() >= deadline {
+                return Err(ProviderError::NotReady(Duration::ZERO));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProcesses {
+    async fn start(&self, deployment: &str, id: ReplicaId) -> Result<String, ProviderError> {
+        let spec = self
+            .specs
+            .get(deployment)
+            .ok_or_else(|| ProviderError::UnknownDeployment(deployment.to_owned()))?;
+        let mut child = Command::new(&spec.program)
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(name, value)| (name, value)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| {
+                ProviderError::Start(format!("{}: {error}", spec.program.display()))
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| ProviderError::Start("no stdout".into()))?;
+        tracing::debug!(deployment, replica = %id, pid = ?child.id(), "worker process spawned");
+        self.children().insert(id, child);
+        let deadline = Instant::now() + spec.ready_timeout;
+        match self.wait_until_ready(id, stdout, deadline).await {
+            Ok(url) => Ok(url),
+            Err(error) => {
+                self.stop(id).await;
+                Err(match error {
+                    ProviderError::NotReady(_) => ProviderError::NotReady(spec.ready_timeout),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    async fn stop(&self, id: ReplicaId) {
+        let Some(mut child) = self.children().remove(&id) else {
+            return;
+        };
+        drop(child.stdin.take());
+        if tokio::time::timeout(STOP_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(replica = %id, "worker did not stop in time; killing it");
+            let _ = child.kill().await;
+        }
+    }
+
+    fn exited(&self) -> Vec<ReplicaId> {
+        let mut children = self.children();
+        let ended: Vec<ReplicaId> = children
+            .iter_mut()
+            .filter_map(|(id, child)| (!matches!(child.try_wait(), Ok(None))).then_some(*id))
+            .collect();
+        for id in &ended {
+            if let Some(mut child) = children.remove(id) {
+                tracing::warn!(replica = %id, status = ?child.try_wait(), "worker process ended on its own");
+            }
+        }
+        ended
+    }
+}

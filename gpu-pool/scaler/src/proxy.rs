@@ -1,0 +1,139 @@
+//! The activator's HTTP surface: `/{deployment}/{path}` goes to a replica of that deployment
+//! (waiting for one if need be), streamed both ways; `GET /pool` shows every deployment.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use ferry_core::{ApiError, ErrorKind};
+use futures_util::StreamExt as _;
+use serde_json::json;
+
+use crate::control::Pool;
+
+pub fn router(pool: Arc<Pool>) -> Router {
+    Router::new()
+        .route("/pool", get(status))
+        .route("/{deployment}/{*path}", any(forward))
+        .with_state(pool)
+}
+
+async fn status(State(pool): State<Arc<Pool>>) -> Response {
+    let deployments: Vec<_> = pool
+        .deployments()
+        .map(|deployment| {
+            json!({
+                "name": deployment.config().name,
+                "queued": deployment.queued(),
+                "replicas": deployment.replicas(),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "deployments": deployments })).into_response()
+}
+
+/// Tries this many replicas when the one chosen turns out to be gone.
+const ATTEMPTS: usize = 3;
+
+async fn forward(
+    State(pool): State<Arc<Pool>>,
+    Path((name, path)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(deployment) = pool.deployment(&name) else {
+        return error_response(
+            &ApiError::new(
+                ErrorKind::NotFound,
+                format!("no deployment `{name}` in this pool"),
+            )
+            .with_code("deployment_not_found"),
+        );
+    };
+    let mut failure = None;
+    for _ in 0..ATTEMPTS {
+        let lease = match deployment.acquire().await {
+            Ok(lease) => lease,
+            Err(refusal) => return error_response(&refusal.to_api_error(&name)),
+        };
+        let mut url = format!("{}/{path}", lease.url());
+        if let Some(query) = &query {
+            url.push('?');
+            url.push_str(query);
+        }
+        let request = pool
+            .proxy_http
+            .request(method.clone(), url)
+            .headers(forwarded(&headers))
+            .body(body.clone());
+        match request.send().await {
+            Ok(response) => return stream_back(response, lease),
+            Err(error) => {
+                // Nothing reached the replica, or it died before answering: no token was
+                // generated for this call, so another replica may take it.
+                tracing::warn!(deployment = %name, replica = %lease.replica(), %error, "replica unreachable; trying another");
+                if error.is_connect() {
+                    lease.lost();
+                }
+                failure = Some(error);
+            }
+        }
+    }
+    tracing::error!(deployment = %name, error = ?failure, "no replica answered");
+    error_response(
+        &ApiError::new(
+            ErrorKind::UpstreamFailed,
+            "no replica of the model answered",
+        )
+        .retry_after(1),
+    )
+}
+
+/// The replica's answer, streamed as it comes; the call stays in flight on the replica
+/// until the last byte has gone (or the caller left).
+fn stream_back(response: reqwest::Response, lease: crate::deployment::Lease) -> Response {
+    let status = response.status();
+    let mut headers = response.headers().clone();
+    for hop in [header::CONNECTION, header::TRANSFER_ENCODING] {
+        headers.remove(hop);
+    }
+    let body = response.bytes_stream().map(move |chunk| {
+        let _in_flight = &lease;
+        chunk.map_err(std::io::Error::other)
+    });
+    let mut reply = Response::new(Body::from_stream(body));
+    *reply.status_mut() = status;
+    *reply.headers_mut() = headers;
+    reply
+}
+
+fn forwarded(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    for hop in [
+        header::HOST,
+        header::CONNECTION,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(hop);
+    }
+    headers
+}
+
+fn error_response(error: &ApiError) -> Response {
+    let status =
+        StatusCode::from_u16(error.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, axum::Json(error.body())).into_response();
+    if let Some(seconds) = error.retry_after_seconds {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

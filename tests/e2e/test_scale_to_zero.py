@@ -1,0 +1,223 @@
+"""The local GPU pool end to end: `ferry serve` runs its models in `ferry worker` processes that
+start on demand, scale with load, drain before they stop, scale to zero when idle, and are
+replaced when they die, with the real model and the OpenAI SDK."""
+
+import concurrent.futures
+import os
+import pathlib
+import re
+import signal
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import Ferry, model_cache
+
+CHAT = "smollm2-135m-instruct"
+HELLO = [{"role": "user", "content": "Say hello."}]
+# A prompt this model goes on counting from, so its stream lasts as long as max_tokens allows.
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+
+
+def serve(tmp_path, **pool):
+    data_dir = tmp_path / "ferry"
+    data_dir.mkdir()
+    lines = "\n".join(f"{key} = {value}" for key, value in pool.items())
+    (data_dir / "ferry.toml").write_text(f"[pool]\n{lines}\n")
+    return Ferry(data_dir, env={"FERRY_MODELS_DIR": model_cache(), "FERRY_LOG": "info"}, args=(), start_timeout=600)
+
+
+@pytest.fixture
+def make_ferry(tmp_path):
+    started = []
+
+    def make(**pool):
+        ferry = serve(tmp_path, **pool)
+        started.append(ferry)
+        return ferry
+
+    yield make
+    for ferry in started:
+        ferry.stop()
+
+
+def client(ferry, key=None):
+    return openai.OpenAI(base_url=f"{ferry.url}/v1", api_key=key or ferry.operator_key, max_retries=0, timeout=180)
+
+
+def workers(ferry):
+    """The `ferry worker` processes this `ferry serve` has spawned, from /proc."""
+    found = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(text.rsplit(")", 1)[1].split()[1])
+        if parent == ferry.process.pid and b"worker" in cmdline:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def wait_for(condition, timeout, what):
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def log_count(ferry, pattern):
+    return sum(1 for line in list(ferry.lines) if re.search(pattern, line))
+
+
+def cold_starts_ms(ferry):
+    return [int(m.group(1)) for line in list(ferry.lines) if (m := re.search(r"replica ready.*cold_start_ms\S*?=\S*?(\d+)", line))]
+
+
+def timed_call(ferry, **extra):
+    started = time.monotonic()
+    reply = client(ferry).chat.completions.create(model=CHAT, messages=HELLO, temperature=0, max_tokens=4, **extra)
+    return reply, time.monotonic() - started
+
+
+def test_an_idle_pool_has_no_worker_and_the_next_call_waits_for_a_cold_start(make_ferry):
+    ferry = make_ferry(stable_window_seconds=1, scale_to_zero_grace_seconds=1)
+    assert workers(ferry) == [], "min_replicas is 0 by default: nothing runs before the first call"
+
+    first, _ = timed_call(ferry)
+    assert first.choices[0].message.content
+    assert log_count(ferry, r"cold start: ") == 1, "the cold start is reported"
+
+    wait_for(lambda: log_count(ferry, r"replica stopped") == 1, 60, "the idle replica to stop")
+    wait_for(lambda: workers(ferry) == [], 15, "the worker process to exit")
+
+    cold, cold_seconds = timed_call(ferry)
+    warm, warm_seconds = timed_call(ferry)
+    assert cold.choices[0].message.content == warm.choices[0].message.content
+    assert log_count(ferry, r"cold start: ") == 2
+    loaded_ms = cold_starts_ms(ferry)[-1]
+    assert cold_seconds * 1000 >= loaded_ms, "the call waited for the worker to load"
+    assert cold_seconds > warm_seconds, (cold_seconds, warm_seconds)
+
+
+def test_fifty_calls_at_zero_all_succeed_scale_to_the_maximum_drain_and_return_to_zero(make_ferry):
+    ferry = make_ferry(max_replicas=2, replica_concurrency=4, stable_window_seconds=1, scale_to_zero_grace_seconds=1)
+    most = [0]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            most[0] = max(most[0], len(workers(ferry)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    sdk = client(ferry)
+
+    def call(index):
+        reply = sdk.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": f"Say the number {index}."}], max_tokens=6, seed=index)
+        return reply.choices[0].finish_reason
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        reasons = list(pool.map(call, range(50)))
+    assert len(reasons) == 50 and set(reasons) <= {"stop", "length"}
+
+    # While both replicas are up, two long streams, one on each: the load they make wants one
+    # replica, so one of them drains with its stream in flight, and both streams complete.
+    drains_before = log_count(ferry, r"draining")
+
+    def stream():
+        chunks = client(ferry).completions.create(model=CHAT, prompt=COUNTING, temperature=0, max_tokens=160, stream=True)
+        text, reason = "", None
+        for chunk in chunks:
+            text += chunk.choices[0].text if chunk.choices else ""
+            reason = (chunk.choices[0].finish_reason if chunk.choices else None) or reason
+            if reason is None and log_count(ferry, r"draining") > drains_before:
+                seen_draining.set()
+        return text, reason
+
+    seen_draining = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        streams = list(pool.map(lambda _: stream(), range(2)))
+    stop.set()
+    watcher.join()
+    assert most[0] == 2, f"replicas rose to the maximum (saw at most {most[0]})"
+    assert all(reason == "length" for _, reason in streams), streams
+    assert seen_draining.is_set(), "a replica drained while a stream on it was still in flight"
+
+    wait_for(lambda: workers(ferry) == [], 60, "the pool to return to zero")
+    assert log_count(ferry, r"replica stopped") == 2
+
+
+def test_a_full_queue_and_an_expired_deadline_get_503_with_retry_after(make_ferry):
+    ferry = make_ferry(max_replicas=1, max_queue=1, queue_deadline_seconds=0.5)
+    body = {"model": CHAT, "messages": HELLO, "max_tokens": 4}
+    headers = {"Authorization": f"Bearer {ferry.operator_key}"}
+    results = {}
+
+    def call(name):
+        started = time.monotonic()
+        response = httpx.post(f"{ferry.url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+        results[name] = (response, time.monotonic() - started)
+
+    waiting = threading.Thread(target=call, args=("waiting",))
+    waiting.start()
+    wait_for(lambda: log_count(ferry, r"cold start: "), 10, "the first call to start a replica")
+    call("refused")
+    waiting.join()
+    ready = cold_starts_ms(ferry)
+    assert not ready, f"the worker loaded in {ready} ms, before the 0.5 s deadline: this test needs a slower start"
+
+    refused, refused_after = results["refused"]
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "service_unavailable_error"
+    assert refused_after < 0.5, "a full queue refuses at once"
+    late, late_after = results["waiting"]
+    assert late.status_code == 503, late.text
+    assert late.headers["retry-after"] == "1"
+    assert late_after >= 0.5
+
+    wait_for(lambda: cold_starts_ms(ferry), 120, "the replica to finish loading")
+    assert timed_call(ferry)[0].choices[0].message.content, "once loaded, calls succeed"
+
+
+def test_a_worker_killed_mid_stream_fails_its_stream_promptly_is_replaced_and_bills_what_was_delivered(make_ferry):
+    ferry = make_ferry(scale_to_zero_grace_seconds=30)
+    admin = httpx.Client(base_url=f"{ferry.url}/admin/v1", headers={"Authorization": f"Bearer {ferry.operator_key}"}, timeout=10)
+    assert admin.post(f"/models/{CHAT}/prices", json={"price": {"input_per_mtok_usd": "1", "output_per_mtok_usd": "1000"}}).status_code == 201
+    tenant = admin.post("/tenants", json={"name": "Acme", "billing": "postpaid"}).json()
+    key = admin.post(f"/tenants/{tenant['id']}/keys", json={"name": "app", "role": "member"}).json()["key"]
+    # Wait for the new price rather than the read cache's 5 s.
+    time.sleep(5.5)
+
+    stream = client(ferry, key).completions.create(model=CHAT, prompt=COUNTING, temperature=0, max_tokens=2000, stream=True)
+    delivered = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].text:
+            delivered += 1
+        if delivered == 5:
+            break
+    [victim] = workers(ferry)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                delivered += 1
+    assert time.monotonic() - killed_at < 5, "the stream failed promptly, without hanging"
+
+    replacement = wait_for(lambda: [pid for pid in workers(ferry) if pid != victim], 60, "a replacement worker")
+    assert victim not in replacement
+    assert timed_call(ferry)[0].choices[0].message.content, "the replacement serves"
+
+    [event] = admin.get(f"/tenants/{tenant['id']}/usage/events").json()["data"]
+    assert event["completion_tokens"] == delivered, (event, delivered)
+    assert event["status"] != 200
