@@ -84,6 +84,9 @@ pub struct PoolSection {
     pub scale_to_zero_grace_seconds: Option<f64>,
     /// How often the autoscaler looks. Default 0.5.
     pub tick_seconds: Option<f64>,
+    /// Where the pool's activator listens (`GET /pool`, `POST /pool/local/prewarm`). Default
+    /// a free loopback port.
+    pub activator_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -230,10 +230,18 @@ async fn start_local_pool(
     );
     let provider = LocalProcesses::new(HashMap::from([(LOCAL.to_owned(), spec)]));
     let pool = Pool::new(vec![deployment], Arc::new(provider));
-    let listener = TcpListener::bind("127.0.0.1:0")
+    let activator_addr = config
+        .pool
+        .activator_addr
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = TcpListener::bind(activator_addr)
         .await
-        .context("binding the pool's activator")?;
-    let url = format!("http://{}/{LOCAL}/v1", listener.local_addr()?);
+        .with_context(|| format!("binding the pool's activator on {activator_addr}"))?;
+    let activator_addr = listener.local_addr()?;
+    tracing::info!(
+        "pool activator on http://{activator_addr} (GET /pool: replicas and queue; POST /pool/{LOCAL}/prewarm {{\"replicas\":N,\"seconds\":S}})"
+    );
+    let url = format!("http://{activator_addr}/{LOCAL}/v1");
     let activator = ferry_scaler::proxy::router(pool.clone());
     tokio::spawn(async move {
         if let Err(error) = axum::serve(no_delay(listener), activator).await {

@@ -126,6 +126,8 @@ pub enum Reason {
     Grace,
     /// Held at the minimum or maximum.
     Bounds,
+    /// A pre-warm hint asks for at least this many until it runs out.
+    Prewarm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +145,8 @@ pub struct Autoscaler {
     panic_until_ms: Option<u64>,
     last_busy_ms: Option<u64>,
     desired: u32,
+    /// (replicas, until): a pre-warm hint in force.
+    prewarm: Option<(u32, u64)>,
 }
 
 impl Autoscaler {
@@ -153,7 +157,15 @@ impl Autoscaler {
             panic_until_ms: None,
             last_busy_ms: None,
             desired: config.min_replicas,
+            prewarm: None,
         }
+    }
+
+    /// A hint that `replicas` will be needed until `until_ms` (a batch job, a launch, a
+    /// known daily peak): they are started now, before any call waits for a cold start, and
+    /// kept until then, within the deployment's bounds. A new hint replaces the last one.
+    pub fn prewarm(&mut self, replicas: u32, until_ms: u64) {
+        self.prewarm = Some((replicas, until_ms));
     }
 
     pub fn config(&self) -> &ScalingConfig {
@@ -182,6 +194,16 @@ impl Autoscaler {
             PolicyKind::LlmAware => self.llm_aware(ready, load),
         };
         let (replicas, reason) = self.keep_last_replica(at_ms, replicas, reason);
+        let (replicas, reason) = match self.prewarm {
+            Some((hinted, until)) if at_ms < until && hinted > replicas => {
+                (hinted, Reason::Prewarm)
+            }
+            Some((_, until)) if at_ms >= until => {
+                self.prewarm = None;
+                (replicas, reason)
+            }
+            _ => (replicas, reason),
+        };
         let (replicas, reason) = if replicas < config.min_replicas {
             (config.min_replicas, Reason::Bounds)
         } else if replicas > config.max_replicas {
@@ -391,6 +413,25 @@ mod tests {
         let kpa_after = hold(&mut kpa, 67_000, 115_000, 8, busy(5));
         assert_eq!(ferry_after.replicas, 1, "{ferry_after:?}");
         assert!(kpa_after.replicas > 1, "{kpa_after:?}");
+    }
+
+    #[test]
+    fn a_prewarm_hint_starts_replicas_before_the_load_and_lapses_after() {
+        let mut ferry = Autoscaler::new(ScalingConfig::llm_aware(10.0, 4));
+        ferry.prewarm(3, 10_000);
+        let warm = ferry.observe(0, 0, Load::default());
+        assert_eq!((warm.replicas, warm.reason), (3, Reason::Prewarm));
+        let capped = {
+            let mut small = Autoscaler::new(ScalingConfig::llm_aware(10.0, 2));
+            small.prewarm(9, 10_000);
+            small.observe(0, 0, Load::default())
+        };
+        assert_eq!(capped.replicas, 2, "within the bounds");
+        // More load than the hint: the load wins.
+        assert_eq!(ferry.observe(1_000, 3, busy(40)).replicas, 4);
+        // The hint lapses; idle after it, the pool returns to zero once the windows allow.
+        let after = hold(&mut ferry, 10_000, 200_000, 3, Load::default());
+        assert_eq!(after.replicas, 0, "{after:?}");
     }
 
     #[test]

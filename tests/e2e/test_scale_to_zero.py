@@ -221,3 +221,25 @@ def test_a_worker_killed_mid_stream_fails_its_stream_promptly_is_replaced_and_bi
     [event] = admin.get(f"/tenants/{tenant['id']}/usage/events").json()["data"]
     assert event["completion_tokens"] == delivered, (event, delivered)
     assert event["status"] != 200
+
+
+def activator(ferry):
+    [url] = [m.group(1) for line in list(ferry.lines) if (m := re.search(r"pool activator on (http://[0-9.:]+)", line))]
+    return url
+
+
+def test_a_prewarm_hint_starts_a_replica_before_any_call_and_lapses(make_ferry):
+    ferry = make_ferry(stable_window_seconds=1, scale_to_zero_grace_seconds=1)
+    pool = activator(ferry)
+    bad = httpx.post(f"{pool}/pool/local/prewarm", json={"replicas": "two"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "body"
+    assert httpx.post(f"{pool}/pool/nowhere/prewarm", json={"replicas": 1, "seconds": 5}).status_code == 404
+
+    assert httpx.post(f"{pool}/pool/local/prewarm", json={"replicas": 1, "seconds": 4}).status_code == 202
+    wait_for(lambda: cold_starts_ms(ferry), 120, "the pre-warmed replica to load")
+    [replica] = httpx.get(f"{pool}/pool").json()["deployments"][0]["replicas"]
+    assert replica["state"] == "ready"
+    assert log_count(ferry, r"cold start: ") == 0, "no call waited"
+    timed_call(ferry)
+    assert log_count(ferry, r"cold start: ") == 0, "the first call found it warm"
+    wait_for(lambda: workers(ferry) == [], 60, "the hint to lapse and the pool to return to zero")

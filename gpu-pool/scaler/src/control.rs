@@ -88,7 +88,7 @@ async fn run(pool: Arc<Pool>, deployment: Arc<Deployment>) {
     let config = deployment.config().clone();
     let mut autoscaler = Autoscaler::new(config.scaling);
     let epoch = Instant::now();
-    let mut last = None;
+    let mut last = Some(0);
     loop {
         tokio::select! {
             () = tokio::time::sleep(config.tick) => {}
@@ -102,6 +102,11 @@ async fn run(pool: Arc<Pool>, deployment: Arc<Deployment>) {
         refresh_loads(&pool, &deployment).await;
         let (ready, load) = deployment.observed();
         let at_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some((replicas, lasting)) = deployment.take_prewarm() {
+            let lasting_ms = u64::try_from(lasting.as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(deployment = %config.name, replicas, seconds = lasting.as_secs(), "pre-warm hint");
+            autoscaler.prewarm(replicas, at_ms.saturating_add(lasting_ms));
+        }
         let decision = autoscaler.observe(at_ms, ready, load);
         if last != Some(decision.replicas) {
             match decision.reason {

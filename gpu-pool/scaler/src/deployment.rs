@@ -140,6 +140,8 @@ struct Inner {
     waiters: VecDeque<oneshot::Sender<Lease>>,
     next_id: u64,
     closed: bool,
+    /// A pre-warm hint not yet handed to the autoscaler: (replicas, for how long).
+    prewarm: Option<(u32, Duration)>,
 }
 
 #[derive(Debug)]
@@ -159,6 +161,7 @@ impl Deployment {
                 waiters: VecDeque::new(),
                 next_id: 1,
                 closed: false,
+                prewarm: None,
             }),
             wake: Notify::new(),
         })
@@ -403,6 +406,16 @@ impl Deployment {
         inner.waiters.clear();
         drop(inner);
         self.plan(0)
+    }
+
+    /// Asks for `replicas` to be ready for the next `lasting` (see `Autoscaler::prewarm`).
+    pub fn prewarm(&self, replicas: u32, lasting: Duration) {
+        self.lock().prewarm = Some((replicas, lasting));
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn take_prewarm(&self) -> Option<(u32, Duration)> {
+        self.lock().prewarm.take()
     }
 
     /// Replicas still in the table (starting, ready, draining).

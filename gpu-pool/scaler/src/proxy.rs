@@ -2,13 +2,14 @@
 //! (waiting for one if need be), streamed both ways; `GET /pool` shows every deployment.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use ferry_core::{ApiError, ErrorKind};
 use futures_util::StreamExt as _;
 use serde_json::json;
@@ -18,6 +19,7 @@ use crate::control::Pool;
 pub fn router(pool: Arc<Pool>) -> Router {
     Router::new()
         .route("/pool", get(status))
+        .route("/pool/{deployment}/prewarm", post(prewarm))
         .route("/{deployment}/{*path}", any(forward))
         .with_state(pool)
 }
@@ -36,6 +38,48 @@ async fn status(State(pool): State<Arc<Pool>>) -> Response {
     axum::Json(json!({ "deployments": deployments })).into_response()
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrewarmRequest {
+    replicas: u32,
+    seconds: u64,
+}
+
+/// `{"replicas": N, "seconds": S}`: have N replicas ready for the next S seconds (a batch job
+/// or a launch is coming), so no call waits for a cold start.
+async fn prewarm(State(pool): State<Arc<Pool>>, Path(name): Path<String>, body: Bytes) -> Response {
+    let Some(deployment) = pool.deployment(&name) else {
+        return unknown_deployment(&name);
+    };
+    let request: PrewarmRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return error_response(&ApiError::invalid(
+                "body",
+                format!("expected {{\"replicas\": N, \"seconds\": S}}: {error}"),
+            ));
+        }
+    };
+    deployment.prewarm(request.replicas, Duration::from_secs(request.seconds));
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(
+            json!({"deployment": name, "replicas": request.replicas, "seconds": request.seconds}),
+        ),
+    )
+        .into_response()
+}
+
+fn unknown_deployment(name: &str) -> Response {
+    error_response(
+        &ApiError::new(
+            ErrorKind::NotFound,
+            format!("no deployment `{name}` in this pool"),
+        )
+        .with_code("deployment_not_found"),
+    )
+}
+
 /// Tries this many replicas when the one chosen turns out to be gone.
 const ATTEMPTS: usize = 3;
 
@@ -48,13 +92,7 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let Some(deployment) = pool.deployment(&name) else {
-        return error_response(
-            &ApiError::new(
-                ErrorKind::NotFound,
-                format!("no deployment `{name}` in this pool"),
-            )
-            .with_code("deployment_not_found"),
-        );
+        return unknown_deployment(&name);
     };
     let mut failure = None;
     for _ in 0..ATTEMPTS {
