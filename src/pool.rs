@@ -1,5 +1,6 @@
 //! `ferry pool replay`: a recorded request trace through the real autoscaling policy on a
-//! simulated clock, side by side with Knative's KPA and an always-on pool.
+//! simulated clock, side by side with Knative's KPA and an always-on pool. `ferry pool
+//! manifests`: a pool deployment as a Knative Service.
 
 use std::path::{Path, PathBuf};
 
@@ -7,12 +8,84 @@ use anyhow::{Context as _, bail};
 use ferry_core::autoscale::ScalingConfig;
 use ferry_core::calendar::Date;
 use ferry_core::replay::{self, ActivatorLimits, Capacity, Outcome, TraceRequest};
+use ferry_scaler::knative::KnativeDeployment;
 
 #[derive(clap::Subcommand)]
 pub enum PoolCommand {
     /// Replay a trace (CSV: TIMESTAMP,ContextTokens,GeneratedTokens, as the Azure LLM
     /// inference traces of 2023) and print what each policy costs and makes callers wait.
     Replay(ReplayArgs),
+    /// Print the Knative Service that runs a pool deployment on Kubernetes: `ferry worker`
+    /// pods on GPU nodes, scaled from zero by Knative.
+    Manifests(ManifestArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ManifestArgs {
+    /// The Knative Service's name (its in-cluster host name).
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "ferry")]
+    namespace: String,
+    /// An image whose entry point is the `ferry` binary (a `cuda` build for GPUs).
+    #[arg(long)]
+    image: String,
+    #[arg(long, default_value = "smollm2-135m-instruct")]
+    chat_model: String,
+    #[arg(long, default_value = "none")]
+    embedding_model: String,
+    #[arg(long, default_value_t = 16)]
+    max_batch: u32,
+    #[arg(long, default_value_t = 0)]
+    min_replicas: u32,
+    #[arg(long, default_value_t = 4)]
+    max_replicas: u32,
+    /// GPUs per replica; 0 for CPU nodes.
+    #[arg(long, default_value_t = 1)]
+    gpus: u32,
+    /// A node label a replica must land on, LABEL=VALUE (repeatable), e.g.
+    /// nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3.
+    #[arg(long = "node-selector", value_parser = label)]
+    node_selector: Vec<(String, String)>,
+    #[arg(long, default_value = "32Gi")]
+    memory: String,
+    #[arg(long, default_value = "4")]
+    cpu: String,
+    #[arg(long, default_value_t = 45)]
+    stable_window_seconds: u32,
+    #[arg(long, default_value_t = 30)]
+    scale_to_zero_grace_seconds: u32,
+    /// How long a call may wait for its first byte, a cold start (node, image, model) included.
+    #[arg(long, default_value_t = 600)]
+    response_start_timeout_seconds: u32,
+}
+
+fn label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((label, value)) if !label.is_empty() => Ok((label.to_owned(), value.to_owned())),
+        _ => Err(format!("expected LABEL=VALUE, got `{text}`")),
+    }
+}
+
+fn manifests(args: ManifestArgs) {
+    let deployment = KnativeDeployment {
+        name: args.name,
+        namespace: args.namespace,
+        image: args.image,
+        chat_model: args.chat_model,
+        embedding_model: args.embedding_model,
+        max_batch: args.max_batch,
+        min_replicas: args.min_replicas,
+        max_replicas: args.max_replicas.max(1),
+        gpus: args.gpus,
+        node_selector: args.node_selector,
+        memory: args.memory,
+        cpu: args.cpu,
+        stable_window_seconds: args.stable_window_seconds,
+        scale_to_zero_grace_seconds: args.scale_to_zero_grace_seconds,
+        response_start_timeout_seconds: args.response_start_timeout_seconds,
+    };
+    print!("{}", deployment.to_yaml());
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,7 +129,13 @@ pub struct ReplayArgs {
 }
 
 pub fn run(command: PoolCommand) -> anyhow::Result<()> {
-    let PoolCommand::Replay(args) = command;
+    let args = match command {
+        PoolCommand::Replay(args) => args,
+        PoolCommand::Manifests(args) => {
+            manifests(args);
+            return Ok(());
+        }
+    };
     let trace = read_trace(&args.trace)?;
     let capacity = Capacity {
         max_batch: args.max_batch,

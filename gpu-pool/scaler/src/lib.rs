@@ -9,12 +9,14 @@
 //!   replicas, and scales down by draining (no new calls; stopped once nothing is in flight),
 //!   so no call is ever lost to a scale event.
 //! - **Providers** (`provider`) make and remove replicas: `LocalProcesses` spawns and reaps
-//!   `ferry worker` processes, gated on `/readyz`.
+//!   `ferry worker` processes, gated on `/readyz`. On Kubernetes, `knative` renders a Knative
+//!   Service per deployment instead, and Knative's activator and autoscaler do this work.
 //!
 //! The functions never link this crate: they reach the activator over HTTP like any upstream.
 
 pub mod control;
 pub mod deployment;
+pub mod knative;
 pub mod provider;
 pub mod proxy;
 
