@@ -220,7 +220,6 @@ async fn start_local_pool(
         program: std::env::current_exe().context("locating the ferry binary")?,
         args: worker_args,
         env: share_cores(deployment.scaling.max_replicas),
-        ready_timeout: Duration::from_secs(600),
     };
     tracing::info!(
         min_replicas = deployment.scaling.min_replicas,
@@ -325,6 +324,7 @@ fn local_deployment(pool: &PoolSection, max_batch: usize) -> DeploymentConfig {
         max_queue: pool.max_queue.unwrap_or(256),
         queue_deadline: Duration::from_secs_f64(pool.queue_deadline_seconds.unwrap_or(120.0)),
         tick: Duration::from_secs_f64(pool.tick_seconds.unwrap_or(0.5)),
+        start_timeout: Duration::from_secs(600),
     }
 }
 

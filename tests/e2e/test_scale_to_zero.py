@@ -107,7 +107,7 @@ def test_an_idle_pool_has_no_worker_and_the_next_call_waits_for_a_cold_start(mak
     assert cold_seconds > warm_seconds, (cold_seconds, warm_seconds)
 
 
-def test_fifty_calls_at_zero_all_succeed_scale_to_the_maximum_drain_and_return_to_zero(make_ferry):
+def test_fifty_calls_at_zero_all_succeed_scale_to_the_maximum_and_return_to_zero(make_ferry):
     ferry = make_ferry(max_replicas=2, replica_concurrency=4, stable_window_seconds=1, scale_to_zero_grace_seconds=1)
     most = [0]
     stop = threading.Event()
@@ -128,32 +128,46 @@ def test_fifty_calls_at_zero_all_succeed_scale_to_the_maximum_drain_and_return_t
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
         reasons = list(pool.map(call, range(50)))
     assert len(reasons) == 50 and set(reasons) <= {"stop", "length"}
-
-    # While both replicas are up, two long streams, one on each: the load they make wants one
-    # replica, so one of them drains with its stream in flight, and both streams complete.
-    drains_before = log_count(ferry, r"draining")
-
-    def stream():
-        chunks = client(ferry).completions.create(model=CHAT, prompt=COUNTING, temperature=0, max_tokens=160, stream=True)
-        text, reason = "", None
-        for chunk in chunks:
-            text += chunk.choices[0].text if chunk.choices else ""
-            reason = (chunk.choices[0].finish_reason if chunk.choices else None) or reason
-            if reason is None and log_count(ferry, r"draining") > drains_before:
-                seen_draining.set()
-        return text, reason
-
-    seen_draining = threading.Event()
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        streams = list(pool.map(lambda _: stream(), range(2)))
     stop.set()
     watcher.join()
     assert most[0] == 2, f"replicas rose to the maximum (saw at most {most[0]})"
-    assert all(reason == "length" for _, reason in streams), streams
-    assert seen_draining.is_set(), "a replica drained while a stream on it was still in flight"
-
     wait_for(lambda: workers(ferry) == [], 60, "the pool to return to zero")
     assert log_count(ferry, r"replica stopped") == 2
+
+
+def test_scaling_down_drains_a_replica_and_its_stream_in_flight_completes(make_ferry):
+    ferry = make_ferry(max_replicas=2, replica_concurrency=4, stable_window_seconds=1, scale_to_zero_grace_seconds=1)
+    pool = activator(ferry)
+    # Two replicas, held up by a hint, then one long stream on each.
+    httpx.post(f"{pool}/pool/local/prewarm", json={"replicas": 2, "seconds": 600}).raise_for_status()
+    wait_for(lambda: len(cold_starts_ms(ferry)) == 2, 120, "two replicas to load")
+    started = threading.Barrier(3)
+
+    def stream():
+        chunks = client(ferry).completions.create(model=CHAT, prompt=COUNTING, temperature=0, max_tokens=160, stream=True)
+        text, reason, waited = "", None, False
+        for chunk in chunks:
+            if not waited:
+                started.wait(timeout=60)
+                waited = True
+            text += chunk.choices[0].text if chunk.choices else ""
+            reason = (chunk.choices[0].finish_reason if chunk.choices else None) or reason
+        return text, reason, time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:
+        streams = [threads.submit(stream) for _ in range(2)]
+        started.wait(timeout=60)
+        replicas = httpx.get(f"{pool}/pool").json()["deployments"][0]["replicas"]
+        assert [replica["in_flight"] for replica in replicas] == [1, 1], replicas
+        # The hint is withdrawn: two streams want one replica, so one drains mid-stream.
+        httpx.post(f"{pool}/pool/local/prewarm", json={"replicas": 0, "seconds": 0}).raise_for_status()
+        wait_for(lambda: log_count(ferry, r"draining"), 30, "a replica to drain")
+        drained_at = time.monotonic()
+        results = [future.result() for future in streams]
+    assert all(reason == "length" for _, reason, _ in results), results
+    assert all(ended_at > drained_at for _, _, ended_at in results), "both streams were in flight when the replica drained"
+    assert results[0][0] == results[1][0], "the drained replica's stream is whole"
+    wait_for(lambda: log_count(ferry, r"replica stopped") >= 1, 60, "the drained replica to stop once its stream ended")
 
 
 def test_a_full_queue_and_an_expired_deadline_get_503_with_retry_after(make_ferry):

@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 use crate::deployment::{Deployment, DeploymentConfig, Plan, WorkerLoad};
-use crate::provider::{Provider, ReplicaId};
+use crate::provider::{Provider, ProviderError, ReplicaId};
 
 /// The pool: its deployments and the provider that makes their replicas.
 pub struct Pool {
@@ -94,7 +94,7 @@ async fn run(pool: Arc<Pool>, deployment: Arc<Deployment>) {
             () = tokio::time::sleep(config.tick) => {}
             () = deployment.wake.notified() => {}
         }
-        for id in pool.provider.exited() {
+        for id in pool.provider.exited().await {
             if deployment.remove(id).is_some() {
                 tracing::warn!(deployment = %config.name, replica = %id, "a replica ended on its own; its calls in flight fail, and the autoscaler replaces it");
             }
@@ -153,7 +153,15 @@ async fn apply(pool: &Arc<Pool>, deployment: &Arc<Deployment>, plan: Plan) {
 
 async fn start(pool: &Pool, deployment: &Arc<Deployment>, id: ReplicaId) {
     let name = &deployment.config().name;
-    match pool.provider.start(name, id).await {
+    let timeout = deployment.config().start_timeout;
+    let started = tokio::time::timeout(timeout, async {
+        let url = pool.provider.start(name, id).await?;
+        wait_until_ready(&pool.http, &url).await;
+        Ok(url)
+    })
+    .await
+    .unwrap_or(Err(ProviderError::NotReady(timeout)));
+    match started {
         Ok(url) => match deployment.ready(id, url.clone()) {
             Some(took) => tracing::info!(
                 deployment = %name,
@@ -167,9 +175,22 @@ async fn start(pool: &Pool, deployment: &Arc<Deployment>, id: ReplicaId) {
         },
         Err(error) => {
             tracing::error!(deployment = %name, replica = %id, %error, "replica failed to start");
+            pool.provider.stop(id).await;
             deployment.remove(id);
             // Not at once again: the next tick retries, if calls still wait.
         }
+    }
+}
+
+/// Polls the replica's `/readyz` until it answers 200 (the caller bounds how long).
+async fn wait_until_ready(http: &reqwest::Client, url: &str) {
+    let readyz = format!("{url}/readyz");
+    loop {
+        let answer = http.get(&readyz).send().await;
+        if answer.is_ok_and(|response| response.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

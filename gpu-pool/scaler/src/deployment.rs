@@ -27,6 +27,8 @@ pub struct DeploymentConfig {
     pub queue_deadline: Duration,
     /// How often the autoscaler looks.
     pub tick: Duration,
+    /// How long a replica may take to start and answer `/readyz` before it is given up.
+    pub start_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -452,6 +454,7 @@ mod tests {
             max_queue,
             queue_deadline: Duration::from_millis(deadline_ms),
             tick: Duration::from_millis(100),
+            start_timeout: Duration::from_secs(10),
         })
     }
 

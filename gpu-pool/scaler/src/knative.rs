@@ -207,7 +207,10 @@ mod tests {
 
     #[test]
     fn the_checked_in_example_is_what_the_generator_makes() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../knative/pool/smollm2.yaml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../knative/pool/smollm2.yaml"
+        );
         let checked_in = std::fs::read_to_string(path).unwrap_or_default();
         assert_eq!(
             checked_in,

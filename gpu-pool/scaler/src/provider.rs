@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -32,12 +32,13 @@ pub enum ProviderError {
 
 #[async_trait]
 pub trait Provider: Send + Sync {
-    /// Starts replica `id` of `deployment`; returns its base URL once it is ready to serve.
+    /// Starts replica `id` of `deployment`; returns its base URL once it runs. The pool then
+    /// waits for its `/readyz` (and stops it if that never comes).
     async fn start(&self, deployment: &str, id: ReplicaId) -> Result<String, ProviderError>;
     /// Stops a replica that has nothing in flight, and waits until it is gone.
     async fn stop(&self, id: ReplicaId);
     /// Replicas that ended without being asked to, since the last call.
-    fn exited(&self) -> Vec<ReplicaId>;
+    async fn exited(&self) -> Vec<ReplicaId>;
 }
 
 /// How to run one deployment's replicas as local processes.
@@ -49,8 +50,6 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     /// Set in its environment, beside what it inherits.
     pub env: Vec<(String, String)>,
-    /// How long loading may take before the start counts as failed.
-    pub ready_timeout: Duration,
 }
 
 /// Replicas as child processes of this one (`ferry worker`), each on its own loopback port.
@@ -61,7 +60,6 @@ pub struct ProcessSpec {
 pub struct LocalProcesses {
     specs: HashMap<String, ProcessSpec>,
     children: Mutex<HashMap<ReplicaId, Child>>,
-    http: reqwest::Client,
 }
 
 /// How long a stopped worker gets to finish before it is killed.
@@ -72,7 +70,6 @@ impl LocalProcesses {
         LocalProcesses {
             specs,
             children: Mutex::new(HashMap::new()),
-            http: reqwest::Client::new(),
         }
     }
 
@@ -87,52 +84,33 @@ impl LocalProcesses {
         self.children().values().filter_map(Child::id).collect()
     }
 
-    async fn wait_until_ready(
+    /// The URL it prints once it serves (`listening on http://ADDR`).
+    async fn listening_url(
         &self,
         id: ReplicaId,
         stdout: tokio::process::ChildStdout,
-        deadline: Instant,
     ) -> Result<String, ProviderError> {
         let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
-                .await
-                .map_err(|_| ProviderError::NotReady(Duration::ZERO))?
-                .map_err(|error| ProviderError::Start(error.to_string()))?;
-            match line {
-                Some(line) => {
-                    if let Some(at) = line.find("listening on ") {
-                        break line[at + "listening on ".len()..].trim().to_owned();
-                    }
-                }
-                None => {
-                    let status = self
-                        .children()
-                        .remove(&id)
-                        .map(|mut child| child.try_wait());
-                    return Err(ProviderError::Start(format!(
-                        "the worker exited while loading ({status:?})"
-                    )));
-                }
-            }
-        };
-        // The rest of its stdout is not ours to keep, but it must not fill the pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let readyz = format!("{url}/readyz");
         loop {
-            let answered = self
-                .http
-                .get(&readyz)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if answered.is_ok_and(|response| response.status().is_success()) {
+            let line = lines
+                .next_line()
+                .await
+                .map_err(|error| ProviderError::Start(error.to_string()))?;
+            let Some(line) = line else {
+                let status = self
+                    .children()
+                    .remove(&id)
+                    .map(|mut child| child.try_wait());
+                return Err(ProviderError::Start(format!(
+                    "the worker exited while loading ({status:?})"
+                )));
+            };
+            if let Some(at) = line.find("listening on ") {
+                let url = line[at + "listening on ".len()..].trim().to_owned();
+                // The rest of its stdout is not ours to keep, but it must not fill the pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
                 return Ok(url);
             }
-            if Instant::now() >= deadline {
-                return Err(ProviderError::NotReady(Duration::ZERO));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -161,17 +139,11 @@ impl Provider for LocalProcesses {
             .ok_or_else(|| ProviderError::Start("no stdout".into()))?;
         tracing::debug!(deployment, replica = %id, pid = ?child.id(), "worker process spawned");
         self.children().insert(id, child);
-        let deadline = Instant::now() + spec.ready_timeout;
-        match self.wait_until_ready(id, stdout, deadline).await {
-            Ok(url) => Ok(url),
-            Err(error) => {
-                self.stop(id).await;
-                Err(match error {
-                    ProviderError::NotReady(_) => ProviderError::NotReady(spec.ready_timeout),
-                    other => other,
-                })
-            }
+        let url = self.listening_url(id, stdout).await;
+        if url.is_err() {
+            self.stop(id).await;
         }
+        url
     }
 
     async fn stop(&self, id: ReplicaId) {
@@ -188,7 +160,7 @@ impl Provider for LocalProcesses {
         }
     }
 
-    fn exited(&self) -> Vec<ReplicaId> {
+    async fn exited(&self) -> Vec<ReplicaId> {
         let mut children = self.children();
         let ended: Vec<ReplicaId> = children
             .iter_mut()
