@@ -5,13 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Python side first: the OpenAI SDK for the end-to-end tests, and moto, the local
+# AWS-compatible server the AWS adapters are tested against.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+
 rustup target add wasm32-wasip1 >/dev/null
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The AWS adapters (optional features, so the default build stays quick), against moto.
+MOTO_SERVER="$PWD/.venv/bin/moto_server" cargo test -p ferry-scaler --features aws --locked
 cargo build -p ferry-core --target wasm32-wasip1 --locked
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 FERRY_BIN=target/debug/ferry .venv/bin/python -m pytest tests/e2e -q
 
 # Every benchmark, tiny: still working end to end (no timing is checked).

@@ -16,6 +16,8 @@
 
 pub mod control;
 pub mod deployment;
+#[cfg(feature = "aws")]
+pub mod ecs;
 pub mod knative;
 pub mod provider;
 pub mod proxy;
