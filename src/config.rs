@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ferry_core::autoscale::ScalingConfig;
 use ferry_core::model::ModelSpec;
 use ferry_functions::RouterConfig;
 use ferry_functions::auth::{AuthConfig, JwtConfig};
 use ferry_functions::upstream::UpstreamConfig;
+use ferry_scaler::DeploymentConfig;
 use serde::Deserialize;
 
 /// The config file (`--config`, or `ferry.toml` in the data directory). Every section and
@@ -62,7 +64,7 @@ pub struct UpstreamSection {
 
 /// The local GPU pool that serves `ferry serve`'s own models: worker processes started on
 /// demand, scaled by load, and stopped when idle.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSection {
     /// Replicas kept even when idle. Default 0: the first call after an idle spell waits for
@@ -84,6 +86,8 @@ pub struct PoolSection {
     pub scale_to_zero_grace_seconds: Option<f64>,
     /// How often the autoscaler looks. Default 0.5.
     pub tick_seconds: Option<f64>,
+    /// How long a replica may take to start and answer `/readyz`. Default 600.
+    pub start_timeout_seconds: Option<f64>,
     /// Where the pool's activator listens (`GET /pool`, `POST /pool/local/prewarm`). Default
     /// a free loopback port.
     pub activator_addr: Option<SocketAddr>,
@@ -176,7 +180,39 @@ pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
     })
 }
 
-fn validate_pool(pool: PoolSection) -> anyhow::Result<PoolSection> {
+impl PoolSection {
+    /// The deployment these knobs describe; `default_concurrency` is the worker's batch.
+    pub fn deployment(&self, name: &str, default_concurrency: usize) -> DeploymentConfig {
+        let millis = |seconds: f64| (seconds * 1000.0).round() as u64;
+        let concurrency = self
+            .replica_concurrency
+            .unwrap_or_else(|| u32::try_from(default_concurrency).unwrap_or(u32::MAX))
+            .max(1);
+        let max_replicas = self.max_replicas.unwrap_or(1);
+        let mut scaling = match self.policy.unwrap_or(PolicyName::Ferry) {
+            PolicyName::Ferry => ScalingConfig::llm_aware(f64::from(concurrency), max_replicas),
+            PolicyName::Kpa => ScalingConfig::kpa(f64::from(concurrency), max_replicas),
+        };
+        scaling.min_replicas = self.min_replicas.unwrap_or(0);
+        if let Some(seconds) = self.stable_window_seconds {
+            scaling.stable_window_ms = millis(seconds);
+        }
+        if let Some(seconds) = self.scale_to_zero_grace_seconds {
+            scaling.scale_to_zero_grace_ms = millis(seconds);
+        }
+        DeploymentConfig {
+            name: name.to_owned(),
+            scaling,
+            replica_concurrency: concurrency,
+            max_queue: self.max_queue.unwrap_or(256),
+            queue_deadline: Duration::from_secs_f64(self.queue_deadline_seconds.unwrap_or(120.0)),
+            tick: Duration::from_secs_f64(self.tick_seconds.unwrap_or(0.5)),
+            start_timeout: Duration::from_secs_f64(self.start_timeout_seconds.unwrap_or(600.0)),
+        }
+    }
+}
+
+pub fn validate_pool(pool: PoolSection) -> anyhow::Result<PoolSection> {
     for (name, value) in [
         ("queue_deadline_seconds", pool.queue_deadline_seconds),
         ("stable_window_seconds", pool.stable_window_seconds),
@@ -185,6 +221,7 @@ fn validate_pool(pool: PoolSection) -> anyhow::Result<PoolSection> {
             pool.scale_to_zero_grace_seconds,
         ),
         ("tick_seconds", pool.tick_seconds),
+        ("start_timeout_seconds", pool.start_timeout_seconds),
     ] {
         if let Some(value) = value
             && !(value.is_finite() && (0.0..=86_400.0).contains(&value))

@@ -4,6 +4,7 @@ mod billing;
 mod config;
 mod models;
 mod pool;
+mod scaler;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -25,13 +26,16 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run one GPU-pool replica: the native engines behind an OpenAI-compatible API.
     Worker(models::WorkerArgs),
+    /// Run the GPU pool's activator and autoscaler as a service, in front of replicas made by
+    /// a provider (local worker processes, or ECS tasks in an `aws` build).
+    Scaler(scaler::ScalerArgs),
     /// Pull and list the pinned models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
     /// Close billing periods into invoices, and reconcile the books.
     #[command(subcommand)]
     Billing(billing::BillingCommand),
-    /// The GPU pool: replay a trace through the autoscaling policies.
+    /// The GPU pool: replay a trace through the autoscaling policies; Knative manifests.
     #[command(subcommand)]
     Pool(pool::PoolCommand),
     /// Print the OpenAPI document of the HTTP surface.
@@ -43,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(args).await,
         Command::Worker(args) => models::worker(args).await,
+        Command::Scaler(args) => scaler::run(args).await,
         Command::Models(command) => models::run(command),
         Command::Billing(command) => {
             serve::init_logging(false);

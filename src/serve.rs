@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
-use ferry_core::autoscale::ScalingConfig;
 use ferry_core::model::{Deployment, ModelSpec, UpstreamTarget};
 use ferry_core::ports::{Accounts, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key, register_model};
@@ -19,12 +18,12 @@ use ferry_functions::store::{CachedStore, Durability, SqliteOptions, SqliteStore
 use ferry_functions::upstream::HttpUpstream;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use ferry_scaler::provider::ProcessSpec;
-use ferry_scaler::{DeploymentConfig, LocalProcesses, Pool};
+use ferry_scaler::{LocalProcesses, Pool};
 use ferry_worker::source::ModelKind;
 use ferry_worker::worker::{ModelRef, resolve};
 use tokio::net::TcpListener;
 
-use crate::config::{self, Config, Overrides, PolicyName, PoolSection};
+use crate::config::{self, Config, Overrides};
 use crate::models::{ModelChoiceArgs, ModelStoreArgs};
 
 #[derive(clap::Args)]
@@ -215,7 +214,7 @@ async fn start_local_pool(
         config.data_dir.display().to_string(),
     ];
     worker_args.extend(args.models.worker_args());
-    let deployment = local_deployment(&config.pool, args.models.max_batch);
+    let deployment = config.pool.deployment(LOCAL, args.models.max_batch);
     let spec = ProcessSpec {
         program: std::env::current_exe().context("locating the ferry binary")?,
         args: worker_args,
@@ -284,7 +283,7 @@ async fn start_local_pool(
 /// Workers on one machine share its cores: each gets its part for its CPU kernels, since
 /// thread pools that each take every core spin against one another (on 2 cores, two workers
 /// decoded 8 times slower than with a core each). An operator's own setting wins.
-fn share_cores(max_replicas: u32) -> Vec<(String, String)> {
+pub(crate) fn share_cores(max_replicas: u32) -> Vec<(String, String)> {
     if std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return Vec::new();
     }
@@ -298,35 +297,6 @@ fn share_cores(max_replicas: u32) -> Vec<(String, String)> {
 
 /// The pool deployment of `ferry serve`'s own models.
 const LOCAL: &str = "local";
-
-fn local_deployment(pool: &PoolSection, max_batch: usize) -> DeploymentConfig {
-    let millis = |seconds: f64| (seconds * 1000.0).round() as u64;
-    let concurrency = pool
-        .replica_concurrency
-        .unwrap_or_else(|| u32::try_from(max_batch).unwrap_or(u32::MAX))
-        .max(1);
-    let max_replicas = pool.max_replicas.unwrap_or(1);
-    let mut scaling = match pool.policy.unwrap_or(PolicyName::Ferry) {
-        PolicyName::Ferry => ScalingConfig::llm_aware(f64::from(concurrency), max_replicas),
-        PolicyName::Kpa => ScalingConfig::kpa(f64::from(concurrency), max_replicas),
-    };
-    scaling.min_replicas = pool.min_replicas.unwrap_or(0);
-    if let Some(seconds) = pool.stable_window_seconds {
-        scaling.stable_window_ms = millis(seconds);
-    }
-    if let Some(seconds) = pool.scale_to_zero_grace_seconds {
-        scaling.scale_to_zero_grace_ms = millis(seconds);
-    }
-    DeploymentConfig {
-        name: LOCAL.into(),
-        scaling,
-        replica_concurrency: concurrency,
-        max_queue: pool.max_queue.unwrap_or(256),
-        queue_deadline: Duration::from_secs_f64(pool.queue_deadline_seconds.unwrap_or(120.0)),
-        tick: Duration::from_secs_f64(pool.tick_seconds.unwrap_or(0.5)),
-        start_timeout: Duration::from_secs(600),
-    }
-}
 
 pub(crate) fn init_logging(json: bool) {
     let filter =

@@ -7,6 +7,7 @@ import os
 import pathlib
 import re
 import signal
+import subprocess
 import threading
 import time
 
@@ -14,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Ferry, model_cache
+from conftest import Ferry, ferry_binary, model_cache
 
 CHAT = "smollm2-135m-instruct"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -257,3 +258,37 @@ def test_a_prewarm_hint_starts_a_replica_before_any_call_and_lapses(make_ferry):
     timed_call(ferry)
     assert log_count(ferry, r"cold start: ") == 0, "the first call found it warm"
     wait_for(lambda: workers(ferry) == [], 60, "the hint to lapse and the pool to return to zero")
+
+
+def test_ferry_scaler_serves_a_deployment_from_zero_as_its_own_service(tmp_path):
+    config = tmp_path / "scaler.toml"
+    config.write_text(
+        f"""
+provider = "local"
+[[deployments]]
+name = "smollm2"
+worker_args = ["--chat-model", "{CHAT}", "--embedding-model", "none", "--models-dir", "{model_cache()}"]
+scaling = {{ stable_window_seconds = 1, scale_to_zero_grace_seconds = 1 }}
+"""
+    )
+    scaler = subprocess.Popen(
+        [str(ferry_binary()), "scaler", "--config", str(config), "--addr", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = scaler.stdout.readline()
+        assert line.startswith("scaler listening on "), line
+        url = line.split()[-1]
+        assert httpx.get(f"{url}/pool").json()["deployments"][0]["replicas"] == []
+        reply = openai.OpenAI(base_url=f"{url}/smollm2/v1", api_key="unused", max_retries=0, timeout=180).chat.completions.create(
+            model=CHAT, messages=HELLO, max_tokens=4
+        )
+        assert reply.choices[0].message.content
+        missing = httpx.post(f"{url}/nowhere/v1/chat/completions", json={})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "deployment_not_found"
+        wait_for(lambda: httpx.get(f"{url}/pool").json()["deployments"][0]["replicas"] == [], 60, "the scaler to return to zero")
+    finally:
+        scaler.terminate()
+        scaler.wait(timeout=30)
