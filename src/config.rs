@@ -229,8 +229,12 @@ pub fn validate_pool(pool: PoolSection) -> anyhow::Result<PoolSection> {
             anyhow::bail!("config: pool.{name} must be between 0 and 86400 seconds");
         }
     }
-    if pool.tick_seconds == Some(0.0) {
-        anyhow::bail!("config: pool.tick_seconds must be above 0");
+    if pool.tick_seconds == Some(0.0) || pool.start_timeout_seconds == Some(0.0) {
+        anyhow::bail!("config: pool.tick_seconds and pool.start_timeout_seconds must be above 0");
+    }
+    if pool.max_queue == Some(0) {
+        // A call at zero replicas waits in the queue while one starts: no queue, no start.
+        anyhow::bail!("config: pool.max_queue must be at least 1");
     }
     let (min, max) = (
         pool.min_replicas.unwrap_or(0),

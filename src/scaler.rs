@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use ferry_scaler::provider::ProcessSpec;
@@ -105,14 +104,12 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     pool.spawn();
     println!("scaler listening on http://{}", listener.local_addr()?);
-    axum::serve(
-        crate::serve::no_delay(listener),
+    crate::serve::serve_until_signal(
+        listener,
         ferry_scaler::proxy::router(pool.clone()),
+        Some(pool),
     )
-    .with_graceful_shutdown(crate::serve::shutdown_signal())
-    .await?;
-    pool.shutdown(Duration::from_secs(30)).await;
-    Ok(())
+    .await
 }
 
 fn read(path: &Path) -> anyhow::Result<ScalerFile> {

@@ -142,13 +142,43 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     print_welcome(example_model.as_deref(), addr, &operator_key);
     // Last, so whoever waits for this line has the whole welcome already.
     println!("listening on http://{addr}");
-    axum::serve(no_delay(listener), router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    if let Some(pool) = pool {
-        pool.shutdown(Duration::from_secs(30)).await;
-    }
+    serve_until_signal(listener, router, pool).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// How long calls in flight may take to finish once a shutdown signal came.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves until SIGINT or SIGTERM. Then no new connection is taken, the pool (if any) turns
+/// away calls that have no replica yet and drains its replicas, calls in flight get
+/// `SHUTDOWN_GRACE` to finish, and the replicas are stopped: a platform that kills this
+/// process after its own grace (ECS, Kubernetes: 30 s) finds no replica left running.
+pub(crate) async fn serve_until_signal(
+    listener: TcpListener,
+    router: axum::Router,
+    pool: Option<Arc<Pool>>,
+) -> anyhow::Result<()> {
+    let (stopping, mut signalled) = tokio::sync::watch::channel(false);
+    let server = axum::serve(no_delay(listener), router).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    });
+    let closing = pool.clone();
+    let grace = async move {
+        let _ = signalled.wait_for(|signalled| *signalled).await;
+        if let Some(pool) = &closing {
+            pool.close().await;
+        }
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = async { server.await } => served?,
+        () = grace => tracing::warn!("calls still in flight after the shutdown grace; stopping anyway"),
+    }
+    if let Some(pool) = pool {
+        pool.shutdown(Duration::from_secs(5)).await;
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use ferry_core::autoscale::{Autoscaler, Reason};
@@ -31,9 +32,10 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub fn new(configs: Vec<DeploymentConfig>, provider: Arc<dyn Provider>) -> Arc<Pool> {
+        let ids = Arc::new(AtomicU64::new(1));
         let deployments = configs
             .into_iter()
-            .map(|config| (config.name.clone(), Deployment::new(config)))
+            .map(|config| (config.name.clone(), Deployment::new(config, ids.clone())))
             .collect();
         Arc::new(Pool {
             deployments,
@@ -57,10 +59,18 @@ impl Pool {
         self.deployments.values()
     }
 
-    /// Runs every deployment's autoscaler until the pool is shut down.
+    /// Runs every deployment's autoscaler, and one reaper of replicas that ended on their own.
     pub fn spawn(self: &Arc<Self>) {
         for deployment in self.deployments.values() {
             tokio::spawn(run(self.clone(), deployment.clone()));
+        }
+        tokio::spawn(reap(self.clone()));
+    }
+
+    /// Refuses new and waiting calls and drains every replica; calls in flight go on.
+    pub async fn close(self: &Arc<Self>) {
+        for deployment in self.deployments.values() {
+            apply(self, deployment, deployment.close()).await;
         }
     }
 
@@ -68,9 +78,7 @@ impl Pool {
     /// stops every replica.
     pub async fn shutdown(self: &Arc<Self>, grace: Duration) {
         let until = Instant::now() + grace;
-        for deployment in self.deployments.values() {
-            apply(self, deployment, deployment.close()).await;
-        }
+        self.close().await;
         for deployment in self.deployments.values() {
             while !deployment.replicas().is_empty() && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -79,6 +87,28 @@ impl Pool {
             for replica in deployment.replicas() {
                 deployment.remove(replica.id);
                 self.provider.stop(replica.id).await;
+            }
+        }
+    }
+}
+
+/// Asks the provider which replicas ended on their own (a crash, a Spot interruption), once
+/// for the whole pool, and takes each out of its deployment.
+async fn reap(pool: Arc<Pool>) {
+    let every = pool
+        .deployments
+        .values()
+        .map(|deployment| deployment.config().tick)
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(every).await;
+        for id in pool.provider.exited().await {
+            for deployment in pool.deployments.values() {
+                if deployment.remove(id).is_some() {
+                    tracing::warn!(deployment = %deployment.config().name, replica = %id, "a replica ended on its own; its calls in flight fail, and the autoscaler replaces it");
+                    deployment.wake.notify_one();
+                }
             }
         }
     }
@@ -93,11 +123,6 @@ async fn run(pool: Arc<Pool>, deployment: Arc<Deployment>) {
         tokio::select! {
             () = tokio::time::sleep(config.tick) => {}
             () = deployment.wake.notified() => {}
-        }
-        for id in pool.provider.exited().await {
-            if deployment.remove(id).is_some() {
-                tracing::warn!(deployment = %config.name, replica = %id, "a replica ended on its own; its calls in flight fail, and the autoscaler replaces it");
-            }
         }
         refresh_loads(&pool, &deployment).await;
         let (ready, load) = deployment.observed();
@@ -147,7 +172,9 @@ async fn apply(pool: &Arc<Pool>, deployment: &Arc<Deployment>, plan: Plan) {
     }
     for id in plan.stop {
         tracing::info!(deployment = %name, replica = %id, "replica stopped");
-        pool.provider.stop(id).await;
+        // Not awaited: a worker slow to exit must not hold up scaling.
+        let provider = pool.provider.clone();
+        tokio::spawn(async move { provider.stop(id).await });
     }
 }
 
@@ -174,10 +201,10 @@ async fn start(pool: &Pool, deployment: &Arc<Deployment>, id: ReplicaId) {
             None => pool.provider.stop(id).await,
         },
         Err(error) => {
-            tracing::error!(deployment = %name, replica = %id, %error, "replica failed to start");
             pool.provider.stop(id).await;
             deployment.remove(id);
-            // Not at once again: the next tick retries, if calls still wait.
+            let backoff = deployment.start_failed();
+            tracing::error!(deployment = %name, replica = %id, %error, retry_in_seconds = backoff.as_secs(), "replica failed to start");
         }
     }
 }
@@ -198,9 +225,7 @@ async fn refresh_loads(pool: &Pool, deployment: &Deployment) {
     let replicas = deployment.ready_replicas();
     let loads = join_all(replicas.iter().map(|(_, url)| fetch_load(&pool.http, url))).await;
     for ((id, _), load) in replicas.into_iter().zip(loads) {
-        if let Some(load) = load {
-            deployment.record_load(id, load);
-        }
+        deployment.record_load(id, load);
     }
 }
 

@@ -3,6 +3,7 @@
 //! `proxy`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,9 @@ pub struct Replica {
     /// Calls the activator has sent it that have not finished.
     pub in_flight: u32,
     pub load: WorkerLoad,
+    /// `/stats` calls that failed in a row; a replica that stops answering is lost.
+    #[serde(skip)]
+    stats_failures: u32,
     #[serde(skip)]
     since: Instant,
 }
@@ -70,6 +74,10 @@ pub enum Refusal {
     Deadline,
     /// The pool is shutting down.
     Closed,
+    /// Replicas keep failing to start; retry after the backoff.
+    StartFailing {
+        retry_after_seconds: u64,
+    },
 }
 
 impl Refusal {
@@ -84,6 +92,16 @@ impl Refusal {
                 "queue_deadline",
             ),
             Refusal::Closed => (format!("`{deployment}` is shutting down"), "shutting_down"),
+            Refusal::StartFailing {
+                retry_after_seconds,
+            } => {
+                return ApiError::new(
+                    ErrorKind::NoCapacity,
+                    format!("replicas of `{deployment}` are failing to start; retry later"),
+                )
+                .with_code("replica_start_failed")
+                .retry_after(retry_after_seconds.max(1));
+            }
         };
         ApiError::new(ErrorKind::NoCapacity, message)
             .with_code(code)
@@ -139,9 +157,11 @@ pub struct Plan {
 #[derive(Debug)]
 struct Inner {
     replicas: Vec<Replica>,
-    waiters: VecDeque<oneshot::Sender<Lease>>,
-    next_id: u64,
+    waiters: VecDeque<oneshot::Sender<Result<Lease, Refusal>>>,
     closed: bool,
+    /// Starts that failed in a row, and when the next may be tried.
+    start_failures: u32,
+    retry_start_at: Option<tokio::time::Instant>,
     /// A pre-warm hint not yet handed to the autoscaler: (replicas, for how long).
     prewarm: Option<(u32, Duration)>,
 }
@@ -149,20 +169,25 @@ struct Inner {
 #[derive(Debug)]
 pub struct Deployment {
     config: DeploymentConfig,
+    /// Shared by every deployment of a pool: a provider keys its replicas by id alone.
+    ids: Arc<AtomicU64>,
     inner: Mutex<Inner>,
     /// Wakes the autoscaler loop before its tick: a call waits, or a drained replica emptied.
     pub(crate) wake: Notify,
 }
 
 impl Deployment {
-    pub fn new(config: DeploymentConfig) -> Arc<Deployment> {
+    /// `ids` numbers replicas across the pool (see `Pool::new`).
+    pub fn new(config: DeploymentConfig, ids: Arc<AtomicU64>) -> Arc<Deployment> {
         Arc::new(Deployment {
             config,
+            ids,
             inner: Mutex::new(Inner {
                 replicas: Vec::new(),
                 waiters: VecDeque::new(),
-                next_id: 1,
                 closed: false,
+                start_failures: 0,
+                retry_start_at: None,
                 prewarm: None,
             }),
             wake: Notify::new(),
@@ -200,7 +225,7 @@ impl Deployment {
         };
         self.wake.notify_one();
         match tokio::time::timeout(self.config.queue_deadline, receiver).await {
-            Ok(Ok(lease)) => Ok(lease),
+            Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(Refusal::Closed),
             // Dropping the receiver hands any lease sent meanwhile back (see `dispatch`).
             Err(_) => Err(Refusal::Deadline),
@@ -236,7 +261,7 @@ impl Deployment {
                 inner.waiters.push_front(waiter);
                 return;
             };
-            if let Err(mut lease) = waiter.send(lease) {
+            if let Err(Ok(mut lease)) = waiter.send(Ok(lease)) {
                 // Its deadline passed just now: take the room back here, under the lock.
                 lease.armed = false;
                 if let Some(replica) = inner.replica_mut(lease.replica) {
@@ -273,6 +298,8 @@ impl Deployment {
     /// A started replica answers: route calls to it.
     pub(crate) fn ready(self: &Arc<Self>, id: ReplicaId, url: String) -> Option<Duration> {
         let mut inner = self.lock();
+        inner.start_failures = 0;
+        inner.retry_start_at = None;
         let replica = inner.replica_mut(id)?;
         if replica.state != ReplicaState::Starting {
             return None;
@@ -292,10 +319,49 @@ impl Deployment {
         Some(inner.replicas.remove(index))
     }
 
-    pub(crate) fn record_load(&self, id: ReplicaId, load: WorkerLoad) {
-        if let Some(replica) = self.lock().replica_mut(id) {
-            replica.load = load;
+    /// What a replica's `/stats` said, or `None` when it did not answer.
+    pub(crate) fn record_load(&self, id: ReplicaId, load: Option<WorkerLoad>) {
+        let mut inner = self.lock();
+        let Some(replica) = inner.replica_mut(id) else {
+            return;
+        };
+        match load {
+            Some(load) => {
+                replica.load = load;
+                replica.stats_failures = 0;
+            }
+            None => {
+                replica.stats_failures += 1;
+                if replica.stats_failures >= STATS_FAILURES_LOST
+                    && replica.state == ReplicaState::Ready
+                {
+                    tracing::warn!(deployment = %self.config.name, replica = %id, "replica stopped answering /stats; routing no more calls to it");
+                    replica.state = ReplicaState::Lost;
+                }
+            }
         }
+    }
+
+    /// A replica failed to start: back off before the next try, and if none is coming, turn
+    /// the waiting calls away now rather than at their deadline.
+    pub(crate) fn start_failed(&self) -> Duration {
+        let mut inner = self.lock();
+        inner.start_failures = inner.start_failures.saturating_add(1);
+        let backoff = Duration::from_secs(1 << inner.start_failures.min(6)).min(MAX_START_BACKOFF);
+        inner.retry_start_at = Some(tokio::time::Instant::now() + backoff);
+        let coming = inner
+            .replicas
+            .iter()
+            .any(|replica| matches!(replica.state, ReplicaState::Starting | ReplicaState::Ready));
+        if !coming {
+            let refusal = Refusal::StartFailing {
+                retry_after_seconds: backoff.as_secs(),
+            };
+            for waiter in inner.waiters.drain(..) {
+                let _ = waiter.send(Err(refusal));
+            }
+        }
+        backoff
     }
 
     /// Ready replicas and their URLs, to ask for stats.
@@ -350,6 +416,9 @@ impl Deployment {
             )
         };
         let mut wanted = if inner.closed { 0 } else { desired };
+        let backing_off = inner
+            .retry_start_at
+            .is_some_and(|at| tokio::time::Instant::now() < at);
         while active(&inner) < wanted {
             let revived = inner
                 .replicas
@@ -358,15 +427,16 @@ impl Deployment {
                 .max_by_key(|replica| replica.in_flight);
             match revived {
                 Some(replica) => replica.state = ReplicaState::Ready,
+                None if backing_off => break,
                 None => {
-                    let id = ReplicaId(inner.next_id);
-                    inner.next_id += 1;
+                    let id = ReplicaId(self.ids.fetch_add(1, Ordering::Relaxed));
                     inner.replicas.push(Replica {
                         id,
                         state: ReplicaState::Starting,
                         url: None,
                         in_flight: 0,
                         load: WorkerLoad::default(),
+                        stats_failures: 0,
                         since: Instant::now(),
                     });
                     plan.start.push(id);
@@ -391,8 +461,10 @@ impl Deployment {
             }
         }
         inner.replicas.retain(|replica| {
-            let done = replica.state == ReplicaState::Lost
-                || (replica.state == ReplicaState::Draining && replica.in_flight == 0);
+            // A lost replica may still be streaming to callers (it was only slow to answer):
+            // it is stopped, like a drained one, once nothing is in flight on it.
+            let done = matches!(replica.state, ReplicaState::Lost | ReplicaState::Draining)
+                && replica.in_flight == 0;
             if done {
                 plan.stop.push(replica.id);
             }
@@ -438,6 +510,10 @@ impl Inner {
     }
 }
 
+/// `/stats` calls failed in a row before a replica counts as lost.
+const STATS_FAILURES_LOST: u32 = 3;
+const MAX_START_BACKOFF: Duration = Duration::from_secs(60);
+
 fn count(value: usize) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
@@ -447,15 +523,22 @@ mod tests {
     use super::*;
 
     fn deployment(max_queue: usize, deadline_ms: u64) -> Arc<Deployment> {
-        Deployment::new(DeploymentConfig {
-            name: "d".into(),
-            scaling: ScalingConfig::llm_aware(2.0, 2),
-            replica_concurrency: 2,
-            max_queue,
-            queue_deadline: Duration::from_millis(deadline_ms),
-            tick: Duration::from_millis(100),
-            start_timeout: Duration::from_secs(10),
-        })
+        deployment_in(max_queue, deadline_ms, Arc::new(AtomicU64::new(1)))
+    }
+
+    fn deployment_in(max_queue: usize, deadline_ms: u64, ids: Arc<AtomicU64>) -> Arc<Deployment> {
+        Deployment::new(
+            DeploymentConfig {
+                name: "d".into(),
+                scaling: ScalingConfig::llm_aware(2.0, 2),
+                replica_concurrency: 2,
+                max_queue,
+                queue_deadline: Duration::from_millis(deadline_ms),
+                tick: Duration::from_millis(100),
+                start_timeout: Duration::from_secs(10),
+            },
+            ids,
+        )
     }
 
     fn start_all(deployment: &Arc<Deployment>, plan: &Plan) {
@@ -575,13 +658,78 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_lost_replica_is_stopped_and_its_calls_no_longer_count() {
+    async fn a_lost_replica_is_replaced_at_once_and_stopped_once_its_other_calls_end() {
         let deployment = deployment(8, 60_000);
         start_all(&deployment, &deployment.plan(1));
+        let streaming = deployment.acquire().await.unwrap();
         deployment.acquire().await.unwrap().lost();
         let plan = deployment.plan(1);
-        assert_eq!(plan.stop, vec![ReplicaId(1)]);
-        assert_eq!(plan.start, vec![ReplicaId(2)]);
+        assert_eq!(plan.start, vec![ReplicaId(2)], "replaced at once");
+        assert!(plan.stop.is_empty(), "a stream is still in flight on it");
+        drop(streaming);
+        assert_eq!(deployment.plan(1).stop, vec![ReplicaId(1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replicas_are_numbered_across_the_pool() {
+        let ids = Arc::new(AtomicU64::new(1));
+        let (first, second) = (
+            deployment_in(8, 60_000, ids.clone()),
+            deployment_in(8, 60_000, ids),
+        );
+        assert_eq!(first.plan(1).start, vec![ReplicaId(1)]);
+        assert_eq!(second.plan(1).start, vec![ReplicaId(2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_offered_to_a_call_that_stopped_waiting_is_not_lost() {
+        let deployment = deployment(8, 1_000);
+        let plan = deployment.plan(1);
+        assert_eq!(
+            deployment.acquire().await.map(|_| ()),
+            Err(Refusal::Deadline)
+        );
+        start_all(&deployment, &plan);
+        assert_eq!(deployment.replicas()[0].in_flight, 0);
+        let (one, two) = (deployment.acquire().await, deployment.acquire().await);
+        assert!(one.is_ok() && two.is_ok(), "both slots are free");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_starts_back_off_and_turn_waiting_calls_away() {
+        let deployment = deployment(8, 60_000);
+        let waiting = tokio::spawn({
+            let deployment = deployment.clone();
+            async move { deployment.acquire().await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        let [id] = deployment.plan(1).start[..] else {
+            unreachable!()
+        };
+        deployment.remove(id);
+        let backoff = deployment.start_failed();
+        assert_eq!(
+            waiting.await.unwrap(),
+            Err(Refusal::StartFailing {
+                retry_after_seconds: backoff.as_secs()
+            })
+        );
+        assert!(
+            deployment.plan(1).start.is_empty(),
+            "not again before the backoff"
+        );
+        tokio::time::advance(backoff).await;
+        assert_eq!(deployment.plan(1).start.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_stops_answering_stats_is_lost() {
+        let deployment = deployment(8, 60_000);
+        start_all(&deployment, &deployment.plan(1));
+        for _ in 0..STATS_FAILURES_LOST {
+            deployment.record_load(ReplicaId(1), None);
+        }
+        assert_eq!(deployment.plan(1).stop, vec![ReplicaId(1)]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -162,10 +162,14 @@ impl Provider for EcsTasks {
         // Provisioning (an instance from the capacity provider, the image, the ENI) takes a
         // while; the pool bounds the whole start.
         loop {
+            // A failed describe (throttling, a blip) is asked again; the pool bounds the wait.
             let described = self
                 .describe(&spec.cluster, vec![arn.clone()])
                 .await
-                .map_err(ProviderError::Start)?;
+                .unwrap_or_else(|error| {
+                    tracing::warn!(task = %arn, %error, "could not describe a starting ECS task");
+                    Vec::new()
+                });
             if let Some(task) = described.first() {
                 if ended(task) {
                     return Err(ProviderError::Start(format!(
@@ -223,11 +227,14 @@ impl Provider for EcsTasks {
                     }
                 };
                 for (id, arn) in batch {
+                    // Only a task seen ending counts: one not found may be one ECS has not
+                    // listed yet (its API is eventually consistent), and forgetting it would
+                    // leave it running unstopped.
                     let task = described
                         .iter()
                         .find(|task| task.task_arn() == Some(arn.as_str()));
-                    if task.is_none_or(ended) {
-                        tracing::warn!(task = %arn, reason = ?task.and_then(Task::stopped_reason), "ECS task ended");
+                    if let Some(task) = task.filter(|task| ended(task)) {
+                        tracing::warn!(task = %arn, reason = ?task.stopped_reason(), "ECS task ended");
                         gone.push(*id);
                     }
                 }

@@ -112,14 +112,22 @@ async fn forward(
             .body(body.clone());
         match request.send().await {
             Ok(response) => return stream_back(response, lease),
-            Err(error) => {
-                // Nothing reached the replica, or it died before answering: no token was
-                // generated for this call, so another replica may take it.
+            // No connection: the call never reached the replica, so another may take it.
+            Err(error) if error.is_connect() => {
                 tracing::warn!(deployment = %name, replica = %lease.replica(), %error, "replica unreachable; trying another");
-                if error.is_connect() {
-                    lease.lost();
-                }
+                lease.lost();
                 failure = Some(error);
+            }
+            // It may have begun generating: not run twice.
+            Err(error) => {
+                tracing::warn!(deployment = %name, replica = %lease.replica(), %error, "replica failed mid-call");
+                return error_response(
+                    &ApiError::new(
+                        ErrorKind::UpstreamFailed,
+                        "the model replica failed to answer",
+                    )
+                    .retry_after(1),
+                );
             }
         }
     }
