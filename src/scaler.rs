@@ -197,7 +197,9 @@ async fn ecs(file: &ScalerFile) -> anyhow::Result<Arc<dyn Provider>> {
             ))
         })
         .collect();
-    Ok(Arc::new(EcsTasks::from_env(specs).await))
+    let tasks = EcsTasks::from_env(specs).await;
+    tasks.stop_strays().await;
+    Ok(Arc::new(tasks))
 }
 
 #[cfg(not(feature = "aws"))]

@@ -65,6 +65,86 @@ impl EcsTasks {
         EcsTasks::new(Client::new(&config), specs, Duration::from_secs(2))
     }
 
+    /// Stops tasks of this pool's deployments that no replica here knows: left by an earlier
+    /// scaler that died, or started by a RunTask whose start timed out. Run it before the
+    /// pool starts. Returns how many were stopped.
+    pub async fn stop_strays(&self) -> usize {
+        let known: Vec<String> = self.tasks().values().map(|(_, arn)| arn.clone()).collect();
+        let mut clusters: Vec<&str> = self
+            .specs
+            .values()
+            .map(|spec| spec.cluster.as_str())
+            .collect();
+        clusters.sort_unstable();
+        clusters.dedup();
+        let mut stopped = 0;
+        for cluster in clusters {
+            let listed = self
+                .client
+                .list_tasks()
+                .cluster(cluster)
+                .started_by("ferry-scaler")
+                .into_paginator()
+                .items()
+                .send()
+                .collect::<Result<Vec<String>, _>>()
+                .await;
+            let arns: Vec<String> = match listed {
+                Ok(arns) => arns
+                    .into_iter()
+                    .filter(|arn| !known.contains(arn))
+                    .collect(),
+                Err(error) => {
+                    tracing::warn!(%cluster, error = %aws_sdk_ecs::error::DisplayErrorContext(error), "could not list ECS tasks");
+                    continue;
+                }
+            };
+            for batch in arns.chunks(100) {
+                let described = self
+                    .client
+                    .describe_tasks()
+                    .cluster(cluster)
+                    .set_tasks(Some(batch.to_vec()))
+                    .include(aws_sdk_ecs::types::TaskField::Tags)
+                    .send()
+                    .await;
+                let Ok(described) = described else { continue };
+                for task in described.tasks() {
+                    let ours = task.tags().iter().any(|tag| {
+                        tag.key() == Some(DEPLOYMENT_TAG)
+                            && tag
+                                .value()
+                                .is_some_and(|name| self.specs.contains_key(name))
+                    });
+                    let (Some(arn), false) = (task.task_arn(), ended(task)) else {
+                        continue;
+                    };
+                    if !ours {
+                        continue;
+                    }
+                    let result = self
+                        .client
+                        .stop_task()
+                        .cluster(cluster)
+                        .task(arn)
+                        .reason("a Ferry replica no scaler knows")
+                        .send()
+                        .await;
+                    match result {
+                        Ok(_) => {
+                            tracing::warn!(task = %arn, "stopped a stray ECS task");
+                            stopped += 1;
+                        }
+                        Err(error) => {
+                            tracing::warn!(task = %arn, error = %aws_sdk_ecs::error::DisplayErrorContext(error), "could not stop a stray ECS task")
+                        }
+                    }
+                }
+            }
+        }
+        stopped
+    }
+
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<ReplicaId, (String, String)>> {
         self.tasks
             .lock()

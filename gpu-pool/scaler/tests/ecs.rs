@@ -333,3 +333,46 @@ async fn replicas_are_tagged_ecs_tasks_reached_at_their_private_address() {
         "a stop Ferry asked for is not an exit"
     );
 }
+
+#[tokio::test]
+async fn tasks_no_scaler_knows_are_stopped_at_start_and_others_are_left_alone() {
+    let moto = start_moto();
+    let (client, spec) = gpu_cluster(&moto).await;
+    let specs = |names: &[&str]| {
+        names
+            .iter()
+            .map(|name| ((*name).to_owned(), spec.clone()))
+            .collect::<HashMap<_, _>>()
+    };
+    // An earlier scaler ran two deployments and died; another deployment is not ours.
+    let earlier = EcsTasks::new(
+        client.clone(),
+        specs(&["smollm2", "other"]),
+        Duration::from_millis(50),
+    );
+    earlier.start("smollm2", ReplicaId(1)).await.unwrap();
+    earlier.start("other", ReplicaId(2)).await.unwrap();
+
+    let now = EcsTasks::new(
+        client.clone(),
+        specs(&["smollm2"]),
+        Duration::from_millis(50),
+    );
+    now.start("smollm2", ReplicaId(7)).await.unwrap();
+    assert_eq!(now.stop_strays().await, 1);
+    assert_eq!(
+        task_of(&client, ReplicaId(1)).await.last_status(),
+        Some("STOPPED")
+    );
+    assert_eq!(
+        task_of(&client, ReplicaId(2)).await.last_status(),
+        Some("RUNNING"),
+        "not this pool's deployment"
+    );
+    assert_eq!(
+        task_of(&client, ReplicaId(7)).await.last_status(),
+        Some("RUNNING"),
+        "its own replica"
+    );
+    assert_eq!(now.stop_strays().await, 0);
+}
