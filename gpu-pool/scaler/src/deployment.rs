@@ -541,6 +541,18 @@ mod tests {
         )
     }
 
+    /// A call that waits for a replica, spawned and given the chance to queue.
+    async fn waiting_call(
+        deployment: &Arc<Deployment>,
+    ) -> tokio::task::JoinHandle<Result<ReplicaId, Refusal>> {
+        let call = tokio::spawn({
+            let deployment = deployment.clone();
+            async move { deployment.acquire().await.map(|lease| lease.replica()) }
+        });
+        tokio::task::yield_now().await;
+        call
+    }
+
     fn start_all(deployment: &Arc<Deployment>, plan: &Plan) {
         for id in &plan.start {
             deployment.ready(*id, format!("http://replica-{}/", id.0));
@@ -570,11 +582,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_refuses_at_once_and_a_deadline_refuses_later() {
         let deployment = deployment(1, 2_000);
-        let first = tokio::spawn({
-            let deployment = deployment.clone();
-            async move { deployment.acquire().await.map(|_| ()) }
-        });
-        tokio::task::yield_now().await;
+        let first = waiting_call(&deployment).await;
         assert_eq!(
             deployment.acquire().await.map(|_| ()),
             Err(Refusal::QueueFull)
@@ -603,11 +611,7 @@ mod tests {
                 .count()
         };
         assert_eq!((per_replica(&leases, 1), per_replica(&leases, 2)), (2, 2));
-        let fifth = tokio::spawn({
-            let deployment = deployment.clone();
-            async move { deployment.acquire().await.map(|lease| lease.replica()) }
-        });
-        tokio::task::yield_now().await;
+        let fifth = waiting_call(&deployment).await;
         assert_eq!(deployment.observed().1.queued, 1);
         let freed = leases.remove(3).replica();
         assert_eq!(fifth.await.unwrap(), Ok(freed));
@@ -632,11 +636,7 @@ mod tests {
             (vec![busy.replica()], vec![])
         );
         // A draining replica takes no new call: this one waits.
-        let next = tokio::spawn({
-            let deployment = deployment.clone();
-            async move { deployment.acquire().await.map(|lease| lease.replica()) }
-        });
-        tokio::task::yield_now().await;
+        let next = waiting_call(&deployment).await;
         assert_eq!(deployment.queued(), 1);
         drop(busy);
         assert_eq!(deployment.plan(0).stop, vec![ReplicaId(1)]);
@@ -698,11 +698,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failing_starts_back_off_and_turn_waiting_calls_away() {
         let deployment = deployment(8, 60_000);
-        let waiting = tokio::spawn({
-            let deployment = deployment.clone();
-            async move { deployment.acquire().await.map(|_| ()) }
-        });
-        tokio::task::yield_now().await;
+        let waiting = waiting_call(&deployment).await;
         let [id] = deployment.plan(1).start[..] else {
             unreachable!()
         };
@@ -735,11 +731,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closing_refuses_waiting_and_new_calls() {
         let deployment = deployment(8, 60_000);
-        let waiting = tokio::spawn({
-            let deployment = deployment.clone();
-            async move { deployment.acquire().await.map(|_| ()) }
-        });
-        tokio::task::yield_now().await;
+        let waiting = waiting_call(&deployment).await;
         deployment.close();
         assert_eq!(waiting.await.unwrap(), Err(Refusal::Closed));
         assert_eq!(deployment.acquire().await.map(|_| ()), Err(Refusal::Closed));
