@@ -79,11 +79,6 @@ impl LocalProcesses {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Process ids of the running replicas, for operators and tests.
-    pub fn pids(&self) -> Vec<u32> {
-        self.children().values().filter_map(Child::id).collect()
-    }
-
     /// The URL it prints once it serves (`listening on http://ADDR`).
     async fn listening_url(
         &self,
