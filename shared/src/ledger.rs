@@ -103,7 +103,11 @@ impl Posting {
 
     /// What the tenant's calls earned in this posting: its `revenue` entries.
     pub fn revenue(&self) -> Money {
-        let account = revenue(&self.tenant_id);
+        self.moved(&revenue(&self.tenant_id))
+    }
+
+    /// What this posting moves into (or, negative, out of) `account`.
+    pub fn moved(&self, account: &str) -> Money {
         Money::from_nanos(
             self.entries
                 .iter()

@@ -690,7 +690,6 @@ pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusq
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::ports::{Accounts, Settled};
 
     fn tenant(id: &str) -> Tenant {
         Tenant {
@@ -701,116 +700,6 @@ mod tests {
             limits: RateLimits::default(),
             budgets: Vec::new(),
         }
-    }
-
-    fn key(id: &str, tenant_id: Option<&str>) -> KeyRecord {
-        KeyRecord {
-            id: format!("key_{id}"),
-            public_id: id.into(),
-            secret_hash: "h".into(),
-            tenant_id: tenant_id.map(str::to_owned),
-            name: "k".into(),
-            role: Role::Member,
-            models: Some(vec!["m".into()]),
-            limits: RateLimits {
-                rpm: Some(5),
-                tpm: None,
-            },
-            budgets: Vec::new(),
-            credit_cap: Some(Money::from_nanos(7)),
-            created_at: 1,
-            expires_at: Some(99),
-            revoked_at: None,
-        }
-    }
-
-    fn usage(request_id: &str, tenant_id: &str) -> UsageRecord {
-        UsageRecord {
-            request_id: request_id.into(),
-            tenant_id: tenant_id.into(),
-            key_id: None,
-            model: "m".into(),
-            deployment: "d".into(),
-            endpoint: "chat.completions".into(),
-            prompt_tokens: 3,
-            cached_tokens: 0,
-            completion_tokens: 4,
-            cost: Money::from_nanos(12),
-            status: 200,
-            latency_ms: 5,
-            ttft_ms: Some(1),
-            cache_status: "none".into(),
-            created_at: 20,
-        }
-    }
-
-    #[tokio::test]
-    async fn tenants_and_keys_round_trip_and_stay_apart() {
-        let store = SqliteStore::in_memory().unwrap();
-        store.create_tenant(&tenant("a")).await.unwrap();
-        store.create_tenant(&tenant("b")).await.unwrap();
-        assert_eq!(
-            store.create_tenant(&tenant("a")).await,
-            Err(StoreError::Conflict("tenant".into()))
-        );
-        store.create_key(&key("one", Some("a"))).await.unwrap();
-        store.create_key(&key("two", Some("b"))).await.unwrap();
-        assert_eq!(
-            store.find_key("one").await.unwrap(),
-            Some(key("one", Some("a")))
-        );
-        assert_eq!(
-            store.list_keys("a").await.unwrap(),
-            vec![key("one", Some("a"))]
-        );
-        assert!(store.revoke_key("key_one", 50).await.unwrap());
-        assert!(!store.revoke_key("key_one", 51).await.unwrap());
-        assert_eq!(
-            store
-                .find_key("one")
-                .await
-                .unwrap()
-                .and_then(|key| key.revoked_at),
-            Some(50)
-        );
-        assert_eq!(store.list_tenants().await.unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn usage_is_recorded_once_per_request() {
-        let store = SqliteStore::in_memory().unwrap();
-        // Unbilled calls (no hold) are recorded as they come, once per request id.
-        assert_eq!(
-            store.settle(&usage("r1", "a")).await.unwrap(),
-            Settled::Recorded {
-                charged: Money::from_nanos(12)
-            }
-        );
-        assert_eq!(
-            store.settle(&usage("r1", "a")).await.unwrap(),
-            Settled::Duplicate
-        );
-        store.settle(&usage("r2", "b")).await.unwrap();
-        assert_eq!(
-            store
-                .usage_events("a", None, 0, u64::MAX, 10)
-                .await
-                .unwrap(),
-            vec![usage("r1", "a")]
-        );
-    }
-
-    #[tokio::test]
-    async fn models_keep_their_creation_time() {
-        let store = SqliteStore::in_memory().unwrap();
-        let spec: ModelSpec = serde_json::from_value(serde_json::json!({
-            "id": "m", "deployments": [{"id": "d", "upstream": {"url": "http://x/v1", "model": "up"}}]
-        }))
-        .unwrap();
-        assert_eq!(store.put_model(&spec, 5).await.unwrap().created_at, 5);
-        assert_eq!(store.put_model(&spec, 9).await.unwrap().created_at, 5);
-        assert!(store.delete_model("m").await.unwrap());
-        assert_eq!(store.get_model("m").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -1,0 +1,1015 @@
+//! Money on DynamoDB: admission, settlement, the ledger, prices and billing.
+//!
+//! Each operation that moves money is one `TransactWriteItems`, conditioned on the versions of
+//! the items its decision read (`write.rs`), so it is atomic and isolated as on SQLite. The
+//! rules live in `ferry_core::admission`; this file only loads state, calls them, and writes
+//! the result. Listings (a tenant's usage, ledger, invoices; open holds) come from the index,
+//! which is eventually consistent: closing a month early is brought up to date by closing again,
+//! as on SQLite.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use ferry_core::Money;
+use ferry_core::admission::{
+    self, Admission, AdmissionState, Grant, Hold, Refusal, SpendCap, SpendCounter,
+};
+use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, Totals, UsageRow};
+use ferry_core::calendar::{Date, Month};
+use ferry_core::ids::{self, IdKind};
+use ferry_core::ledger::{self, Posting, TransactionKind};
+use ferry_core::ports::{
+    Accounts, Alert, Balance, Billing, CloseError, Closed, PostRequest, Posted, PriceRecord,
+    Settled, StoreError, StoreResult, Transaction, UsageRecord,
+};
+use ferry_core::ratelimit;
+use futures_util::future::try_join_all;
+
+use super::DynamoStore;
+use super::item::{
+    self, Attributes, ItemBuilder, Key, get_i64, get_json, get_text, padded, unavailable,
+};
+use super::write::{Attempt, Change, VERSION, Version, Writes};
+use crate::clock;
+use crate::schema::PARTITION_KEY;
+
+/// An invoice made this long after its month ended is final (as on SQLite).
+const FINAL_AFTER_SECONDS: u64 = 300;
+/// Usage status recorded for a call whose hold expired (as on SQLite).
+pub const EXPIRED_STATUS: u16 = 500;
+/// A closed hold is kept this long (DynamoDB's TTL deletes it after): long past any late or
+/// replayed settlement, which then finds the call's usage event anyway.
+const CLOSED_HOLD_RETENTION_SECONDS: u64 = 35 * 24 * 3600;
+/// An idempotency key is remembered this long: a posting replayed later is posted again.
+const IDEMPOTENCY_RETENTION_SECONDS: u64 = 30 * 24 * 3600;
+/// A rate-limit bucket is deleted this long after it has refilled (absent means full).
+const BUCKET_RETENTION_SECONDS: u64 = 3600;
+
+const OPEN: &str = "open";
+
+fn version_of(item: Option<&Attributes>) -> StoreResult<Version> {
+    match item {
+        None => Ok(None),
+        Some(item) => Ok(Some(get_i64(item, VERSION)?.unwrap_or(0))),
+    }
+}
+
+/// Each counter once: two budgets of one period share a counter (see the SQLite adapter).
+fn distinct_counters(caps: &[SpendCap]) -> BTreeSet<&str> {
+    caps.iter().map(|cap| cap.counter.as_str()).collect()
+}
+
+fn transaction_item(
+    transaction: &Transaction,
+    idempotency_key: Option<&str>,
+) -> StoreResult<Attributes> {
+    let mut builder = ItemBuilder::new(&item::transaction(&transaction.id))
+        .indexed(
+            item::tenant_transactions(&transaction.tenant_id),
+            format!("{}#{}", padded(transaction.created_at_ms), transaction.id),
+        )
+        .json("body", transaction)?
+        .text("tenant_id", &transaction.tenant_id);
+    if let Some(key) = idempotency_key {
+        builder = builder.text("idempotency_key", key);
+    }
+    Ok(builder.build())
+}
+
+fn usage_item(usage: &UsageRecord) -> StoreResult<Attributes> {
+    Ok(ItemBuilder::new(&item::usage(&usage.request_id))
+        .indexed(
+            item::tenant_usage(&usage.tenant_id),
+            format!("{}#{}", padded(usage.created_at), usage.request_id),
+        )
+        .json("body", usage)?
+        .build())
+}
+
+fn invoice_item(invoice: &Invoice) -> StoreResult<Attributes> {
+    Ok(ItemBuilder::new(&item::invoice(&invoice.id))
+        .indexed(item::tenant_invoices(&invoice.tenant_id), &invoice.period)
+        .json("body", invoice)?
+        .build())
+}
+
+fn bodies<T: serde::de::DeserializeOwned>(items: &[Attributes]) -> StoreResult<Vec<T>> {
+    items.iter().map(|item| get_json(item, "body")).collect()
+}
+
+/// The sort-key range of `[from, to)` unix seconds, in a listing sorted by padded time.
+fn time_range(from: u64, to: u64) -> Option<(String, String)> {
+    (from < to).then(|| (padded(from), format!("{}~", padded(to - 1))))
+}
+
+impl DynamoStore {
+    async fn read_number(
+        &self,
+        key: Key,
+        name: &'static str,
+    ) -> StoreResult<(Option<i64>, Version)> {
+        let item = self.get(&key).await?;
+        let value = item
+            .as_ref()
+            .map(|item| get_i64(item, name))
+            .transpose()?
+            .flatten();
+        Ok((value, version_of(item.as_ref())?))
+    }
+
+    async fn read_account(&self, account: &str) -> StoreResult<(Money, Version)> {
+        let (nanos, version) = self.read_number(item::account(account), "balance").await?;
+        Ok((Money::from_nanos(nanos.unwrap_or(0)), version))
+    }
+
+    async fn read_counter(&self, id: &str) -> StoreResult<(SpendCounter, Version)> {
+        let item = self.get(&item::counter(id)).await?;
+        let number = |name| -> StoreResult<Money> {
+            Ok(Money::from_nanos(
+                item.as_ref()
+                    .map(|item| get_i64(item, name))
+                    .transpose()?
+                    .flatten()
+                    .unwrap_or(0),
+            ))
+        };
+        let counter = SpendCounter {
+            settled: number("settled")?,
+            held: number("held")?,
+        };
+        Ok((counter, version_of(item.as_ref())?))
+    }
+
+    async fn read_tat(&self, bucket: &str) -> StoreResult<(Option<i64>, Version)> {
+        self.read_number(item::bucket(bucket), "tat").await
+    }
+
+    fn write_tat(
+        &self,
+        writes: &mut Writes,
+        bucket: &str,
+        tat: i64,
+        read: Version,
+    ) -> StoreResult<()> {
+        let refilled = u64::try_from(tat / 1_000_000_000).unwrap_or(0);
+        writes.update(
+            &self.table,
+            &item::bucket(bucket),
+            Some(read),
+            Change::default().set("tat", item::n(tat)).set(
+                crate::schema::TTL_ATTRIBUTE,
+                item::n(refilled + BUCKET_RETENTION_SECONDS),
+            ),
+        )
+    }
+
+    /// Writes one balanced transaction and moves its accounts' balances. `read` holds the
+    /// versions of the accounts the caller's decision read; the others move unconditionally.
+    #[allow(clippy::too_many_arguments)]
+    fn post_in(
+        &self,
+        writes: &mut Writes,
+        id: &str,
+        posting: &Posting,
+        request_id: Option<&str>,
+        idempotency_key: Option<&str>,
+        memo: Option<&str>,
+        now_ms: u64,
+        read: &HashMap<String, Version>,
+    ) -> StoreResult<Transaction> {
+        if !posting.is_balanced() {
+            return Err(StoreError::Invalid(format!(
+                "refusing an unbalanced {} transaction",
+                posting.kind.as_str()
+            )));
+        }
+        let transaction = Transaction {
+            id: id.to_owned(),
+            kind: posting.kind,
+            tenant_id: posting.tenant_id.clone(),
+            request_id: request_id.map(str::to_owned),
+            memo: memo.map(str::to_owned),
+            entries: posting.entries.clone(),
+            created_at_ms: now_ms,
+        };
+        writes.create(
+            &self.table,
+            transaction_item(&transaction, idempotency_key)?,
+        )?;
+        let mut moves: BTreeMap<&str, i64> = BTreeMap::new();
+        for entry in &posting.entries {
+            *moves.entry(&entry.account).or_default() += entry.amount_usd.nanos();
+        }
+        for (account, amount) in moves {
+            writes.update(
+                &self.table,
+                &item::account(account),
+                read.get(account).copied(),
+                Change::default().add("balance", amount),
+            )?;
+        }
+        Ok(transaction)
+    }
+
+    /// Adds to `writes` the closing of an open `hold`: settled at `cost`, or (no cost) expired.
+    /// Returns what the tenant is charged.
+    async fn close_hold(
+        &self,
+        writes: &mut Writes,
+        hold: &Hold,
+        cost: Option<Money>,
+        actual_tokens: u64,
+        now_ms: u64,
+    ) -> StoreResult<Money> {
+        let counters =
+            try_join_all(hold.caps.iter().map(|cap| self.read_counter(&cap.counter))).await?;
+        let tats = try_join_all(
+            hold.token_draws
+                .iter()
+                .map(|draw| self.read_tat(&draw.bucket.id)),
+        )
+        .await?;
+        let values: Vec<SpendCounter> = counters.iter().map(|(counter, _)| *counter).collect();
+        let plan = admission::settle_plan(hold, cost, &values);
+        if let Some(posting) = &plan.posting {
+            let id = format!("{}:{}", posting.kind.as_str(), hold.request_id);
+            self.post_in(
+                writes,
+                &id,
+                posting,
+                Some(&hold.request_id),
+                None,
+                None,
+                now_ms,
+                &HashMap::new(),
+            )?;
+        }
+        let versions: HashMap<&str, Version> = hold
+            .caps
+            .iter()
+            .zip(&counters)
+            .map(|(cap, (_, version))| (cap.counter.as_str(), *version))
+            .collect();
+        for counter in distinct_counters(&hold.caps) {
+            writes.update(
+                &self.table,
+                &item::counter(counter),
+                versions.get(counter).copied(),
+                Change::default()
+                    .add("settled", plan.charged.nanos())
+                    .add("held", -hold.amount.nanos()),
+            )?;
+        }
+        let mut alerted = BTreeSet::new();
+        for crossing in &plan.crossings {
+            let alert = Alert {
+                id: format!(
+                    "alert:{}:{}",
+                    crossing.cap.counter,
+                    crossing.cap.cap.nanos()
+                ),
+                tenant_id: hold.tenant_id.clone(),
+                limit_source: crossing.cap.source.as_str().to_owned(),
+                enforcement: format!("{:?}", crossing.cap.enforcement).to_lowercase(),
+                counter: crossing.cap.counter.clone(),
+                cap_usd: crossing.cap.cap,
+                spent_usd: crossing.spent,
+                created_at_ms: now_ms,
+            };
+            if !alerted.insert(alert.id.clone()) {
+                continue;
+            }
+            let item = ItemBuilder::new(&item::alert(&alert.id))
+                .indexed(
+                    item::tenant_alerts(&alert.tenant_id),
+                    format!("{}#{}", padded(now_ms), alert.id),
+                )
+                .json("body", &alert)?
+                .build();
+            writes.put(&self.table, item)?;
+            tracing::warn!(tenant = %hold.tenant_id, counter = %crossing.cap.counter, cap = %crossing.cap.cap, spent = %crossing.spent, "spend passed a budget");
+        }
+        if cost.is_some() {
+            // Token buckets drew the estimate at admission; now they take the actual count.
+            let now_nanos = ratelimit::nanos_from_millis(now_ms);
+            let mut corrected = BTreeSet::new();
+            for (draw, (tat, version)) in hold.token_draws.iter().zip(&tats) {
+                if !corrected.insert(draw.bucket.id.as_str()) {
+                    continue;
+                }
+                let delta = i64::try_from(actual_tokens).unwrap_or(i64::MAX)
+                    - i64::try_from(draw.amount).unwrap_or(i64::MAX);
+                let adjusted = ratelimit::adjust(&draw.bucket, *tat, delta, now_nanos);
+                self.write_tat(writes, &draw.bucket.id, adjusted, *version)?;
+            }
+        }
+        let state = if cost.is_some() { "settled" } else { "expired" };
+        writes.update(
+            &self.table,
+            &item::hold(&hold.request_id),
+            None,
+            Change::default()
+                .set("state", item::s(state))
+                .set(
+                    crate::schema::TTL_ATTRIBUTE,
+                    item::n(now_ms / 1000 + CLOSED_HOLD_RETENTION_SECONDS),
+                )
+                .remove(crate::schema::INDEX_PARTITION_KEY)
+                .remove(crate::schema::INDEX_SORT_KEY)
+                .only_if_equal("state", item::s(OPEN)),
+        )?;
+        Ok(plan.charged)
+    }
+
+    async fn open_hold(&self, request_id: &str) -> StoreResult<Option<Option<Hold>>> {
+        let Some(item) = self.get(&item::hold(request_id)).await? else {
+            return Ok(None);
+        };
+        if get_text(&item, "state")? != OPEN {
+            return Ok(Some(None));
+        }
+        Ok(Some(Some(get_json(&item, "detail")?)))
+    }
+
+    async fn read_balance(&self, tenant_id: &str) -> StoreResult<Balance> {
+        let (available, held) = (ledger::available(tenant_id), ledger::held(tenant_id));
+        let (available, held) =
+            futures_util::try_join!(self.read_account(&available), self.read_account(&held))?;
+        Ok(Balance {
+            available_usd: available.0,
+            held_usd: held.0,
+        })
+    }
+
+    async fn load_transaction(&self, id: &str) -> StoreResult<Option<Transaction>> {
+        self.get(&item::transaction(id))
+            .await?
+            .map(|item| get_json(&item, "body"))
+            .transpose()
+    }
+
+    async fn all_usage(
+        &self,
+        tenant_id: &str,
+        from: u64,
+        to: u64,
+    ) -> StoreResult<Vec<UsageRecord>> {
+        self.usage_events(tenant_id, None, from, to, u32::MAX).await
+    }
+
+    /// Expires one hold if it is still open and due; true when it did.
+    async fn expire_hold(&self, request_id: &str, now_ms: u64) -> StoreResult<bool> {
+        self.atomically("expire a hold", || async {
+            let Some(Some(hold)) = self.open_hold(request_id).await? else {
+                return Ok(Attempt::Done(false));
+            };
+            if hold.expires_at_ms > now_ms {
+                return Ok(Attempt::Done(false));
+            }
+            let mut writes = Writes::default();
+            self.close_hold(&mut writes, &hold, None, 0, now_ms).await?;
+            let usage = UsageRecord {
+                request_id: hold.request_id.clone(),
+                tenant_id: hold.tenant_id.clone(),
+                key_id: hold.key_id.clone(),
+                model: hold.model.clone(),
+                deployment: hold.deployment.clone(),
+                endpoint: hold.endpoint.clone(),
+                prompt_tokens: 0,
+                cached_tokens: 0,
+                completion_tokens: 0,
+                cost: Money::ZERO,
+                status: EXPIRED_STATUS,
+                latency_ms: now_ms.saturating_sub(hold.created_at_ms),
+                ttft_ms: None,
+                cache_status: "none".into(),
+                created_at: hold.created_at_ms / 1000,
+            };
+            writes.create(&self.table, usage_item(&usage)?)?;
+            Ok(Attempt::Write(writes, true))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Accounts for DynamoStore {
+    async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
+        let available_account = ledger::available(&admission.tenant_id);
+        let held_account = ledger::held(&admission.tenant_id);
+        self.atomically("admit", || async {
+            let hold_key = item::hold(&admission.request_id);
+            let (existing, available, held, tats, counters) = futures_util::try_join!(
+                self.get(&hold_key),
+                self.read_account(&available_account),
+                self.read_account(&held_account),
+                try_join_all(
+                    admission
+                        .draws
+                        .iter()
+                        .map(|draw| self.read_tat(&draw.bucket.id))
+                ),
+                try_join_all(
+                    admission
+                        .caps
+                        .iter()
+                        .map(|cap| self.read_counter(&cap.counter))
+                ),
+            )?;
+            if existing.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "request {}",
+                    admission.request_id
+                )));
+            }
+            let state = AdmissionState {
+                tats: tats.iter().map(|(tat, _)| *tat).collect(),
+                available: available.0,
+                held: held.0,
+                counters: counters.iter().map(|(counter, _)| *counter).collect(),
+            };
+            let grant = match admission::decide(admission, &state) {
+                Ok(grant) => grant,
+                // Nothing is written: a refusal takes nothing.
+                Err(refusal) => return Ok(Attempt::Done(Err(refusal))),
+            };
+            let mut writes = Writes::default();
+            let mut drawn = BTreeSet::new();
+            for ((draw, tat), (_, version)) in admission.draws.iter().zip(&grant.tats).zip(&tats) {
+                if drawn.insert(draw.bucket.id.as_str()) {
+                    self.write_tat(&mut writes, &draw.bucket.id, *tat, *version)?;
+                }
+            }
+            let hold = Hold::of(admission);
+            let hold_item = ItemBuilder::new(&hold_key)
+                .indexed(
+                    item::OPEN_HOLDS,
+                    format!(
+                        "{}#{}",
+                        padded(admission.expires_at_ms),
+                        admission.request_id
+                    ),
+                )
+                .text("state", OPEN)
+                .text("tenant_id", &admission.tenant_id)
+                .number("created_at_ms", admission.now_ms)
+                .json("detail", &hold)?
+                .build();
+            writes.create(&self.table, hold_item)?;
+            let read = HashMap::from([
+                (available_account.clone(), available.1),
+                (held_account.clone(), held.1),
+            ]);
+            match &grant.hold_posting {
+                Some(posting) => {
+                    let id = format!("hold:{}", admission.request_id);
+                    self.post_in(
+                        &mut writes,
+                        &id,
+                        posting,
+                        Some(&admission.request_id),
+                        None,
+                        None,
+                        admission.now_ms,
+                        &read,
+                    )?;
+                }
+                None => {
+                    // The decision read the balance: it must still hold when this commits.
+                    writes.unchanged(
+                        &self.table,
+                        &item::account(&available_account),
+                        available.1,
+                    )?;
+                    writes.unchanged(&self.table, &item::account(&held_account), held.1)?;
+                }
+            }
+            let versions: HashMap<&str, Version> = admission
+                .caps
+                .iter()
+                .zip(&counters)
+                .map(|(cap, (_, version))| (cap.counter.as_str(), *version))
+                .collect();
+            for counter in distinct_counters(&admission.caps) {
+                writes.update(
+                    &self.table,
+                    &item::counter(counter),
+                    versions.get(counter).copied(),
+                    Change::default().add("held", admission.hold.nanos()),
+                )?;
+            }
+            Ok(Attempt::Write(writes, Ok(grant)))
+        })
+        .await
+    }
+
+    async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
+        let settled = self
+            .atomically("settle", || async {
+                let usage_key = item::usage(&usage.request_id);
+                let (recorded, hold) = futures_util::try_join!(
+                    self.get(&usage_key),
+                    self.open_hold(&usage.request_id),
+                )?;
+                if recorded.is_some() {
+                    return Ok(Attempt::Done(Settled::Duplicate));
+                }
+                let mut usage = usage.clone();
+                let mut writes = Writes::default();
+                let charged = match hold {
+                    Some(Some(hold)) => {
+                        let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+                        let now_ms = clock::unix_millis();
+                        let charged = self
+                            .close_hold(&mut writes, &hold, Some(usage.cost), actual, now_ms)
+                            .await?;
+                        // Billed in the period the call was admitted in.
+                        usage.created_at = hold.created_at_ms / 1000;
+                        charged
+                    }
+                    // Settled or expired already: never charge twice.
+                    Some(None) => return Ok(Attempt::Done(Settled::Duplicate)),
+                    // Unbilled calls (the operator's own) have no hold.
+                    None => usage.cost,
+                };
+                usage.cost = charged;
+                writes.create(&self.table, usage_item(&usage)?)?;
+                Ok(Attempt::Write(writes, Settled::Recorded { charged }))
+            })
+            .await?;
+        if let Settled::Recorded { charged } = settled
+            && charged != usage.cost
+        {
+            tracing::warn!(request_id = %usage.request_id, cost = %usage.cost, %charged, "cost exceeded the hold; charged the hold");
+        }
+        Ok(settled)
+    }
+
+    async fn expire_holds(&self, now_ms: u64) -> StoreResult<u64> {
+        let due = self
+            .list(
+                item::OPEN_HOLDS,
+                Some((&padded(0), &format!("{}~", padded(now_ms)))),
+                false,
+                1000,
+                |_| true,
+            )
+            .await?;
+        let mut expired = 0;
+        for hold in &due {
+            let key = get_text(hold, PARTITION_KEY)?;
+            let request_id = key.strip_prefix("HOLD#").unwrap_or(key);
+            if self.expire_hold(request_id, now_ms).await? {
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn post(&self, request: &PostRequest) -> StoreResult<Posted> {
+        let tenant_id = request.posting.tenant_id.clone();
+        let available_account = ledger::available(&tenant_id);
+        let held_account = ledger::held(&tenant_id);
+        let revenue_account = ledger::revenue(&tenant_id);
+        self.atomically("post", || async {
+            if let Some(key) = &request.idempotency_key
+                && let Some(found) = self.get(&item::idempotency(key)).await?
+            {
+                let id = get_text(&found, "transaction_id")?;
+                let found = self
+                    .load_transaction(id)
+                    .await?
+                    .ok_or_else(|| unavailable("an idempotency record's transaction vanished"))?;
+                if found.tenant_id != tenant_id
+                    || found.kind != request.posting.kind
+                    || found.entries != request.posting.entries
+                {
+                    return Err(StoreError::Invalid(
+                        "this idempotency_key was used for a different request".into(),
+                    ));
+                }
+                let balance = self.read_balance(&tenant_id).await?;
+                return Ok(Attempt::Done(Posted {
+                    transaction: found,
+                    replayed: true,
+                    balance,
+                }));
+            }
+            let refund = request.posting.kind == TransactionKind::Refund;
+            let tenant_key = item::tenant(&tenant_id);
+            let (tenant, available, held, revenue) = futures_util::try_join!(
+                self.get(&tenant_key),
+                self.read_account(&available_account),
+                self.read_account(&held_account),
+                async {
+                    if refund {
+                        self.read_account(&revenue_account).await.map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                },
+            )?;
+            let Some(tenant) = tenant else {
+                return Err(StoreError::Invalid("no such tenant".into()));
+            };
+            let delta = request.posting.moved(&available_account).nanos();
+            if Billing::parse(get_text(&tenant, "billing")?) == Some(Billing::Prepaid)
+                && available.0.nanos().saturating_add(delta) < 0
+            {
+                return Err(StoreError::Invalid(
+                    "this would take the prepaid balance below zero".into(),
+                ));
+            }
+            let mut read = HashMap::from([(available_account.clone(), available.1)]);
+            if let Some((earned, version)) = revenue {
+                if earned.nanos() < request.posting.revenue().nanos().saturating_neg() {
+                    return Err(StoreError::Invalid(format!(
+                        "a refund cannot exceed what the tenant has been charged ({earned})"
+                    )));
+                }
+                read.insert(revenue_account.clone(), version);
+            }
+            let now_ms = request.now_ms;
+            let id = ids::object_id(IdKind::Transaction, now_ms, clock::random_bytes());
+            let mut writes = Writes::default();
+            let transaction = self.post_in(
+                &mut writes,
+                &id,
+                &request.posting,
+                None,
+                request.idempotency_key.as_deref(),
+                request.memo.as_deref(),
+                now_ms,
+                &read,
+            )?;
+            let held_delta = request.posting.moved(&held_account).nanos();
+            if held_delta == 0 {
+                // The answer reports the held amount read: it must still be true.
+                writes.unchanged(&self.table, &item::account(&held_account), held.1)?;
+            }
+            if let Some(key) = &request.idempotency_key {
+                let record = ItemBuilder::new(&item::idempotency(key))
+                    .text("transaction_id", &id)
+                    .expires_at(now_ms / 1000 + IDEMPOTENCY_RETENTION_SECONDS)
+                    .build();
+                writes.create(&self.table, record)?;
+            }
+            let balance = Balance {
+                available_usd: Money::from_nanos(available.0.nanos().saturating_add(delta)),
+                held_usd: Money::from_nanos(held.0.nanos().saturating_add(held_delta)),
+            };
+            Ok(Attempt::Write(
+                writes,
+                Posted {
+                    transaction,
+                    replayed: false,
+                    balance,
+                },
+            ))
+        })
+        .await
+    }
+
+    async fn balance(&self, tenant_id: &str) -> StoreResult<Balance> {
+        self.read_balance(tenant_id).await
+    }
+
+    async fn transactions(&self, tenant_id: &str, limit: u32) -> StoreResult<Vec<Transaction>> {
+        let items = self
+            .list(
+                &item::tenant_transactions(tenant_id),
+                None,
+                true,
+                limit as usize,
+                |_| true,
+            )
+            .await?;
+        bodies(&items)
+    }
+
+    async fn put_price(&self, price: &PriceRecord) -> StoreResult<()> {
+        let item = ItemBuilder::new(&item::price(
+            &price.model,
+            price.effective_from_ms,
+            price.deployment.as_deref(),
+        ))
+        .json("body", price)?
+        .build();
+        self.put(item).await
+    }
+
+    async fn list_prices(&self, model: &str) -> StoreResult<Vec<PriceRecord>> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#p = :p")
+                .expression_attribute_names("#p", PARTITION_KEY)
+                .expression_attribute_values(":p", AttributeValue::S(format!("PRICE#{model}")))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|error| unavailable(super::describe(&error)))?;
+            found.extend(bodies::<PriceRecord>(output.items())?);
+            match output.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    async fn usage_events(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        from: u64,
+        to: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UsageRecord>> {
+        let Some((low, high)) = time_range(from, to) else {
+            return Ok(Vec::new());
+        };
+        let items = self
+            .list(
+                &item::tenant_usage(tenant_id),
+                Some((&low, &high)),
+                false,
+                limit as usize,
+                |item| {
+                    key_id.is_none_or(|key_id| {
+                        get_json::<UsageRecord>(item, "body")
+                            .is_ok_and(|usage| usage.key_id.as_deref() == Some(key_id))
+                    })
+                },
+            )
+            .await?;
+        bodies(&items)
+    }
+
+    async fn usage_report(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        from: u64,
+        to: u64,
+        group: GroupBy,
+    ) -> StoreResult<Vec<UsageRow>> {
+        let events = self
+            .usage_events(tenant_id, key_id, from, to, u32::MAX)
+            .await?;
+        let mut rows: BTreeMap<(Option<String>, Option<String>, Option<String>), Totals> =
+            BTreeMap::new();
+        for usage in &events {
+            let day = group
+                .day
+                .then(|| Date::of_unix(usage.created_at).to_string());
+            let model = group.model.then(|| usage.model.clone());
+            let key = if group.key {
+                usage.key_id.clone()
+            } else {
+                None
+            };
+            rows.entry((day, model, key)).or_default().add(usage);
+        }
+        Ok(rows
+            .into_iter()
+            .map(|((day, model, key_id), totals)| UsageRow {
+                day,
+                model,
+                key_id,
+                totals,
+            })
+            .collect())
+    }
+
+    async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>> {
+        let items = self
+            .list(
+                &item::tenant_alerts(tenant_id),
+                None,
+                false,
+                usize::MAX,
+                |_| true,
+            )
+            .await?;
+        bodies(&items)
+    }
+
+    async fn close_period(&self, month: Month, now: u64) -> Result<Vec<Closed>, CloseError> {
+        let (start, end) = month.bounds_unix();
+        let open = self
+            .list(item::OPEN_HOLDS, None, false, usize::MAX, |_| true)
+            .await?;
+        let in_flight = open
+            .iter()
+            .filter_map(|hold| get_i64(hold, "created_at_ms").ok().flatten())
+            .filter(|created| {
+                u64::try_from(*created)
+                    .is_ok_and(|created| created >= start * 1000 && created < end * 1000)
+            })
+            .count();
+        if in_flight > 0 {
+            return Err(CloseError::InFlight(in_flight as u64));
+        }
+        let mut tenants: Vec<String> = self
+            .list(item::TENANTS, None, false, usize::MAX, |_| true)
+            .await?
+            .iter()
+            .map(|tenant| get_text(tenant, crate::schema::INDEX_SORT_KEY).map(str::to_owned))
+            .collect::<StoreResult<_>>()?;
+        tenants.sort();
+        let mut closed = Vec::new();
+        for tenant_id in tenants {
+            let usage = self.all_usage(&tenant_id, start, end).await?;
+            if usage.is_empty() {
+                continue;
+            }
+            let invoice = Invoice::from_usage(&tenant_id, month, &usage, now);
+            let existing: Option<Invoice> = self
+                .get(&item::invoice(&invoice.id))
+                .await?
+                .map(|item| get_json(&item, "body"))
+                .transpose()?;
+            match existing {
+                Some(existing) if existing.same_charges(&invoice) => closed.push(Closed {
+                    invoice: existing,
+                    created: false,
+                }),
+                Some(existing) if existing.created_at >= end + FINAL_AFTER_SECONDS => {
+                    // One for a finished month is never rewritten.
+                    return Err(CloseError::Changed(existing.id));
+                }
+                // New, or closed before its month ended: brought up to date.
+                _ => {
+                    self.put(invoice_item(&invoice)?).await?;
+                    closed.push(Closed {
+                        invoice,
+                        created: true,
+                    });
+                }
+            }
+        }
+        Ok(closed)
+    }
+
+    async fn invoices(&self, tenant_id: &str) -> StoreResult<Vec<Invoice>> {
+        let items = self
+            .list(
+                &item::tenant_invoices(tenant_id),
+                None,
+                false,
+                usize::MAX,
+                |_| true,
+            )
+            .await?;
+        bodies(&items)
+    }
+
+    async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)> {
+        let mut transactions: Vec<Transaction> = Vec::new();
+        let mut balances: Vec<(String, i64)> = Vec::new();
+        let mut usage: Vec<UsageRecord> = Vec::new();
+        let mut tenants: Vec<(String, Option<Billing>)> = Vec::new();
+        let mut invoices: Vec<Invoice> = Vec::new();
+        for item in self.scan().await? {
+            let key = get_text(&item, PARTITION_KEY)?;
+            let (kind, id) = key.split_once('#').unwrap_or((key, ""));
+            match kind {
+                "TXN" => transactions.push(get_json(&item, "body")?),
+                "ACCOUNT" => {
+                    balances.push((id.to_owned(), get_i64(&item, "balance")?.unwrap_or(0)))
+                }
+                "USAGE" => usage.push(get_json(&item, "body")?),
+                "TENANT" => {
+                    tenants.push((id.to_owned(), Billing::parse(get_text(&item, "billing")?)))
+                }
+                "INVOICE" => invoices.push(get_json(&item, "body")?),
+                _ => {}
+            }
+        }
+        let mut entry_totals: HashMap<&str, i64> = HashMap::new();
+        let mut unbalanced = 0;
+        for transaction in &transactions {
+            let mut sum = 0i64;
+            for entry in &transaction.entries {
+                sum += entry.amount_usd.nanos();
+                *entry_totals.entry(&entry.account).or_default() += entry.amount_usd.nanos();
+            }
+            if sum != 0 {
+                unbalanced += 1;
+            }
+        }
+        let ledger_figures = LedgerFigures {
+            unbalanced_transactions: unbalanced,
+            drifted_accounts: balances
+                .iter()
+                .filter(|(account, balance)| {
+                    entry_totals.get(account.as_str()).copied().unwrap_or(0) != *balance
+                })
+                .count() as u64,
+        };
+        let transaction_ids: BTreeSet<&str> = transactions
+            .iter()
+            .map(|transaction| transaction.id.as_str())
+            .collect();
+        let usage_ids: BTreeSet<&str> = usage
+            .iter()
+            .map(|usage| usage.request_id.as_str())
+            .collect();
+        tenants.sort_by(|a, b| a.0.cmp(&b.0));
+        invoices.sort_by(|a, b| a.period.cmp(&b.period));
+        let mut figures = Vec::new();
+        for (tenant_id, billing) in tenants {
+            let own_usage: Vec<&UsageRecord> = usage
+                .iter()
+                .filter(|usage| usage.tenant_id == tenant_id)
+                .collect();
+            let cost_between = |start: u64, end: u64| {
+                Money::from_nanos(
+                    own_usage
+                        .iter()
+                        .filter(|usage| usage.created_at >= start && usage.created_at < end)
+                        .map(|usage| usage.cost.nanos())
+                        .sum(),
+                )
+            };
+            let revenue = ledger::revenue(&tenant_id);
+            let own_transactions = transactions
+                .iter()
+                .filter(|transaction| transaction.tenant_id == tenant_id);
+            let settled = own_transactions
+                .clone()
+                .filter(|transaction| {
+                    matches!(
+                        transaction.kind,
+                        TransactionKind::Settle | TransactionKind::Charge
+                    )
+                })
+                .map(|transaction| {
+                    transaction
+                        .entries
+                        .iter()
+                        .filter(|entry| entry.account == revenue)
+                        .map(|entry| entry.amount_usd.nanos())
+                        .sum::<i64>()
+                })
+                .sum();
+            let invoiced = invoices
+                .iter()
+                .filter(|invoice| invoice.tenant_id == tenant_id)
+                .filter_map(|invoice| {
+                    let month = invoice.period.parse::<Month>().ok()?;
+                    let (start, end) = month.bounds_unix();
+                    Some((
+                        invoice.period.clone(),
+                        cost_between(start, end),
+                        invoice.total_usd,
+                    ))
+                })
+                .collect();
+            let unsettled_events = own_usage
+                .iter()
+                .filter(|usage| usage.cost != Money::ZERO)
+                .filter(|usage| {
+                    !transaction_ids.contains(format!("settle:{}", usage.request_id).as_str())
+                        && !transaction_ids
+                            .contains(format!("charge:{}", usage.request_id).as_str())
+                })
+                .count() as u64;
+            let orphan_settlements = own_transactions
+                .filter(|transaction| {
+                    matches!(
+                        transaction.kind,
+                        TransactionKind::Settle | TransactionKind::Charge | TransactionKind::Expire
+                    )
+                })
+                .filter(|transaction| {
+                    transaction
+                        .request_id
+                        .as_deref()
+                        .is_none_or(|request_id| !usage_ids.contains(request_id))
+                })
+                .count() as u64;
+            let available = balances
+                .iter()
+                .find(|(account, _)| *account == ledger::available(&tenant_id))
+                .map_or(0, |(_, balance)| *balance);
+            figures.push(TenantFigures {
+                usage: cost_between(0, u64::MAX),
+                settled: Money::from_nanos(settled),
+                invoiced,
+                unsettled_events,
+                orphan_settlements,
+                prepaid_available: (billing == Some(Billing::Prepaid))
+                    .then_some(Money::from_nanos(available)),
+                tenant_id,
+            });
+        }
+        Ok((ledger_figures, figures))
+    }
+}

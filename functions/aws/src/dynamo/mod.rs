@@ -1,0 +1,523 @@
+//! `DynamoStore`: the store ports on one DynamoDB table (see ARCHITECTURE.md for its design).
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType, TimeToLiveSpecification,
+};
+use ferry_core::Money;
+use ferry_core::admission::Budget;
+use ferry_core::model::ModelSpec;
+use ferry_core::ports::{
+    KeyRecord, RateLimits, Store, StoreError, StoreResult, StoredModel, Tenant,
+};
+use ferry_core::principal::Role;
+use serde::{Deserialize, Serialize};
+
+mod accounts;
+mod item;
+mod write;
+
+use item::{Attributes, ItemBuilder, Key, get_json, get_u64, padded, unavailable};
+
+use crate::schema::{
+    INDEX, INDEX_PARTITION_KEY, INDEX_SORT_KEY, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE,
+};
+
+/// The store on a DynamoDB table. Cheap to clone; every replica of every function shares the
+/// table, and every atomic change is a conditional write (see `write.rs`).
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table as `iac/terraform/modules/data` does (for tests and local servers;
+    /// in AWS the Terraform owns it) and waits until it can be used.
+    pub async fn create_table(&self) -> StoreResult<()> {
+        let string = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(unavailable)
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(unavailable)
+        };
+        let index = GlobalSecondaryIndex::builder()
+            .index_name(INDEX)
+            .key_schema(key(INDEX_PARTITION_KEY, KeyType::Hash)?)
+            .key_schema(key(INDEX_SORT_KEY, KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .build()
+            .map_err(unavailable)?;
+        self.client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(string(PARTITION_KEY)?)
+            .attribute_definitions(string(SORT_KEY)?)
+            .attribute_definitions(string(INDEX_PARTITION_KEY)?)
+            .attribute_definitions(string(INDEX_SORT_KEY)?)
+            .key_schema(key(PARTITION_KEY, KeyType::Hash)?)
+            .key_schema(key(SORT_KEY, KeyType::Range)?)
+            .global_secondary_indexes(index)
+            .send()
+            .await
+            .map_err(|error| unavailable(describe(&error)))?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(TTL_ATTRIBUTE)
+                    .enabled(true)
+                    .build()
+                    .map_err(unavailable)?,
+            )
+            .send()
+            .await
+            .map_err(|error| unavailable(describe(&error)))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &Key) -> StoreResult<Option<Attributes>> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key.attributes()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|error| unavailable(describe(&error)))?;
+        Ok(output.item().cloned())
+    }
+
+    /// Writes `item` unless its key exists; false when it did.
+    async fn create(&self, item: Attributes) -> StoreResult<bool> {
+        let sent = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(error) if is_condition_failure(&error) => Ok(false),
+            Err(error) => Err(unavailable(describe(&error))),
+        }
+    }
+
+    async fn put(&self, item: Attributes) -> StoreResult<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|error| unavailable(describe(&error)))?;
+        Ok(())
+    }
+
+    /// Every item of one index partition whose sort key lies in `[from, to]`, in sort-key
+    /// order (newest first when `descending`), stopping after `limit` accepted by `keep`.
+    async fn list(
+        &self,
+        partition: &str,
+        range: Option<(&str, &str)>,
+        descending: bool,
+        limit: usize,
+        keep: impl Fn(&Attributes) -> bool,
+    ) -> StoreResult<Vec<Attributes>> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(INDEX)
+                .expression_attribute_names("#p", INDEX_PARTITION_KEY)
+                .expression_attribute_values(":p", item::s(partition))
+                .scan_index_forward(!descending)
+                .set_exclusive_start_key(start.take());
+            query = match range {
+                None => query.key_condition_expression("#p = :p"),
+                Some((from, to)) => query
+                    .key_condition_expression("#p = :p AND #s BETWEEN :from AND :to")
+                    .expression_attribute_names("#s", INDEX_SORT_KEY)
+                    .expression_attribute_values(":from", item::s(from))
+                    .expression_attribute_values(":to", item::s(to)),
+            };
+            let output = query
+                .send()
+                .await
+                .map_err(|error| unavailable(describe(&error)))?;
+            for item in output.items() {
+                if keep(item) {
+                    found.push(item.clone());
+                    if found.len() >= limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            match output.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// Every item of the table (reconciliation only).
+    async fn scan(&self) -> StoreResult<Vec<Attributes>> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|error| unavailable(describe(&error)))?;
+            found.extend(output.items().iter().cloned());
+            match output.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(found),
+            }
+        }
+    }
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata>(
+    error: &aws_sdk_dynamodb::error::SdkError<E>,
+) -> bool {
+    error.code() == Some("ConditionalCheckFailedException")
+}
+
+/// An SDK error as one line: the service's code and message where there is one.
+fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
+    error: &aws_sdk_dynamodb::error::SdkError<E>,
+) -> String {
+    match (error.code(), error.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => format!("{error:?}"),
+    }
+}
+
+/// A key as stored: every field but the revocation, which is changed on its own.
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    id: String,
+    public_id: String,
+    secret_hash: String,
+    tenant_id: Option<String>,
+    name: String,
+    role: String,
+    models: Option<Vec<String>>,
+    limits: RateLimits,
+    budgets: Vec<Budget>,
+    credit_cap_nanos: Option<i64>,
+    created_at: u64,
+    expires_at: Option<u64>,
+}
+
+const REVOKED_AT: &str = "revoked_at";
+
+fn key_item(key: &KeyRecord) -> StoreResult<Attributes> {
+    let stored = StoredKey {
+        id: key.id.clone(),
+        public_id: key.public_id.clone(),
+        secret_hash: key.secret_hash.clone(),
+        tenant_id: key.tenant_id.clone(),
+        name: key.name.clone(),
+        role: key.role.as_str().to_owned(),
+        models: key.models.clone(),
+        limits: key.limits,
+        budgets: key.budgets.clone(),
+        credit_cap_nanos: key.credit_cap.map(Money::nanos),
+        created_at: key.created_at,
+        expires_at: key.expires_at,
+    };
+    let listing = match &key.tenant_id {
+        Some(tenant_id) => item::tenant_keys(tenant_id),
+        None => item::OPERATOR_KEYS.to_owned(),
+    };
+    let mut builder = ItemBuilder::new(&item::api_key(&key.public_id))
+        .indexed(listing, format!("{}#{}", padded(key.created_at), key.id))
+        .json("body", &stored)?;
+    if let Some(revoked_at) = key.revoked_at {
+        builder = builder.number(REVOKED_AT, revoked_at);
+    }
+    Ok(builder.build())
+}
+
+fn key_from_item(item: &Attributes) -> StoreResult<KeyRecord> {
+    let stored: StoredKey = get_json(item, "body")?;
+    let role = Role::parse(&stored.role)
+        .ok_or_else(|| unavailable(format!("unknown role {}", stored.role)))?;
+    Ok(KeyRecord {
+        id: stored.id,
+        public_id: stored.public_id,
+        secret_hash: stored.secret_hash,
+        tenant_id: stored.tenant_id,
+        name: stored.name,
+        role,
+        models: stored.models,
+        limits: stored.limits,
+        budgets: stored.budgets,
+        credit_cap: stored.credit_cap_nanos.map(Money::from_nanos),
+        created_at: stored.created_at,
+        expires_at: stored.expires_at,
+        revoked_at: get_u64(item, REVOKED_AT)?,
+    })
+}
+
+/// A tenant's limits and budgets, changed on their own.
+#[derive(Serialize, Deserialize)]
+struct Policy {
+    limits: RateLimits,
+    budgets: Vec<Budget>,
+}
+
+fn tenant_from_item(item: &Attributes) -> StoreResult<Tenant> {
+    let mut tenant: Tenant = get_json(item, "body")?;
+    let policy: Policy = get_json(item, "policy")?;
+    tenant.limits = policy.limits;
+    tenant.budgets = policy.budgets;
+    Ok(tenant)
+}
+
+fn model_from_item(item: &Attributes) -> StoreResult<StoredModel> {
+    Ok(StoredModel {
+        spec: get_json(item, "spec")?,
+        created_at: get_u64(item, "created_at")?.unwrap_or(0),
+    })
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.get(&Key::single("PING")).await.map(|_| ())
+    }
+
+    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
+        let item = ItemBuilder::new(&item::tenant(&tenant.id))
+            .indexed(item::TENANTS, &tenant.id)
+            .json("body", tenant)?
+            .json(
+                "policy",
+                &Policy {
+                    limits: tenant.limits,
+                    budgets: tenant.budgets.clone(),
+                },
+            )?
+            .text("billing", tenant.billing.as_str())
+            .build();
+        if self.create(item).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict("tenant".into()))
+        }
+    }
+
+    async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>> {
+        self.get(&item::tenant(id))
+            .await?
+            .as_ref()
+            .map(tenant_from_item)
+            .transpose()
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        self.list(item::TENANTS, None, false, usize::MAX, |_| true)
+            .await?
+            .iter()
+            .map(tenant_from_item)
+            .collect()
+    }
+
+    async fn update_tenant_policy(
+        &self,
+        id: &str,
+        limits: RateLimits,
+        budgets: &[Budget],
+    ) -> StoreResult<bool> {
+        let policy = serde_json::to_string(&Policy {
+            limits,
+            budgets: budgets.to_vec(),
+        })
+        .map_err(unavailable)?;
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(item::tenant(id).attributes()))
+            .update_expression("SET #policy = :policy")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#policy", "policy")
+            .expression_attribute_values(":policy", AttributeValue::S(policy))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(error) if is_condition_failure(&error) => Ok(false),
+            Err(error) => Err(unavailable(describe(&error))),
+        }
+    }
+
+    async fn create_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        if self.create(key_item(key)?).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict("key".into()))
+        }
+    }
+
+    async fn find_key(&self, public_id: &str) -> StoreResult<Option<KeyRecord>> {
+        self.get(&item::api_key(public_id))
+            .await?
+            .as_ref()
+            .map(key_from_item)
+            .transpose()
+    }
+
+    async fn list_keys(&self, tenant_id: &str) -> StoreResult<Vec<KeyRecord>> {
+        self.list(
+            &item::tenant_keys(tenant_id),
+            None,
+            false,
+            usize::MAX,
+            |_| true,
+        )
+        .await?
+        .iter()
+        .map(key_from_item)
+        .collect()
+    }
+
+    async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool> {
+        let Some(public_id) = key_id.strip_prefix("key_") else {
+            return Ok(false);
+        };
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(item::api_key(public_id).attributes()))
+            .update_expression("SET #revoked = :at")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#revoked)")
+            .expression_attribute_names("#revoked", REVOKED_AT)
+            .expression_attribute_values(":at", item::n(at))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(error) if is_condition_failure(&error) => Ok(false),
+            Err(error) => Err(unavailable(describe(&error))),
+        }
+    }
+
+    async fn list_operator_keys(&self) -> StoreResult<Vec<KeyRecord>> {
+        self.list(item::OPERATOR_KEYS, None, true, usize::MAX, |item| {
+            !item.contains_key(REVOKED_AT)
+        })
+        .await?
+        .iter()
+        .map(key_from_item)
+        .collect()
+    }
+
+    async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel> {
+        let spec = serde_json::to_string(model).map_err(unavailable)?;
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(item::model(&model.id).attributes()))
+            .update_expression(
+                "SET #spec = :spec, #updated = :now, #created = if_not_exists(#created, :now), #ip = :ip, #is = :is",
+            )
+            .expression_attribute_names("#spec", "spec")
+            .expression_attribute_names("#updated", "updated_at")
+            .expression_attribute_names("#created", "created_at")
+            .expression_attribute_names("#ip", INDEX_PARTITION_KEY)
+            .expression_attribute_names("#is", INDEX_SORT_KEY)
+            .expression_attribute_values(":spec", AttributeValue::S(spec))
+            .expression_attribute_values(":now", item::n(now))
+            .expression_attribute_values(":ip", item::s(item::MODELS))
+            .expression_attribute_values(":is", item::s(&model.id))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|error| unavailable(describe(&error)))?;
+        let created_at = output
+            .attributes()
+            .map(|attributes| get_u64(attributes, "created_at"))
+            .transpose()?
+            .flatten()
+            .unwrap_or(now);
+        Ok(StoredModel {
+            spec: model.clone(),
+            created_at,
+        })
+    }
+
+    async fn get_model(&self, id: &str) -> StoreResult<Option<StoredModel>> {
+        self.get(&item::model(id))
+            .await?
+            .as_ref()
+            .map(model_from_item)
+            .transpose()
+    }
+
+    async fn list_models(&self) -> StoreResult<Vec<StoredModel>> {
+        self.list(item::MODELS, None, false, usize::MAX, |_| true)
+            .await?
+            .iter()
+            .map(model_from_item)
+            .collect()
+    }
+
+    async fn delete_model(&self, id: &str) -> StoreResult<bool> {
+        let output = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(item::model(id).attributes()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|error| unavailable(describe(&error)))?;
+        Ok(output.attributes().is_some_and(|old| !old.is_empty()))
+    }
+}

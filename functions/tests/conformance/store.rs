@@ -1,0 +1,212 @@
+//! The `Store` contract (tenants, keys, models), run against every adapter like
+//! `accounts.rs`: what one tenant or key does never shows through another's.
+#![allow(dead_code)]
+
+use ferry_core::Money;
+use ferry_core::admission::{Budget, BudgetPeriod, Enforcement};
+use ferry_core::model::ModelSpec;
+use ferry_core::ports::{
+    Accounts, Billing, KeyRecord, RateLimits, Settled, Store, StoreError, Tenant, UsageRecord,
+};
+use ferry_core::principal::Role;
+
+use super::new_store;
+
+fn tenant(id: &str) -> Tenant {
+    Tenant {
+        id: id.into(),
+        name: format!("{id} inc"),
+        billing: Billing::Prepaid,
+        created_at: 10,
+        limits: RateLimits::default(),
+        budgets: Vec::new(),
+    }
+}
+
+fn key(id: &str, tenant_id: Option<&str>, created_at: u64) -> KeyRecord {
+    KeyRecord {
+        id: format!("key_{id}"),
+        public_id: id.into(),
+        secret_hash: "h".into(),
+        tenant_id: tenant_id.map(str::to_owned),
+        name: "k".into(),
+        role: Role::Member,
+        models: Some(vec!["m".into()]),
+        limits: RateLimits {
+            rpm: Some(5),
+            tpm: None,
+        },
+        budgets: Vec::new(),
+        credit_cap: Some(Money::from_nanos(7)),
+        created_at,
+        expires_at: Some(99),
+        revoked_at: None,
+    }
+}
+
+fn unbilled_usage(request_id: &str, tenant_id: &str) -> UsageRecord {
+    UsageRecord {
+        request_id: request_id.into(),
+        tenant_id: tenant_id.into(),
+        key_id: None,
+        model: "m".into(),
+        deployment: "d".into(),
+        endpoint: "chat.completions".into(),
+        prompt_tokens: 3,
+        cached_tokens: 0,
+        completion_tokens: 4,
+        cost: Money::from_nanos(12),
+        status: 200,
+        latency_ms: 5,
+        ttft_ms: Some(1),
+        cache_status: "none".into(),
+        created_at: 20,
+    }
+}
+
+#[tokio::test]
+async fn tenants_and_keys_round_trip_and_stay_apart() {
+    let store = new_store().await;
+    store.create_tenant(&tenant("a")).await.unwrap();
+    store.create_tenant(&tenant("b")).await.unwrap();
+    assert_eq!(
+        store.create_tenant(&tenant("a")).await,
+        Err(StoreError::Conflict("tenant".into()))
+    );
+    assert_eq!(store.get_tenant("a").await.unwrap(), Some(tenant("a")));
+    assert_eq!(store.get_tenant("c").await.unwrap(), None);
+    store.create_key(&key("one", Some("a"), 1)).await.unwrap();
+    store.create_key(&key("two", Some("b"), 1)).await.unwrap();
+    assert_eq!(
+        store.create_key(&key("one", Some("b"), 2)).await,
+        Err(StoreError::Conflict("key".into()))
+    );
+    assert_eq!(
+        store.find_key("one").await.unwrap(),
+        Some(key("one", Some("a"), 1))
+    );
+    assert_eq!(store.find_key("three").await.unwrap(), None);
+    assert_eq!(
+        store.list_keys("a").await.unwrap(),
+        vec![key("one", Some("a"), 1)]
+    );
+    assert!(store.revoke_key("key_one", 50).await.unwrap());
+    assert!(!store.revoke_key("key_one", 51).await.unwrap());
+    assert!(!store.revoke_key("key_nothing", 51).await.unwrap());
+    assert_eq!(
+        store
+            .find_key("one")
+            .await
+            .unwrap()
+            .and_then(|key| key.revoked_at),
+        Some(50)
+    );
+    let tenants: Vec<String> = store
+        .list_tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|tenant| tenant.id)
+        .collect();
+    assert_eq!(tenants, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn a_tenants_policy_changes_alone() {
+    let store = new_store().await;
+    store.create_tenant(&tenant("a")).await.unwrap();
+    let limits = RateLimits {
+        rpm: Some(60),
+        tpm: Some(10_000),
+    };
+    let budgets = vec![Budget {
+        period: BudgetPeriod::Day,
+        amount_usd: Money::from_nanos(5_000_000_000),
+        enforcement: Enforcement::Hard,
+    }];
+    assert!(
+        store
+            .update_tenant_policy("a", limits, &budgets)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .update_tenant_policy("nobody", limits, &budgets)
+            .await
+            .unwrap()
+    );
+    let changed = store.get_tenant("a").await.unwrap().unwrap();
+    assert_eq!((changed.limits, changed.budgets), (limits, budgets));
+    assert_eq!(changed.name, "a inc");
+}
+
+#[tokio::test]
+async fn operator_keys_are_listed_live_and_newest_first() {
+    let store = new_store().await;
+    store.create_tenant(&tenant("a")).await.unwrap();
+    store.create_key(&key("old", None, 1)).await.unwrap();
+    store.create_key(&key("new", None, 5)).await.unwrap();
+    store.create_key(&key("gone", None, 9)).await.unwrap();
+    store
+        .create_key(&key("tenant", Some("a"), 7))
+        .await
+        .unwrap();
+    assert!(store.revoke_key("key_gone", 10).await.unwrap());
+    let listed: Vec<String> = store
+        .list_operator_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|key| key.public_id)
+        .collect();
+    assert_eq!(listed, ["new", "old"]);
+}
+
+#[tokio::test]
+async fn usage_is_recorded_once_per_request() {
+    let store = new_store().await;
+    // Unbilled calls (no hold) are recorded as they come, once per request id.
+    assert_eq!(
+        store.settle(&unbilled_usage("r1", "a")).await.unwrap(),
+        Settled::Recorded {
+            charged: Money::from_nanos(12)
+        }
+    );
+    assert_eq!(
+        store.settle(&unbilled_usage("r1", "a")).await.unwrap(),
+        Settled::Duplicate
+    );
+    store.settle(&unbilled_usage("r2", "b")).await.unwrap();
+    assert_eq!(
+        store
+            .usage_events("a", None, 0, u64::MAX, 10)
+            .await
+            .unwrap(),
+        vec![unbilled_usage("r1", "a")]
+    );
+    assert_eq!(
+        store.usage_events("a", None, 21, 30, 10).await.unwrap(),
+        Vec::new()
+    );
+}
+
+#[tokio::test]
+async fn models_keep_their_creation_time() {
+    let store = new_store().await;
+    let spec = |upstream: &str| -> ModelSpec {
+        serde_json::from_value(serde_json::json!({
+            "id": "m", "deployments": [{"id": "d", "upstream": {"url": "http://x/v1", "model": upstream}}]
+        }))
+        .unwrap()
+    };
+    assert_eq!(store.put_model(&spec("a"), 5).await.unwrap().created_at, 5);
+    let replaced = store.put_model(&spec("b"), 9).await.unwrap();
+    assert_eq!((replaced.created_at, replaced.spec), (5, spec("b")));
+    assert_eq!(store.get_model("m").await.unwrap().unwrap().spec, spec("b"));
+    assert_eq!(store.list_models().await.unwrap().len(), 1);
+    assert!(store.delete_model("m").await.unwrap());
+    assert!(!store.delete_model("m").await.unwrap());
+    assert_eq!(store.get_model("m").await.unwrap(), None);
+    assert!(store.list_models().await.unwrap().is_empty());
+}
