@@ -2,13 +2,14 @@
 //! the books. Both work on the same store `ferry serve` writes, while it runs or after.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use ferry_core::billing::{self, Invoice};
 use ferry_core::calendar::Month;
-use ferry_core::ports::{Accounts, ObjectStore, Store};
+use ferry_core::ports::{Accounts, Store};
 use ferry_functions::clock;
+use ferry_functions::jobs::{Books, Outcome};
 use ferry_functions::store::{LocalObjectStore, SqliteStore};
 
 #[derive(clap::Subcommand)]
@@ -61,49 +62,37 @@ pub async fn run(command: BillingCommand) -> anyhow::Result<i32> {
             })?;
             let objects =
                 LocalObjectStore::new(export_dir.unwrap_or_else(|| store.data_dir.join("objects")));
-            close(&store.open()?, &objects, month).await?;
+            close(store.open()?, objects, month).await?;
             Ok(0)
         }
         BillingCommand::Reconcile { store } => reconcile(&store.open()?).await,
     }
 }
 
-async fn close(store: &SqliteStore, objects: &dyn ObjectStore, month: Month) -> anyhow::Result<()> {
+async fn close(store: SqliteStore, objects: LocalObjectStore, month: Month) -> anyhow::Result<()> {
     let now = clock::unix_seconds();
     if month.bounds_unix().1 > now {
         println!(
             "note: {month} has not ended; calls made after now will need the period closed again"
         );
     }
-    let closed = store.close_period(month, now).await?;
-    if closed.is_empty() {
+    let store = Arc::new(store);
+    let books = Books {
+        store: store.clone(),
+        accounts: store,
+        objects: Arc::new(objects),
+    };
+    let Outcome::Closed { invoices, .. } = books.close(month, now).await? else {
+        anyhow::bail!("closing {month} did not close it");
+    };
+    if invoices.is_empty() {
         println!("{month}: no billable usage");
     }
-    let (start, end) = month.bounds_unix();
-    for outcome in &closed {
-        let invoice = &outcome.invoice;
-        let events = store
-            .usage_events(&invoice.tenant_id, None, start, end, u32::MAX)
-            .await?;
-        let mut lines = String::new();
-        for event in &events {
-            lines.push_str(&billing::cloud_event(event).to_string());
-            lines.push('\n');
-        }
-        let usage_key = format!("usage/period={month}/tenant={}.jsonl", invoice.tenant_id);
-        objects.put(&usage_key, Bytes::from(lines)).await?;
-        let invoice_key = format!("invoices/period={month}/{}.json", invoice.id);
-        objects
-            .put(
-                &invoice_key,
-                Bytes::from(serde_json::to_vec_pretty(invoice)?),
-            )
-            .await?;
-        print_invoice(invoice, outcome.created);
+    for closed in &invoices {
+        print_invoice(&closed.invoice, closed.created);
         println!(
             "  {} usage events → {}",
-            events.len(),
-            objects.locate(&usage_key)
+            closed.usage_events, closed.usage_export
         );
     }
     Ok(())

@@ -2,6 +2,7 @@
 
 mod billing;
 mod config;
+mod function;
 mod models;
 mod pool;
 mod scaler;
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run everything in one process: gateway, admin API and embedded store.
     Serve(serve::ServeArgs),
+    /// Run one stateless function (gateway, admin or billing): on Lambda when its runtime API
+    /// is there, otherwise on $PORT (Knative). Configured by the environment: see README.
+    Function(function::FunctionArgs),
     /// Run one GPU-pool replica: the native engines behind an OpenAI-compatible API.
     Worker(models::WorkerArgs),
     /// Run the GPU pool's activator and autoscaler as a service, in front of replicas made by
@@ -44,8 +48,17 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    // On Lambda the bootstrap runs with no arguments; the function's handler setting names
+    // which function this is.
+    let cli = match function::lambda_handler() {
+        Some(handler) if std::env::args_os().len() == 1 => {
+            Cli::parse_from(["ferry", "function", handler.as_str()])
+        }
+        _ => Cli::parse(),
+    };
+    match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Function(args) => function::run(args).await,
         Command::Worker(args) => models::worker(args).await,
         Command::Scaler(args) => scaler::run(args).await,
         Command::Models(command) => models::run(command),

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
@@ -18,8 +18,20 @@ use crate::config::{PoolSection, validate_pool};
 #[derive(clap::Args)]
 pub struct ScalerArgs {
     /// The scaler's TOML file: its provider and deployments.
-    #[arg(long, env = "FERRY_SCALER_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        long,
+        env = "FERRY_SCALER_CONFIG",
+        required_unless_present = "config_toml"
+    )]
+    config: Option<PathBuf>,
+    /// The same TOML given inline (for containers configured by their environment).
+    #[arg(
+        long,
+        env = "FERRY_SCALER_CONFIG_TOML",
+        conflicts_with = "config",
+        hide_env_values = true
+    )]
+    config_toml: Option<String>,
     /// Where the activator listens (wins over the file's `addr`).
     #[arg(long, env = "FERRY_SCALER_ADDR")]
     addr: Option<SocketAddr>,
@@ -86,7 +98,15 @@ fn default_port() -> u16 {
 
 pub async fn run(args: ScalerArgs) -> anyhow::Result<()> {
     crate::serve::init_logging(args.log_json);
-    let file = read(&args.config)?;
+    let file = match (&args.config, &args.config_toml) {
+        (_, Some(text)) => parse(text, "FERRY_SCALER_CONFIG_TOML")?,
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            parse(&text, &path.display().to_string())?
+        }
+        (None, None) => bail!("give --config or FERRY_SCALER_CONFIG_TOML"),
+    };
     let mut configs = Vec::new();
     for entry in &file.deployments {
         let scaling = validate_pool(entry.scaling.clone())
@@ -112,13 +132,11 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<()> {
     .await
 }
 
-fn read(path: &Path) -> anyhow::Result<ScalerFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: ScalerFile =
-        toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+/// Parses and checks a scaler config; `source` names it in errors.
+fn parse(text: &str, source: &str) -> anyhow::Result<ScalerFile> {
+    let file: ScalerFile = toml::from_str(text).with_context(|| format!("config {source}"))?;
     if file.deployments.is_empty() {
-        bail!("{}: no deployments", path.display());
+        bail!("{source}: no deployments");
     }
     let mut names = std::collections::HashSet::new();
     for entry in &file.deployments {

@@ -78,12 +78,35 @@ impl Default for RouterConfig {
     }
 }
 
+/// Which part of the HTTP surface a router serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything (`ferry serve`).
+    All,
+    /// The OpenAI-compatible API (`/v1`): the gateway function.
+    Gateway,
+    /// The admin API (`/admin/v1`): the admin function.
+    Admin,
+}
+
 /// The whole HTTP surface of the functions, ready to be served by any runtime.
 pub fn router(state: AppState, config: &RouterConfig) -> Router {
+    router_for(Surface::All, state, config)
+}
+
+/// One part of the HTTP surface (with health, readiness and the OpenAPI document).
+pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> Router {
     let in_flight = Arc::new(Semaphore::new(config.max_calls_in_flight));
-    Router::new()
-        .merge(gateway::routes().layer(middleware::from_fn_with_state(in_flight, shed_when_full)))
-        .nest("/admin/v1", admin::routes().merge(billing::routes()))
+    let mut router = Router::new();
+    if surface != Surface::Admin {
+        router = router.merge(
+            gateway::routes().layer(middleware::from_fn_with_state(in_flight, shed_when_full)),
+        );
+    }
+    if surface != Surface::Gateway {
+        router = router.nest("/admin/v1", admin::routes().merge(billing::routes()));
+    }
+    router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))

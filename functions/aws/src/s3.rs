@@ -29,6 +29,20 @@ impl S3ObjectStore {
         }
     }
 
+    /// On `bucket` under `prefix`, with the AWS configuration given; `path_style` for
+    /// S3-compatible servers that need it.
+    pub fn from_config(
+        config: &aws_config::SdkConfig,
+        bucket: impl Into<String>,
+        prefix: impl Into<String>,
+        path_style: bool,
+    ) -> S3ObjectStore {
+        let s3_config = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(path_style)
+            .build();
+        S3ObjectStore::new(Client::from_conf(s3_config), bucket, prefix)
+    }
+
     fn object_key(&self, key: &str) -> StoreResult<String> {
         // Keys are ours, but a tenant id ends up in them: no empty or climbing segments.
         if key.is_empty()

@@ -42,13 +42,18 @@ impl DynamoStore {
         }
     }
 
+    /// On `table`, with the AWS configuration given (see [`crate::sdk_config`]).
+    pub fn from_config(config: &aws_config::SdkConfig, table: impl Into<String>) -> DynamoStore {
+        DynamoStore::new(Client::new(config), table)
+    }
+
     pub fn table(&self) -> &str {
         &self.table
     }
 
     /// Creates the table as `iac/terraform/modules/data` does (for tests and local servers;
-    /// in AWS the Terraform owns it) and waits until it can be used.
-    pub async fn create_table(&self) -> StoreResult<()> {
+    /// in AWS the Terraform owns it); false if it exists already.
+    pub async fn create_table(&self) -> StoreResult<bool> {
         let string = |name: &str| {
             AttributeDefinition::builder()
                 .attribute_name(name)
@@ -74,7 +79,8 @@ impl DynamoStore {
             )
             .build()
             .map_err(unavailable)?;
-        self.client
+        let created = self
+            .client
             .create_table()
             .table_name(&self.table)
             .billing_mode(BillingMode::PayPerRequest)
@@ -86,8 +92,12 @@ impl DynamoStore {
             .key_schema(key(SORT_KEY, KeyType::Range)?)
             .global_secondary_indexes(index)
             .send()
-            .await
-            .map_err(|error| unavailable(describe(&error)))?;
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(error) if error.code() == Some("ResourceInUseException") => return Ok(false),
+            Err(error) => return Err(unavailable(describe(&error))),
+        }
         self.client
             .update_time_to_live()
             .table_name(&self.table)
@@ -101,7 +111,7 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|error| unavailable(describe(&error)))?;
-        Ok(())
+        Ok(true)
     }
 
     async fn get(&self, key: &Key) -> StoreResult<Option<Attributes>> {

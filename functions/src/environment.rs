@@ -1,0 +1,152 @@
+//! The environment `ferry function` reads: one list, so the deployments (Terraform's Lambda
+//! environment, Knative's Secret) can be checked against it (`functions/aws/tests/iac_contract.rs`).
+
+/// The functions a deployment runs, each from the same binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Function {
+    /// The OpenAI-compatible API (`/v1`).
+    Gateway,
+    /// The admin API (`/admin/v1`): tenants, keys, models, prices, credit, usage.
+    Admin,
+    /// Scheduled jobs: expiring holds, closing months, reconciling.
+    Billing,
+}
+
+impl Function {
+    pub const ALL: [Function; 3] = [Function::Gateway, Function::Admin, Function::Billing];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::Gateway => "gateway",
+            Function::Admin => "admin",
+            Function::Billing => "billing",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Function> {
+        Function::ALL
+            .into_iter()
+            .find(|function| function.name() == name)
+    }
+}
+
+/// One environment variable: its name, which functions read it, and whether a deployment on
+/// the shared store (DynamoDB) must set it for them.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    pub name: &'static str,
+    pub read_by: &'static [Function],
+    pub required_by: &'static [Function],
+}
+
+const ALL: &[Function] = &Function::ALL;
+const NONE: &[Function] = &[];
+const CALLERS: &[Function] = &[Function::Gateway, Function::Admin];
+
+/// `dynamodb` or `sqlite` (the default: a file in `FERRY_DATA_DIR`, for one replica).
+pub const STORE: Variable = Variable {
+    name: "FERRY_STORE",
+    read_by: ALL,
+    required_by: ALL,
+};
+/// The DynamoDB table (with `FERRY_STORE=dynamodb`).
+pub const DYNAMODB_TABLE: Variable = Variable {
+    name: "FERRY_DYNAMODB_TABLE",
+    read_by: ALL,
+    required_by: ALL,
+};
+/// The S3 bucket billing exports invoices and usage to (under `exports/`); without it, a
+/// directory in `FERRY_DATA_DIR`.
+pub const S3_BUCKET: Variable = Variable {
+    name: "FERRY_S3_BUCKET",
+    read_by: &[Function::Billing],
+    required_by: &[Function::Billing],
+};
+/// `true` for S3-compatible servers that need path-style addressing.
+pub const S3_FORCE_PATH_STYLE: Variable = Variable {
+    name: "FERRY_S3_FORCE_PATH_STYLE",
+    read_by: &[Function::Billing],
+    required_by: NONE,
+};
+/// Where the SQLite store (and local exports) live.
+pub const DATA_DIR: Variable = Variable {
+    name: "FERRY_DATA_DIR",
+    read_by: ALL,
+    required_by: NONE,
+};
+/// The operator key the admin API accepts (registered on start).
+pub const OPERATOR_KEY: Variable = Variable {
+    name: "FERRY_OPERATOR_KEY",
+    read_by: &[Function::Admin],
+    required_by: &[Function::Admin],
+};
+/// OIDC: callers may present JWTs from this provider (all three or none).
+pub const JWT_JWKS_URL: Variable = Variable {
+    name: "FERRY_JWT_JWKS_URL",
+    read_by: CALLERS,
+    required_by: NONE,
+};
+pub const JWT_ISSUER: Variable = Variable {
+    name: "FERRY_JWT_ISSUER",
+    read_by: CALLERS,
+    required_by: NONE,
+};
+pub const JWT_AUDIENCE: Variable = Variable {
+    name: "FERRY_JWT_AUDIENCE",
+    read_by: CALLERS,
+    required_by: NONE,
+};
+/// Log JSON lines (`true`) rather than text.
+pub const LOG_JSON: Variable = Variable {
+    name: "FERRY_LOG_JSON",
+    read_by: ALL,
+    required_by: NONE,
+};
+/// Where to listen when not on Lambda (Knative sets it).
+pub const PORT: Variable = Variable {
+    name: "PORT",
+    read_by: ALL,
+    required_by: NONE,
+};
+
+pub const VARIABLES: &[Variable] = &[
+    STORE,
+    DYNAMODB_TABLE,
+    S3_BUCKET,
+    S3_FORCE_PATH_STYLE,
+    DATA_DIR,
+    OPERATOR_KEY,
+    JWT_JWKS_URL,
+    JWT_ISSUER,
+    JWT_AUDIENCE,
+    LOG_JSON,
+    PORT,
+];
+
+impl Variable {
+    /// Its value, if set and not empty.
+    pub fn get(self) -> Option<String> {
+        std::env::var(self.name)
+            .ok()
+            .filter(|value| !value.is_empty())
+    }
+
+    pub fn flag(self) -> bool {
+        self.get()
+            .is_some_and(|value| matches!(value.as_str(), "1" | "true" | "yes"))
+    }
+}
+
+/// The variables `function` reads.
+pub fn read_by(function: Function) -> impl Iterator<Item = &'static Variable> {
+    VARIABLES
+        .iter()
+        .filter(move |variable| variable.read_by.contains(&function))
+}
+
+/// The variables a deployment on DynamoDB must set for `function`.
+pub fn required_by(function: Function) -> impl Iterator<Item = &'static Variable> {
+    VARIABLES
+        .iter()
+        .filter(move |variable| variable.required_by.contains(&function))
+}

@@ -1,0 +1,299 @@
+//! `ferry function gateway|admin|billing`: one stateless function, configured by its
+//! environment (`ferry_functions::environment`), served on Lambda when the Lambda runtime API is
+//! there (`AWS_LAMBDA_RUNTIME_API`), otherwise on `$PORT` (Knative, a container, a terminal).
+//! The same routers as `ferry serve`; only the runtime and the stores differ.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferry_core::ports::{Accounts, ObjectStore, Store};
+use ferry_functions::admin::{OperatorKey, ensure_operator_key};
+use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
+use ferry_functions::environment::{self as env, Function};
+use ferry_functions::jobs::Books;
+use ferry_functions::store::{CachedStore, LocalObjectStore, SqliteStore};
+use ferry_functions::upstream::{HttpUpstream, UpstreamConfig};
+use ferry_functions::{AppState, MoneyConfig, RouterConfig, Surface};
+use tokio::net::TcpListener;
+
+#[derive(clap::Args)]
+pub struct FunctionArgs {
+    /// Which function: gateway, admin or billing.
+    #[arg(value_parser = parse_function)]
+    function: Function,
+    /// Where to listen off Lambda (default 0.0.0.0:$PORT, or 8080).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Create the DynamoDB table if it does not exist: for local AWS-compatible servers (in
+    /// AWS, the Terraform makes it).
+    #[arg(long)]
+    create_table: bool,
+}
+
+fn parse_function(name: &str) -> Result<Function, String> {
+    Function::parse(name).ok_or_else(|| format!("`{name}`: expected gateway, admin or billing"))
+}
+
+/// The function Lambda asks for: a custom runtime's handler setting (`_HANDLER`) names it,
+/// so one zip serves all three functions.
+pub fn lambda_handler() -> Option<String> {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API")?;
+    std::env::var("_HANDLER")
+        .ok()
+        .filter(|name| !name.is_empty())
+}
+
+fn on_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+/// How long the read-mostly data (tenants, models, prices, keys) is trusted on one replica.
+const READ_CACHE_TTL: Duration = Duration::from_secs(5);
+
+pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
+    crate::serve::init_logging(env::LOG_JSON.flag());
+    let function = args.function;
+    let stores = Stores::from_env(function, args.create_table).await?;
+    if function == Function::Billing {
+        let books = Books {
+            store: stores.store,
+            accounts: stores.accounts,
+            objects: stores.objects,
+        };
+        return if on_lambda() {
+            run_billing_on_lambda(books).await
+        } else {
+            serve(args.addr, ferry_functions::jobs::router(books)).await
+        };
+    }
+    if function == Function::Admin {
+        let configured = env::OPERATOR_KEY.get();
+        anyhow::ensure!(
+            configured.is_some() || !stores.shared,
+            "{} must be set: on a shared store no key may be made and printed",
+            env::OPERATOR_KEY.name
+        );
+        if let OperatorKey::Generated(key) =
+            ensure_operator_key(stores.store.as_ref(), configured.as_deref())
+                .await
+                .context("operator key")?
+        {
+            println!("operator key (shown once; keep it, or set FERRY_OPERATOR_KEY): {key}");
+        }
+    }
+    let cached = Arc::new(CachedStore::new(
+        stores.store,
+        stores.accounts,
+        READ_CACHE_TTL,
+    ));
+    let auth = AuthConfig {
+        jwt: jwt_from_env()?,
+        ..AuthConfig::default()
+    };
+    let state = AppState {
+        store: cached.clone(),
+        accounts: cached.clone(),
+        upstream: Arc::new(
+            HttpUpstream::new(UpstreamConfig::default()).context("upstream client")?,
+        ),
+        auth: Arc::new(Authenticator::new(
+            cached,
+            auth,
+            reqwest::Client::builder().build().context("HTTP client")?,
+        )?),
+        money: MoneyConfig::default(),
+    };
+    let surface = match function {
+        Function::Gateway => Surface::Gateway,
+        _ => Surface::Admin,
+    };
+    let router = ferry_functions::router_for(surface, state, &RouterConfig::default());
+    if on_lambda() {
+        run_http_on_lambda(router).await
+    } else {
+        serve(args.addr, router).await
+    }
+}
+
+/// Off Lambda: `$PORT` on every interface, draining calls in flight at SIGTERM.
+async fn serve(addr: Option<SocketAddr>, router: axum::Router) -> anyhow::Result<()> {
+    let addr = match addr {
+        Some(addr) => addr,
+        None => {
+            let port = match env::PORT.get() {
+                Some(port) => port.parse().context("PORT")?,
+                None => 8080,
+            };
+            SocketAddr::from(([0, 0, 0, 0], port))
+        }
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    crate::serve::serve_until_signal(listener, router, None).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn jwt_from_env() -> anyhow::Result<Option<JwtConfig>> {
+    let values = [env::JWT_JWKS_URL, env::JWT_ISSUER, env::JWT_AUDIENCE].map(|var| var.get());
+    match values {
+        [None, None, None] => Ok(None),
+        [Some(jwks_url), Some(issuer), Some(audience)] => Ok(Some(
+            serde_json::from_value(serde_json::json!({
+                "jwks_url": jwks_url, "issuer": issuer, "audience": audience
+            }))
+            .context("OIDC settings")?,
+        )),
+        _ => anyhow::bail!(
+            "set all of {}, {} and {}, or none",
+            env::JWT_JWKS_URL.name,
+            env::JWT_ISSUER.name,
+            env::JWT_AUDIENCE.name
+        ),
+    }
+}
+
+struct Stores {
+    store: Arc<dyn Store>,
+    accounts: Arc<dyn Accounts>,
+    objects: Arc<dyn ObjectStore>,
+    /// Shared by many replicas (DynamoDB), not a file of this one.
+    shared: bool,
+}
+
+impl Stores {
+    async fn from_env(function: Function, create_table: bool) -> anyhow::Result<Stores> {
+        let data_dir = PathBuf::from(
+            env::DATA_DIR
+                .get()
+                .unwrap_or_else(|| "./ferry-data".to_owned()),
+        );
+        let kind = env::STORE.get().unwrap_or_else(|| "sqlite".to_owned());
+        match kind.as_str() {
+            "sqlite" => {
+                std::fs::create_dir_all(&data_dir)
+                    .with_context(|| format!("creating {}", data_dir.display()))?;
+                let store = Arc::new(
+                    SqliteStore::open(&data_dir.join("ferry.db")).context("opening the store")?,
+                );
+                Ok(Stores {
+                    store: store.clone(),
+                    accounts: store,
+                    objects: objects(function, &data_dir).await?,
+                    shared: false,
+                })
+            }
+            "dynamodb" => dynamodb(function, &data_dir, create_table).await,
+            other => anyhow::bail!("{}={other:?}: expected dynamodb or sqlite", env::STORE.name),
+        }
+    }
+}
+
+#[cfg(feature = "aws")]
+async fn dynamodb(
+    function: Function,
+    data_dir: &std::path::Path,
+    create_table: bool,
+) -> anyhow::Result<Stores> {
+    let table = env::DYNAMODB_TABLE
+        .get()
+        .with_context(|| format!("{} must be set", env::DYNAMODB_TABLE.name))?;
+    let config = ferry_aws::sdk_config().await;
+    let store = Arc::new(ferry_aws::DynamoStore::from_config(&config, table));
+    if create_table && store.create_table().await? {
+        tracing::info!(table = store.table(), "created the table");
+    }
+    Ok(Stores {
+        store: store.clone(),
+        accounts: store,
+        objects: objects(function, data_dir).await?,
+        shared: true,
+    })
+}
+
+#[cfg(not(feature = "aws"))]
+async fn dynamodb(_: Function, _: &std::path::Path, _: bool) -> anyhow::Result<Stores> {
+    anyhow::bail!("this build has no AWS support: build with `--features aws`")
+}
+
+/// Billing's exports: the S3 bucket if one is set, else a directory in the data directory.
+async fn objects(
+    function: Function,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let bucket = if function == Function::Billing {
+        env::S3_BUCKET.get()
+    } else {
+        None
+    };
+    match bucket {
+        None => Ok(Arc::new(LocalObjectStore::new(data_dir.join("objects")))),
+        Some(bucket) => s3(bucket).await,
+    }
+}
+
+#[cfg(feature = "aws")]
+async fn s3(bucket: String) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let config = ferry_aws::sdk_config().await;
+    Ok(Arc::new(ferry_aws::S3ObjectStore::from_config(
+        &config,
+        bucket,
+        ferry_aws::schema::EXPORTS_PREFIX,
+        env::S3_FORCE_PATH_STYLE.flag(),
+    )))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn s3(_: String) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    anyhow::bail!(
+        "{} is set but this build has no AWS support: build with `--features aws`",
+        env::S3_BUCKET.name
+    )
+}
+
+/// Each invocation is one HTTP request from a function URL; answers stream (SSE) as they are
+/// made (`RESPONSE_STREAM` invoke mode).
+#[cfg(feature = "aws")]
+async fn run_http_on_lambda(router: axum::Router) -> anyhow::Result<()> {
+    lambda_http::run_with_streaming_response(router)
+        .await
+        .map_err(|error| anyhow::anyhow!("Lambda runtime: {error}"))
+}
+
+/// Each invocation is a job, as EventBridge sends it (the rule's input: `{"job": …}`). A
+/// failed job fails the invocation, so EventBridge retries it and then dead-letters it.
+#[cfg(feature = "aws")]
+async fn run_billing_on_lambda(books: Books) -> anyhow::Result<()> {
+    use lambda_http::{LambdaEvent, service_fn};
+    let handler = service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let books = books.clone();
+        async move {
+            let job: ferry_functions::jobs::Job = serde_json::from_value(event.payload)?;
+            let outcome = books
+                .run_logged(&job, ferry_functions::clock::unix_millis())
+                .await?;
+            if outcome.is_failure() {
+                return Err(format!("the books disagree: {}", serde_json::json!(outcome)).into());
+            }
+            Ok::<_, lambda_http::Error>(serde_json::json!(outcome))
+        }
+    });
+    lambda_http::lambda_runtime::run(handler)
+        .await
+        .map_err(|error| anyhow::anyhow!("Lambda runtime: {error}"))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn run_http_on_lambda(_: axum::Router) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no Lambda support: build with `--features aws`")
+}
+
+#[cfg(not(feature = "aws"))]
+async fn run_billing_on_lambda(_: Books) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no Lambda support: build with `--features aws`")
+}
