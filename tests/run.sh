@@ -5,16 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The Python side first: the OpenAI SDK for the end-to-end tests, and moto, the local
-# AWS-compatible server the AWS adapters are tested against.
+# The Python side first: the OpenAI SDK for the end-to-end tests; moto, the local
+# AWS-compatible server the AWS adapters are tested against; cargo-lambda, the Lambda emulator.
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 
 rustup target add wasm32-wasip1 >/dev/null
-cargo build --workspace --bins --locked
-cargo test --workspace --locked
-# The AWS adapters (optional features, so the default build stays quick), against moto.
-MOTO_SERVER="$PWD/.venv/bin/moto_server" cargo test -p ferry-scaler --features aws --locked
+# With the AWS runtime (an optional feature, so `ferry serve`'s own build stays quick): one
+# build serves every test, and the AWS adapters are tested against moto.
+cargo build --workspace --bins --locked --features ferry/aws
+MOTO_SERVER="$PWD/.venv/bin/moto_server" cargo test --workspace --locked --features ferry/aws
 cargo build -p ferry-core --target wasm32-wasip1 --locked
 
 FERRY_BIN=target/debug/ferry .venv/bin/python -m pytest tests/e2e -q

@@ -17,3 +17,57 @@ async fn new_store() -> DynamoStore {
 mod accounts;
 #[path = "../../tests/conformance/store.rs"]
 mod store;
+
+/// `S3ObjectStore` writes whole objects under its prefix and refuses keys that climb out.
+mod objects {
+    use bytes::Bytes;
+    use ferry_aws::S3ObjectStore;
+    use ferry_core::ports::{ObjectStore, StoreError};
+
+    use super::moto;
+
+    #[tokio::test]
+    async fn exports_land_under_the_prefix_whole() {
+        let config = moto::sdk_config();
+        let bucket = moto::unique("exports");
+        let client = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config)
+                .force_path_style(true)
+                .build(),
+        );
+        client.create_bucket().bucket(&bucket).send().await.unwrap();
+        let objects = S3ObjectStore::from_config(&config, &bucket, "exports/", true);
+
+        let body = Bytes::from_static(b"{\"total_usd\":\"1.5\"}\n");
+        objects
+            .put("invoices/period=2100-01/inv_a.json", body.clone())
+            .await
+            .unwrap();
+        let stored = client
+            .get_object()
+            .bucket(&bucket)
+            .key("exports/invoices/period=2100-01/inv_a.json")
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert_eq!(stored, body);
+        assert_eq!(
+            objects.locate("invoices/period=2100-01/inv_a.json"),
+            format!("s3://{bucket}/exports/invoices/period=2100-01/inv_a.json")
+        );
+        for bad in ["", "../escape", "a//b", "a/./b"] {
+            assert!(
+                matches!(
+                    objects.put(bad, Bytes::new()).await,
+                    Err(StoreError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! The Terraform (`iac/terraform`) against the code, read with an HCL parser: the table's key
+//! schema, index and TTL attribute; the environment each function is given against what it
+//! reads; each function's IAM actions against what the adapters call; the table wired to the
+//! functions; the billing schedule's jobs. Each check is shown to fail when one side alone
+//! changes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use ferry_aws::schema;
+use ferry_functions::environment::{self, Function};
+use hcl::{Block, Body, Expression, ObjectKey, TraversalOperator};
+
+/// What the code expects of the infrastructure.
+#[derive(Debug, Clone)]
+struct Contract {
+    partition_key: String,
+    sort_key: String,
+    index: (String, String, String),
+    ttl_attribute: String,
+    /// Per function: the variables it reads, and those it must be given.
+    reads: BTreeMap<&'static str, BTreeSet<String>>,
+    requires: BTreeMap<&'static str, BTreeSet<String>>,
+    dynamodb_actions: BTreeMap<&'static str, BTreeSet<String>>,
+    s3_actions: BTreeMap<&'static str, BTreeSet<String>>,
+}
+
+impl Contract {
+    fn from_code() -> Contract {
+        let per_function = |names: &dyn Fn(Function) -> BTreeSet<String>| {
+            Function::ALL
+                .into_iter()
+                .map(|function| (function.name(), names(function)))
+                .collect()
+        };
+        let strings = |list: &[&str]| list.iter().map(|item| (*item).to_owned()).collect();
+        Contract {
+            partition_key: schema::PARTITION_KEY.into(),
+            sort_key: schema::SORT_KEY.into(),
+            index: (
+                schema::INDEX.into(),
+                schema::INDEX_PARTITION_KEY.into(),
+                schema::INDEX_SORT_KEY.into(),
+            ),
+            ttl_attribute: schema::TTL_ATTRIBUTE.into(),
+            reads: per_function(&|function| {
+                environment::read_by(function)
+                    .map(|variable| variable.name.to_owned())
+                    .collect()
+            }),
+            requires: per_function(&|function| {
+                environment::required_by(function)
+                    .map(|variable| variable.name.to_owned())
+                    .collect()
+            }),
+            dynamodb_actions: per_function(&|function| {
+                strings(schema::dynamodb_actions(function.name()))
+            }),
+            s3_actions: per_function(&|function| strings(schema::s3_actions(function.name()))),
+        }
+    }
+}
+
+fn terraform_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../iac/terraform"))
+}
+
+fn parse(path: &Path) -> Body {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{path:?}: {error}"));
+    hcl::parse(&text).unwrap_or_else(|error| panic!("{path:?}: {error}"))
+}
+
+fn blocks<'a>(body: &'a Body, kind: &str, labels: &[&str]) -> Vec<&'a Block> {
+    body.blocks()
+        .filter(|block| block.identifier() == kind)
+        .filter(|block| {
+            labels.is_empty()
+                || block
+                    .labels()
+                    .iter()
+                    .map(|label| label.as_str())
+                    .eq(labels.iter().copied())
+        })
+        .collect()
+}
+
+fn attribute<'a>(body: &'a Body, name: &str) -> Option<&'a Expression> {
+    body.attributes()
+        .find(|attribute| attribute.key() == name)
+        .map(|attribute| attribute.expr())
+}
+
+fn text(expression: Option<&Expression>) -> Option<String> {
+    match expression? {
+        Expression::String(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// `a.b.c` as text, for a traversal or a variable.
+fn path(expression: &Expression) -> Option<String> {
+    match expression {
+        Expression::Variable(variable) => Some(variable.as_str().to_owned()),
+        Expression::Traversal(traversal) => {
+            let mut parts = vec![path(&traversal.expr)?];
+            for operator in &traversal.operators {
+                match operator {
+                    TraversalOperator::GetAttr(name) => parts.push(name.as_str().to_owned()),
+                    _ => return None,
+                }
+            }
+            Some(parts.join("."))
+        }
+        _ => None,
+    }
+}
+
+fn key_name(key: &ObjectKey) -> Option<String> {
+    match key {
+        ObjectKey::Identifier(identifier) => Some(identifier.as_str().to_owned()),
+        ObjectKey::Expression(expression) => text(Some(expression)),
+        _ => None,
+    }
+}
+
+/// Every `locals` attribute of a file.
+fn locals(body: &Body) -> BTreeMap<String, Expression> {
+    blocks(body, "locals", &[])
+        .into_iter()
+        .flat_map(|block| block.body().attributes())
+        .map(|attribute| (attribute.key().to_owned(), attribute.expr().clone()))
+        .collect()
+}
+
+/// The entries an object-valued expression may have: object literals, `merge(...)` of them,
+/// either arm of a conditional, and `local.x` references, followed.
+fn entries(
+    expression: &Expression,
+    locals: &BTreeMap<String, Expression>,
+) -> BTreeMap<String, Expression> {
+    let mut found = BTreeMap::new();
+    match expression {
+        Expression::Object(object) => {
+            for (key, value) in object {
+                if let Some(name) = key_name(key) {
+                    found.insert(name, value.clone());
+                }
+            }
+        }
+        Expression::FuncCall(call) => {
+            for argument in &call.args {
+                found.extend(entries(argument, locals));
+            }
+        }
+        Expression::Conditional(conditional) => {
+            found.extend(entries(&conditional.true_expr, locals));
+            found.extend(entries(&conditional.false_expr, locals));
+        }
+        Expression::Parenthesis(inner) => found.extend(entries(inner, locals)),
+        other => {
+            if let Some(name) =
+                path(other).and_then(|path| path.strip_prefix("local.").map(str::to_owned))
+                && let Some(value) = locals.get(&name)
+            {
+                found.extend(entries(value, locals));
+            }
+        }
+    }
+    found
+}
+
+fn string_list(expression: Option<&Expression>) -> BTreeSet<String> {
+    match expression {
+        Some(Expression::Array(items)) => {
+            items.iter().filter_map(|item| text(Some(item))).collect()
+        }
+        _ => BTreeSet::new(),
+    }
+}
+
+fn expect(problems: &mut Vec<String>, what: &str, found: Option<String>, wanted: &str) {
+    if found.as_deref() != Some(wanted) {
+        problems.push(format!(
+            "{what}: the code expects {wanted:?}, the Terraform has {found:?}"
+        ));
+    }
+}
+
+/// Every way the Terraform under `root` disagrees with `contract`.
+fn disagreements(root: &Path, contract: &Contract) -> Vec<String> {
+    let mut problems = Vec::new();
+
+    // The table.
+    let data = parse(&root.join("modules/data/main.tf"));
+    let tables = blocks(&data, "resource", &["aws_dynamodb_table", "main"]);
+    let table = tables.first().expect("aws_dynamodb_table.main").body();
+    expect(
+        &mut problems,
+        "table hash_key",
+        text(attribute(table, "hash_key")),
+        &contract.partition_key,
+    );
+    expect(
+        &mut problems,
+        "table range_key",
+        text(attribute(table, "range_key")),
+        &contract.sort_key,
+    );
+    let declared: BTreeSet<(String, String)> = blocks(table, "attribute", &[])
+        .iter()
+        .filter_map(|block| {
+            Some((
+                text(attribute(block.body(), "name"))?,
+                text(attribute(block.body(), "type"))?,
+            ))
+        })
+        .collect();
+    let (index, index_partition, index_sort) = &contract.index;
+    let wanted: BTreeSet<(String, String)> = [
+        &contract.partition_key,
+        &contract.sort_key,
+        index_partition,
+        index_sort,
+    ]
+    .into_iter()
+    .map(|name| (name.clone(), "S".to_owned()))
+    .collect();
+    expect(
+        &mut problems,
+        "table attributes",
+        Some(format!("{declared:?}")),
+        &format!("{wanted:?}"),
+    );
+    let indexes = blocks(table, "global_secondary_index", &[]);
+    match indexes.as_slice() {
+        [gsi] => {
+            let gsi = gsi.body();
+            expect(
+                &mut problems,
+                "index name",
+                text(attribute(gsi, "name")),
+                index,
+            );
+            expect(
+                &mut problems,
+                "index hash_key",
+                text(attribute(gsi, "hash_key")),
+                index_partition,
+            );
+            expect(
+                &mut problems,
+                "index range_key",
+                text(attribute(gsi, "range_key")),
+                index_sort,
+            );
+            expect(
+                &mut problems,
+                "index projection",
+                text(attribute(gsi, "projection_type")),
+                "ALL",
+            );
+        }
+        other => expect(
+            &mut problems,
+            "index count",
+            Some(other.len().to_string()),
+            "1",
+        ),
+    }
+    let ttl = blocks(table, "ttl", &[]);
+    expect(
+        &mut problems,
+        "table TTL attribute",
+        ttl.first()
+            .and_then(|block| text(attribute(block.body(), "attribute_name"))),
+        &contract.ttl_attribute,
+    );
+
+    // Each function's environment and permissions.
+    let functions = parse(&root.join("modules/functions/main.tf"));
+    let locals = locals(&functions);
+    let environment = locals
+        .get("environment")
+        .map(|expression| entries(expression, &locals))
+        .unwrap_or_default();
+    let dynamodb = locals
+        .get("dynamodb_actions")
+        .map(|expression| entries(expression, &locals))
+        .unwrap_or_default();
+    let s3 = locals
+        .get("s3_actions")
+        .map(|expression| entries(expression, &locals))
+        .unwrap_or_default();
+    for function in Function::ALL.map(Function::name) {
+        let given = environment
+            .get(function)
+            .map(|expression| entries(expression, &locals))
+            .unwrap_or_default();
+        for name in given.keys() {
+            if !contract.reads[function].contains(name) {
+                problems.push(format!(
+                    "the Terraform gives {function} {name}, which it does not read"
+                ));
+            }
+        }
+        for name in &contract.requires[function] {
+            if !given.contains_key(name) {
+                problems.push(format!(
+                    "{function} needs {name}, which the Terraform does not give it"
+                ));
+            }
+        }
+        if let Some(table) = given.get("FERRY_DYNAMODB_TABLE") {
+            expect(
+                &mut problems,
+                &format!("{function}'s table"),
+                path(table),
+                "var.table_name",
+            );
+        }
+        let granted = string_list(dynamodb.get(function));
+        if granted != contract.dynamodb_actions[function] {
+            problems.push(format!(
+                "{function}'s DynamoDB actions: the code calls {:?}, the Terraform grants {granted:?}",
+                contract.dynamodb_actions[function]
+            ));
+        }
+        let granted = string_list(s3.get(function));
+        if granted != contract.s3_actions[function] {
+            problems.push(format!(
+                "{function}'s S3 actions: the code calls {:?}, the Terraform grants {granted:?}",
+                contract.s3_actions[function]
+            ));
+        }
+    }
+
+    // The example wires the data module's table and bucket into the functions.
+    let example = parse(&root.join("examples/complete/main.tf"));
+    for (input, output) in [
+        ("table_name", "module.data.table_name"),
+        ("table_arn", "module.data.table_arn"),
+        ("bucket_name", "module.data.bucket_name"),
+    ] {
+        let wired = blocks(&example, "module", &["functions"])
+            .first()
+            .and_then(|block| attribute(block.body(), input))
+            .and_then(path);
+        expect(
+            &mut problems,
+            &format!("the functions' {input}"),
+            wired,
+            output,
+        );
+    }
+
+    // The schedule sends jobs the billing function knows.
+    let schedule = parse(&root.join("modules/billing_schedule/main.tf"));
+    let schedule_locals = self::locals(&schedule);
+    let mut jobs = 0;
+    for expression in schedule_locals.values() {
+        for (rule, body) in entries(expression, &schedule_locals) {
+            let Some(Expression::FuncCall(call)) = entries(&body, &schedule_locals).remove("input")
+            else {
+                continue;
+            };
+            jobs += 1;
+            let payload: serde_json::Value = call
+                .args
+                .first()
+                .map(|argument| {
+                    entries(argument, &schedule_locals)
+                        .into_iter()
+                        .filter_map(|(key, value)| {
+                            Some((key, serde_json::Value::String(text(Some(&value))?)))
+                        })
+                        .collect::<serde_json::Map<_, _>>()
+                        .into()
+                })
+                .unwrap_or_default();
+            if let Err(error) =
+                serde_json::from_value::<ferry_functions::jobs::Job>(payload.clone())
+            {
+                problems.push(format!(
+                    "schedule {rule} sends {payload}, not a job: {error}"
+                ));
+            }
+        }
+    }
+    if jobs == 0 {
+        problems.push("the billing schedule sends no jobs".into());
+    }
+    problems
+}
+
+#[test]
+fn the_terraform_agrees_with_the_code() {
+    let problems = disagreements(&terraform_dir(), &Contract::from_code());
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// A copy of the Terraform with `from` replaced by `to` in one file.
+struct Changed(PathBuf);
+
+impl Changed {
+    fn new(file: &str, from: &str, to: &str) -> Changed {
+        let root = std::env::temp_dir().join(format!(
+            "ferry-iac-{}-{}",
+            std::process::id(),
+            file.replace('/', "-")
+        ));
+        for relative in [
+            "modules/data/main.tf",
+            "modules/functions/main.tf",
+            "modules/billing_schedule/main.tf",
+            "examples/complete/main.tf",
+        ] {
+            let mut text = std::fs::read_to_string(terraform_dir().join(relative)).unwrap();
+            if relative == file {
+                assert!(text.contains(from), "{from:?} not in {file}");
+                text = text.replacen(from, to, 1);
+            }
+            let target = root.join(relative);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::write(target, text).unwrap();
+        }
+        Changed(root)
+    }
+}
+
+impl Drop for Changed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn assert_caught(problems: &[String], expected: &str) {
+    assert!(
+        problems.iter().any(|problem| problem.contains(expected)),
+        "expected a problem mentioning {expected:?}, got {problems:#?}"
+    );
+}
+
+#[test]
+fn a_change_to_the_terraform_alone_is_caught() {
+    let code = Contract::from_code();
+    let cases = [
+        // An env var renamed in the Terraform only: the function reads the old name.
+        (
+            "modules/functions/main.tf",
+            "FERRY_DYNAMODB_TABLE = var.table_name",
+            "FERRY_DYNAMO_TABLE = var.table_name",
+            "needs FERRY_DYNAMODB_TABLE",
+        ),
+        // The table's key renamed.
+        (
+            "modules/data/main.tf",
+            "hash_key                    = \"pk\"",
+            "hash_key                    = \"PK\"",
+            "table hash_key",
+        ),
+        // Another table wired to the functions than the data module's.
+        (
+            "examples/complete/main.tf",
+            "table_name         = module.data.table_name",
+            "table_name         = \"ferry-other\"",
+            "the functions' table_name",
+        ),
+        // A permission the adapters need, dropped.
+        (
+            "modules/functions/main.tf",
+            "\"dynamodb:Scan\",",
+            "",
+            "billing's DynamoDB actions",
+        ),
+        // A job the billing function does not know.
+        (
+            "modules/billing_schedule/main.tf",
+            "job = \"expire_holds\"",
+            "job = \"expire_hold\"",
+            "not a job",
+        ),
+    ];
+    for (file, from, to, expected) in cases {
+        let changed = Changed::new(file, from, to);
+        assert_caught(&disagreements(&changed.0, &code), expected);
+    }
+}
+
+#[test]
+fn a_change_to_the_code_alone_is_caught() {
+    let terraform = terraform_dir();
+    let mut renamed = Contract::from_code();
+    for names in renamed
+        .reads
+        .values_mut()
+        .chain(renamed.requires.values_mut())
+    {
+        if names.remove("FERRY_DYNAMODB_TABLE") {
+            names.insert("FERRY_TABLE".into());
+        }
+    }
+    assert_caught(&disagreements(&terraform, &renamed), "needs FERRY_TABLE");
+    assert_caught(
+        &disagreements(&terraform, &renamed),
+        "gives gateway FERRY_DYNAMODB_TABLE, which it does not read",
+    );
+
+    let mut rekeyed = Contract::from_code();
+    rekeyed.sort_key = "sort".into();
+    assert_caught(&disagreements(&terraform, &rekeyed), "table range_key");
+
+    let mut more = Contract::from_code();
+    more.dynamodb_actions
+        .get_mut("gateway")
+        .unwrap()
+        .insert("dynamodb:BatchGetItem".into());
+    assert_caught(
+        &disagreements(&terraform, &more),
+        "gateway's DynamoDB actions",
+    );
+}
