@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use ferry_core::ports::{Accounts, ObjectStore, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
-use ferry_functions::environment::{self as env, Function};
+use ferry_functions::environment::{self as env, Function, Variable};
 use ferry_functions::jobs::Books;
 use ferry_functions::store::{CachedStore, LocalObjectStore, SqliteStore};
 use ferry_functions::upstream::{HttpUpstream, UpstreamConfig};
@@ -46,6 +46,17 @@ pub fn lambda_handler() -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
+/// A variable's value, if set and not empty.
+fn value(variable: Variable) -> Option<String> {
+    std::env::var(variable.name)
+        .ok()
+        .filter(|value| !value.is_empty())
+}
+
+fn flag(variable: Variable) -> bool {
+    value(variable).is_some_and(|value| matches!(value.as_str(), "1" | "true" | "yes"))
+}
+
 fn on_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
 }
@@ -54,7 +65,7 @@ fn on_lambda() -> bool {
 const READ_CACHE_TTL: Duration = Duration::from_secs(5);
 
 pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
-    crate::serve::init_logging(env::LOG_JSON.flag());
+    crate::serve::init_logging(flag(env::LOG_JSON));
     let function = args.function;
     let stores = Stores::from_env(function, args.create_table).await?;
     if function == Function::Billing {
@@ -70,7 +81,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         };
     }
     if function == Function::Admin {
-        let configured = env::OPERATOR_KEY.get();
+        let configured = value(env::OPERATOR_KEY);
         anyhow::ensure!(
             configured.is_some() || !stores.shared,
             "{} must be set: on a shared store no key may be made and printed",
@@ -123,7 +134,7 @@ async fn serve(addr: Option<SocketAddr>, router: axum::Router) -> anyhow::Result
     let addr = match addr {
         Some(addr) => addr,
         None => {
-            let port = match env::PORT.get() {
+            let port = match value(env::PORT) {
                 Some(port) => port.parse().context("PORT")?,
                 None => 8080,
             };
@@ -140,7 +151,7 @@ async fn serve(addr: Option<SocketAddr>, router: axum::Router) -> anyhow::Result
 }
 
 fn jwt_from_env() -> anyhow::Result<Option<JwtConfig>> {
-    let values = [env::JWT_JWKS_URL, env::JWT_ISSUER, env::JWT_AUDIENCE].map(|var| var.get());
+    let values = [env::JWT_JWKS_URL, env::JWT_ISSUER, env::JWT_AUDIENCE].map(value);
     match values {
         [None, None, None] => Ok(None),
         [Some(jwks_url), Some(issuer), Some(audience)] => Ok(Some(
@@ -168,13 +179,15 @@ struct Stores {
 
 impl Stores {
     async fn from_env(function: Function, create_table: bool) -> anyhow::Result<Stores> {
-        let data_dir = PathBuf::from(
-            env::DATA_DIR
-                .get()
-                .unwrap_or_else(|| "./ferry-data".to_owned()),
-        );
-        let kind = env::STORE.get().unwrap_or_else(|| "sqlite".to_owned());
+        let data_dir =
+            PathBuf::from(value(env::DATA_DIR).unwrap_or_else(|| "./ferry-data".to_owned()));
+        let kind = value(env::STORE).unwrap_or_else(|| "sqlite".to_owned());
         match kind.as_str() {
+            // Each Lambda instance would have a database of its own, lost when it goes.
+            "sqlite" if on_lambda() => anyhow::bail!(
+                "{}=dynamodb is needed on Lambda: a SQLite file is not shared by instances",
+                env::STORE.name
+            ),
             "sqlite" => {
                 std::fs::create_dir_all(&data_dir)
                     .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -200,8 +213,7 @@ async fn dynamodb(
     data_dir: &std::path::Path,
     create_table: bool,
 ) -> anyhow::Result<Stores> {
-    let table = env::DYNAMODB_TABLE
-        .get()
+    let table = value(env::DYNAMODB_TABLE)
         .with_context(|| format!("{} must be set", env::DYNAMODB_TABLE.name))?;
     let config = ferry_aws::sdk_config().await;
     let store = Arc::new(ferry_aws::DynamoStore::from_config(&config, table));
@@ -227,7 +239,7 @@ async fn objects(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Arc<dyn ObjectStore>> {
     let bucket = if function == Function::Billing {
-        env::S3_BUCKET.get()
+        value(env::S3_BUCKET)
     } else {
         None
     };
@@ -244,7 +256,7 @@ async fn s3(bucket: String) -> anyhow::Result<Arc<dyn ObjectStore>> {
         &config,
         bucket,
         ferry_aws::schema::EXPORTS_PREFIX,
-        env::S3_FORCE_PATH_STYLE.flag(),
+        flag(env::S3_FORCE_PATH_STYLE),
     )))
 }
 

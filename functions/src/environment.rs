@@ -1,5 +1,6 @@
 //! The environment `ferry function` reads: one list, so the deployments (Terraform's Lambda
 //! environment, Knative's Secret) can be checked against it (`functions/aws/tests/iac_contract.rs`).
+//! Only the binary reads the values.
 
 /// The functions a deployment runs, each from the same binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,20 +123,6 @@ pub const VARIABLES: &[Variable] = &[
     LOG_JSON,
     PORT,
 ];
-
-impl Variable {
-    /// Its value, if set and not empty.
-    pub fn get(self) -> Option<String> {
-        std::env::var(self.name)
-            .ok()
-            .filter(|value| !value.is_empty())
-    }
-
-    pub fn flag(self) -> bool {
-        self.get()
-            .is_some_and(|value| matches!(value.as_str(), "1" | "true" | "yes"))
-    }
-}
 
 /// The variables `function` reads.
 pub fn read_by(function: Function) -> impl Iterator<Item = &'static Variable> {

@@ -20,6 +20,10 @@ use serde_json::json;
 use crate::error::Failure;
 use crate::extract::JsonBody;
 
+/// How many times reconciliation looks before it reports a difference, and how long apart.
+const RECONCILE_LOOKS: u32 = 3;
+const RECONCILE_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A job, as its trigger sends it: `{"job": "expire_holds"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "job", rename_all = "snake_case", deny_unknown_fields)]
@@ -107,11 +111,21 @@ impl Books {
                 self.close(month, now).await
             }
             Job::Reconcile => {
-                let (ledger, tenants) = self.accounts.figures().await?;
-                Ok(Outcome::Reconciled {
-                    tenants: tenants.len(),
-                    discrepancies: billing::discrepancies(&ledger, &tenants),
-                })
+                // A store without snapshots (DynamoDB's scan) can catch a settlement half
+                // read: only a difference that is still there on a later look is reported.
+                let mut looks = 0;
+                loop {
+                    let (ledger, tenants) = self.accounts.figures().await?;
+                    let discrepancies = billing::discrepancies(&ledger, &tenants);
+                    looks += 1;
+                    if discrepancies.is_empty() || looks == RECONCILE_LOOKS {
+                        return Ok(Outcome::Reconciled {
+                            tenants: tenants.len(),
+                            discrepancies,
+                        });
+                    }
+                    tokio::time::sleep(RECONCILE_PAUSE).await;
+                }
             }
         }
     }

@@ -648,8 +648,76 @@ async fn a_soft_budget_admits_past_its_cap_and_alerts_once() {
     assert_eq!(store.balance("acme").await.unwrap(), balance("8.8", "0"));
 }
 
-#[tokio::test]
+/// Admissions and settlements racing on a hard cap that shares its counter with a soft alert:
+/// the cap is never passed, however the reads and writes interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_calls_never_pass_a_hard_cap_shared_with_a_soft_alert() {
+    const CALLS: usize = 24;
+    let acme = tenant(
+        "acme",
+        Billing::Prepaid,
+        vec![
+            Budget {
+                period: BudgetPeriod::Day,
+                amount_usd: usd("0.3"),
+                enforcement: Enforcement::Soft,
+            },
+            Budget {
+                period: BudgetPeriod::Day,
+                amount_usd: usd("1"),
+                enforcement: Enforcement::Hard,
+            },
+        ],
+    );
+    let store = Arc::new(store_with(std::slice::from_ref(&acme)).await);
+    top_up(&store, "acme", "10").await;
+    let tasks: Vec<_> = (0..CALLS)
+        .map(|index| {
+            let (store, caps) = (Arc::clone(&store), daily_caps(&acme));
+            tokio::spawn(async move {
+                let request_id = format!("r{index:02}");
+                let call = Admission {
+                    caps,
+                    ..admission(&request_id, "acme", Billing::Prepaid, usd("0.1"))
+                };
+                // Each call retries while others hold the budget, and settles at its hold.
+                for _ in 0..200 {
+                    match store.admit(&call).await.unwrap() {
+                        Ok(_) => {
+                            store
+                                .settle(&usage(&request_id, "acme", usd("0.1")))
+                                .await
+                                .unwrap();
+                            return true;
+                        }
+                        Err(Refusal::Credit {
+                            code: CreditCode::InFlightBudgetExhausted,
+                            ..
+                        }) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                        Err(_) => return false,
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += usize::from(task.await.unwrap());
+    }
+    assert_eq!(admitted, 10, "exactly the cap's worth of calls");
+    let figures = tenant_figures(&store, "acme").await;
+    assert_eq!(figures.settled, usd("1"));
+    assert_eq!(store.balance("acme").await.unwrap(), balance("9", "0"));
+    assert_eq!(
+        store.alerts("acme").await.unwrap().len(),
+        1,
+        "the soft alert, once"
+    );
+    assert_books_reconcile(&store).await;
+}
 
+#[tokio::test]
 async fn a_soft_alert_below_a_hard_cap_of_the_same_period_counts_spend_once() {
     let acme = tenant(
         "acme",

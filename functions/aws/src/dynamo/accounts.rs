@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use ferry_core::Money;
 use ferry_core::admission::{
-    self, Admission, AdmissionState, Grant, Hold, Refusal, SpendCap, SpendCounter,
+    self, Admission, AdmissionState, Draw, Grant, Hold, Refusal, SpendCap, SpendCounter,
 };
 use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, Totals, UsageRow};
 use ferry_core::calendar::{Date, Month};
@@ -34,15 +34,15 @@ use super::write::{Attempt, Change, VERSION, Version, Writes};
 use crate::clock;
 use crate::schema::PARTITION_KEY;
 
-/// An invoice made this long after its month ended is final (as on SQLite).
-const FINAL_AFTER_SECONDS: u64 = 300;
+/// An invoice made this long after its month ended is final. Longer than SQLite's 5 minutes:
+/// a close reads the month's usage from the index, which may lag a settlement made a moment
+/// before, so the first close (the schedule's, just after midnight) stays open to the next.
+const FINAL_AFTER_SECONDS: u64 = 3600;
 /// Usage status recorded for a call whose hold expired (as on SQLite).
 pub const EXPIRED_STATUS: u16 = 500;
 /// A closed hold is kept this long (DynamoDB's TTL deletes it after): long past any late or
 /// replayed settlement, which then finds the call's usage event anyway.
 const CLOSED_HOLD_RETENTION_SECONDS: u64 = 35 * 24 * 3600;
-/// An idempotency key is remembered this long: a posting replayed later is posted again.
-const IDEMPOTENCY_RETENTION_SECONDS: u64 = 30 * 24 * 3600;
 /// A rate-limit bucket is deleted this long after it has refilled (absent means full).
 const BUCKET_RETENTION_SECONDS: u64 = 3600;
 
@@ -141,6 +141,27 @@ impl DynamoStore {
         Ok((counter, version_of(item.as_ref())?))
     }
 
+    /// Each distinct counter of `caps`, read once: two budgets of one period share a counter,
+    /// and a decision must see (and its commit check) one version of it.
+    async fn read_counters(
+        &self,
+        caps: &[SpendCap],
+    ) -> StoreResult<HashMap<String, (SpendCounter, Version)>> {
+        let ids = distinct_counters(caps);
+        let read = try_join_all(ids.iter().map(|id| self.read_counter(id))).await?;
+        Ok(ids.into_iter().map(str::to_owned).zip(read).collect())
+    }
+
+    /// Each distinct bucket of `draws`, read once.
+    async fn read_tats(
+        &self,
+        draws: &[Draw],
+    ) -> StoreResult<HashMap<String, (Option<i64>, Version)>> {
+        let ids: BTreeSet<&str> = draws.iter().map(|draw| draw.bucket.id.as_str()).collect();
+        let read = try_join_all(ids.iter().map(|id| self.read_tat(id))).await?;
+        Ok(ids.into_iter().map(str::to_owned).zip(read).collect())
+    }
+
     async fn read_tat(&self, bucket: &str) -> StoreResult<(Option<i64>, Version)> {
         self.read_number(item::bucket(bucket), "tat").await
     }
@@ -222,15 +243,15 @@ impl DynamoStore {
         actual_tokens: u64,
         now_ms: u64,
     ) -> StoreResult<Money> {
-        let counters =
-            try_join_all(hold.caps.iter().map(|cap| self.read_counter(&cap.counter))).await?;
-        let tats = try_join_all(
-            hold.token_draws
-                .iter()
-                .map(|draw| self.read_tat(&draw.bucket.id)),
-        )
-        .await?;
-        let values: Vec<SpendCounter> = counters.iter().map(|(counter, _)| *counter).collect();
+        let (counters, tats) = futures_util::try_join!(
+            self.read_counters(&hold.caps),
+            self.read_tats(&hold.token_draws),
+        )?;
+        let values: Vec<SpendCounter> = hold
+            .caps
+            .iter()
+            .map(|cap| counters[cap.counter.as_str()].0)
+            .collect();
         let plan = admission::settle_plan(hold, cost, &values);
         if let Some(posting) = &plan.posting {
             let id = format!("{}:{}", posting.kind.as_str(), hold.request_id);
@@ -245,17 +266,11 @@ impl DynamoStore {
                 &HashMap::new(),
             )?;
         }
-        let versions: HashMap<&str, Version> = hold
-            .caps
-            .iter()
-            .zip(&counters)
-            .map(|(cap, (_, version))| (cap.counter.as_str(), *version))
-            .collect();
-        for counter in distinct_counters(&hold.caps) {
+        for (counter, (_, version)) in &counters {
             writes.update(
                 &self.table,
                 &item::counter(counter),
-                versions.get(counter).copied(),
+                Some(*version),
                 Change::default()
                     .add("settled", plan.charged.nanos())
                     .add("held", -hold.amount.nanos()),
@@ -294,10 +309,11 @@ impl DynamoStore {
             // Token buckets drew the estimate at admission; now they take the actual count.
             let now_nanos = ratelimit::nanos_from_millis(now_ms);
             let mut corrected = BTreeSet::new();
-            for (draw, (tat, version)) in hold.token_draws.iter().zip(&tats) {
+            for draw in &hold.token_draws {
                 if !corrected.insert(draw.bucket.id.as_str()) {
                     continue;
                 }
+                let (tat, version) = &tats[draw.bucket.id.as_str()];
                 let delta = i64::try_from(actual_tokens).unwrap_or(i64::MAX)
                     - i64::try_from(draw.amount).unwrap_or(i64::MAX);
                 let adjusted = ratelimit::adjust(&draw.bucket, *tat, delta, now_nanos);
@@ -404,18 +420,8 @@ impl Accounts for DynamoStore {
                 self.get(&hold_key),
                 self.read_account(&available_account),
                 self.read_account(&held_account),
-                try_join_all(
-                    admission
-                        .draws
-                        .iter()
-                        .map(|draw| self.read_tat(&draw.bucket.id))
-                ),
-                try_join_all(
-                    admission
-                        .caps
-                        .iter()
-                        .map(|cap| self.read_counter(&cap.counter))
-                ),
+                self.read_tats(&admission.draws),
+                self.read_counters(&admission.caps),
             )?;
             if existing.is_some() {
                 return Err(StoreError::Conflict(format!(
@@ -424,10 +430,18 @@ impl Accounts for DynamoStore {
                 )));
             }
             let state = AdmissionState {
-                tats: tats.iter().map(|(tat, _)| *tat).collect(),
+                tats: admission
+                    .draws
+                    .iter()
+                    .map(|draw| tats[draw.bucket.id.as_str()].0)
+                    .collect(),
                 available: available.0,
                 held: held.0,
-                counters: counters.iter().map(|(counter, _)| *counter).collect(),
+                counters: admission
+                    .caps
+                    .iter()
+                    .map(|cap| counters[cap.counter.as_str()].0)
+                    .collect(),
             };
             let grant = match admission::decide(admission, &state) {
                 Ok(grant) => grant,
@@ -436,9 +450,10 @@ impl Accounts for DynamoStore {
             };
             let mut writes = Writes::default();
             let mut drawn = BTreeSet::new();
-            for ((draw, tat), (_, version)) in admission.draws.iter().zip(&grant.tats).zip(&tats) {
+            for (draw, tat) in admission.draws.iter().zip(&grant.tats) {
                 if drawn.insert(draw.bucket.id.as_str()) {
-                    self.write_tat(&mut writes, &draw.bucket.id, *tat, *version)?;
+                    let version = tats[draw.bucket.id.as_str()].1;
+                    self.write_tat(&mut writes, &draw.bucket.id, *tat, version)?;
                 }
             }
             let hold = Hold::of(admission);
@@ -475,6 +490,8 @@ impl Accounts for DynamoStore {
                         &read,
                     )?;
                 }
+                // A postpaid decision never looks at the balance.
+                None if admission.billing == Billing::Postpaid => {}
                 None => {
                     // The decision read the balance: it must still hold when this commits.
                     writes.unchanged(
@@ -485,17 +502,11 @@ impl Accounts for DynamoStore {
                     writes.unchanged(&self.table, &item::account(&held_account), held.1)?;
                 }
             }
-            let versions: HashMap<&str, Version> = admission
-                .caps
-                .iter()
-                .zip(&counters)
-                .map(|(cap, (_, version))| (cap.counter.as_str(), *version))
-                .collect();
-            for counter in distinct_counters(&admission.caps) {
+            for (counter, (_, version)) in &counters {
                 writes.update(
                     &self.table,
                     &item::counter(counter),
-                    versions.get(counter).copied(),
+                    Some(*version),
                     Change::default().add("held", admission.hold.nanos()),
                 )?;
             }
@@ -560,8 +571,11 @@ impl Accounts for DynamoStore {
         for hold in &due {
             let key = get_text(hold, PARTITION_KEY)?;
             let request_id = key.strip_prefix("HOLD#").unwrap_or(key);
-            if self.expire_hold(request_id, now_ms).await? {
-                expired += 1;
+            // One hold that cannot be expired must not keep the others open.
+            match self.expire_hold(request_id, now_ms).await {
+                Ok(true) => expired += 1,
+                Ok(false) => {}
+                Err(error) => tracing::error!(%request_id, %error, "could not expire a hold"),
             }
         }
         Ok(expired)
@@ -644,14 +658,19 @@ impl Accounts for DynamoStore {
                 &read,
             )?;
             let held_delta = request.posting.moved(&held_account).nanos();
-            if held_delta == 0 {
+            if !request
+                .posting
+                .entries
+                .iter()
+                .any(|entry| entry.account == held_account)
+            {
                 // The answer reports the held amount read: it must still be true.
                 writes.unchanged(&self.table, &item::account(&held_account), held.1)?;
             }
             if let Some(key) = &request.idempotency_key {
+                // Kept for good, as on SQLite: money posted twice is worse than an item.
                 let record = ItemBuilder::new(&item::idempotency(key))
                     .text("transaction_id", &id)
-                    .expires_at(now_ms / 1000 + IDEMPOTENCY_RETENTION_SECONDS)
                     .build();
                 writes.create(&self.table, record)?;
             }

@@ -7,7 +7,7 @@ use ferry_core::ports::{StoreError, StoreResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::schema::{INDEX_PARTITION_KEY, INDEX_SORT_KEY, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
+use crate::schema::{INDEX_PARTITION_KEY, INDEX_SORT_KEY, PARTITION_KEY, SORT_KEY};
 
 pub type Attributes = HashMap<String, AttributeValue>;
 
@@ -153,10 +153,6 @@ impl ItemBuilder {
     pub fn json(self, name: &str, value: &impl Serialize) -> StoreResult<Self> {
         let text = serde_json::to_string(value).map_err(unavailable)?;
         Ok(self.text(name, &text))
-    }
-
-    pub fn expires_at(self, unix_seconds: u64) -> Self {
-        self.number(TTL_ATTRIBUTE, unix_seconds)
     }
 
     pub fn build(self) -> Attributes {

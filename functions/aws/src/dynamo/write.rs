@@ -199,6 +199,16 @@ pub enum Attempt<T> {
     Write(Writes, T),
 }
 
+/// How a sent transaction ended.
+enum Sent {
+    Committed,
+    /// Another writer won: read again and decide again.
+    LostRace,
+}
+
+/// How many times one transaction is resent (same token) while its outcome is unknown.
+const RESENDS: u32 = 5;
+
 impl DynamoStore {
     /// Runs `attempt` (reads, a decision, writes) until its writes commit unopposed.
     pub(super) async fn atomically<T, F, Fut>(&self, what: &str, mut attempt: F) -> StoreResult<T>
@@ -214,49 +224,68 @@ impl DynamoStore {
             if writes.is_empty() {
                 return Ok(answer);
             }
-            let sent = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(writes.items))
-                .client_request_token(clock::request_token())
-                .send()
-                .await;
-            match sent {
-                Ok(_) => return Ok(answer),
-                Err(error) => match error.as_service_error() {
-                    Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
-                        if cancelled.cancellation_reasons().iter().all(|reason| {
-                            matches!(
-                                reason.code(),
-                                None | Some(
-                                    "None" | "ConditionalCheckFailed" | "TransactionConflict"
-                                )
-                            )
-                        }) =>
-                    {
-                        // Lost a race: read again. Back off a little, more each round, with
-                        // jitter so the racers do not collide again.
-                        let jitter = u64::from(clock::random_bytes::<1>()[0]) % 8;
-                        let millis = (u64::from(round.min(6)) * 4 + jitter).max(1);
-                        tokio::time::sleep(Duration::from_millis(millis)).await;
-                    }
-                    Some(TransactWriteItemsError::TransactionInProgressException(_)) => {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    _ => {
-                        return Err(StoreError::Unavailable(format!(
-                            "{what}: {}",
-                            error
-                                .as_service_error()
-                                .and_then(|service| service.message().map(str::to_owned))
-                                .unwrap_or_else(|| format!("{error:?}"))
-                        )));
-                    }
-                },
+            match self.send(what, writes.items).await? {
+                Sent::Committed => return Ok(answer),
+                Sent::LostRace => {
+                    // Back off a little, more each round, with jitter so the racers do not
+                    // collide again.
+                    let jitter = u64::from(clock::random_bytes::<1>()[0]) % 8;
+                    let millis = (u64::from(round.min(6)) * 4 + jitter).max(1);
+                    tokio::time::sleep(Duration::from_millis(millis)).await;
+                }
             }
         }
         Err(StoreError::Busy(format!(
             "{what}: gave up after {ATTEMPTS} conflicting attempts"
         )))
+    }
+
+    /// Sends one transaction. While its outcome is unknown (the request failed in transit, or
+    /// DynamoDB is still applying an earlier send) it is resent as it was, with the same
+    /// token, which DynamoDB applies at most once: deciding again instead could apply a
+    /// change twice (a posting without an idempotency key).
+    async fn send(&self, what: &str, items: Vec<TransactWriteItem>) -> StoreResult<Sent> {
+        let token = clock::request_token();
+        let mut resends = 0;
+        loop {
+            let sent = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .client_request_token(&token)
+                .send()
+                .await;
+            let error = match sent {
+                Ok(_) => return Ok(Sent::Committed),
+                Err(error) => error,
+            };
+            let unknown = match error.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
+                    if cancelled.cancellation_reasons().iter().all(|reason| {
+                        matches!(
+                            reason.code(),
+                            None | Some("None" | "ConditionalCheckFailed" | "TransactionConflict")
+                        )
+                    }) =>
+                {
+                    return Ok(Sent::LostRace);
+                }
+                Some(TransactWriteItemsError::TransactionInProgressException(_)) => true,
+                Some(_) => false,
+                // No answer (a timeout, a dropped connection): it may have committed.
+                None => true,
+            };
+            if !unknown || resends >= RESENDS {
+                return Err(StoreError::Unavailable(format!(
+                    "{what}: {}",
+                    error
+                        .as_service_error()
+                        .and_then(|service| service.message().map(str::to_owned))
+                        .unwrap_or_else(|| format!("{error:?}"))
+                )));
+            }
+            resends += 1;
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(resends))).await;
+        }
     }
 }
