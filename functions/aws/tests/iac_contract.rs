@@ -1,8 +1,8 @@
 //! The Terraform (`iac/terraform`) against the code, read with an HCL parser: the table's key
 //! schema, index and TTL attribute; the environment each function is given against what it
 //! reads; each function's IAM actions against what the adapters call; the table wired to the
-//! functions; the billing schedule's jobs. Each check is shown to fail when one side alone
-//! changes.
+//! functions; the billing schedule's jobs. The same for the Knative base (`knative/functions`).
+//! Each check is shown to fail when one side alone changes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -519,4 +519,235 @@ fn a_change_to_the_code_alone_is_caught() {
         &disagreements(&terraform, &more),
         "gateway's DynamoDB actions",
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Knative (`knative/functions/base`): each Service runs a function the binary has, its
+// environment (its Secrets' keys, by the example Secret) holds what it needs and nothing the
+// functions do not read, and the PingSources send jobs the billing function knows to it.
+
+fn knative_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../knative/functions/base"
+    ))
+}
+
+fn yaml_documents(text: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize as _;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| serde_yaml::Value::deserialize(document).unwrap())
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+fn field<'a>(value: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a serde_yaml::Value> {
+    path.iter().try_fold(value, |value, key| value.get(*key))
+}
+
+fn strings(value: Option<&serde_yaml::Value>) -> Vec<String> {
+    value
+        .and_then(serde_yaml::Value::as_sequence)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every way the Knative base under `dir` disagrees with the code.
+fn knative_disagreements(dir: &Path, contract: &Contract) -> Vec<String> {
+    let mut documents = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "yaml")
+        {
+            documents.extend(yaml_documents(&std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    let kind = |document: &serde_yaml::Value| {
+        field(document, &["kind"])
+            .and_then(|kind| kind.as_str())
+            .map(str::to_owned)
+    };
+    let name = |document: &serde_yaml::Value| {
+        field(document, &["metadata", "name"])
+            .and_then(|name| name.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let secrets: BTreeMap<String, BTreeSet<String>> = documents
+        .iter()
+        .filter(|document| kind(document).as_deref() == Some("Secret"))
+        .map(|secret| {
+            let keys = field(secret, &["stringData"])
+                .or_else(|| field(secret, &["data"]))
+                .and_then(serde_yaml::Value::as_mapping)
+                .map(|keys| {
+                    keys.keys()
+                        .filter_map(|key| key.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (name(secret), keys)
+        })
+        .collect();
+    let read_by_any: BTreeSet<&String> = contract.reads.values().flatten().collect();
+    let mut problems = Vec::new();
+    let mut services = BTreeSet::new();
+    for service in documents
+        .iter()
+        .filter(|document| kind(document).as_deref() == Some("Service"))
+    {
+        let containers = field(service, &["spec", "template", "spec", "containers"])
+            .and_then(serde_yaml::Value::as_sequence)
+            .cloned()
+            .unwrap_or_default();
+        for container in &containers {
+            let args = strings(container.get("args"));
+            let function = match args.as_slice() {
+                [command, function] if command == "function" => function.clone(),
+                other => {
+                    problems.push(format!(
+                        "Service {}: args {other:?} run no function",
+                        name(service)
+                    ));
+                    continue;
+                }
+            };
+            if !contract.reads.contains_key(function.as_str()) {
+                problems.push(format!(
+                    "Service {} runs `function {function}`, which the binary lacks",
+                    name(service)
+                ));
+                continue;
+            }
+            services.insert(name(service));
+            let mut given = BTreeSet::new();
+            for source in container
+                .get("envFrom")
+                .and_then(serde_yaml::Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                let secret = field(source, &["secretRef", "name"])
+                    .and_then(|name| name.as_str())
+                    .unwrap_or_default();
+                match secrets.get(secret) {
+                    Some(keys) => given.extend(keys.iter().cloned()),
+                    None => problems.push(format!(
+                        "{function} reads the Secret {secret}, which no example shows"
+                    )),
+                }
+            }
+            for variable in container
+                .get("env")
+                .and_then(serde_yaml::Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(variable) = field(variable, &["name"]).and_then(|name| name.as_str()) {
+                    given.insert(variable.to_owned());
+                }
+            }
+            for variable in &given {
+                // One Secret serves the three functions; the AWS SDK reads its own variables.
+                if !variable.starts_with("AWS_") && !read_by_any.contains(variable) {
+                    problems.push(format!(
+                        "Knative gives {function} {variable}, which no function reads"
+                    ));
+                }
+            }
+            for required in &contract.requires[function.as_str()] {
+                if !given.contains(required) {
+                    problems.push(format!(
+                        "Knative's {function} needs {required}, which it is not given"
+                    ));
+                }
+            }
+        }
+    }
+    for source in documents
+        .iter()
+        .filter(|document| kind(document).as_deref() == Some("PingSource"))
+    {
+        let data = field(source, &["spec", "data"])
+            .and_then(|data| data.as_str())
+            .unwrap_or_default();
+        if let Err(error) = serde_json::from_str::<ferry_functions::jobs::Job>(data) {
+            problems.push(format!(
+                "PingSource {} sends {data}, not a job: {error}",
+                name(source)
+            ));
+        }
+        let target = field(source, &["spec", "sink", "ref", "name"])
+            .and_then(|name| name.as_str())
+            .unwrap_or_default();
+        let uri = field(source, &["spec", "sink", "uri"])
+            .and_then(|uri| uri.as_str())
+            .unwrap_or_default();
+        if !services.contains(target) || uri != "/jobs" {
+            problems.push(format!(
+                "PingSource {} sends to {target}{uri}, not a billing function's /jobs",
+                name(source)
+            ));
+        }
+    }
+    if services.len() != Function::ALL.len() {
+        problems.push(format!(
+            "Knative runs {services:?}, not one Service per function"
+        ));
+    }
+    problems
+}
+
+#[test]
+fn the_knative_services_agree_with_the_code() {
+    let problems = knative_disagreements(&knative_dir(), &Contract::from_code());
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn a_change_to_knative_alone_is_caught() {
+    let code = Contract::from_code();
+    let cases = [
+        (
+            "secret.example.yaml",
+            "FERRY_DYNAMODB_TABLE: ferry",
+            "FERRY_TABLE: ferry",
+            "needs FERRY_DYNAMODB_TABLE",
+        ),
+        (
+            "pingsources.yaml",
+            "{\"job\":\"expire_holds\"}",
+            "{\"job\":\"expire\"}",
+            "not a job",
+        ),
+        (
+            "gateway.yaml",
+            "args: [\"function\", \"gateway\"]",
+            "args: [\"function\", \"gateways\"]",
+            "which the binary lacks",
+        ),
+    ];
+    for (file, from, to, expected) in cases {
+        let dir = std::env::temp_dir().join(format!("ferry-knative-{}-{file}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(knative_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            if path.file_name().is_some_and(|name| name == file) {
+                assert!(text.contains(from), "{from:?} not in {file}");
+                text = text.replacen(from, to, 1);
+            }
+            std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
+        }
+        let problems = knative_disagreements(&dir, &code);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_caught(&problems, expected);
+    }
 }
