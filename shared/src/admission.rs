@@ -13,7 +13,7 @@ use crate::ledger::Posting;
 use crate::model::Price;
 use crate::money::Money;
 use crate::openai::{PromptTokensDetails, Usage};
-use crate::ports::Billing;
+use crate::ports::{Billing, UsageRecord};
 use crate::ratelimit::{self, Bucket, Remaining, Taken, Unit};
 
 /// Tokens a chat template may add beyond the request's own bytes (special tokens, a default
@@ -528,7 +528,32 @@ pub struct Hold {
     pub expires_at_ms: u64,
 }
 
+/// Usage status recorded for a call whose hold expired: the gateway died before it finished.
+pub const EXPIRED_STATUS: u16 = 500;
+
 impl Hold {
+    /// The usage event of a call whose hold expired at `now_ms` unsettled: nothing delivered,
+    /// nothing charged, billed in the period it was admitted in.
+    pub fn expired_usage(&self, now_ms: u64) -> UsageRecord {
+        UsageRecord {
+            request_id: self.request_id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            key_id: self.key_id.clone(),
+            model: self.model.clone(),
+            deployment: self.deployment.clone(),
+            endpoint: self.endpoint.clone(),
+            prompt_tokens: 0,
+            cached_tokens: 0,
+            completion_tokens: 0,
+            cost: Money::ZERO,
+            status: EXPIRED_STATUS,
+            latency_ms: now_ms.saturating_sub(self.created_at_ms),
+            ttft_ms: None,
+            cache_status: "none".into(),
+            created_at: self.created_at_ms / 1000,
+        }
+    }
+
     pub fn of(admission: &Admission) -> Hold {
         Hold {
             request_id: admission.request_id.clone(),

@@ -292,6 +292,29 @@ fn disagreements(root: &Path, contract: &Contract) -> Vec<String> {
         .get("s3_actions")
         .map(|expression| entries(expression, &locals))
         .unwrap_or_default();
+    // One function per name the binary knows, each told its name by its handler (`_HANDLER`).
+    let declared: BTreeSet<String> = locals
+        .get("functions")
+        .map(|expression| entries(expression, &locals).into_keys().collect())
+        .unwrap_or_default();
+    let known: BTreeSet<String> = Function::ALL
+        .map(|function| function.name().to_owned())
+        .into();
+    if declared != known {
+        problems.push(format!(
+            "the Terraform declares the functions {declared:?}, the binary has {known:?}"
+        ));
+    }
+    for lambda in blocks(&functions, "resource", &["aws_lambda_function"]) {
+        let for_each = attribute(lambda.body(), "for_each").and_then(path);
+        let handler = attribute(lambda.body(), "handler").and_then(path);
+        if for_each.as_deref() != Some("local.functions") || handler.as_deref() != Some("each.key")
+        {
+            problems.push(format!(
+                "a Lambda function's handler ({handler:?} over {for_each:?}) is not its function's name"
+            ));
+        }
+    }
     for function in Function::ALL.map(Function::name) {
         let given = environment
             .get(function)
@@ -472,6 +495,13 @@ fn a_change_to_the_terraform_alone_is_caught() {
             "\"dynamodb:Scan\",",
             "",
             "billing's DynamoDB actions",
+        ),
+        // A function the binary does not have.
+        (
+            "modules/functions/main.tf",
+            "    billing = {\n      memory_mb",
+            "    accounting = {\n      memory_mb",
+            "declares the functions",
         ),
         // A job the billing function does not know.
         (

@@ -38,8 +38,6 @@ use crate::schema::PARTITION_KEY;
 /// a close reads the month's usage from the index, which may lag a settlement made a moment
 /// before, so the first close (the schedule's, just after midnight) stays open to the next.
 const FINAL_AFTER_SECONDS: u64 = 3600;
-/// Usage status recorded for a call whose hold expired (as on SQLite).
-pub const EXPIRED_STATUS: u16 = 500;
 /// A closed hold is kept this long (DynamoDB's TTL deletes it after): long past any late or
 /// replayed settlement, which then finds the call's usage event anyway.
 const CLOSED_HOLD_RETENTION_SECONDS: u64 = 35 * 24 * 3600;
@@ -385,23 +383,7 @@ impl DynamoStore {
             }
             let mut writes = Writes::default();
             self.close_hold(&mut writes, &hold, None, 0, now_ms).await?;
-            let usage = UsageRecord {
-                request_id: hold.request_id.clone(),
-                tenant_id: hold.tenant_id.clone(),
-                key_id: hold.key_id.clone(),
-                model: hold.model.clone(),
-                deployment: hold.deployment.clone(),
-                endpoint: hold.endpoint.clone(),
-                prompt_tokens: 0,
-                cached_tokens: 0,
-                completion_tokens: 0,
-                cost: Money::ZERO,
-                status: EXPIRED_STATUS,
-                latency_ms: now_ms.saturating_sub(hold.created_at_ms),
-                ttft_ms: None,
-                cache_status: "none".into(),
-                created_at: hold.created_at_ms / 1000,
-            };
+            let usage = hold.expired_usage(now_ms);
             writes.create(&self.table, usage_item(&usage)?)?;
             Ok(Attempt::Write(writes, true))
         })

@@ -32,9 +32,6 @@ use crate::clock;
 /// up to date by closing again.
 const FINAL_AFTER_SECONDS: u64 = 300;
 
-/// Usage status recorded for a call whose hold expired: the gateway died before it finished.
-pub const EXPIRED_STATUS: u16 = 500;
-
 fn immediate(connection: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
     connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -406,23 +403,7 @@ impl Accounts for SqliteStore {
             };
             for hold in &holds {
                 close_hold(&transaction, hold, None, 0, now_ms)?;
-                let usage = UsageRecord {
-                    request_id: hold.request_id.clone(),
-                    tenant_id: hold.tenant_id.clone(),
-                    key_id: hold.key_id.clone(),
-                    model: hold.model.clone(),
-                    deployment: hold.deployment.clone(),
-                    endpoint: hold.endpoint.clone(),
-                    prompt_tokens: 0,
-                    cached_tokens: 0,
-                    completion_tokens: 0,
-                    cost: Money::ZERO,
-                    status: EXPIRED_STATUS,
-                    latency_ms: now_ms.saturating_sub(hold.created_at_ms),
-                    ttft_ms: None,
-                    cache_status: "none".into(),
-                    created_at: hold.created_at_ms / 1000,
-                };
+                let usage = hold.expired_usage(now_ms);
                 insert_usage(&transaction, &usage).map_err(unavailable)?;
             }
             transaction.commit().map_err(unavailable)?;
