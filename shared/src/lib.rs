@@ -9,6 +9,7 @@ pub mod api_key;
 pub mod autoscale;
 pub mod billing;
 pub mod body;
+pub mod cache;
 pub mod calendar;
 pub mod error;
 pub mod ids;

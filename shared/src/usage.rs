@@ -26,6 +26,13 @@ pub fn cost(price: &Price, usage: &Usage) -> Money {
     Money::from_nanos(i64::try_from(total).unwrap_or(i64::MAX))
 }
 
+/// What a call answered from the response cache costs: the model's cache-hit price if it has
+/// one, else what the call would have cost (without a hit price, caching saves latency, not
+/// money).
+pub fn hit_cost(price: &Price, usage: &Usage) -> Money {
+    price.cache_hit_usd.unwrap_or_else(|| cost(price, usage))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +103,14 @@ mod tests {
                 "{price:?} {usage:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_cache_hit_costs_the_hit_price_or_else_the_full_price() {
+        let mut priced = price("1", None, "2", Some("0.001"));
+        let used = usage(1000, 0, 500);
+        assert_eq!(hit_cost(&priced, &used), cost(&priced, &used));
+        priced.cache_hit_usd = Some("0.0001".parse().unwrap());
+        assert_eq!(hit_cost(&priced, &used), "0.0001".parse().unwrap());
     }
 }
