@@ -116,6 +116,9 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
             reqwest::Client::builder().build().context("HTTP client")?,
         )?),
         money: MoneyConfig::default(),
+        cache: ferry_functions::cache::ResponseCache::new(
+            ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
+        ),
     };
     let surface = match function {
         Function::Gateway => Surface::Gateway,

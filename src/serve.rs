@@ -122,6 +122,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         upstream: Arc::new(HttpUpstream::new(config.upstream.clone()).context("upstream client")?),
         auth: Arc::new(Authenticator::new(cached, config.auth.clone(), http)?),
         money,
+        cache: ferry_functions::cache::ResponseCache::new(
+            ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
+        ),
     };
     let router = ferry_functions::router(
         state,

@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
+use crate::cache::ResponseCache;
 use crate::error::{ErrorKindTag, Failure};
 use crate::{admin, billing, clock, gateway, openapi};
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub upstream: Arc<dyn Upstream>,
     pub auth: Arc<Authenticator>,
     pub money: MoneyConfig,
+    /// The response cache's first level, in this process.
+    pub cache: Arc<ResponseCache>,
 }
 
 /// How admission treats money.

@@ -2,13 +2,16 @@
 //! `/v1/models`. Each call is authenticated, validated, routed to a deployment, dispatched,
 //! and metered.
 
+use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use ferry_core::admission::{
     Admission, Draw, RateStatus, TYPICAL_OUTPUT_TOKENS, TokenEstimate, spend_caps,
 };
+use ferry_core::cache::{self, CacheKey, CacheStatus, Decision, Directives};
 use ferry_core::error::ErrorBody;
 use ferry_core::model::ModelSpec;
 use ferry_core::openai::{
@@ -22,6 +25,7 @@ use ferry_core::{ApiError, ErrorKind, Money};
 use serde_json::Value;
 
 use crate::app::{AppState, Caller, RequestId};
+use crate::cache::{Keeper, Lookup};
 use crate::clock;
 use crate::error::{Failure, HandlerResult, add_headers};
 use crate::extract::JsonBody;
@@ -49,6 +53,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
     Caller(principal): Caller,
+    headers: HeaderMap,
     body: JsonBody<ChatCompletionRequest>,
 ) -> HandlerResult<Response> {
     let request = &body.typed;
@@ -78,6 +83,7 @@ pub async fn chat_completions(
         output: Some(output),
         body_bytes: body.byte_len,
         media_parts: request.media_parts(),
+        directives: directives(&headers)?,
     };
     dispatch(&state, request_id, &principal, call, body.raw).await
 }
@@ -91,6 +97,7 @@ pub async fn completions(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
     Caller(principal): Caller,
+    headers: HeaderMap,
     body: JsonBody<CompletionRequest>,
 ) -> HandlerResult<Response> {
     let request = &body.typed;
@@ -115,6 +122,7 @@ pub async fn completions(
         }),
         body_bytes: body.byte_len,
         media_parts: 0,
+        directives: directives(&headers)?,
     };
     dispatch(&state, request_id, &principal, call, body.raw).await
 }
@@ -128,6 +136,7 @@ pub async fn embeddings(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
     Caller(principal): Caller,
+    headers: HeaderMap,
     body: JsonBody<EmbeddingRequest>,
 ) -> HandlerResult<Response> {
     body.typed.validate()?;
@@ -139,6 +148,7 @@ pub async fn embeddings(
         output: None,
         body_bytes: body.byte_len,
         media_parts: 0,
+        directives: directives(&headers)?,
     };
     dispatch(&state, request_id, &principal, call, body.raw).await
 }
@@ -202,6 +212,13 @@ struct Call<'a> {
     body_bytes: usize,
     /// Non-text content parts, each bounded apart from the body's bytes.
     media_parts: u64,
+    /// What the caller asked of the response cache.
+    directives: Directives,
+}
+
+fn directives(headers: &HeaderMap) -> Result<Directives, ApiError> {
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    Directives::parse(text("cache-control"), text(cache::TTL_HEADER))
 }
 
 struct Output {
@@ -309,12 +326,24 @@ async fn dispatch(
         // Operators' own calls are neither limited nor billed.
         None => RateStatus::default(),
     };
+    let decision = cache::decide(call.endpoint, &body, &call.directives);
+    // The tenant is part of the key: no lookup can reach another tenant's answers. So is the
+    // deployment's backend: a changed backend never answers from its predecessor's entries.
+    let key = CacheKey::of(
+        principal.billing_subject(),
+        &format!(
+            "{}\n{}\n{}\n{}",
+            model.spec.id, deployment.id, deployment.upstream.url, deployment.upstream.model
+        ),
+        call.endpoint,
+        &body,
+    );
     body["model"] = Value::String(deployment.upstream.model.clone());
     if call.stream {
         // Usage is always asked of the upstream, so every stream can be metered.
         body["stream_options"] = serde_json::json!({"include_usage": true});
     }
-    let meter = Meter::new(MeterParams {
+    let mut meter = Meter::new(MeterParams {
         accounts: state.accounts.clone(),
         request_id: request_id.0,
         principal,
@@ -325,6 +354,43 @@ async fn dispatch(
         admitted_at: now_ms / 1000,
         time_limit: state.money.call_time_limit(),
     });
+    let mut keep = None;
+    let status = match decision {
+        Decision::Bypass(_) => CacheStatus::Bypass,
+        Decision::Use {
+            read,
+            write,
+            ttl_seconds,
+        } => {
+            let leader = if read {
+                match state.cache.lookup(key, clock::unix_millis).await {
+                    Lookup::Hit(entry) => {
+                        meter.set_cache_status(CacheStatus::Hit);
+                        let mut response =
+                            answer_from_cache(meter, &entry.response, &call, &model.spec.id)
+                                .await?;
+                        add_headers(response.headers_mut(), &rate.headers());
+                        return Ok(response);
+                    }
+                    Lookup::Lead(leader) => Some(leader),
+                }
+            } else {
+                None
+            };
+            if write {
+                keep = Some(Keeper {
+                    cache: state.cache.clone(),
+                    key,
+                    endpoint: call.endpoint,
+                    expires_at_ms: clock::unix_millis()
+                        .saturating_add(ttl_seconds.saturating_mul(1000)),
+                    leader,
+                });
+            }
+            CacheStatus::Miss
+        }
+    };
+    meter.set_cache_status(status);
     let upstream_call = UpstreamCall {
         target: deployment.upstream.clone(),
         endpoint: call.endpoint,
@@ -346,7 +412,7 @@ async fn dispatch(
         }
     };
     let mut response = match (reply, call.stream) {
-        (UpstreamReply::Stream(stream), true) => relay(stream, meter, call.include_usage),
+        (UpstreamReply::Stream(stream), true) => relay(stream, meter, call.include_usage, keep),
         (UpstreamReply::Complete(mut response), false) => {
             let mut usage: Usage = response
                 .get("usage")
@@ -364,6 +430,9 @@ async fn dispatch(
             if let Err(not_settled) = meter.record(&usage, 200, None).await {
                 return Err(not_settled.to_api_error().into());
             }
+            if let Some(keep) = keep {
+                keep.finish(Some(response.clone()));
+            }
             Json(response).into_response()
         }
         // A whole answer to a streamed request, or a stream to a plain one: the backend is broken.
@@ -376,6 +445,48 @@ async fn dispatch(
         }
     };
     add_headers(response.headers_mut(), &rate.headers());
+    set_cache_status(&mut response, status);
+    Ok(response)
+}
+
+fn set_cache_status(response: &mut Response, status: CacheStatus) {
+    response.headers_mut().insert(
+        cache::STATUS_HEADER,
+        HeaderValue::from_static(status.as_str()),
+    );
+}
+
+/// Answers from a kept answer: charged at the cache-hit price (settled before it is sent),
+/// replayed as SSE to a caller who streams, with the kept text and token counts.
+async fn answer_from_cache(
+    meter: Meter,
+    kept: &Value,
+    call: &Call<'_>,
+    model_id: &str,
+) -> HandlerResult<Response> {
+    let mut answer = kept.clone();
+    let mut usage: Usage = answer
+        .get("usage")
+        .and_then(|usage| serde_json::from_value(usage.clone()).ok())
+        .unwrap_or_default();
+    meter.price_hit(&mut usage);
+    answer["usage"] = serde_json::to_value(&usage).unwrap_or(Value::Null);
+    answer["model"] = Value::String(model_id.to_owned());
+    if let Err(not_settled) = meter.record(&usage, 200, None).await {
+        return Err(not_settled.to_api_error().into());
+    }
+    let mut response = if call.stream {
+        let events = cache::chat_as_sse(&answer, call.include_usage);
+        let mut response = Response::new(Body::from(events.concat()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        response
+    } else {
+        Json(answer).into_response()
+    };
+    set_cache_status(&mut response, CacheStatus::Hit);
     Ok(response)
 }
 

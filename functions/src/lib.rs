@@ -8,6 +8,7 @@ pub mod admin;
 mod app;
 pub mod auth;
 mod billing;
+pub mod cache;
 pub mod clock;
 pub mod environment;
 mod error;

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_core::cache::CacheStatus;
 use ferry_core::model::Price;
 use ferry_core::openai::{PromptTokensDetails, Usage};
 use ferry_core::ports::{Accounts, Endpoint, Settled, StoreError, UsageRecord};
@@ -34,6 +35,7 @@ pub struct Meter {
     admitted_at: u64,
     deadline: tokio::time::Instant,
     recorded: bool,
+    cache: CacheStatus,
 }
 
 /// The call's charge could not be recorded (the store failed, or its hold had already
@@ -75,11 +77,25 @@ impl Meter {
             admitted_at: params.admitted_at,
             deadline: tokio::time::Instant::now() + params.time_limit,
             recorded: false,
+            cache: CacheStatus::Bypass,
         }
     }
 
     pub fn model_id(&self) -> &str {
         &self.model_id
+    }
+
+    /// What the response cache did for this call, for its usage event.
+    pub fn set_cache_status(&mut self, status: CacheStatus) {
+        self.cache = status;
+    }
+
+    /// Completes `usage` as a cache hit is charged: at the model's cache-hit price.
+    pub fn price_hit(&self, usage: &mut Usage) {
+        self.price_usage(usage);
+        if let Some(price) = &self.price {
+            usage.cost = Some(ferry_core::usage::hit_cost(price, usage));
+        }
     }
 
     /// When the call must be over (its answer delivered, or cut off).
@@ -119,7 +135,7 @@ impl Meter {
             status,
             latency_ms: millis(self.started.elapsed()),
             ttft_ms: ttft.map(millis),
-            cache_status: "none".into(),
+            cache_status: self.cache.usage_label().into(),
             created_at: self.admitted_at,
         }
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
+use ferry_core::cache::assemble_chat;
 use ferry_core::openai::Usage;
 use ferry_core::ports::{ByteStream, UpstreamError};
 use ferry_core::sse::{DONE_EVENT, SseParser, data_event};
@@ -20,11 +21,19 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::cache::Keeper;
 use crate::meter::{CLIENT_CLOSED, Meter};
 
-pub fn relay(upstream: ByteStream, meter: Meter, include_usage: bool) -> Response {
+/// Relays `upstream` to the caller; `keep`, if given, receives the whole answer once the
+/// stream has finished and been settled.
+pub fn relay(
+    upstream: ByteStream,
+    meter: Meter,
+    include_usage: bool,
+    keep: Option<Keeper>,
+) -> Response {
     let (sender, receiver) = mpsc::channel::<Bytes>(16);
-    tokio::spawn(pump(upstream, sender, meter, include_usage));
+    tokio::spawn(pump(upstream, sender, meter, include_usage, keep));
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver
             .recv()
@@ -50,6 +59,8 @@ struct Progress {
     first_token_after: Option<Duration>,
     /// The upstream sent its own error event (and so will send no `[DONE]`).
     upstream_failed: bool,
+    /// Every chunk as priced, usage included, while the answer is to be kept.
+    chunks: Option<Vec<Value>>,
 }
 
 async fn pump(
@@ -57,6 +68,7 @@ async fn pump(
     sender: mpsc::Sender<Bytes>,
     meter: Meter,
     include_usage: bool,
+    keep: Option<Keeper>,
 ) {
     let mut parser = SseParser::new();
     let mut progress = Progress {
@@ -64,6 +76,7 @@ async fn pump(
         content_chunks: 0,
         first_token_after: None,
         upstream_failed: false,
+        chunks: keep.as_ref().map(|_| Vec::new()),
     };
     let mut saw_done = false;
     let status = loop {
@@ -124,6 +137,9 @@ async fn pump(
         .record(&usage, status, progress.first_token_after)
         .await;
     if status == 200 {
+        if let (Some(keep), Some(chunks), Ok(_)) = (keep, &progress.chunks, &settled) {
+            keep.finish(assemble_chat(chunks));
+        }
         // The caller may have left after the last chunk; there is no one to tell then.
         let end = match settled {
             Ok(_) => Bytes::from_static(DONE_EVENT.as_bytes()),
@@ -190,6 +206,11 @@ fn rewrite(
     if let Some(reported) = reported {
         let mut usage: Usage = serde_json::from_value(reported).unwrap_or_default();
         meter.price_usage(&mut usage);
+        if let Some(chunks) = &mut progress.chunks {
+            let mut priced = Value::Object(object.clone());
+            priced["usage"] = serde_json::to_value(&usage).unwrap_or(Value::Null);
+            chunks.push(priced);
+        }
         let only_usage = object
             .get("choices")
             .and_then(Value::as_array)
@@ -207,8 +228,13 @@ fn rewrite(
             );
             progress.usage = Some(usage);
         }
-    } else if !include_usage {
-        object.remove("usage");
+    } else {
+        if let Some(chunks) = &mut progress.chunks {
+            chunks.push(Value::Object(object.clone()));
+        }
+        if !include_usage {
+            object.remove("usage");
+        }
     }
     Some(chunk.to_string())
 }

@@ -283,6 +283,9 @@ impl Ferry {
             upstream: Arc::new(NoBackend),
             auth: Arc::new(auth),
             money: MoneyConfig::default(),
+            cache: ferry_functions::cache::ResponseCache::new(
+                ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
+            ),
         };
         Ferry {
             app: ferry_functions::router(state, &RouterConfig::default()),

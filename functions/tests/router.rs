@@ -104,6 +104,9 @@ impl Ferry {
             upstream: upstream.clone(),
             auth: Arc::new(auth),
             money: MoneyConfig::default(),
+            cache: ferry_functions::cache::ResponseCache::new(
+                ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
+            ),
         };
         Ferry {
             app: ferry_functions::router(state, &config),

@@ -213,8 +213,15 @@ def test_the_gateway_answers_through_a_function_url_streamed_and_not(admin, tena
     assert whole.usage.completion_tokens == 12
     assert whole.choices[0].finish_reason == "length"
 
+    # `no-store`: the stream comes from the worker through the function URL, not from the cache.
     stream = client.chat.completions.create(
-        model="smol", messages=MESSAGES, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}
+        model="smol",
+        messages=MESSAGES,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"Cache-Control": "no-store"},
     )
     chunks = list(stream)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)

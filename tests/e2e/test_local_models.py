@@ -39,10 +39,14 @@ def test_the_default_models_are_registered(client, served):
     assert f'"model":"{CHAT}"' in "\n".join(served.lines), "the printed curl calls the local model"
 
 
+# These tests are about the engine: `no-store` keeps the response cache out of them.
+FRESH = {"extra_headers": {"Cache-Control": "no-store"}}
+
+
 def test_paris_greedy_streamed_and_not(client):
-    whole = client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=40)
+    whole = client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=40, **FRESH)
     assert "Paris" in whole.choices[0].message.content
-    chunks = list(client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=40, stream=True, stream_options={"include_usage": True}))
+    chunks = list(client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=40, stream=True, stream_options={"include_usage": True}, **FRESH))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == whole.choices[0].message.content
     usage = chunks[-1].usage
@@ -52,7 +56,7 @@ def test_paris_greedy_streamed_and_not(client):
 
 
 def test_the_same_seed_gives_the_same_text_both_ways(client):
-    ask = dict(model=CHAT, messages=[{"role": "user", "content": "Write a line about the sea."}], temperature=0.9, seed=77, max_tokens=20)
+    ask = dict(model=CHAT, messages=[{"role": "user", "content": "Write a line about the sea."}], temperature=0.9, seed=77, max_tokens=20, **FRESH)
     first = client.chat.completions.create(**ask).choices[0].message.content
     second = client.chat.completions.create(**ask).choices[0].message.content
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask, stream=True) if c.choices)
@@ -102,8 +106,8 @@ def test_a_priced_local_model_bills_its_tenant_and_the_books_close(served):
     key = admin("POST", f"/tenants/{tenant['id']}/keys", json={"name": "k", "role": "member"}).json()["key"]
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=key, max_retries=0, timeout=120)
 
-    whole = client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=20)
-    chunks = list(client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=20, stream=True, stream_options={"include_usage": True}))
+    whole = client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=20, **FRESH)
+    chunks = list(client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=20, stream=True, stream_options={"include_usage": True}, **FRESH))
     costs = []
     for usage in (whole.usage, chunks[-1].usage):
         exact = Decimal("0.0001") + (usage.prompt_tokens * Decimal("0.10") + usage.completion_tokens * Decimal("0.40")) / 1_000_000

@@ -125,6 +125,9 @@ async fn set_up(
         upstream: Arc::new(InstantBackend),
         auth: Arc::new(auth),
         money: MoneyConfig::default(),
+        cache: ferry_functions::cache::ResponseCache::new(
+            ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
+        ),
     };
     let app = ferry_functions::router(state, &RouterConfig::default());
     let model = json!({

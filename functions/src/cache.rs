@@ -1,0 +1,254 @@
+//! The gateway's response cache, level 1: answers kept in this process (bounded by their
+//! size, admitted and evicted by TinyLFU), and concurrent identical misses coalesced so that
+//! one upstream call answers them all. The rules (what is cached, the key, replay) are
+//! `ferry_core::cache`'s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ferry_core::cache::{self as rules, CacheKey, Entry};
+use ferry_core::ports::Endpoint;
+use serde_json::Value;
+use tokio::sync::watch;
+
+/// What a lookup found.
+pub enum Lookup {
+    /// A fresh entry: answer from it.
+    Hit(Arc<Entry>),
+    /// None: this call asks the upstream. Calls with the same key wait for it until it
+    /// finishes (and keeps its answer) or gives up.
+    Lead(Leader),
+}
+
+/// What one replica keeps by default: 64 MiB of answers.
+pub const DEFAULT_CAPACITY_BYTES: u64 = 64 << 20;
+
+pub struct ResponseCache {
+    entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    /// Keys an upstream call is being made for, and how to tell its waiters.
+    in_flight: Mutex<HashMap<CacheKey, watch::Sender<Option<Arc<Entry>>>>>,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ResponseCache")
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+impl ResponseCache {
+    /// Keeps answers up to about `capacity_bytes` of JSON.
+    pub fn new(capacity_bytes: u64) -> Arc<ResponseCache> {
+        Arc::new(ResponseCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity_bytes)
+                .weigher(|_, entry: &Arc<Entry>| {
+                    u32::try_from(entry.response.to_string().len()).unwrap_or(u32::MAX)
+                })
+                .build(),
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn fresh(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
+        let entry = self.entries.get(key)?;
+        if entry.is_fresh(now_ms) {
+            Some(entry)
+        } else {
+            self.entries.invalidate(key);
+            None
+        }
+    }
+
+    /// The entry for `key`, waiting for an identical call in flight if there is one; or the
+    /// lead, for the caller to make the call.
+    pub async fn lookup(self: &Arc<Self>, key: CacheKey, now_ms: impl Fn() -> u64) -> Lookup {
+        loop {
+            if let Some(entry) = self.fresh(&key, now_ms()) {
+                return Lookup::Hit(entry);
+            }
+            let mut waiting = {
+                let Ok(mut in_flight) = self.in_flight.lock() else {
+                    // A poisoned lock: no coalescing, but no wrong answer either.
+                    return Lookup::Lead(Leader::alone(key));
+                };
+                match in_flight.get(&key) {
+                    Some(sender) => sender.subscribe(),
+                    None => {
+                        let (sender, _) = watch::channel(None);
+                        in_flight.insert(key, sender);
+                        return Lookup::Lead(Leader {
+                            cache: Some(Arc::clone(self)),
+                            key,
+                        });
+                    }
+                }
+            };
+            // The leader answers with its entry, or drops its sender without one (it failed,
+            // or its answer may not be kept): then this call tries again, maybe as leader.
+            if waiting.wait_for(Option::is_some).await.is_ok()
+                && let Some(entry) = waiting.borrow().clone()
+            {
+                return Lookup::Hit(entry);
+            }
+        }
+    }
+
+    fn insert(&self, key: CacheKey, entry: Entry) {
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+}
+
+/// Where a call's answer goes once it is whole: into the cache (if it may be kept) and to the
+/// calls waiting for it. Dropped unfinished (the call failed or was cut off), it keeps nothing.
+pub struct Keeper {
+    pub cache: Arc<ResponseCache>,
+    pub key: CacheKey,
+    pub endpoint: Endpoint,
+    pub expires_at_ms: u64,
+    /// Set when this call leads others waiting for the same answer.
+    pub leader: Option<Leader>,
+}
+
+impl Keeper {
+    pub fn finish(self, answer: Option<Value>) {
+        let entry = answer
+            .filter(|answer| rules::is_storable(self.endpoint, answer))
+            .map(|response| Entry {
+                expires_at_ms: self.expires_at_ms,
+                response,
+            });
+        match (self.leader, entry) {
+            (Some(leader), entry) => leader.finish(entry),
+            (None, Some(entry)) => self.cache.insert(self.key, entry),
+            (None, None) => {}
+        }
+    }
+}
+
+/// The one call making the upstream call for a key. Finishing it keeps the answer and hands
+/// it to the calls waiting; dropping it lets them go on their own.
+pub struct Leader {
+    cache: Option<Arc<ResponseCache>>,
+    key: CacheKey,
+}
+
+impl Leader {
+    fn alone(key: CacheKey) -> Leader {
+        Leader { cache: None, key }
+    }
+
+    /// Keeps `entry` (if any) and wakes the waiting calls.
+    pub fn finish(mut self, entry: Option<Entry>) {
+        let Some(cache) = self.cache.take() else {
+            return;
+        };
+        let entry = entry.map(Arc::new);
+        if let Some(entry) = &entry {
+            cache.entries.insert(self.key, Arc::clone(entry));
+        }
+        if let Ok(mut in_flight) = cache.in_flight.lock()
+            && let Some(sender) = in_flight.remove(&self.key)
+        {
+            sender.send_replace(entry);
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if let Some(cache) = self.cache.take()
+            && let Ok(mut in_flight) = cache.in_flight.lock()
+        {
+            // Dropping the sender wakes the waiters empty-handed.
+            in_flight.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ferry_core::ports::Endpoint;
+    use serde_json::json;
+
+    use super::*;
+
+    fn key(text: &str) -> CacheKey {
+        CacheKey::of("t", "d", Endpoint::Embeddings, &json!({"input": text}))
+    }
+
+    fn entry(expires_at_ms: u64) -> Entry {
+        Entry {
+            expires_at_ms,
+            response: json!({"data": [1]}),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_wait_for_one_leader() {
+        let cache = ResponseCache::new(1 << 20);
+        let leads = Arc::new(AtomicUsize::new(0));
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, leads) = (Arc::clone(&cache), Arc::clone(&leads));
+                tokio::spawn(async move {
+                    match cache.lookup(key("a"), || 10).await {
+                        Lookup::Hit(entry) => entry.expires_at_ms,
+                        Lookup::Lead(leader) => {
+                            leads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            leader.finish(Some(entry(100)));
+                            100
+                        }
+                    }
+                })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), 100);
+        }
+        assert_eq!(leads.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_leader_passes_the_lead_on_and_stale_entries_are_misses() {
+        let cache = ResponseCache::new(1 << 20);
+        let Lookup::Lead(first) = cache.lookup(key("a"), || 10).await else {
+            panic!("the first call leads");
+        };
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(
+                async move { matches!(cache.lookup(key("a"), || 10).await, Lookup::Lead(_)) },
+            )
+        };
+        tokio::task::yield_now().await;
+        drop(first);
+        assert!(waiter.await.unwrap(), "the waiter makes its own call");
+
+        let Lookup::Lead(leader) = cache.lookup(key("b"), || 10).await else {
+            panic!("a miss");
+        };
+        leader.finish(Some(entry(20)));
+        assert!(matches!(
+            cache.lookup(key("b"), || 19).await,
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            cache.lookup(key("b"), || 20).await,
+            Lookup::Lead(_)
+        ));
+    }
+}
