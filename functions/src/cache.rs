@@ -65,34 +65,43 @@ impl ResponseCache {
     /// The entry for `key`, waiting for an identical call in flight if there is one; or the
     /// lead, for the caller to make the call.
     pub async fn lookup(self: &Arc<Self>, key: CacheKey, now_ms: impl Fn() -> u64) -> Lookup {
-        loop {
-            if let Some(entry) = self.fresh(&key, now_ms()) {
-                return Lookup::Hit(entry);
-            }
-            let mut waiting = {
-                let Ok(mut in_flight) = self.in_flight.lock() else {
-                    // A poisoned lock: no coalescing, but no wrong answer either.
-                    return Lookup::Lead(Leader::alone(key));
-                };
-                match in_flight.get(&key) {
-                    Some(sender) => sender.subscribe(),
-                    None => {
-                        let (sender, _) = watch::channel(None);
-                        in_flight.insert(key, sender);
-                        return Lookup::Lead(Leader {
-                            cache: Some(Arc::clone(self)),
-                            key,
-                        });
-                    }
-                }
+        if let Some(entry) = self.fresh(&key, now_ms()) {
+            return Lookup::Hit(entry);
+        }
+        let mut waiting = {
+            let Ok(mut in_flight) = self.in_flight.lock() else {
+                // A poisoned lock: no coalescing, but no wrong answer either.
+                return Lookup::Lead(self.alone(key));
             };
-            // The leader answers with its entry, or drops its sender without one (it failed,
-            // or its answer may not be kept): then this call tries again, maybe as leader.
-            if waiting.wait_for(Option::is_some).await.is_ok()
-                && let Some(entry) = waiting.borrow().clone()
-            {
-                return Lookup::Hit(entry);
+            match in_flight.get(&key) {
+                Some(sender) => sender.subscribe(),
+                None => {
+                    let (sender, _) = watch::channel(None);
+                    in_flight.insert(key, sender);
+                    return Lookup::Lead(Leader {
+                        cache: Arc::clone(self),
+                        key,
+                        leads: true,
+                    });
+                }
             }
+        };
+        // The leader answers with its entry, or drops its sender without one (it failed, or
+        // its answer may not be kept): then every waiter makes its own call at once.
+        if waiting.wait_for(Option::is_some).await.is_ok()
+            && let Some(entry) = waiting.borrow().clone()
+        {
+            return Lookup::Hit(entry);
+        }
+        Lookup::Lead(self.alone(key))
+    }
+
+    /// A lead that no call waits on: it only keeps its answer.
+    pub fn alone(self: &Arc<Self>, key: CacheKey) -> Leader {
+        Leader {
+            cache: Arc::clone(self),
+            key,
+            leads: false,
         }
     }
 
@@ -126,10 +135,13 @@ impl Keeper {
                 expires_at_ms: self.expires_at_ms,
                 response,
             });
-        match (self.leader, entry) {
-            (Some(leader), entry) => leader.finish(entry),
-            (None, Some(entry)) => self.cache.insert(self.key, entry),
-            (None, None) => {}
+        match self.leader {
+            Some(leader) => leader.finish(entry),
+            None => {
+                if let Some(entry) = entry {
+                    self.cache.insert(self.key, entry);
+                }
+            }
         }
     }
 }
@@ -137,38 +149,36 @@ impl Keeper {
 /// The one call making the upstream call for a key. Finishing it keeps the answer and hands
 /// it to the calls waiting; dropping it lets them go on their own.
 pub struct Leader {
-    cache: Option<Arc<ResponseCache>>,
+    cache: Arc<ResponseCache>,
     key: CacheKey,
+    /// Other calls wait on this one.
+    leads: bool,
 }
 
 impl Leader {
-    fn alone(key: CacheKey) -> Leader {
-        Leader { cache: None, key }
-    }
-
     /// Keeps `entry` (if any) and wakes the waiting calls.
     pub fn finish(mut self, entry: Option<Entry>) {
-        let Some(cache) = self.cache.take() else {
-            return;
-        };
         let entry = entry.map(Arc::new);
         if let Some(entry) = &entry {
-            cache.entries.insert(self.key, Arc::clone(entry));
+            self.cache.entries.insert(self.key, Arc::clone(entry));
         }
-        if let Ok(mut in_flight) = cache.in_flight.lock()
-            && let Some(sender) = in_flight.remove(&self.key)
-        {
-            sender.send_replace(entry);
+        if self.leads {
+            self.leads = false;
+            if let Ok(mut in_flight) = self.cache.in_flight.lock()
+                && let Some(sender) = in_flight.remove(&self.key)
+            {
+                sender.send_replace(entry);
+            }
         }
     }
 }
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        if let Some(cache) = self.cache.take()
-            && let Ok(mut in_flight) = cache.in_flight.lock()
+        if self.leads
+            && let Ok(mut in_flight) = self.cache.in_flight.lock()
         {
-            // Dropping the sender wakes the waiters empty-handed.
+            // Dropping the sender wakes the waiters empty-handed: each makes its own call.
             in_flight.remove(&self.key);
         }
     }
@@ -236,7 +246,10 @@ mod tests {
         };
         tokio::task::yield_now().await;
         drop(first);
-        assert!(waiter.await.unwrap(), "the waiter makes its own call");
+        assert!(
+            waiter.await.unwrap(),
+            "the waiter makes its own call, at once"
+        );
 
         let Lookup::Lead(leader) = cache.lookup(key("b"), || 10).await else {
             panic!("a miss");

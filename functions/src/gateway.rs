@@ -329,8 +329,12 @@ async fn dispatch(
     let decision = cache::decide(call.endpoint, &body, &call.directives);
     // The tenant is part of the key: no lookup can reach another tenant's answers. So is the
     // deployment's backend: a changed backend never answers from its predecessor's entries.
+    let subject = match &principal.tenant_id {
+        Some(tenant_id) => format!("tenant:{tenant_id}"),
+        None => "operator".to_owned(),
+    };
     let key = CacheKey::of(
-        principal.billing_subject(),
+        &subject,
         &format!(
             "{}\n{}\n{}\n{}",
             model.spec.id, deployment.id, deployment.upstream.url, deployment.upstream.model
@@ -363,7 +367,14 @@ async fn dispatch(
             ttl_seconds,
         } => {
             let leader = if read {
-                match state.cache.lookup(key, clock::unix_millis).await {
+                // Waiting for an identical call in flight is bounded like the call itself.
+                let looked = tokio::time::timeout_at(
+                    meter.deadline(),
+                    state.cache.lookup(key, clock::unix_millis),
+                )
+                .await
+                .unwrap_or_else(|_| Lookup::Lead(state.cache.alone(key)));
+                match looked {
                     Lookup::Hit(entry) => {
                         meter.set_cache_status(CacheStatus::Hit);
                         let mut response =
@@ -414,10 +425,13 @@ async fn dispatch(
     let mut response = match (reply, call.stream) {
         (UpstreamReply::Stream(stream), true) => relay(stream, meter, call.include_usage, keep),
         (UpstreamReply::Complete(mut response), false) => {
-            let mut usage: Usage = response
+            let reported: Option<Usage> = response
                 .get("usage")
-                .and_then(|usage| serde_json::from_value(usage.clone()).ok())
-                .unwrap_or_default();
+                .and_then(|usage| serde_json::from_value(usage.clone()).ok());
+            // An answer without the backend's own usage is served, but never kept: a replay
+            // would charge for tokens nobody counted.
+            let countable = reported.is_some();
+            let mut usage = reported.unwrap_or_default();
             meter.price_usage(&mut usage);
             if let Some(object) = response.as_object_mut() {
                 object.insert("model".into(), Value::String(model.spec.id.clone()));
@@ -431,7 +445,7 @@ async fn dispatch(
                 return Err(not_settled.to_api_error().into());
             }
             if let Some(keep) = keep {
-                keep.finish(Some(response.clone()));
+                keep.finish(countable.then(|| response.clone()));
             }
             Json(response).into_response()
         }

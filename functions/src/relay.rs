@@ -137,7 +137,9 @@ async fn pump(
         .record(&usage, status, progress.first_token_after)
         .await;
     if status == 200 {
-        if let (Some(keep), Some(chunks), Ok(_)) = (keep, &progress.chunks, &settled) {
+        if let (Some(keep), Some(chunks), Ok(_)) = (keep, &progress.chunks, &settled)
+            && !progress.upstream_failed
+        {
             keep.finish(assemble_chat(chunks));
         }
         // The caller may have left after the last chunk; there is no one to tell then.

@@ -24,7 +24,8 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 /// A backend that answers "Paris is the capital." and counts its calls. Prompts starting
-/// with `fail` get a 500; streamed prompts starting with `cut` stop before `[DONE]`.
+/// with `fail` get a 500; streamed prompts starting with `cut` stop before `[DONE]`; prompts
+/// starting with `uncounted` get an answer without usage.
 #[derive(Default)]
 struct CountingUpstream {
     calls: AtomicUsize,
@@ -48,6 +49,13 @@ impl Upstream for CountingUpstream {
             });
         }
         let usage = json!({"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13});
+        if prompt.starts_with("uncounted") {
+            return Ok(UpstreamReply::Complete(json!({
+                "id": "chatcmpl-0", "object": "chat.completion", "created": 1, "model": "up",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "?"},
+                             "finish_reason": "stop"}],
+            })));
+        }
         if !call.stream {
             return Ok(UpstreamReply::Complete(json!({
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up",
@@ -430,6 +438,19 @@ async fn failed_and_cut_off_answers_are_never_kept() {
         ferry.upstream_calls(),
         4,
         "a stream that broke off is not kept"
+    );
+
+    for _ in 0..2 {
+        let uncounted = ferry.ask(&key, "uncounted tokens", json!({})).await;
+        assert_eq!(
+            (uncounted.status, uncounted.cache.as_str()),
+            (StatusCode::OK, "MISS")
+        );
+    }
+    assert_eq!(
+        ferry.upstream_calls(),
+        6,
+        "an answer without usage is not kept"
     );
 }
 

@@ -118,6 +118,16 @@ pub fn decide(endpoint: Endpoint, body: &Value, directives: &Directives) -> Deci
     if !deterministic {
         return Decision::Bypass("not deterministic");
     }
+    // Log probabilities are not kept: a replay could not give them back.
+    if body
+        .get("logprobs")
+        .is_some_and(|value| !value.is_null() && value != &Value::Bool(false))
+        || body
+            .get("top_logprobs")
+            .is_some_and(|value| !value.is_null())
+    {
+        return Decision::Bypass("log probabilities are not replayed");
+    }
     if endpoint == Endpoint::Completions && is_streamed(body) {
         return Decision::Bypass("streamed completions are not replayed");
     }
@@ -261,9 +271,32 @@ pub fn is_storable(endpoint: Endpoint, response: &Value) -> bool {
                             .get("finish_reason")
                             .and_then(Value::as_str)
                             .is_some_and(|reason| reason != "error")
+                            && is_empty(choice.get("logprobs"))
+                            && choice
+                                .get("message")
+                                .is_none_or(|message| only_text(message, &["role", "content"]))
                     })
             }),
     }
+}
+
+fn is_empty(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(items)) => items.is_empty(),
+        Some(Value::Object(fields)) => fields.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// A message (or delta) with nothing but `allowed` fields (others empty): the text a replay
+/// gives back whole. Tool calls, refusals, audio and the like are not kept.
+fn only_text(message: &Value, allowed: &[&str]) -> bool {
+    message.as_object().is_some_and(|fields| {
+        fields
+            .iter()
+            .all(|(name, value)| allowed.contains(&name.as_str()) || is_empty(Some(value)))
+    })
 }
 
 /// The whole chat answer a finished stream of chunks adds up to, or `None` if it did not
@@ -280,7 +313,9 @@ pub fn assemble_chat(chunks: &[Value]) -> Option<Value> {
         for choice in chunk.get("choices").and_then(Value::as_array)? {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
             let delta = choice.get("delta");
-            if delta.and_then(|delta| delta.get("tool_calls")).is_some() {
+            if !delta.is_none_or(|delta| only_text(delta, &["role", "content"]))
+                || !is_empty(choice.get("logprobs"))
+            {
                 return None;
             }
             let entry = choices
@@ -330,7 +365,7 @@ pub fn assemble_chat(chunks: &[Value]) -> Option<Value> {
 
 /// A whole chat answer as the SSE events a stream of it sends: per choice its role and text,
 /// then its finish reason; the usage chunk if asked for; `[DONE]`. Its text and usage are the
-/// answer's, exactly.
+/// answer's, exactly (only plain text answers are kept: see `is_storable`).
 pub fn chat_as_sse(response: &Value, include_usage: bool) -> Vec<String> {
     let chunk = |choices: Value, usage: Option<&Value>| {
         let mut chunk = json!({
@@ -354,25 +389,10 @@ pub fn chat_as_sse(response: &Value, include_usage: bool) -> Vec<String> {
     {
         let index = choice.get("index").cloned().unwrap_or(json!(0));
         let message = choice.get("message").cloned().unwrap_or(json!({}));
-        let mut delta = json!({
+        let delta = json!({
             "role": message.get("role").cloned().unwrap_or(json!("assistant")),
             "content": message.get("content").cloned().unwrap_or(Value::Null),
         });
-        if let Some(Value::Array(calls)) = message.get("tool_calls") {
-            // A streamed tool call carries its position in the list.
-            let calls: Vec<Value> = calls
-                .iter()
-                .enumerate()
-                .map(|(position, call)| {
-                    let mut call = call.clone();
-                    if let Value::Object(fields) = &mut call {
-                        fields.insert("index".into(), json!(position));
-                    }
-                    call
-                })
-                .collect();
-            delta["tool_calls"] = Value::Array(calls);
-        }
         events.push(chunk(
             json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]),
             None,
@@ -494,6 +514,18 @@ mod tests {
                     ..none
                 },
                 Decision::Bypass("ttl 0"),
+            ),
+            (
+                Endpoint::ChatCompletions,
+                json!({"temperature": 0, "logprobs": true}),
+                none,
+                Decision::Bypass("log probabilities are not replayed"),
+            ),
+            (
+                Endpoint::ChatCompletions,
+                json!({"temperature": 0, "logprobs": false}),
+                none,
+                use_it(3600),
             ),
         ];
         for (endpoint, body, directives, expected) in cases {
@@ -677,6 +709,26 @@ mod tests {
             Endpoint::Embeddings,
             &json!({"data": [{"embedding": [0.1]}], "usage": {"prompt_tokens": 1}})
         ));
+        // What a replay could not give back whole: tool calls, refusals, log probabilities.
+        let mut tool_call = whole.clone();
+        tool_call["choices"][0]["message"]["tool_calls"] = json!([{"id": "c", "type": "function"}]);
+        assert!(!is_storable(Endpoint::ChatCompletions, &tool_call));
+        let mut refusal = whole.clone();
+        refusal["choices"][0]["message"]["refusal"] = json!("no");
+        assert!(!is_storable(Endpoint::ChatCompletions, &refusal));
+        let mut with_logprobs = whole.clone();
+        with_logprobs["choices"][0]["logprobs"] = json!({"content": [{"token": "P"}]});
+        assert!(!is_storable(Endpoint::ChatCompletions, &with_logprobs));
+        let mut nulls = whole.clone();
+        nulls["choices"][0]["message"]["refusal"] = Value::Null;
+        nulls["choices"][0]["message"]["tool_calls"] = json!([]);
+        assert!(
+            is_storable(Endpoint::ChatCompletions, &nulls),
+            "empty extras are fine"
+        );
+        let mut streamed_refusal = chunks.clone();
+        streamed_refusal[1]["choices"][0]["delta"] = json!({"refusal": "no"});
+        assert_eq!(assemble_chat(&streamed_refusal), None);
     }
 
     #[test]
