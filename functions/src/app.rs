@@ -193,7 +193,12 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready when the store answers; the pool joins this check when it lands.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
+    store_readiness(state.store.as_ref()).await
+}
+
+/// `/readyz` of every function: ready when its store answers.
+pub(crate) async fn store_readiness(store: &dyn Store) -> Response {
+    match store.ping().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(error) => {
             tracing::warn!(%error, "not ready: store");

@@ -214,15 +214,5 @@ async fn run_job(State(books): State<Books>, body: JsonBody<Job>) -> Response {
 }
 
 async fn readyz(State(books): State<Books>) -> Response {
-    match books.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "not ready: store");
-            Failure(
-                ApiError::new(ErrorKind::NoCapacity, "not ready: the store is unavailable")
-                    .retry_after(1),
-            )
-            .into_response()
-        }
-    }
+    crate::app::store_readiness(books.store.as_ref()).await
 }

@@ -13,7 +13,7 @@ use crate::ledger::Posting;
 use crate::model::Price;
 use crate::money::Money;
 use crate::openai::{PromptTokensDetails, Usage};
-use crate::ports::{Billing, UsageRecord};
+use crate::ports::{Alert, Billing, UsageRecord};
 use crate::ratelimit::{self, Bucket, Remaining, Taken, Unit};
 
 /// Tokens a chat template may add beyond the request's own bytes (special tokens, a default
@@ -582,6 +582,22 @@ impl Hold {
 pub struct Crossing {
     pub cap: SpendCap,
     pub spent: Money,
+}
+
+impl Crossing {
+    /// The alert it raises: one per counter and cap, so a crossing seen twice alerts once.
+    pub fn alert(&self, tenant_id: &str, now_ms: u64) -> Alert {
+        Alert {
+            id: format!("alert:{}:{}", self.cap.counter, self.cap.cap.nanos()),
+            tenant_id: tenant_id.to_owned(),
+            limit_source: self.cap.source.as_str().to_owned(),
+            enforcement: format!("{:?}", self.cap.enforcement).to_lowercase(),
+            counter: self.cap.counter.clone(),
+            cap_usd: self.cap.cap,
+            spent_usd: self.spent,
+            created_at_ms: now_ms,
+        }
+    }
 }
 
 /// What settling a hold at `cost` does.

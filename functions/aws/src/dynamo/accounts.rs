@@ -276,20 +276,7 @@ impl DynamoStore {
         }
         let mut alerted = BTreeSet::new();
         for crossing in &plan.crossings {
-            let alert = Alert {
-                id: format!(
-                    "alert:{}:{}",
-                    crossing.cap.counter,
-                    crossing.cap.cap.nanos()
-                ),
-                tenant_id: hold.tenant_id.clone(),
-                limit_source: crossing.cap.source.as_str().to_owned(),
-                enforcement: format!("{:?}", crossing.cap.enforcement).to_lowercase(),
-                counter: crossing.cap.counter.clone(),
-                cap_usd: crossing.cap.cap,
-                spent_usd: crossing.spent,
-                created_at_ms: now_ms,
-            };
+            let alert = crossing.alert(&hold.tenant_id, now_ms);
             if !alerted.insert(alert.id.clone()) {
                 continue;
             }
