@@ -50,6 +50,10 @@ pub struct ServerSection {
 pub struct AuthSection {
     /// How long a looked-up API key is trusted before it is read again. Default 5.
     pub key_cache_ttl_seconds: Option<u64>,
+    /// How stale the filter of live key ids may be before an unknown key makes this replica
+    /// check the store for new keys: a key created elsewhere works here within it. Default
+    /// 1000.
+    pub key_set_recheck_ms: Option<u64>,
     /// OIDC: accept JWTs from this identity provider.
     pub jwt: Option<JwtConfig>,
 }
@@ -159,6 +163,10 @@ pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
             .unwrap_or(RouterConfig::default().max_calls_in_flight),
         auth: AuthConfig {
             key_cache_ttl: Duration::from_secs(file.auth.key_cache_ttl_seconds.unwrap_or(5)),
+            key_set_recheck: file
+                .auth
+                .key_set_recheck_ms
+                .map_or(AuthConfig::default().key_set_recheck, Duration::from_millis),
             jwt: file.auth.jwt,
         },
         upstream: UpstreamConfig {

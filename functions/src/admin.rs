@@ -374,6 +374,7 @@ pub async fn create_key(
         expires_at: request.expires_at,
     })?;
     state.store.create_key(&record).await?;
+    state.auth.remember_key(&record.public_id);
     Ok((
         StatusCode::CREATED,
         Json(KeyView::of(record, Some(key.expose()))),

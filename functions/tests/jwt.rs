@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -271,8 +271,8 @@ impl Ferry {
         let auth = Authenticator::new(
             store.clone(),
             AuthConfig {
-                key_cache_ttl: Duration::from_secs(5),
                 jwt: Some(jwt),
+                ..AuthConfig::default()
             },
             reqwest::Client::builder().no_proxy().build().unwrap(),
         )

@@ -92,7 +92,7 @@ impl Ferry {
             store.clone(),
             AuthConfig {
                 key_cache_ttl: Duration::from_secs(300),
-                jwt: None,
+                ..AuthConfig::default()
             },
             reqwest::Client::new(),
         )

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod api_key;
 pub mod autoscale;
 pub mod billing;
+pub mod bloom;
 pub mod body;
 pub mod cache;
 pub mod calendar;

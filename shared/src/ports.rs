@@ -182,6 +182,11 @@ pub trait Store: Send + Sync {
     async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool>;
     /// Operator keys (no tenant) that are still live, newest first.
     async fn list_operator_keys(&self) -> StoreResult<Vec<KeyRecord>>;
+    /// A number that changes whenever a key is created or revoked, so a replica holding a
+    /// filter of key ids knows, with one cheap read, when to rebuild it.
+    async fn key_set_version(&self) -> StoreResult<u64>;
+    /// The public ids of every key neither revoked nor expired at `now` (unix seconds).
+    async fn live_key_ids(&self, now: u64) -> StoreResult<Vec<String>>;
 
     /// Creates or replaces a model; `created_at` of an existing model is kept.
     async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel>;

@@ -115,7 +115,7 @@ async fn set_up(
         store.clone(),
         AuthConfig {
             key_cache_ttl: Duration::from_secs(60),
-            jwt: None,
+            ..AuthConfig::default()
         },
         reqwest::Client::new(),
     )?;

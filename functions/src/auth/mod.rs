@@ -1,5 +1,6 @@
 //! Authentication: turns a bearer credential (an API key or an OIDC JWT) into a [`Principal`].
 
+mod directory;
 mod jwt;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use ferry_core::ports::{KeyRecord, Store};
 use ferry_core::principal::{Credential, KeyPolicy, Principal, Role};
 use ferry_core::{ApiError, ErrorKind};
 
+pub use directory::KeyDirectory;
 pub use jwt::{JwtConfig, JwtConfigError, JwtVerifier};
 
 use crate::clock;
@@ -21,6 +23,10 @@ pub struct AuthConfig {
     /// How long a replica may trust a looked-up key (and a miss); bounds how late a revocation
     /// made on another replica takes effect here.
     pub key_cache_ttl: Duration,
+    /// How stale the filter of live key ids may be before an unknown id makes a replica
+    /// re-check the store's key-set version; bounds how late a key created on another
+    /// replica starts working here.
+    pub key_set_recheck: Duration,
     pub jwt: Option<JwtConfig>,
 }
 
@@ -28,6 +34,7 @@ impl Default for AuthConfig {
     fn default() -> AuthConfig {
         AuthConfig {
             key_cache_ttl: Duration::from_secs(5),
+            key_set_recheck: Duration::from_secs(1),
             jwt: None,
         }
     }
@@ -35,6 +42,7 @@ impl Default for AuthConfig {
 
 pub struct Authenticator {
     store: Arc<dyn Store>,
+    directory: KeyDirectory,
     keys: TtlCache<Option<KeyRecord>>,
     jwt: Option<JwtVerifier>,
 }
@@ -54,6 +62,7 @@ impl Authenticator {
             .map(|jwt| JwtVerifier::new(jwt, http))
             .transpose()?;
         Ok(Authenticator {
+            directory: KeyDirectory::new(store.clone(), config.key_set_recheck),
             store,
             keys: TtlCache::new(config.key_cache_ttl),
             jwt,
@@ -79,8 +88,10 @@ impl Authenticator {
     async fn authenticate_key(&self, token: &str) -> Result<Principal, ApiError> {
         let key = ApiKey::parse(token)
             .map_err(|_| unauthenticated("Incorrect API key provided.", "invalid_api_key"))?;
+        // A random or forged key is refused here, in memory, before any store read.
         let record = match self.keys.get(key.public_id()) {
             Some(cached) => cached,
+            None if !self.directory.might_exist(key.public_id()).await => None,
             None => {
                 let found = self.store.find_key(key.public_id()).await?;
                 self.keys.put(key.public_id(), found.clone());
@@ -146,6 +157,16 @@ impl Authenticator {
     /// Drops what this replica remembers of a key, so its revocation takes effect here at once.
     pub fn forget_key(&self, public_id: &str) {
         self.keys.forget(public_id);
+    }
+
+    /// Makes a key created on this replica usable here at once.
+    pub fn remember_key(&self, public_id: &str) {
+        self.directory.insert(public_id);
+        self.keys.forget(public_id);
+    }
+
+    pub fn key_directory(&self) -> &KeyDirectory {
+        &self.directory
     }
 }
 

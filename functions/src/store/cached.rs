@@ -109,6 +109,14 @@ impl Store for CachedStore {
         self.store.list_operator_keys().await
     }
 
+    async fn key_set_version(&self) -> StoreResult<u64> {
+        self.store.key_set_version().await
+    }
+
+    async fn live_key_ids(&self, now: u64) -> StoreResult<Vec<String>> {
+        self.store.live_key_ids(now).await
+    }
+
     async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel> {
         let stored = self.store.put_model(model, now).await;
         // Registering a model may also record its price.

@@ -164,6 +164,52 @@ async fn operator_keys_are_listed_live_and_newest_first() {
 }
 
 #[tokio::test]
+async fn the_key_set_version_moves_with_every_key_creation_and_revocation() {
+    let store = new_store().await;
+    store.create_tenant(&tenant("a")).await.unwrap();
+    let mut seen = vec![store.key_set_version().await.unwrap()];
+    let mut expect_moved = |version: u64| {
+        assert!(!seen.contains(&version), "{version} seen before: {seen:?}");
+        seen.push(version);
+    };
+    store.create_key(&key("op", None, 1)).await.unwrap();
+    expect_moved(store.key_set_version().await.unwrap());
+    store.create_key(&key("one", Some("a"), 2)).await.unwrap();
+    expect_moved(store.key_set_version().await.unwrap());
+    // Refused changes leave it alone.
+    let before = store.key_set_version().await.unwrap();
+    assert!(store.create_key(&key("one", Some("a"), 3)).await.is_err());
+    assert!(!store.revoke_key("key_nothing", 4).await.unwrap());
+    assert_eq!(store.key_set_version().await.unwrap(), before);
+    assert!(store.revoke_key("key_one", 5).await.unwrap());
+    expect_moved(store.key_set_version().await.unwrap());
+    assert!(!store.revoke_key("key_one", 6).await.unwrap());
+    assert_eq!(store.key_set_version().await.unwrap(), seen[3]);
+}
+
+#[tokio::test]
+async fn live_key_ids_leave_out_revoked_and_expired_keys() {
+    let store = new_store().await;
+    store.create_tenant(&tenant("a")).await.unwrap();
+    store.create_tenant(&tenant("b")).await.unwrap();
+    store.create_key(&key("op", None, 1)).await.unwrap();
+    store.create_key(&key("a1", Some("a"), 2)).await.unwrap();
+    store.create_key(&key("a2", Some("a"), 3)).await.unwrap();
+    store.create_key(&key("b1", Some("b"), 4)).await.unwrap();
+    let forever = KeyRecord {
+        expires_at: None,
+        ..key("b2", Some("b"), 5)
+    };
+    store.create_key(&forever).await.unwrap();
+    assert!(store.revoke_key("key_a2", 6).await.unwrap());
+    let mut live = store.live_key_ids(50).await.unwrap();
+    live.sort();
+    assert_eq!(live, ["a1", "b1", "b2", "op"]);
+    // The test keys expire at 99, but for `b2`.
+    assert_eq!(store.live_key_ids(99).await.unwrap(), ["b2"]);
+}
+
+#[tokio::test]
 async fn usage_is_recorded_once_per_request() {
     let store = new_store().await;
     // Unbilled calls (no hold) are recorded as they come, once per request id.

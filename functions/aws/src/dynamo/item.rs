@@ -82,6 +82,10 @@ pub fn usage(request_id: &str) -> Key {
 pub fn alert(id: &str) -> Key {
     Key::single(format!("ALERT#{id}"))
 }
+/// One counter bumped with every key creation and revocation.
+pub fn key_set() -> Key {
+    Key::single("KEYSET")
+}
 pub fn invoice(id: &str) -> Key {
     Key::single(format!("INVOICE#{id}"))
 }

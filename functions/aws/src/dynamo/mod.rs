@@ -21,6 +21,7 @@ mod item;
 mod write;
 
 use item::{Attributes, ItemBuilder, Key, get_json, get_u64, padded, unavailable};
+use write::{Attempt, Change, Writes};
 
 use crate::schema::{
     INDEX, INDEX_PARTITION_KEY, INDEX_SORT_KEY, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE,
@@ -406,7 +407,19 @@ impl Store for DynamoStore {
     }
 
     async fn create_key(&self, key: &KeyRecord) -> StoreResult<()> {
-        if self.create(key_item(key)?).await? {
+        // The key and the key set's version change together, so no replica can miss a key.
+        let created = self
+            .atomically("create key", || async {
+                if self.get(&item::api_key(&key.public_id)).await?.is_some() {
+                    return Ok(Attempt::Done(false));
+                }
+                let mut writes = Writes::default();
+                writes.create(&self.table, key_item(key)?)?;
+                writes.update(&self.table, &item::key_set(), None, Change::default())?;
+                Ok(Attempt::Write(writes, true))
+            })
+            .await?;
+        if created {
             Ok(())
         } else {
             Err(StoreError::Conflict("key".into()))
@@ -439,22 +452,28 @@ impl Store for DynamoStore {
         let Some(public_id) = key_id.strip_prefix("key_") else {
             return Ok(false);
         };
-        let sent = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(item::api_key(public_id).attributes()))
-            .update_expression("SET #revoked = :at")
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#revoked)")
-            .expression_attribute_names("#revoked", REVOKED_AT)
-            .expression_attribute_values(":at", item::n(at))
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(error) if is_condition_failure(&error) => Ok(false),
-            Err(error) => Err(unavailable(describe(&error))),
-        }
+        let key = item::api_key(public_id);
+        self.atomically("revoke key", || async {
+            let live = self
+                .get(&key)
+                .await?
+                .is_some_and(|item| !item.contains_key(REVOKED_AT));
+            if !live {
+                return Ok(Attempt::Done(false));
+            }
+            let mut change = Change::default().set(REVOKED_AT, item::n(at));
+            change
+                .condition
+                .push("attribute_not_exists(#revoked)".into());
+            change
+                .condition_names
+                .push(("#revoked".into(), REVOKED_AT.into()));
+            let mut writes = Writes::default();
+            writes.update(&self.table, &key, None, change)?;
+            writes.update(&self.table, &item::key_set(), None, Change::default())?;
+            Ok(Attempt::Write(writes, true))
+        })
+        .await
     }
 
     async fn list_operator_keys(&self) -> StoreResult<Vec<KeyRecord>> {
@@ -465,6 +484,36 @@ impl Store for DynamoStore {
         .iter()
         .map(key_from_item)
         .collect()
+    }
+
+    async fn key_set_version(&self) -> StoreResult<u64> {
+        let version = self.get(&item::key_set()).await?;
+        Ok(match version {
+            Some(item) => get_u64(&item, write::VERSION)?.unwrap_or_default(),
+            None => 0,
+        })
+    }
+
+    async fn live_key_ids(&self, now: u64) -> StoreResult<Vec<String>> {
+        // One query per tenant: run only when the key set's version moved.
+        let live = |item: &Attributes| key_from_item(item).is_ok_and(|key| key.is_live(now));
+        let mut partitions = vec![item::OPERATOR_KEYS.to_owned()];
+        partitions.extend(
+            self.list_tenants()
+                .await?
+                .iter()
+                .map(|tenant| item::tenant_keys(&tenant.id)),
+        );
+        let mut ids = Vec::new();
+        for partition in partitions {
+            for found in self
+                .list(&partition, None, false, usize::MAX, &live)
+                .await?
+            {
+                ids.push(key_from_item(&found)?.public_id);
+            }
+        }
+        Ok(ids)
     }
 
     async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel> {

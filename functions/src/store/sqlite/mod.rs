@@ -601,6 +601,38 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn key_set_version(&self) -> StoreResult<u64> {
+        // Keys are never deleted and a revocation is never undone, so the two counts only
+        // grow: every creation or revocation changes the pair.
+        self.with(|connection| {
+            let (created, revoked): (i64, i64) = row(
+                connection,
+                "SELECT count(*), count(revoked_at) FROM api_keys",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(unavailable)?;
+            Ok((from_sql_int(created) << 32) ^ from_sql_int(revoked))
+        })
+        .await
+    }
+
+    async fn live_key_ids(&self, now: u64) -> StoreResult<Vec<String>> {
+        self.with(move |connection| {
+            let mut statement = connection
+                .prepare(
+                    "SELECT public_id FROM api_keys
+                     WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)",
+                )
+                .map_err(unavailable)?;
+            let ids = statement
+                .query_map([to_sql_int(now)], |row| row.get(0))
+                .map_err(unavailable)?;
+            ids.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
     async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel> {
         let model = model.clone();
         self.with(move |connection| {
