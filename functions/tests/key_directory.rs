@@ -1,6 +1,7 @@
 //! The key directory in front of the store: random keys are refused without a store read
 //! (counted), a key made on another replica starts working within the recheck interval, and a
 //! revocation made elsewhere lands within the key cache's TTL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
