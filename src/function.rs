@@ -119,6 +119,8 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         cache: ferry_functions::cache::ResponseCache::new(
             ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
         ),
+        // Edges report to `ferry serve` only, so far.
+        edge: None,
     };
     let surface = match function {
         Function::Gateway => Surface::Gateway,

@@ -14,6 +14,7 @@ use ferry_core::ports::{Accounts, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key, register_model};
 use ferry_functions::auth::Authenticator;
 use ferry_functions::clock;
+use ferry_functions::edge::EdgeSecret;
 use ferry_functions::store::{CachedStore, Durability, SqliteOptions, SqliteStore};
 use ferry_functions::upstream::HttpUpstream;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
@@ -41,6 +42,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_OPERATOR_KEY", hide_env_values = true)]
     operator_key: Option<String>,
     /// Log as JSON lines instead of text.
+    /// The secret shared with edge components (Spin): answers carry grants an edge may keep,
+    /// and edges report their hits to `/v1/edge/hits` signed with it. Unset: no edges.
+    #[arg(long, env = "FERRY_EDGE_SECRET", hide_env_values = true)]
+    edge_secret: Option<String>,
     #[arg(long, env = "FERRY_LOG_JSON")]
     log_json: bool,
     /// Serve no local models: only upstreams registered through the admin API or config.
@@ -125,6 +130,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         cache: ferry_functions::cache::ResponseCache::new(
             ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
         ),
+        edge: args
+            .edge_secret
+            .as_deref()
+            .and_then(|secret| EdgeSecret::new(secret.as_bytes())),
     };
     let router = ferry_functions::router(
         state,

@@ -15,7 +15,7 @@ rustup target add wasm32-wasip1 >/dev/null
 # build serves every test, and the AWS adapters are tested against moto.
 cargo build --workspace --bins --locked --features ferry/aws
 MOTO_SERVER="$PWD/.venv/bin/moto_server" cargo test --workspace --locked --features ferry/aws
-cargo build -p ferry-core --target wasm32-wasip1 --locked
+cargo build -p ferry-core -p ferry-edge --target wasm32-wasip1 --locked
 
 FERRY_BIN=target/debug/ferry .venv/bin/python -m pytest tests/e2e -q
 

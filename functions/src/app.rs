@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::cache::ResponseCache;
+use crate::edge::EdgeSecret;
 use crate::error::{ErrorKindTag, Failure};
 use crate::{admin, billing, clock, gateway, openapi};
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub money: MoneyConfig,
     /// The response cache's first level, in this process.
     pub cache: Arc<ResponseCache>,
+    /// The secret shared with the operator's edges; `None`: no edges.
+    pub edge: Option<EdgeSecret>,
 }
 
 /// How admission treats money.

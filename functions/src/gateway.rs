@@ -27,6 +27,7 @@ use serde_json::Value;
 use crate::app::{AppState, Caller, RequestId};
 use crate::cache::{Keeper, Lookup};
 use crate::clock;
+use crate::edge::{Served, grant_header};
 use crate::error::{Failure, HandlerResult, add_headers};
 use crate::extract::JsonBody;
 use crate::meter::{Meter, MeterParams};
@@ -39,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
+        .route(ferry_core::edge::HITS_PATH, post(crate::edge::report_hits))
 }
 
 /// Creates a chat completion, streamed as server-sent events when `stream` is true.
@@ -381,6 +383,22 @@ async fn dispatch(
                             answer_from_cache(meter, &entry.response, &call, &model.spec.id)
                                 .await?;
                         add_headers(response.headers_mut(), &rate.headers());
+                        if !call.stream {
+                            let kept_usage: Usage = entry
+                                .response
+                                .get("usage")
+                                .and_then(|usage| serde_json::from_value(usage.clone()).ok())
+                                .unwrap_or_default();
+                            let served = Served {
+                                principal,
+                                model: &model.spec.id,
+                                deployment: &deployment.id,
+                                endpoint: call.endpoint,
+                                usage: &kept_usage,
+                                expires_at_ms: entry.expires_at_ms,
+                            };
+                            add_grant(&mut response, state, served);
+                        }
                         return Ok(response);
                     }
                     Lookup::Lead(leader) => Some(leader),
@@ -444,10 +462,32 @@ async fn dispatch(
             if let Err(not_settled) = meter.record(&usage, 200, None).await {
                 return Err(not_settled.to_api_error().into());
             }
-            if let Some(keep) = keep {
-                keep.finish(countable.then(|| response.clone()));
+            let kept_until = match keep {
+                // Only an answer the cache keeps is granted to edges.
+                Some(keep) if countable && cache::is_storable(call.endpoint, &response) => {
+                    let expires_at_ms = keep.expires_at_ms;
+                    keep.finish(Some(response.clone()));
+                    Some(expires_at_ms)
+                }
+                Some(keep) => {
+                    keep.finish(None);
+                    None
+                }
+                None => None,
+            };
+            let mut answer = Json(response).into_response();
+            if let Some(expires_at_ms) = kept_until {
+                let served = Served {
+                    principal,
+                    model: &model.spec.id,
+                    deployment: &deployment.id,
+                    endpoint: call.endpoint,
+                    usage: &usage,
+                    expires_at_ms,
+                };
+                add_grant(&mut answer, state, served);
             }
-            Json(response).into_response()
+            answer
         }
         // A whole answer to a streamed request, or a stream to a plain one: the backend is broken.
         _ => {
@@ -461,6 +501,15 @@ async fn dispatch(
     add_headers(response.headers_mut(), &rate.headers());
     set_cache_status(&mut response, status);
     Ok(response)
+}
+
+/// Lets an edge keep this answer (and bill its replays), when edges are configured.
+fn add_grant(response: &mut Response, state: &AppState, served: Served<'_>) {
+    if let Some(grant) = grant_header(state, served) {
+        response
+            .headers_mut()
+            .insert(ferry_core::edge::GRANT_HEADER, grant);
+    }
 }
 
 fn set_cache_status(response: &mut Response, status: CacheStatus) {
@@ -504,21 +553,24 @@ async fn answer_from_cache(
     Ok(response)
 }
 
-struct AdmissionInput<'a> {
-    request_id: &'a str,
-    principal: &'a Principal,
-    tenant_id: &'a str,
-    model: &'a ModelSpec,
-    deployment: &'a str,
-    endpoint: Endpoint,
-    estimate: TokenEstimate,
-    hold: Money,
-    now_ms: u64,
+pub(crate) struct AdmissionInput<'a> {
+    pub request_id: &'a str,
+    pub principal: &'a Principal,
+    pub tenant_id: &'a str,
+    pub model: &'a ModelSpec,
+    pub deployment: &'a str,
+    pub endpoint: Endpoint,
+    pub estimate: TokenEstimate,
+    pub hold: Money,
+    pub now_ms: u64,
 }
 
 /// Takes from every rate-limit bucket that applies (key, tenant, model) and holds the
 /// worst-case cost, in one atomic store operation; or refuses with 429 or 402.
-async fn admit(state: &AppState, input: AdmissionInput<'_>) -> HandlerResult<RateStatus> {
+pub(crate) async fn admit(
+    state: &AppState,
+    input: AdmissionInput<'_>,
+) -> HandlerResult<RateStatus> {
     let tenant = state
         .store
         .get_tenant(input.tenant_id)

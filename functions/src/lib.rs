@@ -10,6 +10,7 @@ pub mod auth;
 mod billing;
 pub mod cache;
 pub mod clock;
+pub mod edge;
 pub mod environment;
 mod error;
 mod extract;

@@ -127,6 +127,7 @@ impl Ferry {
             ),
             money: MoneyConfig::default(),
             cache: ResponseCache::new(DEFAULT_CAPACITY_BYTES),
+            edge: None,
         };
         let ferry = Ferry {
             app: ferry_functions::router(state, &RouterConfig::default()),

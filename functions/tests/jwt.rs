@@ -286,6 +286,7 @@ impl Ferry {
             cache: ferry_functions::cache::ResponseCache::new(
                 ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
             ),
+            edge: None,
         };
         Ferry {
             app: ferry_functions::router(state, &RouterConfig::default()),

@@ -418,6 +418,16 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Endpoint> {
+        [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+        ]
+        .into_iter()
+        .find(|endpoint| endpoint.name() == name)
+    }
 }
 
 /// One request to a backend: the caller's body with `model` already rewritten.

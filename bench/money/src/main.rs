@@ -128,6 +128,7 @@ async fn set_up(
         cache: ferry_functions::cache::ResponseCache::new(
             ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
         ),
+        edge: None,
     };
     let app = ferry_functions::router(state, &RouterConfig::default());
     let model = json!({
