@@ -54,14 +54,17 @@ pub struct Served<'a> {
     pub model: &'a str,
     pub deployment: &'a str,
     pub endpoint: Endpoint,
-    pub usage: &'a Usage,
-    /// When the origin's own entry expires.
-    pub expires_at_ms: u64,
 }
 
-/// The grant header for an answer, when edges are configured and the caller is a tenant's
-/// (the operator's own calls are not billed, so an edge has nothing to report for them).
-pub fn grant_header(state: &AppState, served: Served<'_>) -> Option<HeaderValue> {
+/// The grant header for an answer with `usage` that the origin keeps until `expires_at_ms`,
+/// when edges are configured and the caller is a tenant's (the operator's own calls are not
+/// billed, so an edge has nothing to report for them).
+pub fn grant_header(
+    state: &AppState,
+    served: &Served<'_>,
+    usage: &Usage,
+    expires_at_ms: u64,
+) -> Option<HeaderValue> {
     let secret = state.edge.as_ref()?;
     let tenant_id = served.principal.tenant_id.clone()?;
     let key_public_id = match &served.principal.credential {
@@ -74,12 +77,10 @@ pub fn grant_header(state: &AppState, served: Served<'_>) -> Option<HeaderValue>
         model: served.model.to_owned(),
         deployment: served.deployment.to_owned(),
         endpoint: served.endpoint.name().to_owned(),
-        prompt_tokens: served.usage.prompt_tokens,
-        cached_tokens: served.usage.cached_tokens(),
-        completion_tokens: served.usage.completion_tokens,
-        expires_at_ms: served
-            .expires_at_ms
-            .min(clock::unix_millis().saturating_add(MAX_EDGE_TTL_MS)),
+        prompt_tokens: usage.prompt_tokens,
+        cached_tokens: usage.cached_tokens(),
+        completion_tokens: usage.completion_tokens,
+        expires_at_ms: expires_at_ms.min(clock::unix_millis().saturating_add(MAX_EDGE_TTL_MS)),
     };
     HeaderValue::from_str(&grant.sign(secret.bytes())).ok()
 }

@@ -360,6 +360,13 @@ async fn dispatch(
         admitted_at: now_ms / 1000,
         time_limit: state.money.call_time_limit(),
     });
+    // What an edge's grant says of this call, once its answer is known.
+    let served = Served {
+        principal,
+        model: &model.spec.id,
+        deployment: &deployment.id,
+        endpoint: call.endpoint,
+    };
     let mut keep = None;
     let status = match decision {
         Decision::Bypass(_) => CacheStatus::Bypass,
@@ -389,15 +396,13 @@ async fn dispatch(
                                 .get("usage")
                                 .and_then(|usage| serde_json::from_value(usage.clone()).ok())
                                 .unwrap_or_default();
-                            let served = Served {
-                                principal,
-                                model: &model.spec.id,
-                                deployment: &deployment.id,
-                                endpoint: call.endpoint,
-                                usage: &kept_usage,
-                                expires_at_ms: entry.expires_at_ms,
-                            };
-                            add_grant(&mut response, state, served);
+                            add_grant(
+                                &mut response,
+                                state,
+                                &served,
+                                &kept_usage,
+                                entry.expires_at_ms,
+                            );
                         }
                         return Ok(response);
                     }
@@ -477,15 +482,7 @@ async fn dispatch(
             };
             let mut answer = Json(response).into_response();
             if let Some(expires_at_ms) = kept_until {
-                let served = Served {
-                    principal,
-                    model: &model.spec.id,
-                    deployment: &deployment.id,
-                    endpoint: call.endpoint,
-                    usage: &usage,
-                    expires_at_ms,
-                };
-                add_grant(&mut answer, state, served);
+                add_grant(&mut answer, state, &served, &usage, expires_at_ms);
             }
             answer
         }
@@ -504,8 +501,14 @@ async fn dispatch(
 }
 
 /// Lets an edge keep this answer (and bill its replays), when edges are configured.
-fn add_grant(response: &mut Response, state: &AppState, served: Served<'_>) {
-    if let Some(grant) = grant_header(state, served) {
+fn add_grant(
+    response: &mut Response,
+    state: &AppState,
+    served: &Served<'_>,
+    usage: &Usage,
+    expires_at_ms: u64,
+) {
+    if let Some(grant) = grant_header(state, served, usage, expires_at_ms) {
         response
             .headers_mut()
             .insert(ferry_core::edge::GRANT_HEADER, grant);
