@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use ferry_core::ports::{Accounts, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key, register_model};
 use ferry_functions::auth::Authenticator;
 use ferry_functions::clock;
-use ferry_functions::edge::EdgeSecret;
+use ferry_functions::edge::EdgeKeys;
 use ferry_functions::store::{CachedStore, Durability, SqliteOptions, SqliteStore};
 use ferry_functions::upstream::HttpUpstream;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
@@ -130,10 +130,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         cache: ferry_functions::cache::ResponseCache::new(
             ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
         ),
-        edge: args
-            .edge_secret
-            .as_deref()
-            .and_then(|secret| EdgeSecret::new(secret.as_bytes())),
+        edge: match args.edge_secret.as_deref() {
+            Some(shared) => EdgeKeys::new(shared.as_bytes(), &grant_key(&config.data_dir)?),
+            None => None,
+        },
     };
     let router = ferry_functions::router(
         state,
@@ -418,4 +418,29 @@ pub(crate) async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutting down: no new connections, finishing the ones in flight");
+}
+
+/// The key edge grants are signed with: the origin's alone, kept in the data directory so
+/// grants handed out before a restart can still be billed after it.
+fn grant_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("edge-grant.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => anyhow::bail!("{} is shorter than 32 bytes", path.display()),
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).with_context(|| format!("reading {}", path.display()));
+        }
+        Err(_) => {}
+    }
+    let key = clock::secret_bytes::<32>().context("no randomness for the edge grant key")?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, &key)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(key.to_vec())
 }

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ferry_core::edge::{self, HitReport};
+use ferry_core::edge::{self, Grant, HitReport};
 use ferry_core::ports::{Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 use ferry_edge::{Edge, EdgeConfig, EdgeError, KeyValue, MemoryKv, Message, Origin, Step};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator};
 use ferry_functions::cache::{DEFAULT_CAPACITY_BYTES, ResponseCache};
-use ferry_functions::edge::EdgeSecret;
+use ferry_functions::edge::EdgeKeys;
 use ferry_functions::store::SqliteStore;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use serde_json::{Value, json};
@@ -145,7 +145,7 @@ impl World {
             ),
             money: MoneyConfig::default(),
             cache: ResponseCache::new(DEFAULT_CAPACITY_BYTES),
-            edge: EdgeSecret::new(SECRET),
+            edge: EdgeKeys::new(SECRET, b"the origin's own grant key"),
         };
         let router = ferry_functions::router(state, &RouterConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -181,10 +181,14 @@ impl World {
     }
 
     async fn admin(&self, path: &str, body: &Value) -> Value {
+        self.admin_with("POST", path, body).await
+    }
+
+    async fn admin_with(&self, method: &str, path: &str, body: &Value) -> Value {
         let answer = self
             .origin
             .send(&Message {
-                method: if body.is_null() { "GET" } else { "POST" }.into(),
+                method: if body.is_null() { "GET" } else { method }.into(),
                 path: path.into(),
                 headers: vec![
                     (
@@ -394,6 +398,26 @@ async fn a_report_sent_twice_bills_each_hit_once() {
 }
 
 #[tokio::test]
+async fn hits_already_served_are_billed_past_the_rate_limit() {
+    let world = World::start().await;
+    let acme = world.tenant("acme").await;
+    world
+        .admin_with(
+            "PATCH",
+            &format!("/admin/v1/tenants/{}", acme.id),
+            &json!({"limits": {"rpm": 1}}),
+        )
+        .await;
+    world.call(&acme.key, &question("limited?")).await;
+    // The origin would refuse a second call this minute; the edge answers it.
+    let (hit, at_edge) = world.call(&acme.key, &question("limited?")).await;
+    assert!(at_edge);
+    assert_eq!(hit.status, 200);
+    let reported = world.edge.report(&world.origin).await.unwrap();
+    assert_eq!((reported.billed, reported.rejected), (1, 0));
+}
+
+#[tokio::test]
 async fn entries_are_kept_per_credential() {
     let world = World::start().await;
     let acme = world.tenant("acme").await;
@@ -536,9 +560,13 @@ async fn the_origin_refuses_unsigned_reports_and_forged_grants() {
             grant.to_string()
         )
     );
+    // And one an edge made itself, with the secret it holds: only the origin's key signs grants.
+    let mut minted = hit.clone();
+    minted.id = "minted0000000000000000".into();
+    minted.grant = Grant::peek(&hit.grant).unwrap().sign(SECRET);
     let body = serde_json::to_vec(&HitReport {
         edge: "e".into(),
-        hits: vec![hit],
+        hits: vec![hit, minted],
     })
     .unwrap();
     let signature = edge::sign_report(SECRET, &body);
@@ -554,6 +582,7 @@ async fn the_origin_refuses_unsigned_reports_and_forged_grants() {
     assert_eq!(answer.status, 200);
     let outcome: Value = serde_json::from_slice(&answer.body).unwrap();
     assert_eq!(outcome["rejected"][0]["code"], "invalid_grant");
+    assert_eq!(outcome["rejected"][1]["code"], "invalid_grant");
     assert_eq!(world.usage(&acme).await.len(), 1);
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::cache::ResponseCache;
-use crate::edge::EdgeSecret;
+use crate::edge::EdgeKeys;
 use crate::error::{ErrorKindTag, Failure};
 use crate::{admin, billing, clock, gateway, openapi};
 
@@ -33,8 +33,8 @@ pub struct AppState {
     pub money: MoneyConfig,
     /// The response cache's first level, in this process.
     pub cache: Arc<ResponseCache>,
-    /// The secret shared with the operator's edges; `None`: no edges.
-    pub edge: Option<EdgeSecret>,
+    /// The secrets of the operator's edges; `None`: no edges.
+    pub edge: Option<EdgeKeys>,
 }
 
 /// How admission treats money.

@@ -27,24 +27,37 @@ use crate::gateway::{AdmissionInput, admit};
 /// How far ahead of the origin's clock an edge's hit time may be.
 const CLOCK_SKEW_MS: u64 = 60_000;
 
-/// The secret the origin shares with the operator's edges. Never printed.
+/// The origin's edge secrets. Never printed.
 #[derive(Clone)]
-pub struct EdgeSecret(Arc<[u8]>);
+pub struct EdgeKeys {
+    /// Shared with the operator's edges: their reports are signed with it.
+    shared: Arc<[u8]>,
+    /// The origin's alone: grants are signed with it, so no edge (nor anyone who learns the
+    /// shared secret) can make a grant that bills some tenant.
+    grant: Arc<[u8]>,
+}
 
-impl EdgeSecret {
-    /// `None` for an empty secret: edges are then off.
-    pub fn new(secret: &[u8]) -> Option<EdgeSecret> {
-        (!secret.is_empty()).then(|| EdgeSecret(secret.into()))
+impl EdgeKeys {
+    /// `None` if either secret is empty: edges are then off.
+    pub fn new(shared: &[u8], grant: &[u8]) -> Option<EdgeKeys> {
+        (!shared.is_empty() && !grant.is_empty()).then(|| EdgeKeys {
+            shared: shared.into(),
+            grant: grant.into(),
+        })
     }
 
-    fn bytes(&self) -> &[u8] {
-        &self.0
+    fn shared(&self) -> &[u8] {
+        &self.shared
+    }
+
+    fn grant(&self) -> &[u8] {
+        &self.grant
     }
 }
 
-impl fmt::Debug for EdgeSecret {
+impl fmt::Debug for EdgeKeys {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("EdgeSecret(..)")
+        formatter.write_str("EdgeKeys(..)")
     }
 }
 
@@ -65,7 +78,7 @@ pub fn grant_header(
     usage: &Usage,
     expires_at_ms: u64,
 ) -> Option<HeaderValue> {
-    let secret = state.edge.as_ref()?;
+    let keys = state.edge.as_ref()?;
     let tenant_id = served.principal.tenant_id.clone()?;
     let key_public_id = match &served.principal.credential {
         Credential::ApiKey { key_id } => Some(api_key::public_id_of(key_id)?.to_owned()),
@@ -82,7 +95,7 @@ pub fn grant_header(
         completion_tokens: usage.completion_tokens,
         expires_at_ms: expires_at_ms.min(clock::unix_millis().saturating_add(MAX_EDGE_TTL_MS)),
     };
-    HeaderValue::from_str(&grant.sign(secret.bytes())).ok()
+    HeaderValue::from_str(&grant.sign(keys.grant())).ok()
 }
 
 /// Bills the hits an edge reports. The body must carry the edge's signature; each hit is billed
@@ -92,7 +105,7 @@ pub async fn report_hits(
     headers: HeaderMap,
     body: Bytes,
 ) -> HandlerResult<Json<ReportOutcome>> {
-    let Some(secret) = state.edge.clone() else {
+    let Some(keys) = state.edge.clone() else {
         return Err(
             ApiError::new(ErrorKind::NotFound, "Edges are not configured here.")
                 .with_code("not_found")
@@ -102,7 +115,7 @@ pub async fn report_hits(
     let signed = headers
         .get(edge::SIGNATURE_HEADER)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|signature| edge::verify_report(secret.bytes(), &body, signature));
+        .is_some_and(|signature| edge::verify_report(keys.shared(), &body, signature));
     if !signed {
         return Err(ApiError::new(
             ErrorKind::Unauthenticated,
@@ -122,15 +135,18 @@ pub async fn report_hits(
     }
     let mut outcome = ReportOutcome::default();
     for hit in &report.hits {
-        match bill(&state, &secret, hit).await {
+        match bill(&state, &keys, hit).await {
             Ok(Billed::Now) => outcome.billed.push(hit.id.clone()),
             Ok(Billed::Before) => outcome.duplicate.push(hit.id.clone()),
             Err(Rejected::Permanently(code)) => outcome.rejected.push(RejectedHit {
                 id: hit.id.clone(),
                 code: code.into(),
             }),
-            // The store is down: the edge keeps its hits and sends them again.
-            Err(Rejected::ForNow(error)) => return Err(error.into()),
+            // The store failed: the edge keeps the hit and sends it again; the others stand.
+            Err(Rejected::ForNow(error)) => {
+                tracing::warn!(hit = %hit.id, error = %error.message, "edge hit not billed yet");
+                outcome.retry.push(hit.id.clone());
+            }
         }
     }
     tracing::info!(
@@ -138,6 +154,7 @@ pub async fn report_hits(
         billed = outcome.billed.len(),
         duplicate = outcome.duplicate.len(),
         rejected = outcome.rejected.len(),
+        retry = outcome.retry.len(),
         "edge hits reported"
     );
     Ok(Json(outcome))
@@ -159,16 +176,25 @@ impl From<ferry_core::ports::StoreError> for Rejected {
     }
 }
 
-async fn bill(state: &AppState, secret: &EdgeSecret, hit: &Hit) -> Result<Billed, Rejected> {
+async fn bill(state: &AppState, keys: &EdgeKeys, hit: &Hit) -> Result<Billed, Rejected> {
     if !hit.has_valid_id() {
         return Err(Rejected::Permanently("invalid_hit_id"));
     }
-    let grant = Grant::verify(&hit.grant, secret.bytes())
+    let grant = Grant::verify(&hit.grant, keys.grant())
         .map_err(|_| Rejected::Permanently("invalid_grant"))?;
+    let now_ms = clock::unix_millis();
     if hit.at_ms > grant.expires_at_ms {
         return Err(Rejected::Permanently("grant_expired"));
     }
-    let now_ms = clock::unix_millis();
+    // Reports arrive within hours; a much older one is a replay, refused before any write (the
+    // store's own idempotency guards do not live forever).
+    if now_ms
+        > grant
+            .expires_at_ms
+            .saturating_add(edge::MAX_REPORT_DELAY_MS)
+    {
+        return Err(Rejected::Permanently("report_too_late"));
+    }
     if hit.at_ms > now_ms.saturating_add(CLOCK_SKEW_MS) {
         return Err(Rejected::Permanently("hit_in_the_future"));
     }
@@ -216,6 +242,7 @@ async fn bill(state: &AppState, secret: &EdgeSecret, hit: &Hit) -> Result<Billed
             },
             hold: cost,
             now_ms,
+            rate_limited: false,
         },
     )
     .await;

@@ -322,6 +322,7 @@ async fn dispatch(
                     .as_ref()
                     .map_or(Money::ZERO, |price| estimate.worst_case_cost(price)),
                 now_ms,
+                rate_limited: true,
             };
             admit(state, admission).await?
         }
@@ -566,6 +567,9 @@ pub(crate) struct AdmissionInput<'a> {
     pub estimate: TokenEstimate,
     pub hold: Money,
     pub now_ms: u64,
+    /// False for calls already served (edge hits, reported after the fact): billed, but no
+    /// rate limit can refuse what was delivered.
+    pub rate_limited: bool,
 }
 
 /// Takes from every rate-limit bucket that applies (key, tenant, model) and holds the
@@ -594,6 +598,11 @@ pub(crate) async fn admit(
         scopes.push((format!("key:{key_id}"), policy.limits));
     }
     scopes.push((format!("model:{}", input.model.id), input.model.limits));
+    let scopes = if input.rate_limited {
+        scopes
+    } else {
+        Vec::new()
+    };
     let draws = scopes
         .iter()
         .flat_map(|(scope, limits)| Bucket::all_for(scope, *limits))

@@ -26,6 +26,8 @@ struct Counting {
     key_set_version: AtomicU64,
     live_key_ids: AtomicU64,
     key_set_down: AtomicBool,
+    /// How long a key list takes to arrive after it was read (to race a rebuild).
+    list_delay_ms: AtomicU64,
 }
 
 impl Counting {
@@ -85,7 +87,10 @@ impl Store for Counting {
     }
     async fn live_key_ids(&self, now: u64) -> StoreResult<Vec<String>> {
         self.live_key_ids.fetch_add(1, Ordering::SeqCst);
-        self.inner.live_key_ids(now).await
+        let ids = self.inner.live_key_ids(now).await;
+        let delay = self.list_delay_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        ids
     }
     async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel> {
         self.inner.put_model(model, now).await
@@ -116,6 +121,7 @@ async fn store_with_tenant() -> Arc<Counting> {
         key_set_version: AtomicU64::new(0),
         live_key_ids: AtomicU64::new(0),
         key_set_down: AtomicBool::new(false),
+        list_delay_ms: AtomicU64::new(0),
     });
     store
         .create_tenant(&Tenant {
@@ -240,6 +246,30 @@ async fn a_key_made_through_this_replica_works_at_once() {
     auth.remember_key(made.public_id());
     auth.authenticate(&bearer(&made)).await.unwrap();
     assert_eq!(auth.key_directory().rebuilds(), 1);
+}
+
+#[tokio::test]
+async fn a_key_made_here_while_the_filter_is_rebuilt_is_not_lost() {
+    let store = store_with_tenant().await;
+    let auth = Arc::new(authenticator(
+        store.clone(),
+        AuthConfig {
+            key_set_recheck: Duration::from_secs(600),
+            ..AuthConfig::default()
+        },
+    ));
+    store.list_delay_ms.store(300, Ordering::SeqCst);
+    // The first call loads the filter; its key list is read before the key below exists.
+    let loading = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.authenticate(&bearer(&random_key())).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let made = create_elsewhere(&store).await;
+    auth.remember_key(made.public_id());
+    loading.await.unwrap().unwrap_err();
+    assert_eq!(auth.key_directory().rebuilds(), 1);
+    auth.authenticate(&bearer(&made)).await.unwrap();
 }
 
 #[tokio::test]

@@ -2,10 +2,11 @@
 //!
 //! The edge cannot bill: it has no store and cannot tell a tenant from an API key. So when the
 //! origin answers a call it has kept in its cache, it also hands out a **grant**: who was
-//! served, by which model and deployment, with how many tokens, until when, signed with the
-//! secret the origin shares with the operator's edge. The edge keeps the grant beside the
-//! answer; every time it answers from that entry it records a hit (a fresh id, the time, the
-//! grant) and later sends its hits to the origin in a **report**, signed with the same secret.
+//! served, by which model and deployment, with how many tokens, until when, signed with a
+//! secret only the origin holds (an edge can read a grant but not make one). The edge keeps the
+//! grant beside the answer; every time it answers from that entry it records a hit (a fresh id,
+//! the time, the grant) and later sends its hits to the origin in a **report**, signed with the
+//! secret the origin shares with the operator's edges.
 //! The origin bills each hit at the cache-hit price under the request id `edge_<hit id>`, so a
 //! report sent twice (a retry, a lost reply) bills each hit once.
 
@@ -24,6 +25,8 @@ pub const HITS_PATH: &str = "/v1/edge/hits";
 /// The longest an edge may keep an answer: a key revoked, a model re-deployed or a price
 /// changed reaches every edge within this.
 pub const MAX_EDGE_TTL_MS: u64 = 300_000;
+/// How long after its grant expired a hit may still be reported (and billed).
+pub const MAX_REPORT_DELAY_MS: u64 = 24 * 3_600_000;
 /// The most hits one report may carry.
 pub const MAX_HITS_PER_REPORT: usize = 500;
 /// The prefix of a hit's request id in the origin's books.
@@ -62,6 +65,16 @@ impl Grant {
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default());
         let tag = URL_SAFE_NO_PAD.encode(mac(secret, b"ferry-edge-grant-v1", body.as_bytes()));
         format!("{body}.{tag}")
+    }
+
+    /// What a grant says, unchecked: for the edge, which cannot check it (only the origin
+    /// holds its key) and needs only its expiry.
+    pub fn peek(token: &str) -> Result<Grant, GrantError> {
+        let (body, _) = token.split_once('.').ok_or(GrantError::Malformed)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| GrantError::Malformed)?;
+        serde_json::from_slice(&json).map_err(|_| GrantError::Malformed)
     }
 
     pub fn verify(token: &str, secret: &[u8]) -> Result<Grant, GrantError> {
@@ -124,6 +137,9 @@ pub struct ReportOutcome {
     /// Not billed, with why (a bad grant, a hit after its grant expired, a refused
     /// admission): never worth sending again.
     pub rejected: Vec<RejectedHit>,
+    /// Not billed yet (the store failed): send again.
+    #[serde(default)]
+    pub retry: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

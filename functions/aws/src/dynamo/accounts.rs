@@ -370,8 +370,13 @@ impl DynamoStore {
             }
             let mut writes = Writes::default();
             self.close_hold(&mut writes, &hold, None, 0, now_ms).await?;
+            // A usage record may already be there (the hold's idempotency guard was swept by
+            // its TTL and the request replayed): the hold closes without a second one, rather
+            // than failing its condition on every sweep.
             let usage = hold.expired_usage(now_ms);
-            writes.create(&self.table, usage_item(&usage)?)?;
+            if self.get(&item::usage(request_id)).await?.is_none() {
+                writes.create(&self.table, usage_item(&usage)?)?;
+            }
             Ok(Attempt::Write(writes, true))
         })
         .await

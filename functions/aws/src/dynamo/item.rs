@@ -86,6 +86,21 @@ pub fn alert(id: &str) -> Key {
 pub fn key_set() -> Key {
     Key::single("KEYSET")
 }
+/// How many partitions the key directory is spread over.
+pub const KEY_DIRECTORY_SHARDS: u8 = 16;
+/// A live key's entry in the key directory: base-table partitions that a strongly consistent
+/// query lists (the index is only eventually consistent, and a replica rebuilding its key
+/// filter must not miss a key created a moment ago).
+pub fn key_directory_entry(public_id: &str) -> Key {
+    let shard = public_id
+        .bytes()
+        .fold(0u8, |sum, byte| sum.wrapping_add(byte))
+        % KEY_DIRECTORY_SHARDS;
+    Key::new(key_directory_shard(shard), public_id)
+}
+pub fn key_directory_shard(shard: u8) -> String {
+    format!("KEYDIR#{shard:02}")
+}
 pub fn invoice(id: &str) -> Key {
     Key::single(format!("INVOICE#{id}"))
 }

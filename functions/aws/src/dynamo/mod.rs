@@ -205,6 +205,31 @@ impl DynamoStore {
         }
     }
 
+    /// Every item of one base-table partition, read strongly consistent.
+    async fn partition(&self, pk: &str) -> StoreResult<Vec<Attributes>> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("#p = :p")
+                .expression_attribute_names("#p", PARTITION_KEY)
+                .expression_attribute_values(":p", item::s(pk))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|error| unavailable(describe(&error)))?;
+            found.extend(output.items().iter().cloned());
+            match output.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
     /// Every item of the table (reconciliation only).
     async fn scan(&self) -> StoreResult<Vec<Attributes>> {
         let mut found = Vec::new();
@@ -290,6 +315,15 @@ fn key_item(key: &KeyRecord) -> StoreResult<Attributes> {
         builder = builder.number(REVOKED_AT, revoked_at);
     }
     Ok(builder.build())
+}
+
+/// The key's entry in the key directory; it leaves with the key's expiry (TTL) or revocation.
+fn key_directory_item(key: &KeyRecord) -> Attributes {
+    let mut builder = ItemBuilder::new(&item::key_directory_entry(&key.public_id));
+    if let Some(expires_at) = key.expires_at {
+        builder = builder.number(TTL_ATTRIBUTE, expires_at);
+    }
+    builder.build()
 }
 
 fn key_from_item(item: &Attributes) -> StoreResult<KeyRecord> {
@@ -415,6 +449,7 @@ impl Store for DynamoStore {
                 }
                 let mut writes = Writes::default();
                 writes.create(&self.table, key_item(key)?)?;
+                writes.put(&self.table, key_directory_item(key))?;
                 writes.update(&self.table, &item::key_set(), None, Change::default())?;
                 Ok(Attempt::Write(writes, true))
             })
@@ -470,6 +505,7 @@ impl Store for DynamoStore {
                 .push(("#revoked".into(), REVOKED_AT.into()));
             let mut writes = Writes::default();
             writes.update(&self.table, &key, None, change)?;
+            writes.delete(&self.table, &item::key_directory_entry(public_id))?;
             writes.update(&self.table, &item::key_set(), None, Change::default())?;
             Ok(Attempt::Write(writes, true))
         })
@@ -495,22 +531,15 @@ impl Store for DynamoStore {
     }
 
     async fn live_key_ids(&self, now: u64) -> StoreResult<Vec<String>> {
-        // One query per tenant: run only when the key set's version moved.
-        let live = |item: &Attributes| key_from_item(item).is_ok_and(|key| key.is_live(now));
-        let mut partitions = vec![item::OPERATOR_KEYS.to_owned()];
-        partitions.extend(
-            self.list_tenants()
-                .await?
-                .iter()
-                .map(|tenant| item::tenant_keys(&tenant.id)),
-        );
         let mut ids = Vec::new();
-        for partition in partitions {
-            for found in self
-                .list(&partition, None, false, usize::MAX, &live)
-                .await?
-            {
-                ids.push(key_from_item(&found)?.public_id);
+        for shard in 0..item::KEY_DIRECTORY_SHARDS {
+            for entry in self.partition(&item::key_directory_shard(shard)).await? {
+                // Expired entries linger until DynamoDB's TTL sweep removes them.
+                let live =
+                    get_u64(&entry, TTL_ATTRIBUTE)?.is_none_or(|expires_at| now < expires_at);
+                if live {
+                    ids.push(item::get_text(&entry, SORT_KEY)?.to_owned());
+                }
             }
         }
         Ok(ids)

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
+};
 use ferry_core::ports::{StoreError, StoreResult};
 
 use super::DynamoStore;
@@ -62,6 +64,18 @@ impl Writes {
             .map_err(unavailable)?;
         self.items
             .push(TransactWriteItem::builder().put(put).build());
+        Ok(())
+    }
+
+    /// Deletes an item, whether or not it exists.
+    pub fn delete(&mut self, table: &str, key: &Key) -> StoreResult<()> {
+        let delete = Delete::builder()
+            .table_name(table)
+            .set_key(Some(key.attributes()))
+            .build()
+            .map_err(unavailable)?;
+        self.items
+            .push(TransactWriteItem::builder().delete(delete).build());
         Ok(())
     }
 

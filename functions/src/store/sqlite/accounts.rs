@@ -298,6 +298,19 @@ impl Accounts for SqliteStore {
                         .collect::<rusqlite::Result<_>>()?,
                 })
             };
+            // A request id already admitted is a conflict, whatever the buckets and balance say
+            // now (a retried report of edge hits relies on it).
+            let admitted: Option<i64> = row(
+                connection,
+                "SELECT 1 FROM holds WHERE request_id = ?1",
+                [&admission.request_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?;
+            if admitted.is_some() {
+                return Err(StoreError::Conflict(format!("request {}", admission.request_id)));
+            }
             let state = read().map_err(unavailable)?;
             let grant = match admission::decide(&admission, &state) {
                 Ok(grant) => grant,
