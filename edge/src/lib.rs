@@ -16,6 +16,8 @@
 //! randomness come in as arguments, so the logic is tested natively; the Spin entry point only
 //! adapts Spin's HTTP, key-value and outbound HTTP to them.
 
+#[cfg(all(target_arch = "wasm32", feature = "spin"))]
+mod component;
 mod kv;
 
 use ferry_core::cache::{self, CacheKey, Decision, Directives};
@@ -31,6 +33,8 @@ pub use kv::{KeyValue, MemoryKv};
 /// Where entries and hits live in the key-value store.
 const ENTRY_PREFIX: &str = "ferry/cache/";
 const HIT_PREFIX: &str = "ferry/hit/";
+/// Present while hits wait to be reported: a cheap check before listing them.
+const PENDING_MARKER: &str = "ferry/pending";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -335,6 +339,28 @@ impl<K: KeyValue> Edge<K> {
         })
     }
 
+    /// Reports the recorded hits if any are waiting (one cheap read when none are). The marker
+    /// is cleared before the hits are listed, so a hit recorded meanwhile sets it again and is
+    /// never stranded; if the report fails, the marker is set again.
+    pub async fn report_if_due(&self, origin: &impl Origin) -> Result<Option<Reported>, EdgeError> {
+        if self.store.get(PENDING_MARKER).await?.is_none() {
+            return Ok(None);
+        }
+        self.store.delete(PENDING_MARKER).await?;
+        match self.report(origin).await {
+            Ok(reported) => {
+                if reported.retry > 0 || reported.sent == MAX_HITS_PER_REPORT {
+                    self.store.set(PENDING_MARKER, b"1").await?;
+                }
+                Ok(Some(reported))
+            }
+            Err(error) => {
+                self.store.set(PENDING_MARKER, b"1").await?;
+                Err(error)
+            }
+        }
+    }
+
     /// The kept answer, if fresh, shaped for this caller; the hit is recorded for the report.
     async fn hit(
         &self,
@@ -388,6 +414,7 @@ impl<K: KeyValue> Edge<K> {
             .set(&format!("{HIT_PREFIX}{}", hit.id), &recorded)
             .await
             .ok()?;
+        self.store.set(PENDING_MARKER, b"1").await.ok()?;
         let mut response = response;
         response
             .headers
@@ -418,11 +445,23 @@ fn bearer(request: &Message) -> Option<&str> {
 }
 
 fn refuse(error: ApiError) -> Step {
-    let body = serde_json::to_vec(&error.body()).unwrap_or_default();
     Step::Answer {
-        response: Message::answer(error.kind.status(), "application/json", body),
+        response: error_response(&error),
         hit_recorded: false,
     }
+}
+
+/// An OpenAI-style error answer.
+pub fn error_response(error: &ApiError) -> Message {
+    let body = serde_json::to_vec(&error.body()).unwrap_or_default();
+    let mut response = Message::answer(error.kind.status(), "application/json", body);
+    response.headers.extend(error.headers().iter().cloned());
+    if let Some(seconds) = error.retry_after_seconds {
+        response
+            .headers
+            .push(("retry-after".into(), seconds.to_string()));
+    }
+    response
 }
 
 fn hex(bytes: &[u8]) -> String {

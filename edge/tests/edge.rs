@@ -354,6 +354,19 @@ async fn a_hit_is_answered_at_the_edge_and_billed_once_at_the_hit_price() {
 }
 
 #[tokio::test]
+async fn waiting_hits_are_reported_once_when_due() {
+    let world = World::start().await;
+    let acme = world.tenant("acme").await;
+    // Nothing waiting: one read, no report.
+    assert_eq!(world.edge.report_if_due(&world.origin).await.unwrap(), None);
+    world.call(&acme.key, &question("due?")).await;
+    world.call(&acme.key, &question("due?")).await;
+    let reported = world.edge.report_if_due(&world.origin).await.unwrap();
+    assert_eq!(reported.map(|reported| reported.billed), Some(1));
+    assert_eq!(world.edge.report_if_due(&world.origin).await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn a_report_sent_twice_bills_each_hit_once() {
     let world = World::start().await;
     let acme = world.tenant("acme").await;
