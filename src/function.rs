@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ferry_core::ports::{Accounts, ObjectStore, Store};
+use ferry_core::ports::{Accounts, ObjectStore, SharedCache, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
 use ferry_functions::environment::{self as env, Function, Variable};
@@ -116,8 +116,9 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
             reqwest::Client::builder().build().context("HTTP client")?,
         )?),
         money: MoneyConfig::default(),
-        cache: ferry_functions::cache::ResponseCache::new(
+        cache: ferry_functions::cache::ResponseCache::with_shared(
             ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
+            stores.answers,
         ),
         // Edges report to `ferry serve` only, so far.
         edge: None,
@@ -126,11 +127,15 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         Function::Gateway => Surface::Gateway,
         _ => Surface::Admin,
     };
+    let answers = state.cache.clone();
     let router = ferry_functions::router_for(surface, state, &RouterConfig::default());
     if on_lambda() {
         run_http_on_lambda(router).await
     } else {
-        serve(args.addr, router).await
+        serve(args.addr, router).await?;
+        // Answers kept in the last moments still reach the shared level.
+        let _ = tokio::time::timeout(Duration::from_secs(5), answers.flush()).await;
+        Ok(())
     }
 }
 
@@ -178,6 +183,8 @@ struct Stores {
     store: Arc<dyn Store>,
     accounts: Arc<dyn Accounts>,
     objects: Arc<dyn ObjectStore>,
+    /// The response cache's shared level.
+    answers: Arc<dyn SharedCache>,
     /// Shared by many replicas (DynamoDB), not a file of this one.
     shared: bool,
 }
@@ -201,7 +208,8 @@ impl Stores {
                 );
                 Ok(Stores {
                     store: store.clone(),
-                    accounts: store,
+                    accounts: store.clone(),
+                    answers: store,
                     objects: objects(function, &data_dir).await?,
                     shared: false,
                 })
@@ -227,7 +235,8 @@ async fn dynamodb(
     }
     Ok(Stores {
         store: store.clone(),
-        accounts: store,
+        accounts: store.clone(),
+        answers: store,
         objects: objects(function, data_dir).await?,
         shared: true,
     })

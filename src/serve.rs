@@ -118,7 +118,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().build().context("HTTP client")?;
     let cached = Arc::new(CachedStore::new(
         store.clone(),
-        store,
+        store.clone(),
         config.read_cache_ttl,
     ));
     let state = AppState {
@@ -127,14 +127,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         upstream: Arc::new(HttpUpstream::new(config.upstream.clone()).context("upstream client")?),
         auth: Arc::new(Authenticator::new(cached, config.auth.clone(), http)?),
         money,
-        cache: ferry_functions::cache::ResponseCache::new(
+        // Kept answers also go to the SQLite file: they outlive a restart.
+        cache: ferry_functions::cache::ResponseCache::with_shared(
             ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
+            store,
         ),
         edge: match args.edge_secret.as_deref() {
             Some(shared) => EdgeKeys::new(shared.as_bytes(), &grant_key(&config.data_dir)?),
             None => None,
         },
     };
+    let answers = state.cache.clone();
     let router = ferry_functions::router(
         state,
         &RouterConfig {
@@ -155,6 +158,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Last, so whoever waits for this line has the whole welcome already.
     println!("listening on http://{addr}");
     serve_until_signal(listener, router, pool).await?;
+    // Answers kept in the last moments still reach the store.
+    let _ = tokio::time::timeout(Duration::from_secs(5), answers.flush()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,15 +1,18 @@
-//! The gateway's response cache, level 1: answers kept in this process (bounded by their
+//! The gateway's response cache. Level 1: answers kept in this process (bounded by their
 //! size, admitted and evicted by TinyLFU), and concurrent identical misses coalesced so that
-//! one upstream call answers them all. The rules (what is cached, the key, replay) are
-//! `ferry_core::cache`'s.
+//! one upstream call answers them all. Level 2 (optional): a `SharedCache` every replica reads
+//! (the SQLite file, or DynamoDB), asked by the one call leading a miss before it goes
+//! upstream, and written behind every fresh answer kept. The rules (what is cached, the key,
+//! replay) are `ferry_core::cache`'s.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferry_core::cache::{self as rules, CacheKey, Entry};
-use ferry_core::ports::Endpoint;
+use ferry_core::ports::{Endpoint, SharedCache};
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// What a lookup found.
 pub enum Lookup {
@@ -27,6 +30,9 @@ pub struct ResponseCache {
     entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
     /// Keys an upstream call is being made for, and how to tell its waiters.
     in_flight: Mutex<HashMap<CacheKey, watch::Sender<Option<Arc<Entry>>>>>,
+    shared: Option<Arc<dyn SharedCache>>,
+    /// Writes to the shared level still under way, and a signal when one ends.
+    writing: Arc<(AtomicUsize, Notify)>,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -39,8 +45,17 @@ impl std::fmt::Debug for ResponseCache {
 }
 
 impl ResponseCache {
-    /// Keeps answers up to about `capacity_bytes` of JSON.
+    /// Keeps answers up to about `capacity_bytes` of JSON, in this process only.
     pub fn new(capacity_bytes: u64) -> Arc<ResponseCache> {
+        Self::build(capacity_bytes, None)
+    }
+
+    /// With a shared level behind this process's.
+    pub fn with_shared(capacity_bytes: u64, shared: Arc<dyn SharedCache>) -> Arc<ResponseCache> {
+        Self::build(capacity_bytes, Some(shared))
+    }
+
+    fn build(capacity_bytes: u64, shared: Option<Arc<dyn SharedCache>>) -> Arc<ResponseCache> {
         Arc::new(ResponseCache {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity_bytes)
@@ -49,6 +64,8 @@ impl ResponseCache {
                 })
                 .build(),
             in_flight: Mutex::new(HashMap::new()),
+            shared,
+            writing: Arc::default(),
         })
     }
 
@@ -68,23 +85,28 @@ impl ResponseCache {
         if let Some(entry) = self.fresh(&key, now_ms()) {
             return Lookup::Hit(entry);
         }
-        let mut waiting = {
+        let turn = {
             let Ok(mut in_flight) = self.in_flight.lock() else {
                 // A poisoned lock: no coalescing, but no wrong answer either.
                 return Lookup::Lead(self.alone(key));
             };
             match in_flight.get(&key) {
-                Some(sender) => sender.subscribe(),
+                Some(sender) => Turn::Wait(sender.subscribe()),
                 None => {
                     let (sender, _) = watch::channel(None);
                     in_flight.insert(key, sender);
-                    return Lookup::Lead(Leader {
+                    Turn::Lead(Leader {
                         cache: Arc::clone(self),
                         key,
                         leads: true,
-                    });
+                    })
                 }
             }
+        };
+        let mut waiting = match turn {
+            Turn::Wait(waiting) => waiting,
+            // This call leads: the shared level may have the answer another replica kept.
+            Turn::Lead(leader) => return self.lead(leader, now_ms).await,
         };
         // The leader answers with its entry, or drops its sender without one (it failed, or
         // its answer may not be kept): then every waiter makes its own call at once.
@@ -96,6 +118,58 @@ impl ResponseCache {
         Lookup::Lead(self.alone(key))
     }
 
+    /// Asks the shared level before the leader goes upstream: a fresh entry there answers this
+    /// call and every call waiting on it, and is kept here too.
+    async fn lead(self: &Arc<Self>, leader: Leader, now_ms: impl Fn() -> u64) -> Lookup {
+        let Some(shared) = &self.shared else {
+            return Lookup::Lead(leader);
+        };
+        match shared.get(&leader.key, now_ms()).await {
+            Ok(Some(entry)) if entry.is_fresh(now_ms()) => {
+                let entry = Arc::new(entry);
+                leader.publish(Some(Arc::clone(&entry)));
+                Lookup::Hit(entry)
+            }
+            Ok(_) => Lookup::Lead(leader),
+            Err(error) => {
+                tracing::warn!(%error, "the shared cache could not be read; asking upstream");
+                Lookup::Lead(leader)
+            }
+        }
+    }
+
+    /// Keeps a fresh answer here and, behind the caller's back, in the shared level.
+    fn keep(&self, key: CacheKey, entry: &Arc<Entry>) {
+        self.entries.insert(key, Arc::clone(entry));
+        let (Some(shared), Ok(runtime)) = (&self.shared, tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let shared = Arc::clone(shared);
+        let entry = Arc::clone(entry);
+        let writing = Arc::clone(&self.writing);
+        writing.0.fetch_add(1, Ordering::SeqCst);
+        runtime.spawn(async move {
+            if let Err(error) = shared.put(&key, &entry, crate::clock::unix_millis()).await {
+                tracing::warn!(%error, "an answer could not be kept in the shared cache");
+            }
+            writing.0.fetch_sub(1, Ordering::SeqCst);
+            writing.1.notify_waiters();
+        });
+    }
+
+    /// Returns once every answer kept so far has reached the shared level (or failed to):
+    /// for a graceful shutdown, and for tests.
+    pub async fn flush(&self) {
+        loop {
+            let ended = self.writing.1.notified();
+            if self.writing.0.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     /// A lead that no call waits on: it only keeps its answer.
     pub fn alone(self: &Arc<Self>, key: CacheKey) -> Leader {
         Leader {
@@ -103,10 +177,6 @@ impl ResponseCache {
             key,
             leads: false,
         }
-    }
-
-    fn insert(&self, key: CacheKey, entry: Entry) {
-        self.entries.insert(key, Arc::new(entry));
     }
 
     #[cfg(test)]
@@ -139,11 +209,17 @@ impl Keeper {
             Some(leader) => leader.finish(entry),
             None => {
                 if let Some(entry) = entry {
-                    self.cache.insert(self.key, entry);
+                    self.cache.keep(self.key, &Arc::new(entry));
                 }
             }
         }
     }
+}
+
+/// A lookup's turn: wait for the call in flight, or lead.
+enum Turn {
+    Wait(watch::Receiver<Option<Arc<Entry>>>),
+    Lead(Leader),
 }
 
 /// The one call making the upstream call for a key. Finishing it keeps the answer and hands
@@ -156,9 +232,17 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// Keeps `entry` (if any) and wakes the waiting calls.
-    pub fn finish(mut self, entry: Option<Entry>) {
+    /// Keeps a fresh answer (if any), here and in the shared level, and wakes the waiting calls.
+    pub fn finish(self, entry: Option<Entry>) {
         let entry = entry.map(Arc::new);
+        if let Some(entry) = &entry {
+            self.cache.keep(self.key, entry);
+        }
+        self.publish(entry);
+    }
+
+    /// Hands `entry` to the waiting calls (and keeps it in this process).
+    fn publish(mut self, entry: Option<Arc<Entry>>) {
         if let Some(entry) = &entry {
             self.cache.entries.insert(self.key, Arc::clone(entry));
         }

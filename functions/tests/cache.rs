@@ -95,6 +95,8 @@ impl Upstream for CountingUpstream {
 
 struct Ferry {
     app: Router,
+    cache: Arc<ResponseCache>,
+    store: Arc<SqliteStore>,
     upstream: Arc<CountingUpstream>,
     operator_key: String,
 }
@@ -117,23 +119,7 @@ impl Ferry {
         else {
             unreachable!("a new store has no operator key");
         };
-        let upstream = Arc::new(CountingUpstream::default());
-        let state = AppState {
-            store: store.clone(),
-            accounts: store.clone(),
-            upstream: upstream.clone(),
-            auth: Arc::new(
-                Authenticator::new(store, AuthConfig::default(), reqwest::Client::new()).unwrap(),
-            ),
-            money: MoneyConfig::default(),
-            cache: ResponseCache::new(DEFAULT_CAPACITY_BYTES),
-            edge: None,
-        };
-        let ferry = Ferry {
-            app: ferry_functions::router(state, &RouterConfig::default()),
-            upstream,
-            operator_key,
-        };
+        let ferry = Ferry::replica(store, Arc::default(), operator_key);
         let model = json!({
             "id": "m",
             "deployments": [{"id": "d", "upstream": {"url": "http://backend.invalid/v1", "model": "up"}}],
@@ -145,6 +131,34 @@ impl Ferry {
             .await;
         assert_eq!(registered.status, StatusCode::OK, "{}", registered.body);
         ferry
+    }
+
+    /// Another gateway on the same store and backend, with a response cache of its own in
+    /// front of the shared level.
+    fn replica(
+        store: Arc<SqliteStore>,
+        upstream: Arc<CountingUpstream>,
+        operator_key: String,
+    ) -> Ferry {
+        let state = AppState {
+            store: store.clone(),
+            accounts: store.clone(),
+            upstream: upstream.clone(),
+            auth: Arc::new(
+                Authenticator::new(store.clone(), AuthConfig::default(), reqwest::Client::new())
+                    .unwrap(),
+            ),
+            money: MoneyConfig::default(),
+            cache: ResponseCache::with_shared(DEFAULT_CAPACITY_BYTES, store.clone()),
+            edge: None,
+        };
+        Ferry {
+            cache: state.cache.clone(),
+            app: ferry_functions::router(state, &RouterConfig::default()),
+            store,
+            upstream,
+            operator_key,
+        }
     }
 
     async fn send(&self, path: &str, key: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
@@ -500,4 +514,34 @@ async fn random_sampling_and_no_store_bypass_and_no_cache_refreshes() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.body["error"]["param"], "x-ferry-cache-ttl");
     assert_eq!(ferry.upstream_calls(), 5);
+}
+
+#[tokio::test]
+async fn a_replica_answers_from_what_another_kept_in_the_shared_level() {
+    let one = Ferry::start().await;
+    let two = Ferry::replica(
+        one.store.clone(),
+        one.upstream.clone(),
+        one.operator_key.clone(),
+    );
+    let (tenant, key) = one.tenant().await;
+    let first = one.ask(&key, "shared?", json!({})).await;
+    assert_eq!(first.cache, "MISS");
+    // Kept in the shared level behind the answer's back: wait for it to land.
+    one.cache.flush().await;
+    let second = two.ask(&key, "shared?", json!({})).await;
+    assert_eq!(second.cache, "HIT");
+    assert_eq!(second.body["choices"], first.body["choices"]);
+    assert_eq!(one.upstream.calls.load(Ordering::SeqCst), 1);
+    // Billed on the second replica at the hit price.
+    let events = one.events(&tenant).await;
+    let statuses: Vec<&str> = events
+        .iter()
+        .map(|event| event["cache_status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 2);
+    assert!(statuses.contains(&"hit") && statuses.contains(&"miss"));
+    // A tenant of its own still misses on either replica.
+    let (_, other) = two.tenant().await;
+    assert_eq!(two.ask(&other, "shared?", json!({})).await.cache, "MISS");
 }

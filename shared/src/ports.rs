@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::{Admission, Budget, Grant, Refusal};
 use crate::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow};
+use crate::cache::{CacheKey, Entry as CacheEntry};
 use crate::calendar::Month;
 use crate::error::{ApiError, ErrorKind};
 use crate::ledger::{Entry, Posting, TransactionKind};
@@ -193,6 +194,17 @@ pub trait Store: Send + Sync {
     async fn get_model(&self, id: &str) -> StoreResult<Option<StoredModel>>;
     async fn list_models(&self) -> StoreResult<Vec<StoredModel>>;
     async fn delete_model(&self, id: &str) -> StoreResult<bool>;
+}
+
+/// The response cache's shared level: answers every replica can read. The key is a
+/// tenant-bound hash (`CacheKey`), so no lookup can reach another tenant's answers; an entry
+/// past its expiry is never returned.
+#[async_trait]
+pub trait SharedCache: Send + Sync {
+    async fn get(&self, key: &CacheKey, now_ms: u64) -> StoreResult<Option<CacheEntry>>;
+    /// Keeps `entry`, replacing what was there; an entry too large for the store is not kept.
+    /// The store may sweep out entries expired by `now_ms`.
+    async fn put(&self, key: &CacheKey, entry: &CacheEntry, now_ms: u64) -> StoreResult<()>;
 }
 
 /// A tenant's credit: what it may spend, and what calls in flight hold.

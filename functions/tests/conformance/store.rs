@@ -4,9 +4,11 @@
 
 use ferry_core::Money;
 use ferry_core::admission::{Budget, BudgetPeriod, Enforcement};
+use ferry_core::cache::{CacheKey, Entry as CacheEntry};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    Accounts, Billing, KeyRecord, RateLimits, Settled, Store, StoreError, Tenant, UsageRecord,
+    Accounts, Billing, Endpoint, KeyRecord, RateLimits, Settled, SharedCache, Store, StoreError,
+    Tenant, UsageRecord,
 };
 use ferry_core::principal::Role;
 
@@ -255,4 +257,45 @@ async fn models_keep_their_creation_time() {
     assert!(!store.delete_model("m").await.unwrap());
     assert_eq!(store.get_model("m").await.unwrap(), None);
     assert!(store.list_models().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_shared_cache_keeps_fresh_entries_by_key() {
+    let store = new_store().await;
+    let key = |tenant: &str| {
+        CacheKey::of(
+            tenant,
+            "deployment",
+            Endpoint::ChatCompletions,
+            &serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+    };
+    let entry = CacheEntry {
+        expires_at_ms: 10_000,
+        response: serde_json::json!({"object": "chat.completion", "usage": {"prompt_tokens": 1}}),
+    };
+    SharedCache::put(&store, &key("a"), &entry, 0)
+        .await
+        .unwrap();
+    let found = SharedCache::get(&store, &key("a"), 5_000).await.unwrap();
+    assert_eq!(found, Some(entry.clone()));
+    // Another tenant's key, and the same key once expired, find nothing.
+    assert_eq!(
+        SharedCache::get(&store, &key("b"), 5_000).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        SharedCache::get(&store, &key("a"), 10_000).await.unwrap(),
+        None
+    );
+    // A newer answer replaces the old.
+    let newer = CacheEntry {
+        expires_at_ms: 20_000,
+        response: serde_json::json!({"object": "chat.completion", "usage": {"prompt_tokens": 2}}),
+    };
+    SharedCache::put(&store, &key("a"), &newer, 15_000)
+        .await
+        .unwrap();
+    let found = SharedCache::get(&store, &key("a"), 15_000).await.unwrap();
+    assert_eq!(found, Some(newer));
 }

@@ -101,6 +101,10 @@ pub fn key_directory_entry(public_id: &str) -> Key {
 pub fn key_directory_shard(shard: u8) -> String {
     format!("KEYDIR#{shard:02}")
 }
+/// A kept answer of the response cache's shared level, by its key's hex.
+pub fn cache_entry(key_hex: &str) -> Key {
+    Key::single(format!("CACHE#{key_hex}"))
+}
 pub fn invoice(id: &str) -> Key {
     Key::single(format!("INVOICE#{id}"))
 }

@@ -9,9 +9,10 @@ use aws_sdk_dynamodb::types::{
 };
 use ferry_core::Money;
 use ferry_core::admission::Budget;
+use ferry_core::cache::{CacheKey, Entry as CacheEntry};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    KeyRecord, RateLimits, Store, StoreError, StoreResult, StoredModel, Tenant,
+    KeyRecord, RateLimits, SharedCache, Store, StoreError, StoreResult, StoredModel, Tenant,
 };
 use ferry_core::principal::Role;
 use serde::{Deserialize, Serialize};
@@ -608,4 +609,44 @@ impl Store for DynamoStore {
             .map_err(|error| unavailable(describe(&error)))?;
         Ok(output.attributes().is_some_and(|old| !old.is_empty()))
     }
+}
+
+/// A DynamoDB item holds at most 400 KB; larger answers are not kept in the shared level.
+const MAX_CACHED_RESPONSE_BYTES: usize = 350_000;
+
+#[async_trait]
+impl SharedCache for DynamoStore {
+    async fn get(&self, key: &CacheKey, now_ms: u64) -> StoreResult<Option<CacheEntry>> {
+        let Some(found) = self.get(&item::cache_entry(&hex(key.bytes()))).await? else {
+            return Ok(None);
+        };
+        // DynamoDB's TTL sweep is lazy: the expiry in the item decides.
+        let expires_at_ms = get_u64(&found, "expires_ms")?.unwrap_or_default();
+        if expires_at_ms <= now_ms {
+            return Ok(None);
+        }
+        let response =
+            serde_json::from_str(item::get_text(&found, "response")?).map_err(unavailable)?;
+        Ok(Some(CacheEntry {
+            expires_at_ms,
+            response,
+        }))
+    }
+
+    async fn put(&self, key: &CacheKey, entry: &CacheEntry, _now_ms: u64) -> StoreResult<()> {
+        let response = entry.response.to_string();
+        if response.len() > MAX_CACHED_RESPONSE_BYTES {
+            return Ok(());
+        }
+        let item = ItemBuilder::new(&item::cache_entry(&hex(key.bytes())))
+            .text("response", &response)
+            .number("expires_ms", entry.expires_at_ms)
+            .number(TTL_ATTRIBUTE, entry.expires_at_ms.div_ceil(1000))
+            .build();
+        self.put(item).await
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -2,14 +2,17 @@
 //! open. Calls run on tokio's blocking pool so a slow disk never stalls the async workers.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use ferry_core::Money;
 use ferry_core::admission::Budget;
+use ferry_core::cache::{CacheKey, Entry as CacheEntry};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    Billing, KeyRecord, RateLimits, Store, StoreError, StoreResult, StoredModel, Tenant,
-    UsageRecord,
+    Billing, KeyRecord, RateLimits, SharedCache, Store, StoreError, StoreResult, StoredModel,
+    Tenant, UsageRecord,
 };
 use ferry_core::principal::Role;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -137,6 +140,13 @@ const MIGRATIONS: &[&str] = &[
     "INSERT OR IGNORE INTO prices (model, deployment, effective_from_ms, price)
      SELECT id, '', created_at * 1000, json(json_extract(spec, '$.price'))
      FROM models WHERE json_extract(spec, '$.price') IS NOT NULL;",
+    // The response cache's shared level.
+    "CREATE TABLE cache_entries (
+        key BLOB PRIMARY KEY,
+        expires_at_ms INTEGER NOT NULL,
+        response TEXT NOT NULL
+     );
+     CREATE INDEX cache_entries_by_expiry ON cache_entries(expires_at_ms);",
 ];
 
 /// What a commit survives once `SqliteStore` has answered.
@@ -181,6 +191,8 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     thread: StoreThread,
     max_queued_admissions: usize,
+    /// Writes to the shared cache so far: every so many, expired entries are swept.
+    cache_writes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -244,6 +256,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             thread: StoreThread::spawn(connection, options.group_commit)?,
             max_queued_admissions: options.max_queued_admissions,
+            cache_writes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -685,6 +698,65 @@ impl Store for SqliteStore {
                 run(connection, "DELETE FROM models WHERE id = ?1", [id]).map_err(unavailable)?
                     == 1,
             )
+        })
+        .await
+    }
+}
+
+/// Every this many writes to the shared cache, the expired entries are swept out.
+const CACHE_SWEEP_EVERY: u64 = 256;
+
+#[async_trait]
+impl SharedCache for SqliteStore {
+    async fn get(&self, key: &CacheKey, now_ms: u64) -> StoreResult<Option<CacheEntry>> {
+        let key = key.bytes().to_vec();
+        let found: Option<(i64, String)> = self
+            .with(move |connection| {
+                row(
+                    connection,
+                    "SELECT expires_at_ms, response FROM cache_entries
+                     WHERE key = ?1 AND expires_at_ms > ?2",
+                    params![key, to_sql_int(now_ms)],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await?;
+        let Some((expires_at_ms, response)) = found else {
+            return Ok(None);
+        };
+        let response = serde_json::from_str(&response).map_err(unavailable)?;
+        Ok(Some(CacheEntry {
+            expires_at_ms: from_sql_int(expires_at_ms),
+            response,
+        }))
+    }
+
+    async fn put(&self, key: &CacheKey, entry: &CacheEntry, now_ms: u64) -> StoreResult<()> {
+        let key = key.bytes().to_vec();
+        let expires_at_ms = to_sql_int(entry.expires_at_ms);
+        let response = entry.response.to_string();
+        let sweep = self
+            .cache_writes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(CACHE_SWEEP_EVERY);
+        self.with(move |connection| {
+            run(
+                connection,
+                "INSERT OR REPLACE INTO cache_entries (key, expires_at_ms, response) VALUES (?1, ?2, ?3)",
+                params![key, expires_at_ms, response],
+            )
+            .map_err(unavailable)?;
+            if sweep {
+                run(
+                    connection,
+                    "DELETE FROM cache_entries WHERE expires_at_ms <= ?1",
+                    [to_sql_int(now_ms)],
+                )
+                .map_err(unavailable)?;
+            }
+            Ok(())
         })
         .await
     }
