@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use ferry_core::ports::{Accounts, ObjectStore, SharedCache, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
+use ferry_functions::edge::EdgeKeys;
 use ferry_functions::environment::{self as env, Function, Variable};
 use ferry_functions::jobs::Books;
 use ferry_functions::store::{CachedStore, LocalObjectStore, SqliteStore};
@@ -120,8 +121,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
             ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
             stores.answers,
         ),
-        // Edges report to `ferry serve` only, so far.
-        edge: None,
+        edge: edge_keys()?,
     };
     let surface = match function {
         Function::Gateway => Surface::Gateway,
@@ -158,6 +158,19 @@ async fn serve(addr: Option<SocketAddr>, router: axum::Router) -> anyhow::Result
     crate::serve::serve_until_signal(listener, router, None).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The edge secrets: both or neither.
+fn edge_keys() -> anyhow::Result<Option<EdgeKeys>> {
+    match (value(env::EDGE_SECRET), value(env::EDGE_GRANT_SECRET)) {
+        (None, None) => Ok(None),
+        (Some(shared), Some(grant)) => Ok(EdgeKeys::new(shared.as_bytes(), grant.as_bytes())),
+        _ => anyhow::bail!(
+            "set both {} and {}, or neither",
+            env::EDGE_SECRET.name,
+            env::EDGE_GRANT_SECRET.name
+        ),
+    }
 }
 
 fn jwt_from_env() -> anyhow::Result<Option<JwtConfig>> {

@@ -97,6 +97,18 @@ pub const JWT_AUDIENCE: Variable = Variable {
     read_by: CALLERS,
     required_by: NONE,
 };
+/// Edges (`ferry-edge`): the secret shared with them (their hit reports are signed with it)
+/// and the gateway's own key for the grants it hands them (both or neither).
+pub const EDGE_SECRET: Variable = Variable {
+    name: "FERRY_EDGE_SECRET",
+    read_by: &[Function::Gateway],
+    required_by: NONE,
+};
+pub const EDGE_GRANT_SECRET: Variable = Variable {
+    name: "FERRY_EDGE_GRANT_SECRET",
+    read_by: &[Function::Gateway],
+    required_by: NONE,
+};
 /// Log JSON lines (`true`) rather than text.
 pub const LOG_JSON: Variable = Variable {
     name: "FERRY_LOG_JSON",
@@ -120,6 +132,8 @@ pub const VARIABLES: &[Variable] = &[
     JWT_JWKS_URL,
     JWT_ISSUER,
     JWT_AUDIENCE,
+    EDGE_SECRET,
+    EDGE_GRANT_SECRET,
     LOG_JSON,
     PORT,
 ];

@@ -35,6 +35,11 @@ locals {
     FERRY_JWT_AUDIENCE = var.oidc.audience
   }
 
+  edge_environment = var.edge == null ? {} : {
+    FERRY_EDGE_SECRET       = var.edge.shared_secret
+    FERRY_EDGE_GRANT_SECRET = var.edge.grant_secret
+  }
+
   # Each function's environment. The names are a contract with the Rust binary: add none here
   # that it does not read.
   environment = {
@@ -42,7 +47,7 @@ locals {
       FERRY_STORE          = "dynamodb"
       FERRY_DYNAMODB_TABLE = var.table_name
       FERRY_LOG_JSON       = "true"
-    }, local.oidc_environment)
+    }, local.oidc_environment, local.edge_environment)
     admin = merge({
       FERRY_STORE          = "dynamodb"
       FERRY_DYNAMODB_TABLE = var.table_name

@@ -95,6 +95,16 @@ variable "oidc" {
   }
 }
 
+variable "edge" {
+  description = "Secrets for Ferry's edge components: the one shared with them (hit reports are signed with it) and the gateway's own grant key; null for no edges."
+  type = object({
+    shared_secret = string
+    grant_secret  = string
+  })
+  default   = null
+  sensitive = true
+}
+
 variable "memory_mb" {
   description = "Memory of each function in MB (CPU grows with it)."
   type = object({
