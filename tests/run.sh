@@ -22,8 +22,8 @@ cargo build -p ferry-core -p ferry-edge --target wasm32-wasip1 --locked
 # so spin.toml's path holds it). Their sizes are reported.
 rustup target add wasm32-wasip2 >/dev/null
 for store in files spin; do
-    cargo build -p ferry-edge --target wasm32-wasip2 --release --locked --features "$store-kv"
-    cp target/wasm32-wasip2/release/ferry_edge.wasm "target/ferry-edge-$store.wasm"
+    cargo build -p ferry-edge --target wasm32-wasip2 --profile edge --locked --features "$store-kv"
+    cp target/wasm32-wasip2/edge/ferry_edge.wasm "target/ferry-edge-$store.wasm"
 done
 wc -c target/ferry-edge-files.wasm target/ferry-edge-spin.wasm
 # The Wasm host it runs under (no Spin CLI can be installed from the registries), built once.

@@ -14,7 +14,7 @@ use spin_sdk::http_service;
 
 use ferry_core::{ApiError, ErrorKind};
 
-use crate::{Edge, EdgeConfig, EdgeError, Message, Origin, Step};
+use crate::{Edge, EdgeConfig, EdgeError, EdgeJwt, Message, Origin, Step};
 
 /// Where a scheduler (or a test) asks the edge to report its hits now.
 const REPORT_PATH: &str = "/.well-known/ferry-edge/report";
@@ -68,7 +68,7 @@ async fn handle(request: Request) -> Result<Response<Body>, spin_sdk::http::Erro
             Err(error) => unreachable_origin(&error),
         });
     };
-    let forward = match edge.handle(message, now_ms(), hit_id).await {
+    let forward = match edge.handle(message, now_ms(), hit_id, &origin).await {
         Step::Answer { response, .. } => return Ok(answer(response)),
         Step::Forward(forward) => forward,
     };
@@ -107,6 +107,16 @@ async fn config() -> Result<(EdgeConfig, SpinOrigin), &'static str> {
             .await
             .and_then(|bytes| bytes.parse().ok())
             .unwrap_or(1 << 20),
+        jwt: match (
+            setting("jwt_jwks_url").await,
+            setting("jwt_issuer").await,
+            setting("jwt_audience").await,
+        ) {
+            (Some(jwks_url), Some(issuer), Some(audience)) => {
+                Some(EdgeJwt::new(jwks_url, issuer, audience))
+            }
+            _ => None,
+        },
     };
     Ok((config, SpinOrigin { base }))
 }
@@ -185,22 +195,40 @@ fn plain(status: u16, text: &str) -> Response<Body> {
     })
 }
 
-/// The origin over Spin's outbound HTTP.
+/// The origin (and the identity provider) over Spin's outbound HTTP.
 struct SpinOrigin {
     base: String,
 }
 
 impl SpinOrigin {
     async fn forward(&self, request: &Message) -> Result<Response, spin_sdk::http::Error> {
-        let mut outbound = Request::builder()
-            .method(request.method.as_str())
-            .uri(format!("{}{}", self.base, request.path));
-        for (name, value) in &request.headers {
-            outbound = outbound.header(name, value);
-        }
-        let outbound = outbound.body(Full::new(Bytes::from(request.body.clone())))?;
-        Ok(send(outbound).await?)
+        send_to(&format!("{}{}", self.base, request.path), request).await
     }
+}
+
+async fn send_to(url: &str, request: &Message) -> Result<Response, spin_sdk::http::Error> {
+    let mut outbound = Request::builder().method(request.method.as_str()).uri(url);
+    for (name, value) in &request.headers {
+        outbound = outbound.header(name, value);
+    }
+    let outbound = outbound.body(Full::new(Bytes::from(request.body.clone())))?;
+    Ok(send(outbound).await?)
+}
+
+/// A reply read whole.
+async fn collected(reply: Response) -> Result<Message, EdgeError> {
+    let (parts, body) = reply.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|error| EdgeError::Origin(error.to_string()))?
+        .to_bytes();
+    Ok(Message {
+        status: parts.status.as_u16(),
+        headers: headers(&parts.headers),
+        body: body.to_vec(),
+        ..Message::default()
+    })
 }
 
 impl Origin for SpinOrigin {
@@ -221,18 +249,18 @@ impl Origin for SpinOrigin {
             .forward(&request)
             .await
             .map_err(|error| EdgeError::Origin(error.to_string()))?;
-        let (parts, body) = reply.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|error| EdgeError::Origin(error.to_string()))?
-            .to_bytes();
-        Ok(Message {
-            status: parts.status.as_u16(),
-            headers: self::headers(&parts.headers),
-            body: body.to_vec(),
+        collected(reply).await
+    }
+
+    async fn fetch(&self, url: &str) -> Result<Message, EdgeError> {
+        let request = Message {
+            method: "GET".into(),
             ..Message::default()
-        })
+        };
+        let reply = send_to(url, &request)
+            .await
+            .map_err(|error| EdgeError::Origin(error.to_string()))?;
+        collected(reply).await
     }
 }
 

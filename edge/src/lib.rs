@@ -18,6 +18,7 @@
 
 #[cfg(all(target_arch = "wasm32", feature = "spin"))]
 mod component;
+mod jwt;
 mod kv;
 
 use ferry_core::cache::{self, CacheKey, Decision, Directives};
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub use jwt::EdgeJwt;
 pub use kv::{KeyValue, MemoryKv};
 
 /// Where entries and hits live in the key-value store.
@@ -52,6 +54,9 @@ pub struct EdgeConfig {
     pub edge_id: String,
     /// Larger bodies are refused here with 413.
     pub max_body_bytes: usize,
+    /// OIDC tokens checked here against the provider's keys (the origin checks them again);
+    /// `None`: tokens go to the origin unchecked.
+    pub jwt: Option<EdgeJwt>,
 }
 
 /// An HTTP request or response, as the edge sees it. Header names are lower case.
@@ -82,7 +87,8 @@ impl Message {
     }
 }
 
-/// The origin, for what the edge itself sends it: hit reports.
+/// The outside world, for what the edge itself sends: hit reports to the origin, and the
+/// identity provider's keys.
 pub trait Origin {
     fn post(
         &self,
@@ -90,6 +96,9 @@ pub trait Origin {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> impl Future<Output = Result<Message, EdgeError>>;
+
+    /// GET of an absolute URL (the identity provider's JWKS).
+    fn fetch(&self, url: &str) -> impl Future<Output = Result<Message, EdgeError>>;
 }
 
 /// What to do with a request.
@@ -159,7 +168,13 @@ impl<K: KeyValue> Edge<K> {
 
     /// Decides what to do with a request. `hit_id` is fresh randomness (a hit's id). A store
     /// that fails only costs the cache: the request is forwarded.
-    pub async fn handle(&self, request: Message, now_ms: u64, hit_id: [u8; 16]) -> Step {
+    pub async fn handle(
+        &self,
+        request: Message,
+        now_ms: u64,
+        hit_id: [u8; 16],
+        outside: &impl Origin,
+    ) -> Step {
         let Some(endpoint) = endpoint_of(&request) else {
             return Step::Forward(Forward {
                 request,
@@ -175,6 +190,12 @@ impl<K: KeyValue> Edge<K> {
                 .with_code("missing_api_key"),
             );
         };
+        if let Some(jwt) = &self.config.jwt
+            && jwt::looks_like_a_jwt(credential)
+            && let Err(refused) = jwt.check(credential, &self.store, outside, now_ms).await
+        {
+            return refuse(refused);
+        }
         if request.body.len() > self.config.max_body_bytes {
             return refuse(
                 ApiError::new(

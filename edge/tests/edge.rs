@@ -110,6 +110,12 @@ impl Origin for Loopback {
             })
             .await)
     }
+
+    async fn fetch(&self, _: &str) -> Result<Message, EdgeError> {
+        Err(EdgeError::Origin(
+            "no identity provider in these tests".into(),
+        ))
+    }
 }
 
 struct World {
@@ -163,6 +169,7 @@ impl World {
                     secret: SECRET.to_vec(),
                     edge_id: "test-edge".into(),
                     max_body_bytes: 64 * 1024,
+                    jwt: None,
                 },
                 MemoryKv::default(),
             ),
@@ -267,7 +274,11 @@ impl World {
             id[..8].copy_from_slice(&n.to_le_bytes());
             id
         };
-        match self.edge.handle(request, self.now(), hit_id).await {
+        match self
+            .edge
+            .handle(request, self.now(), hit_id, &self.origin)
+            .await
+        {
             Step::Answer { response, .. } => (response, true),
             Step::Forward(forward) => {
                 let response = self.origin.send(&forward.request).await;
@@ -508,7 +519,10 @@ async fn expired_uncacheable_and_plainly_bad_requests_are_not_answered_from_the_
         body: question("x").to_string().into_bytes(),
         ..Message::default()
     };
-    let Step::Answer { response, .. } = world.edge.handle(no_key, world.now(), [0; 16]).await
+    let Step::Answer { response, .. } = world
+        .edge
+        .handle(no_key, world.now(), [0; 16], &world.origin)
+        .await
     else {
         panic!("a call without a key was forwarded");
     };
@@ -522,7 +536,10 @@ async fn expired_uncacheable_and_plainly_bad_requests_are_not_answered_from_the_
         body: b"{not json".to_vec(),
         ..Message::default()
     };
-    let Step::Answer { response, .. } = world.edge.handle(not_json, world.now(), [0; 16]).await
+    let Step::Answer { response, .. } = world
+        .edge
+        .handle(not_json, world.now(), [0; 16], &world.origin)
+        .await
     else {
         panic!("a body that is not JSON was forwarded");
     };
