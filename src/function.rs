@@ -130,6 +130,20 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
     let answers = state.cache.clone();
     let router = ferry_functions::router_for(surface, state, &RouterConfig::default());
     if on_lambda() {
+        // Lambda freezes the process once an answer is out: answers kept for the shared level
+        // are written before the invocation ends (those of streams a moment after, at the
+        // next invocation).
+        let flushing = answers.clone();
+        let router = router.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let answers = flushing.clone();
+                async move {
+                    let response = next.run(request).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), answers.flush()).await;
+                    response
+                }
+            },
+        ));
         run_http_on_lambda(router).await
     } else {
         serve(args.addr, router).await?;
@@ -164,7 +178,9 @@ async fn serve(addr: Option<SocketAddr>, router: axum::Router) -> anyhow::Result
 fn edge_keys() -> anyhow::Result<Option<EdgeKeys>> {
     match (value(env::EDGE_SECRET), value(env::EDGE_GRANT_SECRET)) {
         (None, None) => Ok(None),
-        (Some(shared), Some(grant)) => Ok(EdgeKeys::new(shared.as_bytes(), grant.as_bytes())),
+        (Some(shared), Some(grant)) => EdgeKeys::new(shared.as_bytes(), grant.as_bytes())
+            .map(Some)
+            .map_err(anyhow::Error::msg),
         _ => anyhow::bail!(
             "set both {} and {}, or neither",
             env::EDGE_SECRET.name,
@@ -219,10 +235,15 @@ impl Stores {
                 let store = Arc::new(
                     SqliteStore::open(&data_dir.join("ferry.db")).context("opening the store")?,
                 );
+                // The cache in a file of its own: its traffic never queues behind admissions.
+                let answers = Arc::new(
+                    SqliteStore::open(&data_dir.join("cache.db"))
+                        .context("opening the cache store")?,
+                );
                 Ok(Stores {
                     store: store.clone(),
-                    accounts: store.clone(),
-                    answers: store,
+                    accounts: store,
+                    answers,
                     objects: objects(function, &data_dir).await?,
                     shared: false,
                 })

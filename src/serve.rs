@@ -118,7 +118,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().build().context("HTTP client")?;
     let cached = Arc::new(CachedStore::new(
         store.clone(),
-        store.clone(),
+        store,
         config.read_cache_ttl,
     ));
     let state = AppState {
@@ -127,13 +127,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         upstream: Arc::new(HttpUpstream::new(config.upstream.clone()).context("upstream client")?),
         auth: Arc::new(Authenticator::new(cached, config.auth.clone(), http)?),
         money,
-        // Kept answers also go to the SQLite file: they outlive a restart.
+        // Kept answers also go to a SQLite file of their own (its own writer, so cache traffic
+        // never queues behind admissions): they outlive a restart.
         cache: ferry_functions::cache::ResponseCache::with_shared(
             ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
-            store,
+            Arc::new(
+                SqliteStore::open(&config.data_dir.join("cache.db"))
+                    .context("opening the cache store")?,
+            ),
         ),
         edge: match args.edge_secret.as_deref() {
-            Some(shared) => EdgeKeys::new(shared.as_bytes(), &grant_key(&config.data_dir)?),
+            Some(shared) => Some(
+                EdgeKeys::new(shared.as_bytes(), &grant_key(&config.data_dir)?)
+                    .map_err(anyhow::Error::msg)
+                    .context("FERRY_EDGE_SECRET")?,
+            ),
             None => None,
         },
     };

@@ -7,7 +7,7 @@
 //! `FERRY_EDGE_MAX_BODY_BYTES`.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{Request, Response, send};
 use spin_sdk::http_service;
@@ -41,60 +41,112 @@ async fn handle(request: Request) -> Result<Response<Body>, spin_sdk::http::Erro
             ));
         }
     };
-    let edge = Edge::new(config, store::open().await?);
+    let max_body_bytes = config.max_body_bytes;
+    let secret = config.secret.clone();
     let path = request
         .uri()
         .path_and_query()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    if path == REPORT_PATH {
-        let reported = edge.report(&origin).await;
-        return Ok(match reported {
-            Ok(reported) => plain(200, &format!("{reported:?}")),
-            Err(error) => plain(502, &error.to_string()),
-        });
-    }
+    let method = request.method().as_str().to_owned();
+    let headers = headers_of(request.headers());
+    // Read no more than the edge accepts: a larger body is refused, not buffered.
+    let body = match Limited::new(request.into_body(), max_body_bytes.saturating_add(1))
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes().to_vec(),
+        Err(_) => {
+            let error = ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("The request body is larger than {max_body_bytes} bytes."),
+            )
+            .with_code("request_too_large");
+            return Ok(answer(crate::error_response(&error)));
+        }
+    };
     let message = Message {
-        method: request.method().as_str().to_owned(),
+        method,
         path,
-        headers: headers(request.headers()),
-        body: request.into_body().bytes().await?.to_vec(),
+        headers,
+        body,
         ..Message::default()
     };
+    // A store that cannot be opened only costs the cache.
+    let Ok(store) = store::open().await else {
+        return Ok(pass_through(origin.forward(&message).await));
+    };
+    let edge = Edge::new(config, store);
+    if message.path == REPORT_PATH {
+        return Ok(report_now(&edge, &origin, &message, &secret).await);
+    }
     // Without randomness a hit could not get a unique id (and be billed): no cache then.
     let Some(hit_id) = random_id() else {
-        return Ok(match origin.forward(&message).await {
-            Ok(reply) => reply.map(Either::Left),
-            Err(error) => unreachable_origin(&error),
-        });
+        return Ok(pass_through(origin.forward(&message).await));
     };
     let forward = match edge.handle(message, now_ms(), hit_id, &origin).await {
         Step::Answer { response, .. } => return Ok(answer(response)),
         Step::Forward(forward) => forward,
     };
-    // The origin is being called anyway: hits waiting to be billed go along, at the same time.
-    let (reply, _) = futures_util::future::join(
-        origin.forward(&forward.request),
-        edge.report_if_due(&origin),
-    )
-    .await;
-    let reply = match reply {
-        Ok(reply) => reply,
-        Err(error) => return Ok(unreachable_origin(&error)),
-    };
-    if !forward.may_keep() {
+    let reply = origin.forward(&forward.request).await;
+    let response = match reply {
+        Ok(reply) if forward.may_keep() => {
+            let (parts, body) = reply.into_parts();
+            let message = Message {
+                status: parts.status.as_u16(),
+                headers: headers_of(&parts.headers),
+                body: body.bytes().await?.to_vec(),
+                ..Message::default()
+            };
+            edge.keep(&forward, &message, now_ms()).await;
+            answer(message)
+        }
         // Streams and everything else pass straight through.
-        return Ok(reply.map(Either::Left));
-    }
-    let (parts, body) = reply.into_parts();
-    let message = Message {
-        status: parts.status.as_u16(),
-        headers: headers(&parts.headers),
-        body: body.bytes().await?.to_vec(),
-        ..Message::default()
+        reply => pass_through(reply),
     };
-    edge.keep(&forward, &message, now_ms()).await;
-    Ok(answer(message))
+    // The origin is reachable: hits waiting to be billed go to it once this answer is on its
+    // way (the component keeps running after it returns).
+    spin_sdk::wasip3::spawn(async move {
+        let _ = edge.report_if_due(&origin).await;
+    });
+    Ok(response)
+}
+
+/// `POST /.well-known/ferry-edge/report`, signed like a report of no hits: send the waiting
+/// hits now (for a scheduler). Anything else there is refused.
+async fn report_now(
+    edge: &Edge<store::Store>,
+    origin: &SpinOrigin,
+    request: &Message,
+    secret: &[u8],
+) -> Response<Body> {
+    let signed = request
+        .header(ferry_core::edge::SIGNATURE_HEADER)
+        .is_some_and(|signature| ferry_core::edge::verify_report(secret, b"", signature));
+    if request.method != "POST" || !signed {
+        let error = ApiError::new(
+            ErrorKind::Unauthenticated,
+            "Reports are asked for with a POST signed with the edge secret.",
+        )
+        .with_code("invalid_signature");
+        return answer(crate::error_response(&error));
+    }
+    match edge.report(origin).await {
+        Ok(reported) => plain(200, &format!("{reported:?}")),
+        Err(error) => plain(502, &error.to_string()),
+    }
+}
+
+/// The origin's answer as it came, but for what only the edge may see.
+fn pass_through(reply: Result<Response, spin_sdk::http::Error>) -> Response<Body> {
+    match reply {
+        Ok(reply) => {
+            let mut reply = reply.map(Either::Left);
+            reply.headers_mut().remove(ferry_core::edge::GRANT_HEADER);
+            reply
+        }
+        Err(error) => unreachable_origin(&error),
+    }
 }
 
 async fn config() -> Result<(EdgeConfig, SpinOrigin), &'static str> {
@@ -152,7 +204,7 @@ fn random_id() -> Option<[u8; 16]> {
     Some(id)
 }
 
-fn headers(map: &spin_sdk::http::HeaderMap) -> Vec<(String, String)> {
+fn headers_of(map: &spin_sdk::http::HeaderMap) -> Vec<(String, String)> {
     map.iter()
         .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
         .filter_map(|(name, value)| {
@@ -166,6 +218,10 @@ fn answer(message: Message) -> Response<Body> {
     *response.status_mut() = spin_sdk::http::StatusCode::from_u16(message.status)
         .unwrap_or(spin_sdk::http::StatusCode::BAD_GATEWAY);
     for (name, value) in message.headers {
+        // A grant is for the edge, never for the caller.
+        if name.eq_ignore_ascii_case(ferry_core::edge::GRANT_HEADER) {
+            continue;
+        }
         if let (Ok(name), Ok(value)) = (
             spin_sdk::http::HeaderName::try_from(name),
             spin_sdk::http::HeaderValue::try_from(value),
@@ -225,7 +281,7 @@ async fn collected(reply: Response) -> Result<Message, EdgeError> {
         .to_bytes();
     Ok(Message {
         status: parts.status.as_u16(),
-        headers: headers(&parts.headers),
+        headers: headers_of(&parts.headers),
         body: body.to_vec(),
         ..Message::default()
     })
@@ -268,16 +324,16 @@ impl Origin for SpinOrigin {
 mod store {
     //! Spin's default key-value store.
 
-    use spin_sdk::key_value::Store;
+    use spin_sdk::key_value::Store as SpinStore;
 
     use crate::{EdgeError, KeyValue};
 
-    pub struct SpinKv(Store);
+    pub struct Store(SpinStore);
 
-    pub async fn open() -> Result<SpinKv, spin_sdk::http::Error> {
-        Store::open_default()
+    pub async fn open() -> Result<Store, spin_sdk::http::Error> {
+        SpinStore::open_default()
             .await
-            .map(SpinKv)
+            .map(Store)
             .map_err(|error| spin_sdk::http::Error::other(error.to_string()))
     }
 
@@ -285,7 +341,7 @@ mod store {
         EdgeError::Store(error.to_string())
     }
 
-    impl KeyValue for SpinKv {
+    impl KeyValue for Store {
         async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, EdgeError> {
             self.0.get(key).await.map_err(failed)
         }
@@ -320,10 +376,10 @@ mod store {
 
     const DIRECTORY: &str = "/kv";
 
-    pub struct FilesKv;
+    pub struct Store;
 
-    pub async fn open() -> Result<FilesKv, spin_sdk::http::Error> {
-        Ok(FilesKv)
+    pub async fn open() -> Result<Store, spin_sdk::http::Error> {
+        Ok(Store)
     }
 
     fn path(key: &str) -> PathBuf {
@@ -342,7 +398,7 @@ mod store {
         EdgeError::Store(error.to_string())
     }
 
-    impl KeyValue for FilesKv {
+    impl KeyValue for Store {
         async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, EdgeError> {
             match std::fs::read(path(key)) {
                 Ok(value) => Ok(Some(value)),

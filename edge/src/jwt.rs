@@ -17,6 +17,8 @@ use ferry_core::{ApiError, ErrorKind};
 use crate::{KeyValue, Origin};
 
 const JWKS_KEY: &str = "ferry/jwks";
+/// When fetching the keys last failed: no new attempt for `min_refresh`.
+const JWKS_FAILED_KEY: &str = "ferry/jwks-failed";
 
 #[derive(Debug, Clone)]
 pub struct EdgeJwt {
@@ -120,13 +122,16 @@ impl EdgeJwt {
         let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
             .map_err(|_| refused("The token's signature, issuer or audience is not valid."))?
             .claims;
-        let now = now_ms / 1000;
-        let not_before = claims.get("nbf").and_then(Value::as_u64).unwrap_or(0);
-        if not_before > now.saturating_add(self.leeway_seconds) {
+        // NumericDate may be fractional; the bounds are the origin's: refused only when
+        // `exp < now - leeway` or `nbf > now + leeway`.
+        let now = now_ms as f64 / 1000.0;
+        let leeway = self.leeway_seconds as f64;
+        let not_before = claims.get("nbf").and_then(Value::as_f64).unwrap_or(0.0);
+        if not_before > now + leeway {
             return Err(refused("The token is not valid yet."));
         }
-        match claims.get("exp").and_then(Value::as_u64) {
-            Some(exp) if exp.saturating_add(self.leeway_seconds) > now => Ok(()),
+        match claims.get("exp").and_then(Value::as_f64) {
+            Some(exp) if exp >= now - leeway => Ok(()),
             Some(_) => Err(refused("The token has expired.")),
             None => Err(refused("The token has no expiry (`exp`).")),
         }
@@ -166,11 +171,23 @@ impl EdgeJwt {
                 return Some(kept);
             }
         }
-        let fetched = outside.fetch(&self.jwks_url).await.ok()?;
-        if fetched.status != 200 {
+        // A provider that just failed is not asked again for a while: every token would
+        // otherwise wait on it.
+        let failed_at = store
+            .get(JWKS_FAILED_KEY)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|value| String::from_utf8(value).ok()?.parse::<u64>().ok());
+        if failed_at.is_some_and(|at| now_ms.saturating_sub(at) < self.min_refresh_ms) {
             return None;
         }
-        let keys: JwkSet = serde_json::from_slice(&fetched.body).ok()?;
+        let Some(keys) = fetch_keys(outside, &self.jwks_url).await else {
+            let _ = store
+                .set(JWKS_FAILED_KEY, now_ms.to_string().as_bytes())
+                .await;
+            return None;
+        };
         let kept = KeptKeys {
             fetched_at_ms: now_ms,
             keys,
@@ -180,4 +197,21 @@ impl EdgeJwt {
         }
         Some(kept)
     }
+}
+
+/// The provider's keys, each read on its own: one key of a type this library cannot read (the
+/// provider's encryption key, say) must not hide the others.
+async fn fetch_keys(outside: &impl Origin, url: &str) -> Option<JwkSet> {
+    let fetched = outside.fetch(url).await.ok()?;
+    if fetched.status != 200 {
+        return None;
+    }
+    let document: Value = serde_json::from_slice(&fetched.body).ok()?;
+    let keys = document
+        .get("keys")?
+        .as_array()?
+        .iter()
+        .filter_map(|key| serde_json::from_value(key.clone()).ok())
+        .collect();
+    Some(JwkSet { keys })
 }

@@ -430,12 +430,14 @@ impl<K: KeyValue> Edge<K> {
             grant: entry.grant,
         };
         // A hit that cannot be recorded could not be billed: the caller goes to the origin.
+        // The marker first: a hit recorded is then always one the next report will find, and
+        // a failure before the record leaves nothing to bill for an answer not served.
         let recorded = serde_json::to_vec(&hit).ok()?;
+        self.store.set(PENDING_MARKER, b"1").await.ok()?;
         self.store
             .set(&format!("{HIT_PREFIX}{}", hit.id), &recorded)
             .await
             .ok()?;
-        self.store.set(PENDING_MARKER, b"1").await.ok()?;
         let mut response = response;
         response
             .headers

@@ -20,7 +20,7 @@ use ferry_functions::store::SqliteStore;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use serde_json::{Value, json};
 
-const SECRET: &[u8] = b"edge secret for tests";
+const SECRET: &[u8] = b"the edge secret for these tests, long enough";
 
 /// A backend that answers "Paris is the capital." and counts its calls.
 #[derive(Default)]
@@ -151,7 +151,9 @@ impl World {
             ),
             money: MoneyConfig::default(),
             cache: ResponseCache::new(DEFAULT_CAPACITY_BYTES),
-            edge: EdgeKeys::new(SECRET, b"the origin's own grant key"),
+            edge: Some(
+                EdgeKeys::new(SECRET, b"the origin's own grant key, 32 bytes or more").unwrap(),
+            ),
         };
         let router = ferry_functions::router(state, &RouterConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

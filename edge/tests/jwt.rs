@@ -238,4 +238,28 @@ async fn an_unreachable_provider_lets_the_origin_decide() {
         verdict(&edge, &provider, &token(&key, claims()), NOW_MS).await,
         None
     );
+    // ...and is not asked again by every token that follows.
+    let next = verdict(&edge, &provider, &token(&key, claims()), NOW_MS + 1).await;
+    assert_eq!(next, None);
+    assert_eq!(provider.fetches.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn times_are_judged_as_the_origin_judges_them() {
+    let key = ec_key("k1");
+    let provider = provider(&[&key]);
+    let edge = edge();
+    // A fractional expiry, and one exactly at the leeway's edge, pass.
+    let mut fractional = claims();
+    fractional["exp"] = json!(NOW_MS as f64 / 1000.0 + 0.5);
+    assert_eq!(
+        verdict(&edge, &provider, &token(&key, fractional), NOW_MS).await,
+        None
+    );
+    let mut at_the_edge = claims();
+    at_the_edge["exp"] = json!(NOW_MS / 1000 - 30);
+    assert_eq!(
+        verdict(&edge, &provider, &token(&key, at_the_edge), NOW_MS).await,
+        None
+    );
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ferry_core::cache::{self as rules, CacheKey, Entry};
 use ferry_core::ports::{Endpoint, SharedCache};
@@ -22,6 +23,11 @@ pub enum Lookup {
     /// finishes (and keeps its answer) or gives up.
     Lead(Leader),
 }
+
+/// How long a miss waits on the shared level before it asks upstream anyway.
+const SHARED_READ_TIMEOUT: Duration = Duration::from_millis(50);
+/// Writes to the shared level under way at once; beyond, answers are kept here only.
+const MAX_SHARED_WRITES: usize = 64;
 
 /// What one replica keeps by default: 64 MiB of answers.
 pub const DEFAULT_CAPACITY_BYTES: u64 = 64 << 20;
@@ -124,7 +130,9 @@ impl ResponseCache {
         let Some(shared) = &self.shared else {
             return Lookup::Lead(leader);
         };
-        match shared.get(&leader.key, now_ms()).await {
+        // A slow shared level must not eat the call's own time: past this, it is a miss.
+        let read = tokio::time::timeout(SHARED_READ_TIMEOUT, shared.get(&leader.key, now_ms()));
+        match read.await.unwrap_or(Ok(None)) {
             Ok(Some(entry)) if entry.is_fresh(now_ms()) => {
                 let entry = Arc::new(entry);
                 leader.publish(Some(Arc::clone(&entry)));
@@ -148,7 +156,10 @@ impl ResponseCache {
         let shared = Arc::clone(shared);
         let entry = Arc::clone(entry);
         let writing = Arc::clone(&self.writing);
-        writing.0.fetch_add(1, Ordering::SeqCst);
+        if writing.0.fetch_add(1, Ordering::SeqCst) >= MAX_SHARED_WRITES {
+            writing.0.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         runtime.spawn(async move {
             if let Err(error) = shared.put(&key, &entry, crate::clock::unix_millis()).await {
                 tracing::warn!(%error, "an answer could not be kept in the shared cache");

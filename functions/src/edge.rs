@@ -37,10 +37,17 @@ pub struct EdgeKeys {
     grant: Arc<[u8]>,
 }
 
+/// The shortest secret accepted: a guessable one would let anyone bill any tenant.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 impl EdgeKeys {
-    /// `None` if either secret is empty: edges are then off.
-    pub fn new(shared: &[u8], grant: &[u8]) -> Option<EdgeKeys> {
-        (!shared.is_empty() && !grant.is_empty()).then(|| EdgeKeys {
+    pub fn new(shared: &[u8], grant: &[u8]) -> Result<EdgeKeys, String> {
+        if shared.len() < MIN_SECRET_BYTES || grant.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "edge secrets must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        Ok(EdgeKeys {
             shared: shared.into(),
             grant: grant.into(),
         })

@@ -5,6 +5,8 @@ real SmolLM2 model, driven by the OpenAI SDK. A repeat is answered at the edge, 
 stream too, reported to the origin and billed once at the cache-hit price even when the report
 is sent twice."""
 
+import hashlib
+import hmac
 import os
 import pathlib
 import socket
@@ -120,6 +122,12 @@ def available(origin, tenant_id):
     return Decimal(admin(origin, "GET", f"/tenants/{tenant_id}")["available_usd"])
 
 
+def report_now(url):
+    """What a scheduler does: ask the edge to report its waiting hits, signed like an empty report."""
+    tag = hmac.new(SECRET.encode(), b"ferry-edge-report-v1\n", hashlib.sha256).hexdigest()
+    return httpx.post(f"{url}/.well-known/ferry-edge/report", headers={"x-ferry-signature": f"v1={tag}"}, timeout=60)
+
+
 def ask(client, **extra):
     return client.chat.completions.with_raw_response.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=12, **extra)
 
@@ -131,6 +139,8 @@ def test_a_repeat_is_answered_at_the_edge_and_billed_once(origin, edge, priced):
 
     first = ask(client)
     assert first.headers["x-ferry-cache"] == "MISS"
+    # The grant is the edge's business, never the caller's.
+    assert "x-ferry-edge-grant" not in first.headers
     second = ask(client)
     assert second.headers["x-ferry-cache"] == "HIT"
     assert second.headers["x-ferry-edge"] == "hit"
@@ -151,7 +161,10 @@ def test_a_repeat_is_answered_at_the_edge_and_billed_once(origin, edge, priced):
     assert len(hits) == 2
     kept = {path.name: path.read_bytes() for path in hits}
 
-    reported = httpx.post(f"{url}/.well-known/ferry-edge/report", timeout=60)
+    # Only a signed POST makes the edge report.
+    assert httpx.post(f"{url}/.well-known/ferry-edge/report", timeout=60).status_code == 401
+    assert httpx.get(f"{url}/.well-known/ferry-edge/report", timeout=60).status_code == 401
+    reported = report_now(url)
     assert reported.status_code == 200, reported.text
     assert "billed: 2" in reported.text, reported.text
     events = usage(origin, tenant_id)
@@ -163,7 +176,7 @@ def test_a_repeat_is_answered_at_the_edge_and_billed_once(origin, edge, priced):
     # The same hits reported again (a lost reply, a retry) are billed once.
     for name, content in kept.items():
         (kv / name).write_bytes(content)
-    again = httpx.post(f"{url}/.well-known/ferry-edge/report", timeout=60)
+    again = report_now(url)
     assert "billed: 0" in again.text and "duplicate: 2" in again.text, again.text
     assert available(origin, tenant_id) == before - 2 * HIT_PRICE
     assert len(usage(origin, tenant_id)) == 3
@@ -180,7 +193,13 @@ def test_tenants_are_kept_apart_and_hits_ride_along_with_the_next_miss(origin, e
     other = client.chat.completions.with_raw_response.create(
         model=CHAT, messages=[{"role": "user", "content": "Say hi."}], temperature=0, max_tokens=4)
     assert other.headers["x-ferry-cache"] == "MISS"
-    statuses = sorted(event["cache_status"] for event in usage(origin, tenant_id))
+    # The report goes once the answer is on its way: it lands a moment later.
+    deadline = time.monotonic() + 30
+    while True:
+        statuses = sorted(event["cache_status"] for event in usage(origin, tenant_id))
+        if statuses == ["edge_hit", "miss", "miss"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert statuses == ["edge_hit", "miss", "miss"]
     assert not [path for path in kv.iterdir() if path.name.startswith(HIT_PREFIX)]
 

@@ -231,7 +231,7 @@ impl DynamoStore {
         }
     }
 
-    /// Every item of the table (reconciliation only).
+    /// Every item of the table but the cache's (reconciliation only).
     async fn scan(&self) -> StoreResult<Vec<Attributes>> {
         let mut found = Vec::new();
         let mut start = None;
@@ -241,6 +241,10 @@ impl DynamoStore {
                 .scan()
                 .table_name(&self.table)
                 .consistent_read(true)
+                // Kept answers are large and not the books': never loaded here.
+                .filter_expression("NOT begins_with(#pk, :cache)")
+                .expression_attribute_names("#pk", PARTITION_KEY)
+                .expression_attribute_values(":cache", item::s("CACHE#"))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await

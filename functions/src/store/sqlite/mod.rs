@@ -703,8 +703,10 @@ impl Store for SqliteStore {
     }
 }
 
-/// Every this many writes to the shared cache, the expired entries are swept out.
+/// Every this many writes to the shared cache, the expired entries are swept out, and the
+/// soonest to expire beyond `CACHE_MAX_ENTRIES`.
 const CACHE_SWEEP_EVERY: u64 = 256;
+const CACHE_MAX_ENTRIES: i64 = 100_000;
 
 #[async_trait]
 impl SharedCache for SqliteStore {
@@ -753,6 +755,14 @@ impl SharedCache for SqliteStore {
                     connection,
                     "DELETE FROM cache_entries WHERE expires_at_ms <= ?1",
                     [to_sql_int(now_ms)],
+                )
+                .map_err(unavailable)?;
+                run(
+                    connection,
+                    "DELETE FROM cache_entries WHERE key IN (
+                        SELECT key FROM cache_entries ORDER BY expires_at_ms
+                        LIMIT max(0, (SELECT count(*) FROM cache_entries) - ?1))",
+                    [CACHE_MAX_ENTRIES],
                 )
                 .map_err(unavailable)?;
             }

@@ -103,6 +103,11 @@ variable "edge" {
   })
   default   = null
   sensitive = true
+
+  validation {
+    condition     = var.edge == null || (length(var.edge.shared_secret) >= 32 && length(var.edge.grant_secret) >= 32)
+    error_message = "edge secrets must each be at least 32 characters."
+  }
 }
 
 variable "memory_mb" {
