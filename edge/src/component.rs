@@ -85,7 +85,7 @@ async fn handle(request: Request) -> Result<Response<Body>, spin_sdk::http::Erro
         return Ok(pass_through(origin.forward(&message).await));
     };
     let forward = match edge.handle(message, now_ms(), hit_id, &origin).await {
-        Step::Answer { response, .. } => return Ok(answer(response)),
+        Step::Answer(response) => return Ok(answer(response)),
         Step::Forward(forward) => forward,
     };
     let reply = origin.forward(&forward.request).await;

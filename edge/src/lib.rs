@@ -104,11 +104,8 @@ pub trait Origin {
 /// What to do with a request.
 #[derive(Debug)]
 pub enum Step {
-    /// Answer it now (a hit, or a refusal); `hit_recorded` says a report is due.
-    Answer {
-        response: Message,
-        hit_recorded: bool,
-    },
+    /// Answer it now: a hit, or a refusal.
+    Answer(Message),
     /// Send it to the origin, then hand the origin's answer to [`Edge::keep`].
     Forward(Forward),
 }
@@ -246,15 +243,12 @@ impl<K: KeyValue> Edge<K> {
         };
         // Bound to the credential itself: the edge cannot tell tenants apart, so it never
         // lets two credentials share an entry.
-        let subject = format!("bearer:{}", hex(&Sha256::digest(credential.as_bytes())));
+        let subject = format!("bearer:{:x}", Sha256::digest(credential.as_bytes()));
         let key = CacheKey::of(&subject, "edge", endpoint, &body);
-        let entry_key = format!("{ENTRY_PREFIX}{}", hex(key.bytes()));
+        let entry_key = format!("{ENTRY_PREFIX}{key}");
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
         if read && let Some(response) = self.hit(&entry_key, &body, stream, now_ms, hit_id).await {
-            return Step::Answer {
-                response,
-                hit_recorded: true,
-            };
+            return Step::Answer(response);
         }
         // Only whole answers are kept here; a stream passes through untouched.
         let keep = (write && !stream).then(|| Keep {
@@ -468,10 +462,7 @@ fn bearer(request: &Message) -> Option<&str> {
 }
 
 fn refuse(error: ApiError) -> Step {
-    Step::Answer {
-        response: error_response(&error),
-        hit_recorded: false,
-    }
+    Step::Answer(error_response(&error))
 }
 
 /// An OpenAI-style error answer.
@@ -485,8 +476,4 @@ pub fn error_response(error: &ApiError) -> Message {
             .push(("retry-after".into(), seconds.to_string()));
     }
     response
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -281,7 +281,7 @@ impl World {
             .handle(request, self.now(), hit_id, &self.origin)
             .await
         {
-            Step::Answer { response, .. } => (response, true),
+            Step::Answer(response) => (response, true),
             Step::Forward(forward) => {
                 let response = self.origin.send(&forward.request).await;
                 self.edge.keep(&forward, &response, self.now()).await;
@@ -521,7 +521,7 @@ async fn expired_uncacheable_and_plainly_bad_requests_are_not_answered_from_the_
         body: question("x").to_string().into_bytes(),
         ..Message::default()
     };
-    let Step::Answer { response, .. } = world
+    let Step::Answer(response) = world
         .edge
         .handle(no_key, world.now(), [0; 16], &world.origin)
         .await
@@ -538,7 +538,7 @@ async fn expired_uncacheable_and_plainly_bad_requests_are_not_answered_from_the_
         body: b"{not json".to_vec(),
         ..Message::default()
     };
-    let Step::Answer { response, .. } = world
+    let Step::Answer(response) = world
         .edge
         .handle(not_json, world.now(), [0; 16], &world.origin)
         .await
@@ -620,7 +620,5 @@ async fn the_origin_refuses_unsigned_reports_and_forged_grants() {
 
 /// "0.9989" → nano-dollars.
 fn parse_usd(text: &str) -> i64 {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let fraction = format!("{fraction:0<9}");
-    whole.parse::<i64>().unwrap() * 1_000_000_000 + fraction[..9].parse::<i64>().unwrap()
+    text.parse::<ferry_core::Money>().unwrap().nanos()
 }

@@ -122,7 +122,7 @@ async fn verdict(
     };
     match edge.handle(request, now_ms, [1; 16], provider).await {
         Step::Forward(_) => None,
-        Step::Answer { response, .. } => {
+        Step::Answer(response) => {
             assert_eq!(response.status, 401);
             let body: Value = serde_json::from_slice(&response.body).unwrap();
             Some(body["error"]["code"].as_str().unwrap().to_owned())

@@ -621,7 +621,7 @@ const MAX_CACHED_RESPONSE_BYTES: usize = 350_000;
 #[async_trait]
 impl SharedCache for DynamoStore {
     async fn get(&self, key: &CacheKey, now_ms: u64) -> StoreResult<Option<CacheEntry>> {
-        let Some(found) = self.get(&item::cache_entry(&hex(key.bytes()))).await? else {
+        let Some(found) = self.get(&item::cache_entry(&key.to_string())).await? else {
             return Ok(None);
         };
         // DynamoDB's TTL sweep is lazy: the expiry in the item decides.
@@ -642,15 +642,11 @@ impl SharedCache for DynamoStore {
         if response.len() > MAX_CACHED_RESPONSE_BYTES {
             return Ok(());
         }
-        let item = ItemBuilder::new(&item::cache_entry(&hex(key.bytes())))
+        let item = ItemBuilder::new(&item::cache_entry(&key.to_string()))
             .text("response", &response)
             .number("expires_ms", entry.expires_at_ms)
             .number(TTL_ATTRIBUTE, entry.expires_at_ms.div_ceil(1000))
             .build();
         self.put(item).await
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
