@@ -106,6 +106,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         ..AuthConfig::default()
     };
     let state = AppState {
+        breakers: Default::default(),
         store: cached.clone(),
         accounts: cached.clone(),
         upstream: Arc::new(

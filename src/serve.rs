@@ -122,6 +122,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.read_cache_ttl,
     ));
     let state = AppState {
+        breakers: Default::default(),
         store: cached.clone(),
         accounts: cached.clone(),
         upstream: Arc::new(HttpUpstream::new(config.upstream.clone()).context("upstream client")?),
@@ -327,6 +328,7 @@ async fn start_local_pool(
                 price: None,
                 max_output_tokens: None,
                 limits: Default::default(),
+                route: None,
             },
         };
         store.put_model(&spec, clock::unix_seconds()).await?;

@@ -143,6 +143,7 @@ impl World {
         };
         let upstream = Arc::new(CountingUpstream::default());
         let state = AppState {
+            breakers: Default::default(),
             store: store.clone(),
             accounts: store.clone(),
             upstream: upstream.clone(),

@@ -14,8 +14,10 @@ use ferry_core::ports::{
     Accounts, Billing, KeyRecord, PriceRecord, RateLimits, Store, StoreError, StoredModel, Tenant,
 };
 use ferry_core::principal::{Principal, Role};
+use ferry_core::route::RoutePolicy;
 use ferry_core::{ApiError, ErrorKind, Money};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 use crate::app::{AppState, Caller};
@@ -30,7 +32,10 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{id}/keys", post(create_key).get(list_keys))
         .route("/keys/{id}", delete(revoke_key))
         .route("/models", post(put_model).get(list_models))
-        .route("/models/{id}", get(get_model).delete(delete_model))
+        .route(
+            "/models/{id}",
+            get(get_model).patch(update_model).delete(delete_model),
+        )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -512,6 +517,60 @@ pub async fn get_model(
         .await?
         .ok_or_else(|| model_not_found(&id))?;
     Ok(Json(ModelView::of(state.accounts.as_ref(), model).await?))
+}
+
+/// `PATCH /models/{id}`: shifts traffic between deployments (a canary's share, a blue-green
+/// switch, a rollback) or changes the route, without touching the rest of the model.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateModel {
+    /// New weights by deployment id; deployments not named keep theirs.
+    #[serde(default)]
+    pub weights: Option<BTreeMap<String, u32>>,
+    /// Replaces the model's route policy.
+    #[serde(default)]
+    pub route: Option<RoutePolicy>,
+}
+
+/// Changes a model's weights or route (operators only). Takes effect on this replica at once,
+/// on the others within the model cache's TTL.
+#[utoipa::path(patch, path = "/admin/v1/models/{id}", tag = "admin", params(("id" = String, Path, description = "Model id")),
+    request_body = UpdateModel,
+    responses((status = 200, body = ModelView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_model(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    Path(id): Path<String>,
+    body: JsonBody<UpdateModel>,
+) -> HandlerResult<Json<ModelView>> {
+    require_operator(&principal)?;
+    let mut spec = state
+        .store
+        .get_model(&id)
+        .await?
+        .ok_or_else(|| model_not_found(&id))?
+        .spec;
+    let update = body.typed;
+    for (deployment_id, weight) in update.weights.iter().flatten() {
+        let deployment = spec
+            .deployments
+            .iter_mut()
+            .find(|deployment| &deployment.id == deployment_id)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("weights.{deployment_id}"),
+                    format!("`{deployment_id}` is not a deployment of this model"),
+                )
+            })?;
+        deployment.weight = *weight;
+    }
+    if let Some(route) = update.route {
+        spec.route = Some(route);
+    }
+    spec.validate()?;
+    let stored = state.store.put_model(&spec, clock::unix_seconds()).await?;
+    Ok(Json(ModelView::of(state.accounts.as_ref(), stored).await?))
 }
 
 #[utoipa::path(delete, path = "/admin/v1/models/{id}", tag = "admin", params(("id" = String, Path, description = "Model id")),

@@ -21,6 +21,7 @@ use crate::auth::Authenticator;
 use crate::cache::ResponseCache;
 use crate::edge::EdgeKeys;
 use crate::error::{ErrorKindTag, Failure};
+use crate::route::Breakers;
 use crate::{admin, billing, clock, gateway, openapi};
 
 /// What every handler shares. Cheap to clone.
@@ -35,6 +36,8 @@ pub struct AppState {
     pub cache: Arc<ResponseCache>,
     /// The secrets of the operator's edges; `None`: no edges.
     pub edge: Option<EdgeKeys>,
+    /// Each deployment's circuit breaker, as this process sees it.
+    pub breakers: Arc<Breakers>,
 }
 
 /// How admission treats money.

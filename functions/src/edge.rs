@@ -280,6 +280,8 @@ async fn bill(state: &AppState, keys: &EdgeKeys, hit: &Hit) -> Result<Billed, Re
         latency_ms: 0,
         ttft_ms: None,
         cache_status: "edge_hit".into(),
+        route: ferry_core::ports::NO_ROUTE.into(),
+        attempts: 0,
         created_at: hit.at_ms / 1000,
     };
     match state.accounts.settle(&record).await? {

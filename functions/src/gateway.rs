@@ -13,14 +13,16 @@ use ferry_core::admission::{
 };
 use ferry_core::cache::{self, CacheKey, CacheStatus, Decision, Directives};
 use ferry_core::error::ErrorBody;
+use ferry_core::model::Deployment;
 use ferry_core::model::ModelSpec;
 use ferry_core::openai::{
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
     EmbeddingRequest, EmbeddingResponse, ModelList, ModelObject, Usage,
 };
-use ferry_core::ports::{Endpoint, StoredModel, UpstreamCall, UpstreamError, UpstreamReply};
+use ferry_core::ports::{Endpoint, StoredModel, UpstreamReply};
 use ferry_core::principal::{Credential, Principal};
 use ferry_core::ratelimit::{Bucket, Unit};
+use ferry_core::route::Route;
 use ferry_core::{ApiError, ErrorKind, Money};
 use serde_json::Value;
 
@@ -292,21 +294,32 @@ async fn dispatch(
         }
         None => (0, 0),
     };
-    let deployment = model
-        .spec
-        .choose_deployment(clock::random_u64())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::NoCapacity,
-                "The model has no deployment taking traffic.",
-            )
-            .retry_after(5)
-        })?;
     let now_ms = clock::unix_millis();
-    let price = state
-        .accounts
-        .price_at(&model.spec.id, &deployment.id, now_ms)
-        .await?;
+    let mut route = Route::plan(&model.spec, clock::random_u64(), |deployment| {
+        state.breakers.availability(&model.spec, deployment, now_ms)
+    })
+    .map_err(|unavailable| {
+        let error = ApiError::new(
+            ErrorKind::NoCapacity,
+            "No deployment of this model is taking calls now; retry shortly.",
+        )
+        .with_code("deployments_unavailable");
+        match unavailable.retry_after_ms {
+            Some(ms) => error.retry_after(ms.div_ceil(1000).max(1)),
+            None => error,
+        }
+    })?;
+    let deployment = route.candidates()[0];
+    // A fallback may answer: the hold covers the dearest deployment the call may reach.
+    let mut prices = Vec::with_capacity(route.candidates().len());
+    for candidate in route.candidates() {
+        prices.push(
+            state
+                .accounts
+                .price_at(&model.spec.id, &candidate.id, now_ms)
+                .await?,
+        );
+    }
     let estimate = TokenEstimate::new(call.body_bytes, call.media_parts, output_max, output_likely);
     let rate = match &principal.tenant_id {
         Some(tenant_id) => {
@@ -318,9 +331,12 @@ async fn dispatch(
                 deployment: &deployment.id,
                 endpoint: call.endpoint,
                 estimate,
-                hold: price
-                    .as_ref()
-                    .map_or(Money::ZERO, |price| estimate.worst_case_cost(price)),
+                hold: prices
+                    .iter()
+                    .flatten()
+                    .map(|price| estimate.worst_case_cost(price))
+                    .max()
+                    .unwrap_or(Money::ZERO),
                 now_ms,
                 rate_limited: true,
             };
@@ -345,7 +361,6 @@ async fn dispatch(
         call.endpoint,
         &body,
     );
-    body["model"] = Value::String(deployment.upstream.model.clone());
     if call.stream {
         // Usage is always asked of the upstream, so every stream can be metered.
         body["stream_options"] = serde_json::json!({"include_usage": true});
@@ -357,7 +372,7 @@ async fn dispatch(
         model_id: model.spec.id.clone(),
         deployment_id: deployment.id.clone(),
         endpoint: call.endpoint,
-        price,
+        price: prices[0].clone(),
         admitted_at: now_ms / 1000,
         time_limit: state.money.call_time_limit(),
     });
@@ -426,20 +441,50 @@ async fn dispatch(
         }
     };
     meter.set_cache_status(status);
-    let upstream_call = UpstreamCall {
-        target: deployment.upstream.clone(),
+    let request = crate::route::Request {
         endpoint: call.endpoint,
         body,
         stream: call.stream,
+        deadline: meter.deadline(),
+        upstream: state.upstream.as_ref(),
+        breakers: &state.breakers,
     };
-    let reply = match tokio::time::timeout_at(meter.deadline(), state.upstream.call(upstream_call))
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout))
-    {
-        Ok(reply) => reply,
-        Err(error) => {
-            tracing::warn!(%error, model = %model.spec.id, deployment = %deployment.id, "upstream call failed");
-            let api_error = error.to_api_error();
+    let candidates = route.candidates().to_vec();
+    let price_of = |served: &Deployment| {
+        candidates
+            .iter()
+            .position(|candidate| candidate.id == served.id)
+            .and_then(|index| prices.get(index).cloned().flatten())
+    };
+    let answered = crate::route::call(&model.spec, &mut route, request).await;
+    let attempts = route.attempts();
+    let reply = match answered {
+        Ok(answered) => {
+            meter.set_route(
+                &answered.deployment.id,
+                price_of(answered.deployment),
+                answered.reason,
+                attempts,
+            );
+            if let Some(permit) = answered.permit {
+                meter.judge_on_record(permit);
+            }
+            // The cache key names the first pick's backend: another's answer is not kept under it.
+            if answered.deployment.id != deployment.id
+                && let Some(keeper) = keep.take()
+            {
+                keeper.finish(None);
+            }
+            answered.reply
+        }
+        Err(failed) => {
+            meter.set_route(
+                &failed.deployment.id,
+                price_of(failed.deployment),
+                failed.reason,
+                attempts,
+            );
+            let api_error = failed.error.to_api_error();
             let _ = meter
                 .record(&Usage::default(), api_error.kind.status(), None)
                 .await;

@@ -19,6 +19,7 @@ pub mod jobs;
 mod meter;
 mod openapi;
 mod relay;
+pub mod route;
 pub mod store;
 mod ttl_cache;
 pub mod upstream;

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use ferry_core::cache::CacheStatus;
 use ferry_core::model::Price;
 use ferry_core::openai::{PromptTokensDetails, Usage};
-use ferry_core::ports::{Accounts, Endpoint, Settled, StoreError, UsageRecord};
+use ferry_core::ports::{Accounts, Endpoint, NO_ROUTE, Settled, StoreError, UsageRecord};
 use ferry_core::principal::{Credential, Principal};
+use ferry_core::route::Reason;
 use ferry_core::{ApiError, ErrorKind, Money};
+
+use crate::route::BreakerPermit;
 
 /// Status recorded for a call its caller abandoned (nginx's "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
@@ -36,6 +39,10 @@ pub struct Meter {
     deadline: tokio::time::Instant,
     recorded: bool,
     cache: CacheStatus,
+    route: &'static str,
+    attempts: u32,
+    /// The breaker of the deployment streaming the answer, judged when the stream ends.
+    breaker: Option<BreakerPermit>,
 }
 
 /// The call's charge could not be recorded (the store failed, or its hold had already
@@ -78,7 +85,30 @@ impl Meter {
             deadline: tokio::time::Instant::now() + params.time_limit,
             recorded: false,
             cache: CacheStatus::Bypass,
+            route: NO_ROUTE,
+            attempts: 0,
+            breaker: None,
         }
+    }
+
+    /// The deployment that answers (a fallback may differ from the one admitted), why it was
+    /// tried, its price, and the attempts made so far.
+    pub fn set_route(
+        &mut self,
+        deployment_id: &str,
+        price: Option<Price>,
+        reason: Reason,
+        attempts: u32,
+    ) {
+        deployment_id.clone_into(&mut self.deployment_id);
+        self.price = price;
+        self.route = reason.as_str();
+        self.attempts = attempts;
+    }
+
+    /// Hands the answering deployment's breaker permit over, to be judged by the final status.
+    pub fn judge_on_record(&mut self, permit: BreakerPermit) {
+        self.breaker = Some(permit);
     }
 
     pub fn model_id(&self) -> &str {
@@ -136,6 +166,8 @@ impl Meter {
             latency_ms: millis(self.started.elapsed()),
             ttft_ms: ttft.map(millis),
             cache_status: self.cache.usage_label().into(),
+            route: self.route.to_owned(),
+            attempts: self.attempts,
             created_at: self.admitted_at,
         }
     }
@@ -151,6 +183,13 @@ impl Meter {
         ttft: Option<Duration>,
     ) -> Result<Money, NotSettled> {
         self.recorded = true;
+        if let Some(permit) = self.breaker.take() {
+            match status {
+                // The caller left: no verdict on the backend.
+                CLIENT_CLOSED => drop(permit),
+                _ => permit.finish(status < 500),
+            }
+        }
         let record = self.usage_record(usage, status, ttft);
         settle(self.accounts.as_ref(), &record).await
     }

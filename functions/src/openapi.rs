@@ -25,6 +25,7 @@ use crate::{admin, billing, gateway};
         admin::put_model,
         admin::list_models,
         admin::get_model,
+        admin::update_model,
         admin::delete_model,
         billing::add_credit,
         billing::refund,

@@ -278,6 +278,7 @@ impl Ferry {
         )
         .unwrap();
         let state = AppState {
+            breakers: Default::default(),
             store: store.clone(),
             accounts: store,
             upstream: Arc::new(NoBackend),

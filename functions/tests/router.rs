@@ -99,6 +99,7 @@ impl Ferry {
         .unwrap();
         let upstream = Arc::new(RecordingUpstream::default());
         let state = AppState {
+            breakers: Default::default(),
             store: store.clone(),
             accounts: store.clone(),
             upstream: upstream.clone(),

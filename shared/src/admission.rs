@@ -550,6 +550,8 @@ impl Hold {
             latency_ms: now_ms.saturating_sub(self.created_at_ms),
             ttft_ms: None,
             cache_status: "none".into(),
+            route: crate::ports::NO_ROUTE.into(),
+            attempts: 0,
             created_at: self.created_at_ms / 1000,
         }
     }

@@ -247,6 +247,8 @@ mod tests {
             latency_ms: 3,
             ttft_ms: None,
             cache_status: "none".into(),
+            route: crate::ports::NO_ROUTE.into(),
+            attempts: 0,
             created_at: 1_795_600_000,
         }
     }

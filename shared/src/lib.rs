@@ -23,6 +23,7 @@ pub mod ports;
 pub mod principal;
 pub mod ratelimit;
 pub mod replay;
+pub mod route;
 pub mod sse;
 pub mod usage;
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::money::Money;
 use crate::ratelimit::RateLimits;
+use crate::route::RoutePolicy;
 
 /// An OpenAI-compatible server a deployment forwards to (vLLM, TGI, a hosted API…).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +68,9 @@ pub struct ModelSpec {
     /// Requests and tokens per minute for the model across all callers.
     #[serde(default, skip_serializing_if = "RateLimits::is_unlimited")]
     pub limits: RateLimits,
+    /// Fallbacks, retries, per-attempt timeouts and circuit breakers; defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RoutePolicy>,
 }
 
 /// A model id is what callers type in `model`: keep it to a URL- and log-safe alphabet.
@@ -144,6 +148,9 @@ impl ModelSpec {
         if let Some(price) = &self.price {
             price.validate("price.")?;
         }
+        if let Some(route) = &self.route {
+            route.validate(&self.deployments, "route.")?;
+        }
         Ok(())
     }
 }
@@ -177,28 +184,6 @@ impl ModelSpec {
             .unwrap_or(crate::admission::DEFAULT_MAX_OUTPUT_TOKENS)
     }
 
-    /// Picks a deployment by weight. `roll` is any random number; the same roll picks the same
-    /// deployment, so the choice is testable and the randomness stays with the caller.
-    pub fn choose_deployment(&self, roll: u64) -> Option<&Deployment> {
-        let total: u64 = self
-            .deployments
-            .iter()
-            .map(|deployment| u64::from(deployment.weight))
-            .sum();
-        if total == 0 {
-            return None;
-        }
-        let mut point = roll % total;
-        for deployment in &self.deployments {
-            let weight = u64::from(deployment.weight);
-            if point < weight {
-                return Some(deployment);
-            }
-            point -= weight;
-        }
-        None
-    }
-
     /// The model as shown back to administrators: upstream keys are replaced by a marker.
     pub fn redacted(&self) -> ModelSpec {
         let mut shown = self.clone();
@@ -222,17 +207,6 @@ mod tests {
 
     fn deployment(id: &str, weight: u32) -> serde_json::Value {
         json!({"id": id, "upstream": {"url": "http://127.0.0.1:1/v1", "model": "m"}, "weight": weight})
-    }
-
-    #[test]
-    fn weighted_choice_follows_weights() {
-        let model = spec(
-            json!({"id": "m", "deployments": [deployment("a", 1), deployment("b", 3), deployment("c", 0)]}),
-        );
-        let picks: Vec<&str> = (0..8)
-            .map(|roll| model.choose_deployment(roll).unwrap().id.as_str())
-            .collect();
-        assert_eq!(picks, ["a", "b", "b", "b", "a", "b", "b", "b"]);
     }
 
     #[test]
@@ -266,6 +240,10 @@ mod tests {
             (
                 json!({"id": "m", "deployments": [deployment("a", 1)], "price": {"input_per_mtok_usd": "-1", "output_per_mtok_usd": "1"}}),
                 Some("price.input_per_mtok_usd"),
+            ),
+            (
+                json!({"id": "m", "deployments": [deployment("a", 1)], "route": {"fallbacks": ["b"]}}),
+                Some("route.fallbacks[0]"),
             ),
         ];
         for (value, expected) in cases {

@@ -115,8 +115,22 @@ pub struct UsageRecord {
     pub ttft_ms: Option<u64>,
     /// `hit` or `miss` where a cache was consulted, `none` otherwise.
     pub cache_status: String,
+    /// Why the deployment that answered was tried (`ferry_core::route::Reason`: `weighted`,
+    /// `detour`, `fallback`, `retry`), or `none` where no backend was called.
+    #[serde(default = "no_route")]
+    pub route: String,
+    /// Backend attempts the call made (0: answered without one).
+    #[serde(default)]
+    pub attempts: u32,
     /// Unix seconds when the call was admitted: the period it is billed in.
     pub created_at: u64,
+}
+
+/// The route of a call no backend answered (an expired hold, a cache or edge hit).
+pub const NO_ROUTE: &str = "none";
+
+fn no_route() -> String {
+    NO_ROUTE.to_owned()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -486,6 +500,34 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Worth another attempt (`ferry_core::route`): the backend could not be reached, did not
+    /// answer in time, or answered 429 or 5xx. A request the backend judged invalid, or an
+    /// answer that broke the protocol, would fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::Timeout => true,
+            UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
+            UpstreamError::Protocol(_) => false,
+        }
+    }
+
+    /// Counts against the deployment's circuit breaker: everything but a request the backend
+    /// judged invalid, which is the caller's doing.
+    pub fn is_backend_fault(&self) -> bool {
+        !matches!(self, UpstreamError::Status { status, .. } if (400..500).contains(status) && *status != 429)
+    }
+
+    /// How long the backend asked to be left alone (a 429's or 503's `Retry-After`).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            UpstreamError::Status {
+                retry_after_seconds: Some(seconds),
+                ..
+            } => Some(seconds.saturating_mul(1000)),
+            _ => None,
+        }
+    }
+
     /// What the caller sees. The upstream's own message is passed on only for a request the
     /// upstream judged invalid; everything else is Ferry's fault to report, not the upstream's.
     pub fn to_api_error(&self) -> ApiError {

@@ -120,6 +120,7 @@ async fn set_up(
         reqwest::Client::new(),
     )?;
     let state = AppState {
+        breakers: Default::default(),
         store: store.clone(),
         accounts: store.clone(),
         upstream: Arc::new(InstantBackend),

@@ -96,6 +96,8 @@ pub fn usage(request_id: &str, tenant_id: &str, cost: Money) -> UsageRecord {
         latency_ms: 30,
         ttft_ms: Some(10),
         cache_status: "none".into(),
+        route: ferry_core::ports::NO_ROUTE.into(),
+        attempts: 0,
         created_at: T0 / 1000,
     }
 }

@@ -62,6 +62,8 @@ fn unbilled_usage(request_id: &str, tenant_id: &str) -> UsageRecord {
         latency_ms: 5,
         ttft_ms: Some(1),
         cache_status: "none".into(),
+        route: ferry_core::ports::NO_ROUTE.into(),
+        attempts: 0,
         created_at: 20,
     }
 }

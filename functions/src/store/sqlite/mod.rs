@@ -147,6 +147,9 @@ const MIGRATIONS: &[&str] = &[
         response TEXT NOT NULL
      );
      CREATE INDEX cache_entries_by_expiry ON cache_entries(expires_at_ms);",
+    // How each call was routed: the reason its deployment was tried, and the attempts made.
+    "ALTER TABLE usage_events ADD COLUMN route TEXT NOT NULL DEFAULT 'none';
+     ALTER TABLE usage_events ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// What a commit survives once `SqliteStore` has answered.
@@ -427,7 +430,7 @@ fn model_from_row(row: &Row<'_>) -> rusqlite::Result<StoredModel> {
 }
 
 pub(super) const USAGE_COLUMNS: &str = "request_id, tenant_id, key_id, model, deployment, endpoint, prompt_tokens, cached_tokens, \
-     completion_tokens, cost_nanos, status, latency_ms, ttft_ms, created_at, cache_status";
+     completion_tokens, cost_nanos, status, latency_ms, ttft_ms, created_at, cache_status, route, attempts";
 
 pub(super) fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     Ok(UsageRecord {
@@ -446,6 +449,8 @@ pub(super) fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
         ttft_ms: row.get::<_, Option<i64>>(12)?.map(from_sql_int),
         created_at: from_sql_int(row.get(13)?),
         cache_status: row.get(14)?,
+        route: row.get(15)?,
+        attempts: u32::try_from(row.get::<_, i64>(16)?).unwrap_or(0),
     })
 }
 
@@ -777,7 +782,7 @@ impl SharedCache for SqliteStore {
 pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusqlite::Result<bool> {
     let inserted = run(connection,
         &format!(
-            "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+            "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
              ON CONFLICT (request_id) DO NOTHING"
         ),
         params![
@@ -796,6 +801,8 @@ pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusq
             usage.ttft_ms.map(to_sql_int),
             to_sql_int(usage.created_at),
             usage.cache_status,
+            usage.route,
+            i64::from(usage.attempts),
         ],
     )?;
     Ok(inserted == 1)

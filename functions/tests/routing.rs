@@ -1,0 +1,642 @@
+//! Routing resilience through the real router, the real HTTP upstream client and backends on
+//! loopback that misbehave on cue: 500s, 429s with `Retry-After`, a refused connection, a slow
+//! first byte, a stream cut half-way. Retries, fallbacks, the circuit breaker and weighted
+//! splits behave as the README's "Routing" section says, and each call's usage event records
+//! how it was routed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use ferry_core::Money;
+use ferry_core::sse::SseParser;
+use ferry_functions::admin::{OperatorKey, ensure_operator_key};
+use ferry_functions::auth::{AuthConfig, Authenticator};
+use ferry_functions::cache::{DEFAULT_CAPACITY_BYTES, ResponseCache};
+use ferry_functions::store::SqliteStore;
+use ferry_functions::upstream::{HttpUpstream, UpstreamConfig};
+use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+// ---------------------------------------------------------------------------------------------
+// Backends that fail on cue.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Status(u16),
+    TooMany {
+        retry_after_seconds: u64,
+    },
+    /// The answer (or a stream's first event) comes this late.
+    SlowFirstByte(Duration),
+    /// A stream that breaks off after two content events.
+    CutStream,
+}
+
+struct Backend {
+    name: &'static str,
+    url: String,
+    /// Faults for the next calls, in order; then `otherwise`.
+    script: Mutex<VecDeque<Fault>>,
+    otherwise: Mutex<Fault>,
+    calls: AtomicUsize,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Arc<Backend> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Arc::new(Backend {
+            name,
+            url: format!("http://{}/v1", listener.local_addr().unwrap()),
+            script: Mutex::default(),
+            otherwise: Mutex::new(Fault::None),
+            calls: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", axum::routing::post(answer))
+            .with_state(backend.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        backend
+    }
+
+    /// A backend address nothing listens on: connections are refused.
+    async fn refusing(name: &'static str) -> Arc<Backend> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        drop(listener);
+        Arc::new(Backend {
+            name,
+            url,
+            script: Mutex::default(),
+            otherwise: Mutex::new(Fault::None),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn then(&self, faults: &[Fault]) {
+        self.script.lock().unwrap().extend(faults);
+    }
+
+    fn always(&self, fault: Fault) {
+        *self.otherwise.lock().unwrap() = fault;
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(State(backend): State<Arc<Backend>>, body: axum::Json<Value>) -> Response {
+    backend.calls.fetch_add(1, Ordering::SeqCst);
+    let fault = backend
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(*backend.otherwise.lock().unwrap());
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let error = |status: u16| {
+        (
+            StatusCode::from_u16(status).unwrap(),
+            axum::Json(json!({"error": {"message": format!("{} failed", backend.name), "type": "server_error"}})),
+        )
+            .into_response()
+    };
+    match fault {
+        Fault::Status(status) => return error(status),
+        Fault::TooMany {
+            retry_after_seconds,
+        } => {
+            let mut response = error(429);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_seconds.into());
+            return response;
+        }
+        Fault::SlowFirstByte(delay) if !stream => tokio::time::sleep(delay).await,
+        _ => {}
+    }
+    let text = ["from ", backend.name];
+    let usage = json!({"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10});
+    if !stream {
+        return axum::Json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text.concat()},
+                         "finish_reason": "stop"}],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        ))
+    };
+    let mut events: Vec<Result<Bytes, std::io::Error>> = text
+        .iter()
+        .map(|piece| Ok(chunk(json!({"content": piece}), Value::Null)))
+        .collect();
+    if fault == Fault::CutStream {
+        events.push(Err(std::io::Error::other("the backend died")));
+    } else {
+        events.push(Ok(chunk(json!({}), json!("stop"))));
+        events.push(Ok(Bytes::from(format!(
+            "data: {}\n\ndata: [DONE]\n\n",
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                   "model": "up", "choices": [], "usage": usage})
+        ))));
+    }
+    let delay = match fault {
+        Fault::SlowFirstByte(delay) => delay,
+        _ => Duration::ZERO,
+    };
+    let body = futures_util::stream::unfold(
+        (events.into_iter(), delay),
+        |(mut events, delay)| async move {
+            tokio::time::sleep(delay).await;
+            // Each event on its own, a little apart, as a generating backend sends them.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            events.next().map(|event| (event, (events, Duration::ZERO)))
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(body))
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ferry in front of them.
+
+struct Ferry {
+    app: Router,
+    operator_key: String,
+    tenant: String,
+    key: String,
+}
+
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<String>,
+    body: Value,
+    /// A stream's text, whether it ended with `[DONE]`, and its last event.
+    streamed: Option<(String, bool, Value)>,
+}
+
+impl Ferry {
+    async fn start() -> Ferry {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        let OperatorKey::Generated(operator_key) =
+            ensure_operator_key(store.as_ref(), None).await.unwrap()
+        else {
+            unreachable!("a new store has no operator key");
+        };
+        let state = AppState {
+            breakers: Default::default(),
+            store: store.clone(),
+            accounts: store.clone(),
+            upstream: Arc::new(HttpUpstream::new(UpstreamConfig::default()).unwrap()),
+            auth: Arc::new(
+                Authenticator::new(store.clone(), AuthConfig::default(), reqwest::Client::new())
+                    .unwrap(),
+            ),
+            money: MoneyConfig::default(),
+            cache: ResponseCache::new(DEFAULT_CAPACITY_BYTES),
+            edge: None,
+        };
+        let mut ferry = Ferry {
+            app: ferry_functions::router(state, &RouterConfig::default()),
+            operator_key,
+            tenant: String::new(),
+            key: String::new(),
+        };
+        let operator = ferry.operator_key.clone();
+        let tenant = ferry
+            .send("POST", "/admin/v1/tenants", &operator, json!({"name": "T"}))
+            .await;
+        ferry.tenant = tenant.body["id"].as_str().unwrap().to_owned();
+        let path = format!("/admin/v1/tenants/{}/credits", ferry.tenant);
+        ferry
+            .send("POST", &path, &operator, json!({"amount_usd": "100"}))
+            .await;
+        let path = format!("/admin/v1/tenants/{}/keys", ferry.tenant);
+        let key = ferry
+            .send(
+                "POST",
+                &path,
+                &operator,
+                json!({"name": "k", "role": "member"}),
+            )
+            .await;
+        ferry.key = key.body["key"].as_str().unwrap().to_owned();
+        ferry
+    }
+
+    /// Registers model `m` over `backends` (id = name, with its weight) and `route`.
+    async fn model(&self, id: &str, backends: &[(&Backend, u32)], route: Value) {
+        let deployments: Vec<Value> = backends
+            .iter()
+            .map(|(backend, weight)| {
+                json!({"id": backend.name, "weight": weight,
+                       "upstream": {"url": backend.url, "model": "up"}})
+            })
+            .collect();
+        let model = json!({"id": id, "deployments": deployments, "route": route,
+                           "price": {"input_per_mtok_usd": "1000", "output_per_mtok_usd": "1000"}});
+        let registered = self
+            .send("POST", "/admin/v1/models", &self.operator_key, model)
+            .await;
+        assert_eq!(registered.status, StatusCode::OK, "{}", registered.body);
+    }
+
+    async fn send(&self, method: &str, path: &str, key: &str, body: Value) -> Answer {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            // Every call here must reach a backend.
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(if body.is_null() {
+                Body::empty()
+            } else {
+                Body::from(body.to_string())
+            })
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|value| value.to_str().unwrap().to_owned());
+        let is_stream = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|value| value == "text/event-stream");
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        if is_stream {
+            let events = SseParser::new().feed(&bytes);
+            let done = events.last().is_some_and(|event| event.is_done());
+            let chunks: Vec<Value> = events
+                .iter()
+                .filter(|event| !event.is_done())
+                .map(|event| serde_json::from_str(&event.data).unwrap())
+                .collect();
+            let text = chunks
+                .iter()
+                .filter_map(|chunk| chunk.pointer("/choices/0/delta/content"))
+                .filter_map(Value::as_str)
+                .collect();
+            let last = chunks.last().cloned().unwrap_or(Value::Null);
+            return Answer {
+                status,
+                retry_after,
+                body: Value::Null,
+                streamed: Some((text, done, last)),
+            };
+        }
+        Answer {
+            status,
+            retry_after,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            streamed: None,
+        }
+    }
+
+    async fn chat(&self, model: &str, stream: bool) -> Answer {
+        let body = json!({"model": model, "max_tokens": 10, "stream": stream,
+                          "messages": [{"role": "user", "content": "hi"}]});
+        self.send("POST", "/v1/chat/completions", &self.key, body)
+            .await
+    }
+
+    /// The usage event of the call made last.
+    async fn last_event(&self) -> Value {
+        let path = format!("/admin/v1/tenants/{}/usage/events", self.tenant);
+        let events = self
+            .send("GET", &path, &self.operator_key, Value::Null)
+            .await;
+        let mut events = events.body["data"].as_array().unwrap().clone();
+        events.sort_by_key(|event| event["request_id"].as_str().unwrap().to_owned());
+        events.pop().unwrap()
+    }
+}
+
+fn cost(event: &Value) -> Money {
+    serde_json::from_value(event["cost"].clone()).unwrap()
+}
+
+fn routed(event: &Value) -> (&str, &str, u64, u64) {
+    (
+        event["deployment"].as_str().unwrap(),
+        event["route"].as_str().unwrap(),
+        event["attempts"].as_u64().unwrap(),
+        event["status"].as_u64().unwrap(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_500_is_retried_on_the_same_deployment_after_a_backoff() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    ferry.model("m", &[(&a, 1)], json!({})).await;
+    a.then(&[Fault::Status(500)]);
+
+    let answer = ferry.chat("m", false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["choices"][0]["message"]["content"], "from a");
+    assert_eq!(a.calls(), 2);
+    assert_eq!(routed(&ferry.last_event().await), ("a", "retry", 2, 200));
+}
+
+#[tokio::test]
+async fn a_request_the_backend_rejects_is_not_retried() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    ferry
+        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
+        .await;
+    a.then(&[Fault::Status(400)]);
+
+    let answer = ferry.chat("m", false).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    common::openai_error(&answer.body);
+    assert_eq!((a.calls(), b.calls()), (1, 0));
+}
+
+#[tokio::test]
+async fn a_refused_connection_falls_back_at_once() {
+    let ferry = Ferry::start().await;
+    let a = Backend::refusing("a").await;
+    let b = Backend::start("b").await;
+    ferry
+        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
+        .await;
+
+    let answer = ferry.chat("m", false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["choices"][0]["message"]["content"], "from b");
+    assert_eq!(answer.body["model"], "m");
+    assert_eq!(routed(&ferry.last_event().await), ("b", "fallback", 2, 200));
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_its_retry_after_and_a_long_one_is_passed_on() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    ferry
+        .model("m", &[(&a, 1)], json!({"backoff_max_ms": 2000}))
+        .await;
+
+    a.then(&[Fault::TooMany {
+        retry_after_seconds: 1,
+    }]);
+    let started = Instant::now();
+    let answer = ferry.chat("m", false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried before Retry-After"
+    );
+    assert_eq!(a.calls(), 2);
+
+    // Longer than the route waits: the caller is told when to come back.
+    a.then(&[Fault::TooMany {
+        retry_after_seconds: 30,
+    }]);
+    let answer = ferry.chat("m", false).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.retry_after.as_deref(), Some("30"));
+    common::openai_error(&answer.body);
+    assert_eq!(a.calls(), 3);
+    assert_eq!(routed(&ferry.last_event().await), ("a", "weighted", 1, 503));
+}
+
+#[tokio::test]
+async fn a_stream_whose_first_byte_is_slow_moves_to_the_fallback() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    ferry
+        .model(
+            "m",
+            &[(&a, 1), (&b, 0)],
+            json!({"fallbacks": ["b"], "try_timeout_ms": 300}),
+        )
+        .await;
+    a.then(&[Fault::SlowFirstByte(Duration::from_secs(5))]);
+
+    let started = Instant::now();
+    let answer = ferry.chat("m", true).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let (text, done, _) = answer.streamed.unwrap();
+    assert_eq!((text.as_str(), done), ("from b", true));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "waited out the slow backend"
+    );
+    assert_eq!(routed(&ferry.last_event().await), ("b", "fallback", 2, 200));
+}
+
+#[tokio::test]
+async fn a_stream_cut_midway_is_not_retried_and_charges_what_was_delivered() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    ferry
+        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
+        .await;
+    a.then(&[Fault::CutStream]);
+
+    let answer = ferry.chat("m", true).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let (text, done, last) = answer.streamed.unwrap();
+    assert_eq!(text, "from a", "what was generated reached the caller");
+    assert!(!done, "a broken stream does not end with [DONE]");
+    assert_eq!(last["choices"][0]["finish_reason"], "error", "{last}");
+    common::openai_error(&last);
+    assert_eq!(
+        (a.calls(), b.calls()),
+        (1, 0),
+        "never retried after the first byte"
+    );
+    let event = ferry.last_event().await;
+    assert_eq!(routed(&event), ("a", "weighted", 1, 502));
+    assert_eq!(event["completion_tokens"], 2, "the two events delivered");
+    assert!(cost(&event) > Money::ZERO, "{event}");
+}
+
+#[tokio::test]
+async fn every_attempt_failing_ends_in_one_error_with_its_attempts_recorded() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.always(Fault::Status(500));
+    b.always(Fault::Status(502));
+    ferry
+        .model(
+            "m",
+            &[(&a, 1), (&b, 0)],
+            json!({"fallbacks": ["b"], "retries": 2, "backoff_base_ms": 10}),
+        )
+        .await;
+
+    let answer = ferry.chat("m", true).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    common::openai_error(&answer.body);
+    assert_eq!((a.calls(), b.calls()), (2, 1), "a, then b, then a again");
+    let event = ferry.last_event().await;
+    assert_eq!(routed(&event), ("a", "retry", 3, 502));
+    assert_eq!(cost(&event), Money::ZERO);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_sends_calls_to_the_fallback_then_half_opens_and_closes() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.always(Fault::Status(500));
+    let breaker = json!({"min_calls": 2, "error_percent": 50, "window_ms": 60000, "open_ms": 500});
+    ferry
+        .model(
+            "m",
+            &[(&a, 1), (&b, 0)],
+            json!({"fallbacks": ["b"], "retries": 1, "breaker": breaker}),
+        )
+        .await;
+
+    for _ in 0..2 {
+        let answer = ferry.chat("m", false).await;
+        assert_eq!(answer.body["choices"][0]["message"]["content"], "from b");
+    }
+    assert_eq!(a.calls(), 2);
+    // Open: a is not called at all; b takes the calls first-hand.
+    for _ in 0..3 {
+        let answer = ferry.chat("m", false).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(routed(&ferry.last_event().await), ("b", "fallback", 1, 200));
+    }
+    assert_eq!(a.calls(), 2, "an open breaker lets nothing through");
+
+    // Half-open after open_ms: one probe reaches a; it succeeds and closes the breaker.
+    a.always(Fault::None);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let answer = ferry.chat("m", false).await;
+    assert_eq!(answer.body["choices"][0]["message"]["content"], "from a");
+    assert_eq!(routed(&ferry.last_event().await), ("a", "weighted", 1, 200));
+    for _ in 0..3 {
+        ferry.chat("m", false).await;
+    }
+    assert_eq!(a.calls(), 6, "closed again");
+
+    // A failed probe opens it again.
+    a.always(Fault::Status(500));
+    ferry.chat("m", false).await;
+    ferry.chat("m", false).await;
+    assert_eq!(a.calls(), 8);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ferry.chat("m", false).await;
+    assert_eq!(a.calls(), 9, "one probe");
+    ferry.chat("m", false).await;
+    assert_eq!(a.calls(), 9, "open again after the probe failed");
+}
+
+#[tokio::test]
+async fn with_every_breaker_open_calls_are_refused_with_retry_after() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    a.always(Fault::Status(500));
+    let breaker = json!({"min_calls": 1, "open_ms": 5000});
+    ferry
+        .model("m", &[(&a, 1)], json!({"retries": 0, "breaker": breaker}))
+        .await;
+
+    assert_eq!(ferry.chat("m", false).await.status, StatusCode::BAD_GATEWAY);
+    let refused = ferry.chat("m", false).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        common::openai_error(&refused.body)["code"],
+        "deployments_unavailable"
+    );
+    let retry_after: u64 = refused.retry_after.unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry_after), "{retry_after}");
+    assert_eq!(a.calls(), 1);
+}
+
+#[tokio::test]
+async fn weights_split_traffic_and_a_weight_change_takes_effect_at_once() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    ferry.model("m", &[(&a, 80), (&b, 20)], json!({})).await;
+
+    const CALLS: usize = 400;
+    for _ in 0..CALLS {
+        assert_eq!(ferry.chat("m", false).await.status, StatusCode::OK);
+    }
+    // b's share is binomial(400, 0.2): mean 80, standard deviation 8. Five deviations either
+    // side fail a correct split about once in 1.7 million runs.
+    let to_b = b.calls();
+    assert!((40..=120).contains(&to_b), "b took {to_b} of {CALLS}");
+    assert_eq!(a.calls() + to_b, CALLS);
+
+    // A rollback: all traffic to a, through the admin API, no restart.
+    let patched = ferry
+        .send(
+            "PATCH",
+            "/admin/v1/models/m",
+            &ferry.operator_key,
+            json!({"weights": {"a": 100, "b": 0}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["deployments"][1]["weight"], 0);
+    for _ in 0..50 {
+        ferry.chat("m", false).await;
+    }
+    assert_eq!(b.calls(), to_b, "b takes nothing once drained");
+
+    // Bad changes are refused with the field at fault.
+    for (change, param) in [
+        (json!({"weights": {"z": 1}}), "weights.z"),
+        (json!({"weights": {"a": 0}}), "deployments"),
+        (
+            json!({"route": {"fallbacks": ["nope"]}}),
+            "route.fallbacks[0]",
+        ),
+    ] {
+        let refused = ferry
+            .send("PATCH", "/admin/v1/models/m", &ferry.operator_key, change)
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert_eq!(common::openai_error(&refused.body)["param"], param);
+    }
+    let missing = ferry
+        .send(
+            "PATCH",
+            "/admin/v1/models/nope",
+            &ferry.operator_key,
+            json!({"weights": {}}),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
