@@ -107,6 +107,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
     };
     let state = AppState {
         breakers: Default::default(),
+        metrics: Default::default(),
         store: cached.clone(),
         accounts: cached.clone(),
         upstream: Arc::new(
@@ -129,7 +130,11 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         _ => Surface::Admin,
     };
     let answers = state.cache.clone();
-    let router = ferry_functions::router_for(surface, state, &RouterConfig::default());
+    let config = RouterConfig {
+        metrics_token: value(env::METRICS_TOKEN),
+        ..RouterConfig::default()
+    };
+    let router = ferry_functions::router_for(surface, state, &config);
     if on_lambda() {
         // Lambda freezes the process once an answer is out: answers kept for the shared level
         // are written before the invocation ends (those of streams a moment after, at the

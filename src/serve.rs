@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// and edges report their hits to `/v1/edge/hits` signed with it. Unset: no edges.
     #[arg(long, env = "FERRY_EDGE_SECRET", hide_env_values = true)]
     edge_secret: Option<String>,
+    /// A bearer token a Prometheus scraper may read `/metrics` with (operator keys may too).
+    #[arg(long, env = "FERRY_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     #[arg(long, env = "FERRY_LOG_JSON")]
     log_json: bool,
     /// Serve no local models: only upstreams registered through the admin API or config.
@@ -123,6 +126,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let state = AppState {
         breakers: Default::default(),
+        metrics: Default::default(),
         store: cached.clone(),
         accounts: cached.clone(),
         upstream: Arc::new(HttpUpstream::new(config.upstream.clone()).context("upstream client")?),
@@ -146,12 +150,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         },
     };
+    if let Some(pool) = &pool {
+        state
+            .metrics
+            .add_collector(Box::new(ferry_scaler::metrics::PoolCollector(pool.clone())));
+    }
     let answers = state.cache.clone();
     let router = ferry_functions::router(
         state,
         &RouterConfig {
             max_request_body_bytes: config.max_request_body_bytes,
             max_calls_in_flight: config.max_calls_in_flight,
+            metrics_token: args.metrics_token.clone().filter(|token| !token.is_empty()),
         },
     );
     let listener = TcpListener::bind(config.addr)

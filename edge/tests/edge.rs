@@ -144,6 +144,7 @@ impl World {
         let upstream = Arc::new(CountingUpstream::default());
         let state = AppState {
             breakers: Default::default(),
+            metrics: Default::default(),
             store: store.clone(),
             accounts: store.clone(),
             upstream: upstream.clone(),

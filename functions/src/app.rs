@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
@@ -21,6 +21,7 @@ use crate::auth::Authenticator;
 use crate::cache::ResponseCache;
 use crate::edge::EdgeKeys;
 use crate::error::{ErrorKindTag, Failure};
+use crate::metrics::{HttpLabels, Metrics, RouteLabels, status_class};
 use crate::route::Breakers;
 use crate::{admin, billing, clock, gateway, openapi};
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub edge: Option<EdgeKeys>,
     /// Each deployment's circuit breaker, as this process sees it.
     pub breakers: Arc<Breakers>,
+    /// What `/metrics` exports.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How admission treats money.
@@ -76,6 +79,8 @@ pub struct RouterConfig {
     /// its first byte); more get 503 `overloaded` at once. A bound on memory and queueing, set
     /// well above what a replica's upstreams keep busy (calls to a model take seconds).
     pub max_calls_in_flight: usize,
+    /// A bearer token that may read `/metrics` (a scraper's); operator keys may too.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for RouterConfig {
@@ -83,6 +88,7 @@ impl Default for RouterConfig {
         RouterConfig {
             max_request_body_bytes: 8 * 1024 * 1024,
             max_calls_in_flight: 4096,
+            metrics_token: None,
         }
     }
 }
@@ -105,6 +111,7 @@ pub fn router(state: AppState, config: &RouterConfig) -> Router {
 
 /// One part of the HTTP surface (with health, readiness and the OpenAPI document).
 pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> Router {
+    state.metrics.watch_breakers(&state.breakers);
     let in_flight = Arc::new(Semaphore::new(config.max_calls_in_flight));
     let mut router = Router::new();
     if surface != Surface::Admin {
@@ -119,10 +126,20 @@ pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> R
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))
+        .route(
+            "/metrics",
+            get({
+                let token = config.metrics_token.clone().map(Arc::<str>::from);
+                move |state, headers| crate::metrics::serve(state, headers, token)
+            }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_body_bytes))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            request_context,
+        ))
         .with_state(state)
 }
 
@@ -154,11 +171,21 @@ pub struct RequestId(pub String);
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-async fn request_context(mut request: Request, next: Next) -> Response {
+async fn request_context(
+    State(metrics): State<Arc<Metrics>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let request_id = clock::new_request_id();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The template (`/admin/v1/tenants/{id}`), never the path itself: bounded labels.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
@@ -167,6 +194,18 @@ async fn request_context(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     let status = response.status().as_u16();
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method: method.as_str().to_owned(),
+            status: status_class(status),
+        })
+        .inc();
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
     let error_type = response.extensions().get::<ErrorKindTag>().map(|tag| tag.0);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status >= 500 {

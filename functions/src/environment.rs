@@ -109,6 +109,12 @@ pub const EDGE_GRANT_SECRET: Variable = Variable {
     read_by: &[Function::Gateway],
     required_by: NONE,
 };
+/// A bearer token that may read `GET /metrics` (and nothing else); operator keys may too.
+pub const METRICS_TOKEN: Variable = Variable {
+    name: "FERRY_METRICS_TOKEN",
+    read_by: CALLERS,
+    required_by: NONE,
+};
 /// Log JSON lines (`true`) rather than text.
 pub const LOG_JSON: Variable = Variable {
     name: "FERRY_LOG_JSON",
@@ -134,6 +140,7 @@ pub const VARIABLES: &[Variable] = &[
     JWT_AUDIENCE,
     EDGE_SECRET,
     EDGE_GRANT_SECRET,
+    METRICS_TOKEN,
     LOG_JSON,
     PORT,
 ];

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use ferry_core::admission::{
-    Admission, Draw, RateStatus, TYPICAL_OUTPUT_TOKENS, TokenEstimate, spend_caps,
+    Admission, Draw, RateStatus, Refusal, TYPICAL_OUTPUT_TOKENS, TokenEstimate, spend_caps,
 };
 use ferry_core::cache::{self, CacheKey, CacheStatus, Decision, Directives};
 use ferry_core::error::ErrorBody;
@@ -33,6 +33,7 @@ use crate::edge::{Served, grant_header};
 use crate::error::{Failure, HandlerResult, add_headers};
 use crate::extract::JsonBody;
 use crate::meter::{Meter, MeterParams};
+use crate::metrics::ResultLabels;
 use crate::relay::relay;
 
 pub fn routes() -> Router<AppState> {
@@ -375,6 +376,7 @@ async fn dispatch(
         price: prices[0].clone(),
         admitted_at: now_ms / 1000,
         time_limit: state.money.call_time_limit(),
+        metrics: state.metrics.clone(),
     });
     // What an edge's grant says of this call, once its answer is known.
     let served = Served {
@@ -448,6 +450,7 @@ async fn dispatch(
         deadline: meter.deadline(),
         upstream: state.upstream.as_ref(),
         breakers: &state.breakers,
+        metrics: &state.metrics,
     };
     let candidates = route.candidates().to_vec();
     let price_of = |served: &Deployment| {
@@ -456,6 +459,7 @@ async fn dispatch(
             .position(|candidate| candidate.id == served.id)
             .and_then(|index| prices.get(index).cloned().flatten())
     };
+    meter.upstream_begins();
     let answered = crate::route::call(&model.spec, &mut route, request).await;
     let attempts = route.attempts();
     let reply = match answered {
@@ -478,6 +482,7 @@ async fn dispatch(
             answered.reply
         }
         Err(failed) => {
+            meter.upstream_ends();
             meter.set_route(
                 &failed.deployment.id,
                 price_of(failed.deployment),
@@ -494,6 +499,7 @@ async fn dispatch(
     let mut response = match (reply, call.stream) {
         (UpstreamReply::Stream(stream), true) => relay(stream, meter, call.include_usage, keep),
         (UpstreamReply::Complete(mut response), false) => {
+            meter.upstream_ends();
             let reported: Option<Usage> = response
                 .get("usage")
                 .and_then(|usage| serde_json::from_value(usage.clone()).ok());
@@ -679,8 +685,30 @@ pub(crate) async fn admit(
         now_ms: input.now_ms,
         expires_at_ms: input.now_ms.saturating_add(state.money.hold_ttl_ms()),
     };
-    match state.accounts.admit(&admission).await? {
-        Ok(grant) => Ok(grant.rate),
+    let decided = state.accounts.admit(&admission).await?;
+    let result = match &decided {
+        Ok(_) => "admitted",
+        Err(Refusal::RateLimited {
+            unit: Unit::Requests,
+            ..
+        }) => "rate_limited_requests",
+        Err(Refusal::RateLimited {
+            unit: Unit::Tokens, ..
+        }) => "rate_limited_tokens",
+        Err(Refusal::Credit { source, .. }) => source.as_str(),
+    };
+    state
+        .metrics
+        .admissions
+        .get_or_create(&ResultLabels { result })
+        .inc();
+    match decided {
+        Ok(grant) => {
+            if let Ok(held) = u64::try_from(input.hold.nanos()) {
+                state.metrics.held_nanodollars.inc_by(held);
+            }
+            Ok(grant.rate)
+        }
         Err(refusal) => Err(refusal.to_api_error().into()),
     }
 }

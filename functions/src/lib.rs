@@ -17,6 +17,7 @@ mod extract;
 mod gateway;
 pub mod jobs;
 mod meter;
+pub mod metrics;
 mod openapi;
 mod relay;
 pub mod route;

@@ -17,6 +17,9 @@ use ferry_core::principal::{Credential, Principal};
 use ferry_core::route::Reason;
 use ferry_core::{ApiError, ErrorKind, Money};
 
+use crate::metrics::{
+    CallLabels, Metrics, ModelLabels, ResultLabels, SpendLabels, TokenLabels, status_class,
+};
 use crate::route::BreakerPermit;
 
 /// Status recorded for a call its caller abandoned (nginx's "client closed request").
@@ -43,6 +46,10 @@ pub struct Meter {
     attempts: u32,
     /// The breaker of the deployment streaming the answer, judged when the stream ends.
     breaker: Option<BreakerPermit>,
+    metrics: Arc<Metrics>,
+    /// When the first attempt at a backend began, and how long the backends took in all.
+    upstream_began: Option<Instant>,
+    upstream_took: Option<Duration>,
 }
 
 /// The call's charge could not be recorded (the store failed, or its hold had already
@@ -63,6 +70,7 @@ pub struct MeterParams<'a> {
     /// How long the call may run: its hold expires soon after, and a call that outlives its
     /// hold would be free.
     pub time_limit: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Meter {
@@ -88,6 +96,27 @@ impl Meter {
             route: NO_ROUTE,
             attempts: 0,
             breaker: None,
+            metrics: {
+                params.metrics.calls_in_flight.inc();
+                params.metrics
+            },
+            upstream_began: None,
+            upstream_took: None,
+        }
+    }
+
+    /// The first attempt at a backend begins now.
+    pub fn upstream_begins(&mut self) {
+        self.upstream_began.get_or_insert_with(Instant::now);
+    }
+
+    /// The backends are done: the answer (or a stream's last event) has arrived, or every
+    /// attempt failed. What is left of the call's time is the gateway's own.
+    pub fn upstream_ends(&mut self) {
+        if let Some(began) = self.upstream_began
+            && self.upstream_took.is_none()
+        {
+            self.upstream_took = Some(began.elapsed());
         }
     }
 
@@ -191,7 +220,74 @@ impl Meter {
             }
         }
         let record = self.usage_record(usage, status, ttft);
-        settle(self.accounts.as_ref(), &record).await
+        let settled = settle(self.accounts.as_ref(), &record).await;
+        self.observe(&record, settled.ok());
+        settled
+    }
+
+    /// The call's metrics, once it is over.
+    fn observe(&self, record: &UsageRecord, charged: Option<Money>) {
+        let metrics = &self.metrics;
+        metrics.calls_in_flight.dec();
+        let model = || record.model.clone();
+        let endpoint = self.endpoint.name();
+        metrics
+            .requests
+            .get_or_create(&CallLabels {
+                model: model(),
+                endpoint,
+                status: status_class(record.status),
+            })
+            .inc();
+        let labels = ModelLabels {
+            model: model(),
+            endpoint,
+        };
+        let total = self.started.elapsed();
+        metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(total.as_secs_f64());
+        if let Some(upstream) = self.upstream_took {
+            metrics
+                .overhead
+                .get_or_create(&labels)
+                .observe(total.saturating_sub(upstream).as_secs_f64());
+        }
+        if let Some(ttft_ms) = record.ttft_ms {
+            metrics
+                .time_to_first_token
+                .get_or_create(&labels)
+                .observe(Duration::from_millis(ttft_ms).as_secs_f64());
+        }
+        let uncached = record.prompt_tokens.saturating_sub(record.cached_tokens);
+        for (kind, count) in [
+            ("prompt", uncached),
+            ("cached", record.cached_tokens),
+            ("completion", record.completion_tokens),
+        ] {
+            if count > 0 {
+                metrics
+                    .tokens
+                    .get_or_create(&TokenLabels {
+                        model: model(),
+                        r#type: kind,
+                    })
+                    .inc_by(count);
+            }
+        }
+        let result = match self.cache {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        };
+        metrics.cache.get_or_create(&ResultLabels { result }).inc();
+        if let Some(charged) = charged.and_then(|money| u64::try_from(money.nanos()).ok()) {
+            metrics
+                .spend_nanodollars
+                .get_or_create(&SpendLabels { model: model() })
+                .inc_by(charged);
+        }
     }
 }
 
@@ -237,6 +333,7 @@ impl Drop for Meter {
         }
         // Nothing was delivered: a departed caller is not charged, not even the per-call fee.
         let record = self.usage_record(&Usage::default(), CLIENT_CLOSED, None);
+        self.observe(&record, None);
         let accounts = Arc::clone(&self.accounts);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

@@ -66,7 +66,7 @@ struct Progress {
 async fn pump(
     mut upstream: ByteStream,
     sender: mpsc::Sender<Bytes>,
-    meter: Meter,
+    mut meter: Meter,
     include_usage: bool,
     keep: Option<Keeper>,
 ) {
@@ -119,6 +119,7 @@ async fn pump(
             break 200;
         }
     };
+    meter.upstream_ends();
     let usage = match progress.usage {
         Some(usage) => usage,
         None => {

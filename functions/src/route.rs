@@ -19,9 +19,10 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::clock;
+use crate::metrics::{AttemptLabels, Metrics};
 
 /// The circuit breakers of every deployment this process has called.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Breakers {
     by_deployment: Mutex<HashMap<(String, String), Breaker>>,
 }
@@ -166,6 +167,7 @@ pub struct Request<'r> {
     pub deadline: tokio::time::Instant,
     pub upstream: &'r dyn Upstream,
     pub breakers: &'r Arc<Breakers>,
+    pub metrics: &'r Metrics,
 }
 
 /// Tries the route until an attempt answers. A stream counts as answered once its first chunk
@@ -189,6 +191,7 @@ pub async fn call<'a>(
             },
             Ok(permit) => match attempt(deployment, route, &mut request).await {
                 Ok(reply) => {
+                    count_attempt(request.metrics, model, deployment, "ok");
                     let permit = match reply {
                         UpstreamReply::Complete(_) => {
                             permit.finish(true);
@@ -205,6 +208,12 @@ pub async fn call<'a>(
                 }
                 Err(error) => {
                     permit.finish(!error.is_backend_fault());
+                    let outcome = if error.is_retryable() {
+                        "retryable"
+                    } else {
+                        "final"
+                    };
+                    count_attempt(request.metrics, model, deployment, outcome);
                     error
                 }
             },
@@ -251,6 +260,22 @@ pub async fn call<'a>(
             }
         }
     }
+}
+
+fn count_attempt(
+    metrics: &Metrics,
+    model: &ModelSpec,
+    deployment: &Deployment,
+    outcome: &'static str,
+) {
+    metrics
+        .attempts
+        .get_or_create(&AttemptLabels {
+            model: model.id.clone(),
+            deployment: deployment.id.clone(),
+            outcome,
+        })
+        .inc();
 }
 
 /// One attempt, bounded by the route's time to first byte and the call's deadline.

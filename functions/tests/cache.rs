@@ -142,6 +142,7 @@ impl Ferry {
     ) -> Ferry {
         let state = AppState {
             breakers: Default::default(),
+            metrics: Default::default(),
             store: store.clone(),
             accounts: store.clone(),
             upstream: upstream.clone(),

@@ -279,6 +279,7 @@ impl Ferry {
         .unwrap();
         let state = AppState {
             breakers: Default::default(),
+            metrics: Default::default(),
             store: store.clone(),
             accounts: store,
             upstream: Arc::new(NoBackend),

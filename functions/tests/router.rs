@@ -100,6 +100,7 @@ impl Ferry {
         let upstream = Arc::new(RecordingUpstream::default());
         let state = AppState {
             breakers: Default::default(),
+            metrics: Default::default(),
             store: store.clone(),
             accounts: store.clone(),
             upstream: upstream.clone(),

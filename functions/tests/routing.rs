@@ -182,6 +182,8 @@ async fn answer(State(backend): State<Arc<Backend>>, body: axum::Json<Value>) ->
 // ---------------------------------------------------------------------------------------------
 // Ferry in front of them.
 
+const METRICS_TOKEN: &str = "scraper-token-0123456789";
+
 struct Ferry {
     app: Router,
     operator_key: String,
@@ -207,6 +209,7 @@ impl Ferry {
         };
         let state = AppState {
             breakers: Default::default(),
+            metrics: Default::default(),
             store: store.clone(),
             accounts: store.clone(),
             upstream: Arc::new(HttpUpstream::new(UpstreamConfig::default()).unwrap()),
@@ -219,7 +222,13 @@ impl Ferry {
             edge: None,
         };
         let mut ferry = Ferry {
-            app: ferry_functions::router(state, &RouterConfig::default()),
+            app: ferry_functions::router(
+                state,
+                &RouterConfig {
+                    metrics_token: Some(METRICS_TOKEN.into()),
+                    ..RouterConfig::default()
+                },
+            ),
             operator_key,
             tenant: String::new(),
             key: String::new(),
@@ -314,7 +323,8 @@ impl Ferry {
         Answer {
             status,
             retry_after,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            body: serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
             streamed: None,
         }
     }
@@ -639,4 +649,65 @@ async fn weights_split_traffic_and_a_weight_change_takes_effect_at_once() {
         )
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn metrics_show_attempts_breakers_and_calls_to_the_operator_and_the_scraper_alone() {
+    let ferry = Ferry::start().await;
+    let a = Backend::refusing("a").await;
+    let b = Backend::start("b").await;
+    ferry
+        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
+        .await;
+    assert_eq!(ferry.chat("m", true).await.status, StatusCode::OK);
+    // A model nobody registered never becomes a label.
+    let unknown = ferry.chat("no-such-model-\u{1F600}", false).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    let scraped = ferry
+        .send("GET", "/metrics", METRICS_TOKEN, Value::Null)
+        .await;
+    assert_eq!(scraped.status, StatusCode::OK);
+    let text = scraped.body.as_str().unwrap().to_owned();
+    for line in [
+        r#"ferry_upstream_attempts_total{model="m",deployment="a",outcome="retryable"} 1"#,
+        r#"ferry_upstream_attempts_total{model="m",deployment="b",outcome="ok"} 1"#,
+        r#"ferry_breaker_state{model="m",deployment="a"} 0"#,
+        r#"ferry_requests_total{model="m",endpoint="chat.completions",status="2xx"} 1"#,
+        r#"ferry_tokens_total{model="m",type="completion"} 2"#,
+        r#"ferry_admissions_total{result="admitted"} 1"#,
+        r#"ferry_cache_requests_total{result="bypass"} 1"#,
+        r#"ferry_calls_in_flight 0"#,
+        r#"ferry_http_requests_total{route="/v1/chat/completions",method="POST",status="4xx"} 1"#,
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+    for series in [
+        "ferry_request_duration_seconds_bucket{",
+        "ferry_gateway_overhead_seconds_count{",
+        "ferry_time_to_first_token_seconds_sum{",
+        "ferry_spend_nanodollars_total{",
+        "ferry_held_nanodollars_total ",
+    ] {
+        assert!(text.contains(series), "{series} missing");
+    }
+    assert!(
+        !text.contains("no-such-model"),
+        "a caller's string became a label"
+    );
+    assert!(!text.contains(&ferry.key), "a key in the metrics");
+
+    let operator = ferry
+        .send("GET", "/metrics", &ferry.operator_key, Value::Null)
+        .await;
+    assert_eq!(operator.status, StatusCode::OK);
+    let member = ferry.send("GET", "/metrics", &ferry.key, Value::Null).await;
+    assert_eq!(member.status, StatusCode::FORBIDDEN);
+    common::openai_error(&member.body);
+    let stranger = ferry.send("GET", "/metrics", "nope", Value::Null).await;
+    assert_eq!(stranger.status, StatusCode::UNAUTHORIZED);
 }

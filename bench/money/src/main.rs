@@ -121,6 +121,7 @@ async fn set_up(
     )?;
     let state = AppState {
         breakers: Default::default(),
+        metrics: Default::default(),
         store: store.clone(),
         accounts: store.clone(),
         upstream: Arc::new(InstantBackend),

@@ -174,6 +174,24 @@ pub struct Deployment {
     inner: Mutex<Inner>,
     /// Wakes the autoscaler loop before its tick: a call waits, or a drained replica emptied.
     pub(crate) wake: Notify,
+    starts: StartCounters,
+}
+
+/// Replicas that became ready, for metrics.
+#[derive(Debug, Default)]
+struct StartCounters {
+    ready: AtomicU64,
+    /// Ready while no other replica was: calls (if any) waited for this one.
+    cold: AtomicU64,
+    cold_ms: AtomicU64,
+}
+
+/// What [`Deployment::starts`] reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Starts {
+    pub ready: u64,
+    pub cold: u64,
+    pub cold_ms: u64,
 }
 
 impl Deployment {
@@ -191,7 +209,17 @@ impl Deployment {
                 prewarm: None,
             }),
             wake: Notify::new(),
+            starts: StartCounters::default(),
         })
+    }
+
+    /// Replicas started so far, cold starts among them and how long those took in all.
+    pub fn starts(&self) -> Starts {
+        Starts {
+            ready: self.starts.ready.load(Ordering::Relaxed),
+            cold: self.starts.cold.load(Ordering::Relaxed),
+            cold_ms: self.starts.cold_ms.load(Ordering::Relaxed),
+        }
     }
 
     pub fn config(&self) -> &DeploymentConfig {
@@ -300,11 +328,21 @@ impl Deployment {
         let mut inner = self.lock();
         inner.start_failures = 0;
         inner.retry_start_at = None;
+        let cold = !inner
+            .replicas
+            .iter()
+            .any(|replica| replica.state == ReplicaState::Ready);
         let replica = inner.replica_mut(id)?;
         if replica.state != ReplicaState::Starting {
             return None;
         }
         replica.state = ReplicaState::Ready;
+        let took_ms = u64::try_from(replica.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.starts.ready.fetch_add(1, Ordering::Relaxed);
+        if cold {
+            self.starts.cold.fetch_add(1, Ordering::Relaxed);
+            self.starts.cold_ms.fetch_add(took_ms, Ordering::Relaxed);
+        }
         replica.url = Some(url.trim_end_matches('/').to_owned());
         let took = replica.since.elapsed();
         replica.since = Instant::now();

@@ -19,6 +19,7 @@ pub mod deployment;
 #[cfg(feature = "aws")]
 pub mod ecs;
 pub mod knative;
+pub mod metrics;
 pub mod provider;
 pub mod proxy;
 

@@ -19,6 +19,7 @@ use crate::control::Pool;
 pub fn router(pool: Arc<Pool>) -> Router {
     Router::new()
         .route("/pool", get(status))
+        .route("/metrics", get(metrics))
         .route("/pool/{deployment}/prewarm", post(prewarm))
         .route("/{deployment}/{*path}", any(forward))
         .with_state(pool)
@@ -36,6 +37,15 @@ async fn status(State(pool): State<Arc<Pool>>) -> Response {
         })
         .collect();
     axum::Json(json!({ "deployments": deployments })).into_response()
+}
+
+async fn metrics(State(pool): State<Arc<Pool>>) -> Response {
+    let mut response = crate::metrics::encode(&pool).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 #[derive(Debug, serde::Deserialize)]
