@@ -66,7 +66,7 @@ fn on_lambda() -> bool {
 const READ_CACHE_TTL: Duration = Duration::from_secs(5);
 
 pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
-    crate::serve::init_logging(flag(env::LOG_JSON));
+    let _telemetry = crate::telemetry::init(flag(env::LOG_JSON), "ferry-function");
     let function = args.function;
     let stores = Stores::from_env(function, args.create_table).await?;
     if function == Function::Billing {

@@ -7,6 +7,7 @@ mod models;
 mod pool;
 mod scaler;
 mod serve;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 
@@ -63,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Scaler(args) => scaler::run(args).await,
         Command::Models(command) => models::run(command),
         Command::Billing(command) => {
-            serve::init_logging(false);
+            let _telemetry = telemetry::init(false, "ferry");
             let code = billing::run(command).await?;
             if code != 0 {
                 std::process::exit(code);

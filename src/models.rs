@@ -158,7 +158,7 @@ pub struct WorkerArgs {
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    crate::serve::init_logging(false);
+    let _telemetry = crate::telemetry::init(false, "ferry-worker");
     let config = args
         .models
         .worker_config(args.store.pull_options(&args.data_dir));

@@ -97,7 +97,7 @@ fn default_port() -> u16 {
 }
 
 pub async fn run(args: ScalerArgs) -> anyhow::Result<()> {
-    crate::serve::init_logging(args.log_json);
+    let _telemetry = crate::telemetry::init(args.log_json, "ferry-scaler");
     let file = match (&args.config, &args.config_toml) {
         (_, Some(text)) => parse(text, "FERRY_SCALER_CONFIG_TOML")?,
         (Some(path), None) => {

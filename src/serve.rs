@@ -80,7 +80,7 @@ enum DurabilityArg {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_json);
+    let _telemetry = crate::telemetry::init(args.log_json, "ferry");
     let config = config::load(Overrides {
         addr: args.addr,
         data_dir: args.data_dir.clone(),
@@ -364,19 +364,6 @@ pub(crate) fn share_cores(max_replicas: u32) -> Vec<(String, String)> {
 
 /// The pool deployment of `ferry serve`'s own models.
 const LOCAL: &str = "local";
-
-pub(crate) fn init_logging(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
-}
 
 fn print_welcome(example_model: Option<&str>, addr: SocketAddr, operator_key: &OperatorKey) {
     let key = match operator_key {

@@ -16,6 +16,7 @@ use ferry_core::principal::Principal;
 use ferry_core::{ApiError, ErrorKind};
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::auth::Authenticator;
 use crate::cache::ResponseCache;
@@ -169,6 +170,33 @@ async fn shed_when_full(
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// What handlers learn about a request for its log line: who called (once authenticated) and
+/// which registered model served it. Never a key, a secret or a prompt.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLog(Arc<std::sync::Mutex<LogFields>>);
+
+#[derive(Debug, Clone, Default)]
+struct LogFields {
+    tenant: Option<String>,
+    model: Option<String>,
+}
+
+impl RequestLog {
+    fn fields(&self) -> std::sync::MutexGuard<'_, LogFields> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn set_model(&self, model: &str) {
+        self.fields().model = Some(model.to_owned());
+    }
+
+    fn set_tenant(&self, tenant: &str) {
+        self.fields().tenant = Some(tenant.to_owned());
+    }
+}
+
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 async fn request_context(
@@ -179,17 +207,33 @@ async fn request_context(
     let started = Instant::now();
     let request_id = clock::new_request_id();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
     // The template (`/admin/v1/tenants/{id}`), never the path itself: bounded labels.
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
+    let logged_route = route.clone();
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
-    let mut response = next.run(request).await;
+    let log = RequestLog::default();
+    request.extensions_mut().insert(log.clone());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        "http.request.method" = %method,
+        "http.route" = %route,
+        "http.response.status_code" = tracing::field::Empty,
+        request_id = %request_id,
+    );
+    crate::telemetry::continue_trace(&span, request.headers());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
@@ -207,11 +251,13 @@ async fn request_context(
         .get_or_create(&RouteLabels { route })
         .observe(started.elapsed().as_secs_f64());
     let error_type = response.extensions().get::<ErrorKindTag>().map(|tag| tag.0);
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let LogFields { tenant, model } = log.fields().clone();
+    // The route template, not the path: a path is the caller's to fill with anything.
     if status >= 500 {
-        tracing::warn!(%request_id, %method, %path, status, elapsed_ms, error_type, "request failed");
+        tracing::warn!(%request_id, %method, route = %logged_route, status, latency_ms, tenant, model, error_type, "request failed");
     } else {
-        tracing::info!(%request_id, %method, %path, status, elapsed_ms, error_type, "request");
+        tracing::info!(%request_id, %method, route = %logged_route, status, latency_ms, tenant, model, error_type, "request");
     }
     response
 }
@@ -223,12 +269,15 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Failure> {
-        state
+        let principal = state
             .auth
             .authenticate(&parts.headers)
             .await
-            .map(Caller)
-            .map_err(Failure)
+            .map_err(Failure)?;
+        if let Some(log) = parts.extensions.get::<RequestLog>() {
+            log.set_tenant(principal.billing_subject());
+        }
+        Ok(Caller(principal))
     }
 }
 

@@ -26,7 +26,7 @@ use ferry_core::route::Route;
 use ferry_core::{ApiError, ErrorKind, Money};
 use serde_json::Value;
 
-use crate::app::{AppState, Caller, RequestId};
+use crate::app::{AppState, Caller, RequestId, RequestLog};
 use crate::cache::{Keeper, Lookup};
 use crate::clock;
 use crate::edge::{Served, grant_header};
@@ -35,6 +35,7 @@ use crate::extract::JsonBody;
 use crate::meter::{Meter, MeterParams};
 use crate::metrics::ResultLabels;
 use crate::relay::relay;
+use tracing::Instrument;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -57,6 +58,7 @@ pub fn routes() -> Router<AppState> {
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    Extension(log): Extension<RequestLog>,
     Caller(principal): Caller,
     headers: HeaderMap,
     body: JsonBody<ChatCompletionRequest>,
@@ -90,7 +92,7 @@ pub async fn chat_completions(
         media_parts: request.media_parts(),
         directives: directives(&headers)?,
     };
-    dispatch(&state, request_id, &principal, call, body.raw).await
+    dispatch(&state, request_id, &log, &principal, call, body.raw).await
 }
 
 /// Creates a text completion (the legacy API), streamed when `stream` is true.
@@ -101,6 +103,7 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    Extension(log): Extension<RequestLog>,
     Caller(principal): Caller,
     headers: HeaderMap,
     body: JsonBody<CompletionRequest>,
@@ -129,7 +132,7 @@ pub async fn completions(
         media_parts: 0,
         directives: directives(&headers)?,
     };
-    dispatch(&state, request_id, &principal, call, body.raw).await
+    dispatch(&state, request_id, &log, &principal, call, body.raw).await
 }
 
 /// Creates embeddings for one or more inputs.
@@ -140,6 +143,7 @@ pub async fn completions(
 pub async fn embeddings(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    Extension(log): Extension<RequestLog>,
     Caller(principal): Caller,
     headers: HeaderMap,
     body: JsonBody<EmbeddingRequest>,
@@ -155,7 +159,7 @@ pub async fn embeddings(
         media_parts: 0,
         directives: directives(&headers)?,
     };
-    dispatch(&state, request_id, &principal, call, body.raw).await
+    dispatch(&state, request_id, &log, &principal, call, body.raw).await
 }
 
 /// Lists the models the caller may use.
@@ -240,9 +244,40 @@ struct Output {
 }
 
 /// Route → admit → dispatch → meter, for every endpoint alike.
+/// [`dispatch_call`] in a span of its own, named and attributed as the OpenTelemetry GenAI
+/// conventions say; a stream's span lasts until the stream ends.
 async fn dispatch(
     state: &AppState,
     request_id: RequestId,
+    log: &RequestLog,
+    principal: &Principal,
+    call: Call<'_>,
+    body: Value,
+) -> HandlerResult<Response> {
+    let operation = crate::telemetry::gen_ai_operation(call.endpoint);
+    let span = tracing::info_span!(
+        "gen_ai",
+        otel.name = %format!("{operation} {}", call.model_id),
+        "gen_ai.operation.name" = operation,
+        "gen_ai.request.model" = call.model_id,
+        "gen_ai.response.model" = tracing::field::Empty,
+        "gen_ai.usage.input_tokens" = tracing::field::Empty,
+        "gen_ai.usage.output_tokens" = tracing::field::Empty,
+        "ferry.deployment" = tracing::field::Empty,
+        "ferry.route" = tracing::field::Empty,
+        "ferry.attempts" = tracing::field::Empty,
+        "ferry.cache" = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    dispatch_call(state, request_id, log, principal, call, body)
+        .instrument(span)
+        .await
+}
+
+async fn dispatch_call(
+    state: &AppState,
+    request_id: RequestId,
+    log: &RequestLog,
     principal: &Principal,
     call: Call<'_>,
     mut body: Value,
@@ -252,6 +287,7 @@ async fn dispatch(
         .get_model(call.model_id)
         .await?
         .ok_or_else(|| ApiError::unknown_model(call.model_id))?;
+    log.set_model(&model.spec.id);
     if !principal.may_use_model(call.model_id) {
         return Err(ApiError::new(
             ErrorKind::PermissionDenied,
@@ -296,10 +332,23 @@ async fn dispatch(
         None => (0, 0),
     };
     let now_ms = clock::unix_millis();
-    let mut route = Route::plan(&model.spec, clock::random_u64(), |deployment| {
-        state.breakers.availability(&model.spec, deployment, now_ms)
-    })
-    .map_err(|unavailable| {
+    let route_span = tracing::info_span!(
+        "route",
+        "ferry.route.first" = tracing::field::Empty,
+        "ferry.route.candidates" = tracing::field::Empty,
+    );
+    let planned = route_span.in_scope(|| {
+        Route::plan(&model.spec, clock::random_u64(), |deployment| {
+            state.breakers.availability(&model.spec, deployment, now_ms)
+        })
+    });
+    if let Ok(route) = &planned {
+        let candidates: Vec<&str> = route.candidates().iter().map(|d| d.id.as_str()).collect();
+        route_span.record("ferry.route.first", candidates[0]);
+        route_span.record("ferry.route.candidates", candidates.join(",").as_str());
+    }
+    drop(route_span);
+    let mut route = planned.map_err(|unavailable| {
         let error = ApiError::new(
             ErrorKind::NoCapacity,
             "No deployment of this model is taking calls now; retry shortly.",
@@ -341,7 +390,9 @@ async fn dispatch(
                 now_ms,
                 rate_limited: true,
             };
-            admit(state, admission).await?
+            admit(state, admission)
+                .instrument(tracing::info_span!("admit"))
+                .await?
         }
         // Operators' own calls are neither limited nor billed.
         None => RateStatus::default(),
@@ -464,6 +515,14 @@ async fn dispatch(
     let attempts = route.attempts();
     let reply = match answered {
         Ok(answered) => {
+            let span = tracing::Span::current();
+            span.record(
+                "gen_ai.response.model",
+                answered.deployment.upstream.model.as_str(),
+            );
+            span.record("ferry.deployment", answered.deployment.id.as_str());
+            span.record("ferry.route", answered.reason.as_str());
+            span.record("ferry.attempts", i64::from(attempts));
             meter.set_route(
                 &answered.deployment.id,
                 price_of(answered.deployment),
@@ -482,6 +541,9 @@ async fn dispatch(
             answered.reply
         }
         Err(failed) => {
+            let span = tracing::Span::current();
+            span.record("ferry.deployment", failed.deployment.id.as_str());
+            span.record("ferry.attempts", i64::from(attempts));
             meter.upstream_ends();
             meter.set_route(
                 &failed.deployment.id,

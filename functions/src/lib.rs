@@ -22,6 +22,7 @@ mod openapi;
 mod relay;
 pub mod route;
 pub mod store;
+pub mod telemetry;
 mod ttl_cache;
 pub mod upstream;
 

@@ -21,6 +21,7 @@ use crate::metrics::{
     CallLabels, Metrics, ModelLabels, ResultLabels, SpendLabels, TokenLabels, status_class,
 };
 use crate::route::BreakerPermit;
+use tracing::Instrument;
 
 /// Status recorded for a call its caller abandoned (nginx's "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
@@ -220,7 +221,27 @@ impl Meter {
             }
         }
         let record = self.usage_record(usage, status, ttft);
-        let settled = settle(self.accounts.as_ref(), &record).await;
+        let call = tracing::Span::current();
+        // Integers as i64: OpenTelemetry has no unsigned attribute (a u64 would become text).
+        let (input_tokens, output_tokens) = (
+            i64::try_from(record.prompt_tokens).unwrap_or(i64::MAX),
+            i64::try_from(record.completion_tokens).unwrap_or(i64::MAX),
+        );
+        call.record("gen_ai.usage.input_tokens", input_tokens);
+        call.record("gen_ai.usage.output_tokens", output_tokens);
+        call.record("ferry.cache", record.cache_status.as_str());
+        if status >= 500 {
+            call.record("otel.status_code", "error");
+        }
+        let settled = settle(self.accounts.as_ref(), &record)
+            .instrument(tracing::info_span!(
+                "settle",
+                "gen_ai.usage.input_tokens" = input_tokens,
+                "gen_ai.usage.output_tokens" = output_tokens,
+                "ferry.cost_nanodollars" = record.cost.nanos(),
+                "http.response.status_code" = i64::from(record.status),
+            ))
+            .await;
         self.observe(&record, settled.ok());
         settled
     }

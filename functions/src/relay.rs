@@ -20,6 +20,7 @@ use ferry_core::sse::{DONE_EVENT, SseParser, data_event};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::cache::Keeper;
 use crate::meter::{CLIENT_CLOSED, Meter};
@@ -33,7 +34,8 @@ pub fn relay(
     keep: Option<Keeper>,
 ) -> Response {
     let (sender, receiver) = mpsc::channel::<Bytes>(16);
-    tokio::spawn(pump(upstream, sender, meter, include_usage, keep));
+    // The call's span lasts until the stream ends (its usage is recorded on it).
+    tokio::spawn(pump(upstream, sender, meter, include_usage, keep).in_current_span());
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver
             .recv()

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::clock;
 use crate::metrics::{AttemptLabels, Metrics};
+use tracing::Instrument;
 
 /// The circuit breakers of every deployment this process has called.
 #[derive(Debug, Default)]
@@ -298,6 +299,19 @@ async fn attempt(
         None => request.deadline,
     };
     let upstream = request.upstream;
+    let operation = crate::telemetry::gen_ai_operation(request.endpoint);
+    // The call to the backend, as a GenAI client span; its context travels in `traceparent`.
+    let span = tracing::info_span!(
+        "upstream",
+        otel.name = %format!("{operation} {}", deployment.upstream.model),
+        otel.kind = "client",
+        "gen_ai.operation.name" = operation,
+        "gen_ai.request.model" = deployment.upstream.model.as_str(),
+        "ferry.deployment" = deployment.id.as_str(),
+        "ferry.attempt" = i64::from(route.attempts()),
+        "error.type" = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     let first_byte = async move {
         match upstream.call(call).await? {
             UpstreamReply::Stream(mut stream) => match stream.next().await {
@@ -317,7 +331,12 @@ async fn attempt(
             complete => Ok(complete),
         }
     };
-    tokio::time::timeout_at(until, first_byte)
+    let outcome = tokio::time::timeout_at(until, first_byte.instrument(span.clone()))
         .await
-        .unwrap_or(Err(UpstreamError::Timeout))
+        .unwrap_or(Err(UpstreamError::Timeout));
+    if let Err(error) = &outcome {
+        span.record("error.type", error.kind());
+        span.record("otel.status_code", "error");
+    }
+    outcome
 }

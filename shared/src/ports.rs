@@ -517,6 +517,18 @@ impl UpstreamError {
         !matches!(self, UpstreamError::Status { status, .. } if (400..500).contains(status) && *status != 429)
     }
 
+    /// A short, bounded name for the failure (traces' `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Status { status: 429, .. } => "429",
+            UpstreamError::Status { status, .. } if *status >= 500 => "5xx",
+            UpstreamError::Status { .. } => "4xx",
+            UpstreamError::Protocol(_) => "protocol",
+        }
+    }
+
     /// How long the backend asked to be left alone (a 429's or 503's `Retry-After`).
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {

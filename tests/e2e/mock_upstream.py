@@ -86,7 +86,9 @@ def _make_handler(mock):
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
             with mock.lock:
-                mock.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                mock.requests.append(
+                    {"path": self.path, "body": body, "auth": self.headers.get("Authorization"), "traceparent": self.headers.get("traceparent")}
+                )
             model = body.get("model", "")
             if model == "broken":
                 return self._json(500, {"error": {"message": "internal upstream detail 10.1.2.3", "type": "server_error"}})

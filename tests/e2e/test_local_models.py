@@ -55,6 +55,26 @@ def test_paris_greedy_streamed_and_not(client):
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
 
 
+def test_the_pool_shows_in_the_metrics(client, served):
+    """After a call, the local pool's replicas, queue and the cold start it took are exported."""
+    client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=5, **FRESH)
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    scraped = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {served.operator_key}"}, timeout=10)
+    assert scraped.status_code == 200
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scraped.text)
+        for sample in family.samples
+    }
+    local = (("deployment", "local"),)
+    assert samples[("ferry_pool_replicas", (("deployment", "local"), ("state", "ready")))] >= 1
+    assert samples[("ferry_pool_queue_depth", local)] == 0
+    assert samples[("ferry_pool_cold_starts_total", local)] >= 1, "the first call woke the pool from zero"
+    assert samples[("ferry_pool_cold_start_seconds_total", local)] > 0
+    assert samples[("ferry_pool_replica_starts_total", local)] >= 1
+
+
 def test_the_same_seed_gives_the_same_text_both_ways(client):
     ask = dict(model=CHAT, messages=[{"role": "user", "content": "Write a line about the sea."}], temperature=0.9, seed=77, max_tokens=20, **FRESH)
     first = client.chat.completions.create(**ask).choices[0].message.content

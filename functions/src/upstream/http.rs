@@ -74,7 +74,11 @@ impl Upstream for HttpUpstream {
             call.target.url.trim_end_matches('/'),
             call.endpoint.path()
         );
-        let mut request = self.client.post(url).json(&call.body);
+        let mut request = self
+            .client
+            .post(url)
+            .headers(crate::telemetry::trace_headers())
+            .json(&call.body);
         if let Some(api_key) = &call.target.api_key {
             request = request.bearer_auth(api_key);
         }
