@@ -1,9 +1,11 @@
 """Fixtures for the end-to-end tests: a real `ferry serve` process on a free port with its own
 data directory, and the mock upstream it forwards to."""
 
+import json
 import os
 import pathlib
 import queue
+import re
 import secrets
 import subprocess
 import threading
@@ -76,6 +78,17 @@ class Ferry:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def dashboard_series():
+    """The metric families the Grafana dashboard (docs/grafana/ferry.json) queries."""
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "ferry.json").read_text())
+    return {
+        re.sub(r"_(total|bucket|sum|count)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"\bferry_[a-z_]+", target["expr"])
+    }
 
 
 def model_cache():

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Ferry, ferry_binary, model_cache
+from conftest import Ferry, dashboard_series, ferry_binary, model_cache
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -73,6 +73,12 @@ def test_the_pool_shows_in_the_metrics(client, served):
     assert samples[("ferry_pool_cold_starts_total", local)] >= 1, "the first call woke the pool from zero"
     assert samples[("ferry_pool_cold_start_seconds_total", local)] > 0
     assert samples[("ferry_pool_replica_starts_total", local)] >= 1
+
+    # The dashboard's pool panels query series Ferry exports (the rest: test_operations.py).
+    families = {family.name for family in text_string_to_metric_families(scraped.text)}
+    pool = {name for name in dashboard_series() if name.startswith("ferry_pool_")}
+    assert len(pool) >= 5
+    assert pool <= families, f"the dashboard queries series Ferry does not export: {pool - families}"
 
 
 def test_the_same_seed_gives_the_same_text_both_ways(client):

@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from conftest import Ferry
+from conftest import Ferry, dashboard_series
 from otlp_receiver import OtlpReceiver
 
 METRICS_TOKEN = "scrape-" + secrets.token_hex(16)
@@ -160,6 +160,12 @@ def test_metrics_parse_as_openmetrics_and_carry_the_named_series(observed):
     assert value("ferry_upstream_attempts", "_total", model="resilient-model", deployment="primary", outcome="retryable") >= 1
     assert value("ferry_spend_nanodollars", "_total", model="echo-model") > 0
     assert families["ferry_breaker_state"].type == "gauge"
+
+    # Every series the Grafana dashboard queries is one Ferry exports (the pool's: in
+    # test_local_models.py, where there is a pool).
+    queried = {name for name in dashboard_series() if not name.startswith("ferry_pool_")}
+    assert len(queried) >= 10
+    assert queried <= set(families), f"the dashboard queries series Ferry does not export: {queried - set(families)}"
 
     # Operators and the scraper only.
     member = httpx.get(f"{ferry.url}/metrics", headers={"Authorization": f"Bearer {observed['key']}"}, timeout=10)
