@@ -545,10 +545,14 @@ pub async fn update_model(
     body: JsonBody<UpdateModel>,
 ) -> HandlerResult<Json<ModelView>> {
     require_operator(&principal)?;
+    // Read past the replica's read cache: writing back a stale copy would undo a change
+    // made elsewhere moments ago. (Two PATCHes racing on one model: the last one wins.)
     let mut spec = state
         .store
-        .get_model(&id)
+        .list_models()
         .await?
+        .into_iter()
+        .find(|model| model.spec.id == id)
         .ok_or_else(|| model_not_found(&id))?
         .spec;
     let update = body.typed;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -206,7 +206,17 @@ async fn request_context(
 ) -> Response {
     let started = Instant::now();
     let request_id = clock::new_request_id();
-    let method = request.method().clone();
+    // Hyper accepts any token as a method: anything unknown is `_OTHER` (bounded labels).
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "_OTHER",
+    };
     // The template (`/admin/v1/tenants/{id}`), never the path itself: bounded labels.
     let route = request
         .extensions()
@@ -242,7 +252,7 @@ async fn request_context(
         .http_requests
         .get_or_create(&HttpLabels {
             route: route.clone(),
-            method: method.as_str().to_owned(),
+            method,
             status: status_class(status),
         })
         .inc();

@@ -22,7 +22,7 @@ use ferry_core::openai::{
 use ferry_core::ports::{Endpoint, StoredModel, UpstreamReply};
 use ferry_core::principal::{Credential, Principal};
 use ferry_core::ratelimit::{Bucket, Unit};
-use ferry_core::route::Route;
+use ferry_core::route::{Availability, Route};
 use ferry_core::{ApiError, ErrorKind, Money};
 use serde_json::Value;
 
@@ -257,9 +257,10 @@ async fn dispatch(
     let operation = crate::telemetry::gen_ai_operation(call.endpoint);
     let span = tracing::info_span!(
         "gen_ai",
-        otel.name = %format!("{operation} {}", call.model_id),
+        // Named once the model is known to exist: never after a string a caller made up.
+        otel.name = operation,
         "gen_ai.operation.name" = operation,
-        "gen_ai.request.model" = call.model_id,
+        "gen_ai.request.model" = tracing::field::Empty,
         "gen_ai.response.model" = tracing::field::Empty,
         "gen_ai.usage.input_tokens" = tracing::field::Empty,
         "gen_ai.usage.output_tokens" = tracing::field::Empty,
@@ -288,6 +289,13 @@ async fn dispatch_call(
         .await?
         .ok_or_else(|| ApiError::unknown_model(call.model_id))?;
     log.set_model(&model.spec.id);
+    let span = tracing::Span::current();
+    crate::telemetry::rename_current_span(format!(
+        "{} {}",
+        crate::telemetry::gen_ai_operation(call.endpoint),
+        model.spec.id
+    ));
+    span.record("gen_ai.request.model", model.spec.id.as_str());
     if !principal.may_use_model(call.model_id) {
         return Err(ApiError::new(
             ErrorKind::PermissionDenied,
@@ -348,17 +356,30 @@ async fn dispatch_call(
         route_span.record("ferry.route.candidates", candidates.join(",").as_str());
     }
     drop(route_span);
-    let mut route = planned.map_err(|unavailable| {
-        let error = ApiError::new(
-            ErrorKind::NoCapacity,
-            "No deployment of this model is taking calls now; retry shortly.",
-        )
-        .with_code("deployments_unavailable");
-        match unavailable.retry_after_ms {
-            Some(ms) => error.retry_after(ms.div_ceil(1000).max(1)),
-            None => error,
+    let decision = cache::decide(call.endpoint, &body, &call.directives);
+    let (mut route, unavailable) = match planned {
+        Ok(route) => (route, None),
+        Err(unavailable) => {
+            let error = ApiError::new(
+                ErrorKind::NoCapacity,
+                "No deployment of this model is taking calls now; retry shortly.",
+            )
+            .with_code("deployments_unavailable");
+            let error = match unavailable.retry_after_ms {
+                Some(ms) => error.retry_after(ms.div_ceil(1000).max(1)),
+                None => error,
+            };
+            // A kept answer may still serve it: plan as if every breaker were closed (for the
+            // cache key and prices), and call no backend.
+            let reads_cache = matches!(decision, Decision::Use { read: true, .. });
+            match Route::plan(&model.spec, clock::random_u64(), |_| {
+                Availability::Available
+            }) {
+                Ok(route) if reads_cache => (route, Some(error)),
+                _ => return Err(error.into()),
+            }
         }
-    })?;
+    };
     let deployment = route.candidates()[0];
     // A fallback may answer: the hold covers the dearest deployment the call may reach.
     let mut prices = Vec::with_capacity(route.candidates().len());
@@ -397,7 +418,6 @@ async fn dispatch_call(
         // Operators' own calls are neither limited nor billed.
         None => RateStatus::default(),
     };
-    let decision = cache::decide(call.endpoint, &body, &call.directives);
     // The tenant is part of the key: no lookup can reach another tenant's answers. So is the
     // deployment's backend: a changed backend never answers from its predecessor's entries.
     let subject = match &principal.tenant_id {
@@ -494,6 +514,15 @@ async fn dispatch_call(
         }
     };
     meter.set_cache_status(status);
+    if let Some(error) = unavailable {
+        if let Some(keeper) = keep.take() {
+            keeper.finish(None);
+        }
+        let _ = meter
+            .record(&Usage::default(), error.kind.status(), None)
+            .await;
+        return Err(error.into());
+    }
     let request = crate::route::Request {
         endpoint: call.endpoint,
         body,
@@ -511,7 +540,15 @@ async fn dispatch_call(
             .and_then(|index| prices.get(index).cloned().flatten())
     };
     meter.upstream_begins();
-    let answered = crate::route::call(&model.spec, &mut route, request).await;
+    let answered = crate::route::call(
+        &model.spec,
+        &mut route,
+        request,
+        &mut |trying, reason, attempts| {
+            meter.set_route(&trying.id, price_of(trying), reason, attempts);
+        },
+    )
+    .await;
     let attempts = route.attempts();
     let reply = match answered {
         Ok(answered) => {
@@ -523,12 +560,6 @@ async fn dispatch_call(
             span.record("ferry.deployment", answered.deployment.id.as_str());
             span.record("ferry.route", answered.reason.as_str());
             span.record("ferry.attempts", i64::from(attempts));
-            meter.set_route(
-                &answered.deployment.id,
-                price_of(answered.deployment),
-                answered.reason,
-                attempts,
-            );
             if let Some(permit) = answered.permit {
                 meter.judge_on_record(permit);
             }
@@ -545,12 +576,6 @@ async fn dispatch_call(
             span.record("ferry.deployment", failed.deployment.id.as_str());
             span.record("ferry.attempts", i64::from(attempts));
             meter.upstream_ends();
-            meter.set_route(
-                &failed.deployment.id,
-                price_of(failed.deployment),
-                failed.reason,
-                attempts,
-            );
             let api_error = failed.error.to_api_error();
             let _ = meter
                 .record(&Usage::default(), api_error.kind.status(), None)

@@ -42,6 +42,8 @@ pub struct Meter {
     admitted_at: u64,
     deadline: tokio::time::Instant,
     recorded: bool,
+    /// Its metrics are counted (once, even if it is dropped while settling).
+    observed: bool,
     cache: CacheStatus,
     route: &'static str,
     attempts: u32,
@@ -93,6 +95,7 @@ impl Meter {
             admitted_at: params.admitted_at,
             deadline: tokio::time::Instant::now() + params.time_limit,
             recorded: false,
+            observed: false,
             cache: CacheStatus::Bypass,
             route: NO_ROUTE,
             attempts: 0,
@@ -247,7 +250,10 @@ impl Meter {
     }
 
     /// The call's metrics, once it is over.
-    fn observe(&self, record: &UsageRecord, charged: Option<Money>) {
+    fn observe(&mut self, record: &UsageRecord, charged: Option<Money>) {
+        if std::mem::replace(&mut self.observed, true) {
+            return;
+        }
         let metrics = &self.metrics;
         metrics.calls_in_flight.dec();
         let model = || record.model.clone();
@@ -349,12 +355,13 @@ impl NotSettled {
 
 impl Drop for Meter {
     fn drop(&mut self) {
+        // Nothing was delivered: a departed caller is not charged, not even the per-call fee.
+        let record = self.usage_record(&Usage::default(), CLIENT_CLOSED, None);
+        // Dropped while its settlement was being written: counted as the caller leaving.
+        self.observe(&record, None);
         if self.recorded {
             return;
         }
-        // Nothing was delivered: a departed caller is not charged, not even the per-call fee.
-        let record = self.usage_record(&Usage::default(), CLIENT_CLOSED, None);
-        self.observe(&record, None);
         let accounts = Arc::clone(&self.accounts);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

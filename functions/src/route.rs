@@ -173,23 +173,31 @@ pub struct Request<'r> {
 
 /// Tries the route until an attempt answers. A stream counts as answered once its first chunk
 /// has arrived (and is handed on with it): after that, nothing is retried.
+/// `on_attempt` hears of each attempt as it starts (the deployment, why, attempts so far), so
+/// a call abandoned midway is still recorded against the deployment it was on.
 pub async fn call<'a>(
     model: &ModelSpec,
     route: &mut Route<'a>,
     mut request: Request<'_>,
+    on_attempt: &mut (dyn FnMut(&'a Deployment, Reason, u32) + Send),
 ) -> Result<Answered<'a>, Failed<'a>> {
     let (mut deployment, mut reason) = route.first();
     loop {
-        let error = match request
+        on_attempt(deployment, reason, route.attempts());
+        let refused = request
             .breakers
-            .acquire(model, deployment, clock::unix_millis())
-        {
-            // Another call took the half-open breaker's probe since the plan was made.
-            Err(open_ms) => UpstreamError::Status {
-                status: 503,
-                message: "the deployment's circuit breaker is open".into(),
-                retry_after_seconds: Some(open_ms.div_ceil(1000)),
-            },
+            .acquire(model, deployment, clock::unix_millis());
+        let (error, failure) = match refused {
+            // Another call took the half-open breaker's probe since the plan was made: no
+            // backend was called; another deployment may take the call.
+            Err(open_ms) => (
+                UpstreamError::Status {
+                    status: 503,
+                    message: "the deployment's circuit breaker is open".into(),
+                    retry_after_seconds: Some(open_ms.div_ceil(1000)),
+                },
+                Failure::Elsewhere,
+            ),
             Ok(permit) => match attempt(deployment, route, &mut request).await {
                 Ok(reply) => {
                     count_attempt(request.metrics, model, deployment, "ok");
@@ -208,25 +216,24 @@ pub async fn call<'a>(
                     });
                 }
                 Err(error) => {
-                    permit.finish(!error.is_backend_fault());
-                    let outcome = if error.is_retryable() {
-                        "retryable"
-                    } else {
-                        "final"
+                    let failure = error.failure();
+                    permit.finish(failure == Failure::Final);
+                    let outcome = match failure {
+                        Failure::Retryable { .. } => "retryable",
+                        Failure::Elsewhere => "elsewhere",
+                        Failure::Final => "final",
                     };
                     count_attempt(request.metrics, model, deployment, outcome);
-                    error
+                    (error, failure)
                 }
             },
         };
-        tracing::warn!(%error, model = %model.id, deployment = %deployment.id, attempt = route.attempts(), "upstream attempt failed");
-        let failure = if error.is_retryable() {
-            Failure::Retryable {
-                retry_after_ms: error.retry_after_ms(),
-            }
-        } else {
-            Failure::Final
+        // The kind and status only: a backend's own message may quote the request.
+        let status = match &error {
+            UpstreamError::Status { status, .. } => Some(*status),
+            _ => None,
         };
+        tracing::warn!(error = error.kind(), status, model = %model.id, deployment = %deployment.id, attempt = route.attempts(), "upstream attempt failed");
         let now_ms = clock::unix_millis();
         let left = request
             .deadline

@@ -58,3 +58,9 @@ pub fn gen_ai_operation(endpoint: Endpoint) -> &'static str {
         Endpoint::Embeddings => "embeddings",
     }
 }
+
+/// Renames the current span in the trace (the `tracing` span keeps its name).
+pub fn rename_current_span(name: String) {
+    use opentelemetry::trace::TraceContextExt;
+    tracing::Span::current().context().span().update_name(name);
+}

@@ -273,13 +273,24 @@ impl Ferry {
     }
 
     async fn send(&self, method: &str, path: &str, key: &str, body: Value) -> Answer {
+        // Every call here must reach a backend, unless a test says otherwise.
+        self.send_with(method, path, key, body, "no-store").await
+    }
+
+    async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Value,
+        cache_control: &str,
+    ) -> Answer {
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {key}"))
-            // Every call here must reach a backend.
-            .header(header::CACHE_CONTROL, "no-store")
+            .header(header::CACHE_CONTROL, cache_control)
             .body(if body.is_null() {
                 Body::empty()
             } else {
@@ -370,10 +381,16 @@ async fn a_500_is_retried_on_the_same_deployment_after_a_backoff() {
     ferry.model("m", &[(&a, 1)], json!({})).await;
     a.then(&[Fault::Status(500)]);
 
+    let started = Instant::now();
     let answer = ferry.chat("m", false).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(answer.body["choices"][0]["message"]["content"], "from a");
     assert_eq!(a.calls(), 2);
+    // The first backoff is 100 ms, jittered within its upper half.
+    assert!(
+        started.elapsed() >= Duration::from_millis(50),
+        "retried without a backoff"
+    );
     assert_eq!(routed(&ferry.last_event().await), ("a", "retry", 2, 200));
 }
 
@@ -398,11 +415,21 @@ async fn a_refused_connection_falls_back_at_once() {
     let ferry = Ferry::start().await;
     let a = Backend::refusing("a").await;
     let b = Backend::start("b").await;
+    // A backoff, were one taken, would be 2.5 s at least.
     ferry
-        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
+        .model(
+            "m",
+            &[(&a, 1), (&b, 0)],
+            json!({"fallbacks": ["b"], "backoff_base_ms": 5000, "backoff_max_ms": 5000}),
+        )
         .await;
 
+    let started = Instant::now();
     let answer = ferry.chat("m", false).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "waited before the fallback"
+    );
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(answer.body["choices"][0]["message"]["content"], "from b");
     assert_eq!(answer.body["model"], "m");
@@ -580,6 +607,15 @@ async fn with_every_breaker_open_calls_are_refused_with_retry_after() {
         .model("m", &[(&a, 1)], json!({"retries": 0, "breaker": breaker}))
         .await;
 
+    // A deterministic call, kept by the response cache while the backend still answered.
+    let kept = json!({"model": "m", "max_tokens": 10, "temperature": 0,
+                      "messages": [{"role": "user", "content": "kept"}]});
+    a.then(&[Fault::None]);
+    let first = ferry
+        .send_with("POST", "/v1/chat/completions", &ferry.key, kept.clone(), "")
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+
     assert_eq!(ferry.chat("m", false).await.status, StatusCode::BAD_GATEWAY);
     let refused = ferry.chat("m", false).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -589,7 +625,15 @@ async fn with_every_breaker_open_calls_are_refused_with_retry_after() {
     );
     let retry_after: u64 = refused.retry_after.unwrap().parse().unwrap();
     assert!((1..=5).contains(&retry_after), "{retry_after}");
-    assert_eq!(a.calls(), 1);
+    assert_eq!(a.calls(), 2);
+
+    // The kept answer still serves its call, breaker or not.
+    let again = ferry
+        .send_with("POST", "/v1/chat/completions", &ferry.key, kept, "")
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["choices"][0]["message"]["content"], "from a");
+    assert_eq!(a.calls(), 2);
 }
 
 #[tokio::test]
@@ -710,4 +754,70 @@ async fn metrics_show_attempts_breakers_and_calls_to_the_operator_and_the_scrape
     common::openai_error(&member.body);
     let stranger = ferry.send("GET", "/metrics", "nope", Value::Null).await;
     assert_eq!(stranger.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_deployment_that_refuses_ferrys_credentials_is_left_for_the_fallback() {
+    let ferry = Ferry::start().await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.always(Fault::Status(401));
+    ferry
+        .model(
+            "m",
+            &[(&a, 1), (&b, 0)],
+            json!({"fallbacks": ["b"], "retries": 5}),
+        )
+        .await;
+    b.then(&[Fault::Status(503)]);
+
+    let answer = ferry.chat("m", false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!((a.calls(), b.calls()), (1, 2), "a once; b, then b again");
+    assert_eq!(routed(&ferry.last_event().await), ("b", "retry", 3, 200));
+}
+
+#[tokio::test]
+async fn the_hold_covers_the_dearest_deployment_and_the_charge_is_the_answering_ones_price() {
+    let ferry = Ferry::start().await;
+    let a = Backend::refusing("a").await;
+    let b = Backend::start("b").await;
+    ferry.model("solo", &[(&b, 1)], json!({})).await;
+    ferry
+        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
+        .await;
+    // The standby is dearer: $2000 and $3000 per million tokens, and a cent a call.
+    let price = json!({"deployment": "b", "price": {"input_per_mtok_usd": "2000",
+                       "output_per_mtok_usd": "3000", "per_call_usd": "0.01"}});
+    let priced = ferry
+        .send(
+            "POST",
+            "/admin/v1/models/m/prices",
+            &ferry.operator_key,
+            price,
+        )
+        .await;
+    assert_eq!(priced.status, StatusCode::CREATED, "{}", priced.body);
+
+    let held = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix("ferry_held_nanodollars_total "))
+            .map_or(0, |value| value.parse().unwrap())
+    };
+    let scrape = || ferry.send("GET", "/metrics", METRICS_TOKEN, Value::Null);
+    let before = held(scrape().await.body.as_str().unwrap());
+    assert_eq!(ferry.chat("solo", false).await.status, StatusCode::OK);
+    let solo = held(scrape().await.body.as_str().unwrap()) - before;
+    let answer = ferry.chat("m", false).await;
+    let routed_hold = held(scrape().await.body.as_str().unwrap()) - before - solo;
+    assert!(
+        routed_hold > solo,
+        "held {routed_hold}, not more than b's {solo} at the model's price"
+    );
+
+    // 8 prompt tokens at $2000/M, 2 completion tokens at $3000/M, and the call's cent.
+    assert_eq!(answer.body["usage"]["cost"], "0.032", "{}", answer.body);
+    let event = ferry.last_event().await;
+    assert_eq!(routed(&event), ("b", "fallback", 2, 200));
+    assert_eq!(cost(&event), "0.032".parse::<Money>().unwrap());
 }

@@ -18,6 +18,7 @@ use crate::model::Price;
 use crate::model::{ModelSpec, UpstreamTarget};
 use crate::money::Money;
 use crate::principal::Role;
+use crate::route::Failure;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -500,21 +501,36 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Worth another attempt (`ferry_core::route`): the backend could not be reached, did not
-    /// answer in time, or answered 429 or 5xx. A request the backend judged invalid, or an
-    /// answer that broke the protocol, would fail the same way again.
-    pub fn is_retryable(&self) -> bool {
+    /// What the route does next (`ferry_core::route`). Worth another attempt anywhere: the
+    /// backend could not be reached, did not answer in time (408 included), answered 429 or
+    /// 5xx. Worth one elsewhere only: it refused Ferry's credentials (401, 403, 407), does not
+    /// know the model or path (404), or broke the protocol; waiting would not mend those. Not
+    /// worth any: the request itself is invalid (other 4xx), and would be everywhere.
+    pub fn failure(&self) -> Failure {
         match self {
-            UpstreamError::Connect(_) | UpstreamError::Timeout => true,
-            UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
-            UpstreamError::Protocol(_) => false,
+            UpstreamError::Connect(_) | UpstreamError::Timeout => Failure::Retryable {
+                retry_after_ms: None,
+            },
+            UpstreamError::Status { status, .. }
+                if *status == 408 || *status == 429 || *status >= 500 =>
+            {
+                Failure::Retryable {
+                    retry_after_ms: self.retry_after_ms(),
+                }
+            }
+            UpstreamError::Status {
+                status: 401 | 403 | 404 | 407,
+                ..
+            }
+            | UpstreamError::Protocol(_) => Failure::Elsewhere,
+            UpstreamError::Status { .. } => Failure::Final,
         }
     }
 
-    /// Counts against the deployment's circuit breaker: everything but a request the backend
-    /// judged invalid, which is the caller's doing.
+    /// Counts against the deployment's circuit breaker: every failure but an invalid request,
+    /// which is the caller's doing.
     pub fn is_backend_fault(&self) -> bool {
-        !matches!(self, UpstreamError::Status { status, .. } if (400..500).contains(status) && *status != 429)
+        self.failure() != Failure::Final
     }
 
     /// A short, bounded name for the failure (traces' `error.type`).
@@ -554,7 +570,7 @@ impl UpstreamError {
                 "the model backend did not answer in time",
             ),
             UpstreamError::Status {
-                status: 400 | 404 | 422,
+                status: 400 | 422,
                 message,
                 ..
             } => ApiError::new(
@@ -644,6 +660,7 @@ mod tests {
             (status(400), 400),
             (status(422), 400),
             (status(401), 502),
+            (status(404), 502),
             (status(429), 503),
             (status(503), 503),
             (status(500), 502),
@@ -651,6 +668,39 @@ mod tests {
         ];
         for (error, expected) in cases {
             assert_eq!(error.to_api_error().kind.status(), expected, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn what_the_route_does_after_each_failure() {
+        let status = |status: u16| UpstreamError::Status {
+            status,
+            message: "m".into(),
+            retry_after_seconds: Some(2),
+        };
+        let anywhere = |retry_after_ms| Failure::Retryable { retry_after_ms };
+        let cases = [
+            (UpstreamError::Connect("refused".into()), anywhere(None)),
+            (UpstreamError::Timeout, anywhere(None)),
+            (status(429), anywhere(Some(2_000))),
+            (status(502), anywhere(Some(2_000))),
+            (status(408), anywhere(Some(2_000))),
+            (status(401), Failure::Elsewhere),
+            (status(404), Failure::Elsewhere),
+            (
+                UpstreamError::Protocol("not JSON".into()),
+                Failure::Elsewhere,
+            ),
+            (status(400), Failure::Final),
+            (status(422), Failure::Final),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.failure(), expected, "{error:?}");
+            assert_eq!(
+                error.is_backend_fault(),
+                expected != Failure::Final,
+                "{error:?}"
+            );
         }
     }
 

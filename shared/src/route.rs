@@ -9,11 +9,13 @@
 //!   is not open takes the call.
 //! - After a retryable failure (the backend could not be reached, did not produce a first byte
 //!   within the attempt's time, answered 429 or 5xx), the call is tried again, up to
-//!   `retries` more times in all. Each retry goes to the next deployment of the route (the
+//!   `retries` more times in all. Each retry goes to the first deployment of the route (the
 //!   fallbacks, in order) that is not open and not yet tried, at once; with every one tried,
 //!   it goes round again after a jittered exponential backoff, and never before a 429's
 //!   `Retry-After`. A wait longer than `backoff_max_ms`, or past the call's deadline, is not
-//!   taken.
+//!   taken. A failure of the deployment itself that waiting would not mend (it refused
+//!   Ferry's credentials, does not know the model, broke the protocol) is tried elsewhere,
+//!   never on that deployment again.
 //! - Nothing is retried once a byte of the answer has reached the caller.
 
 use serde::{Deserialize, Serialize};
@@ -205,6 +207,8 @@ pub struct Route<'a> {
     policy: RoutePolicy,
     tries: Vec<u32>,
     not_before_ms: Vec<u64>,
+    /// Deployments this call will not try again.
+    given_up: Vec<bool>,
     current: usize,
     attempts: u32,
 }
@@ -225,6 +229,8 @@ pub enum Next<'a> {
 pub enum Failure {
     /// Worth another attempt; a 429 may say how long this deployment wants left alone.
     Retryable { retry_after_ms: Option<u64> },
+    /// Worth an attempt at another deployment, never this one again.
+    Elsewhere,
     /// The request itself is at fault, or the answer had begun: no retry.
     Final,
 }
@@ -306,6 +312,7 @@ impl<'a> Route<'a> {
             policy,
             tries: vec![0; count],
             not_before_ms: vec![0; count],
+            given_up: vec![false; count],
             current: 0,
             attempts: 0,
         })
@@ -344,21 +351,29 @@ impl<'a> Route<'a> {
         roll: u64,
         available: impl Fn(&Deployment) -> bool,
     ) -> Next<'a> {
-        let retry_after_ms = match failure {
+        match failure {
             Failure::Final => return Next::GiveUp,
-            Failure::Retryable { retry_after_ms } => retry_after_ms,
-        };
-        if let Some(wait) = retry_after_ms {
-            self.not_before_ms[self.current] = now_ms.saturating_add(wait);
+            Failure::Elsewhere => self.given_up[self.current] = true,
+            Failure::Retryable {
+                retry_after_ms: Some(wait),
+            } => self.not_before_ms[self.current] = now_ms.saturating_add(wait),
+            Failure::Retryable {
+                retry_after_ms: None,
+            } => {}
         }
         if self.attempts > self.policy.retries {
             return Next::GiveUp;
         }
         let count = self.candidates.len();
-        for step in 1..=count {
-            let index = (self.current + step) % count;
+        // Deployments not yet tried come first, in the route's order; then round again from
+        // the one after the current.
+        let untried = (0..count).filter(|&index| self.tries[index] == 0);
+        let tried = (1..=count)
+            .map(|step| (self.current + step) % count)
+            .filter(|&index| self.tries[index] > 0);
+        for index in untried.chain(tried) {
             let deployment = self.candidates[index];
-            if !available(deployment) {
+            if self.given_up[index] || !available(deployment) {
                 continue;
             }
             let tries = self.tries[index];
@@ -397,6 +412,8 @@ impl<'a> Route<'a> {
 pub struct Breaker {
     state: BreakerState,
     window: [WindowSlot; WINDOW_SLOTS],
+    /// Counts half-open spells: a probe's verdict counts only in the spell it was let through.
+    spell: u64,
 }
 
 const WINDOW_SLOTS: usize = 10;
@@ -444,7 +461,8 @@ impl BreakerState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permit {
     Call,
-    Probe,
+    /// A probe of the given half-open spell.
+    Probe(u64),
 }
 
 impl Breaker {
@@ -474,12 +492,13 @@ impl Breaker {
         match &mut self.state {
             BreakerState::Closed => Ok(Permit::Call),
             BreakerState::Open { .. } => {
+                self.spell += 1;
                 self.state = BreakerState::HalfOpen { probing: 1 };
-                Ok(Permit::Probe)
+                Ok(Permit::Probe(self.spell))
             }
             BreakerState::HalfOpen { probing } => {
                 *probing += 1;
-                Ok(Permit::Probe)
+                Ok(Permit::Probe(self.spell))
             }
         }
     }
@@ -487,7 +506,7 @@ impl Breaker {
     /// The outcome of a call `permit` let through: `ok` unless the deployment failed it.
     pub fn record(&mut self, policy: &BreakerPolicy, now_ms: u64, permit: Permit, ok: bool) {
         match (permit, self.state) {
-            (Permit::Probe, BreakerState::HalfOpen { .. }) => {
+            (Permit::Probe(spell), BreakerState::HalfOpen { .. }) if spell == self.spell => {
                 self.state = if ok {
                     self.window = Default::default();
                     BreakerState::Closed
@@ -536,7 +555,10 @@ impl Breaker {
 
     /// A permit given back without a verdict (the caller left first).
     pub fn release(&mut self, permit: Permit) {
-        if let (Permit::Probe, BreakerState::HalfOpen { probing }) = (permit, &mut self.state) {
+        if let (Permit::Probe(spell), BreakerState::HalfOpen { probing }) =
+            (permit, &mut self.state)
+            && spell == self.spell
+        {
             *probing = probing.saturating_sub(1);
         }
     }
@@ -659,6 +681,46 @@ mod tests {
             ]
         );
         assert_eq!(route.attempts(), 4);
+    }
+
+    #[test]
+    fn a_deployment_that_failed_itself_is_tried_elsewhere_never_again() {
+        let model = spec(
+            vec![deployment("a", 1), deployment("b", 0)],
+            json!({"fallbacks": ["b"], "retries": 5}),
+        );
+        let mut route = Route::plan(&model, 0, all_available).unwrap();
+        route.first();
+        let next = route.after_failure(Failure::Elsewhere, 0, 60_000, 0, |_| true);
+        assert!(matches!(next, Next::Try { deployment, .. } if deployment.id == "b"));
+        // b fails too (retryably): it is retried, a never again.
+        for _ in 0..4 {
+            let next = route.after_failure(RETRYABLE, 0, 60_000, 0, |_| true);
+            assert!(
+                matches!(next, Next::Try { deployment, reason: Reason::Retry, .. } if deployment.id == "b")
+            );
+        }
+        assert_eq!(
+            route.after_failure(RETRYABLE, 0, 60_000, 0, |_| true),
+            Next::GiveUp
+        );
+    }
+
+    #[test]
+    fn a_fallback_skipped_while_open_is_tried_before_going_round_again() {
+        let model = spec(
+            vec![deployment("p", 1), deployment("f1", 0), deployment("f2", 0)],
+            json!({"fallbacks": ["f1", "f2"], "retries": 3}),
+        );
+        let mut route = Route::plan(&model, 0, all_available).unwrap();
+        route.first();
+        let next = route.after_failure(RETRYABLE, 0, 60_000, 0, |d| d.id != "f1");
+        assert!(matches!(next, Next::Try { deployment, .. } if deployment.id == "f2"));
+        // f1's breaker has closed again: untried, it comes before p's retry.
+        let next = route.after_failure(RETRYABLE, 0, 60_000, 0, |_| true);
+        assert!(
+            matches!(next, Next::Try { deployment, reason: Reason::Fallback, wait_ms: 0 } if deployment.id == "f1")
+        );
     }
 
     #[test]
@@ -845,12 +907,12 @@ mod tests {
             breaker
         };
         let mut breaker = open();
-        assert_eq!(breaker.acquire(&policy, 503), Ok(Permit::Probe));
+        assert_eq!(breaker.acquire(&policy, 503), Ok(Permit::Probe(1)));
         assert!(
             breaker.acquire(&policy, 504).is_err(),
             "one probe at a time"
         );
-        breaker.record(&policy, 600, Permit::Probe, true);
+        breaker.record(&policy, 600, Permit::Probe(1), true);
         assert_eq!(breaker.state(), BreakerState::Closed);
         assert_eq!(breaker.acquire(&policy, 601), Ok(Permit::Call));
 
@@ -863,7 +925,30 @@ mod tests {
         let mut breaker = open();
         let probe = breaker.acquire(&policy, 503).unwrap();
         breaker.release(probe);
-        assert_eq!(breaker.acquire(&policy, 504), Ok(Permit::Probe));
+        assert_eq!(breaker.acquire(&policy, 504), Ok(Permit::Probe(1)));
+    }
+
+    #[test]
+    fn a_probe_from_an_earlier_half_open_spell_has_no_say() {
+        let policy = BreakerPolicy {
+            probes: 2,
+            ..breaker_policy()
+        };
+        let mut breaker = Breaker::default();
+        for at in 0..4 {
+            breaker.record(&policy, at, Permit::Call, false);
+        }
+        let slow = breaker.acquire(&policy, 503).unwrap();
+        let fast = breaker.acquire(&policy, 503).unwrap();
+        breaker.record(&policy, 510, fast, false);
+        assert_eq!(breaker.state(), BreakerState::Open { until_ms: 1_010 });
+        let probe = breaker.acquire(&policy, 1_010).unwrap();
+        assert_eq!(probe, Permit::Probe(2));
+        // The first spell's slow probe ends now: it neither closes the breaker nor frees a
+        // place among this spell's probes.
+        breaker.record(&policy, 1_020, slow, true);
+        breaker.release(slow);
+        assert_eq!(breaker.state(), BreakerState::HalfOpen { probing: 1 });
     }
 
     #[test]
