@@ -549,10 +549,8 @@ pub async fn update_model(
     // made elsewhere moments ago. (Two PATCHes racing on one model: the last one wins.)
     let mut spec = state
         .store
-        .list_models()
+        .get_model_fresh(&id)
         .await?
-        .into_iter()
-        .find(|model| model.spec.id == id)
         .ok_or_else(|| model_not_found(&id))?
         .spec;
     let update = body.typed;

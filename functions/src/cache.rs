@@ -85,6 +85,22 @@ impl ResponseCache {
         }
     }
 
+    /// A fresh entry for `key` at either level, without waiting for a call in flight or taking
+    /// the lead: for a call that may go nowhere else (every backend refused by its breaker).
+    pub async fn peek(&self, key: CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.fresh(&key, now_ms) {
+            return Some(entry);
+        }
+        let shared = self.shared.as_ref()?;
+        let read = tokio::time::timeout(SHARED_READ_TIMEOUT, shared.get(&key, now_ms));
+        let entry = Arc::new(read.await.ok()?.ok()??);
+        if !entry.is_fresh(now_ms) {
+            return None;
+        }
+        self.entries.insert(key, Arc::clone(&entry));
+        Some(entry)
+    }
+
     /// The entry for `key`, waiting for an identical call in flight if there is one; or the
     /// lead, for the caller to make the call.
     pub async fn lookup(self: &Arc<Self>, key: CacheKey, now_ms: impl Fn() -> u64) -> Lookup {

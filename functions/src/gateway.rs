@@ -369,14 +369,32 @@ async fn dispatch_call(
                 Some(ms) => error.retry_after(ms.div_ceil(1000).max(1)),
                 None => error,
             };
-            // A kept answer may still serve it: plan as if every breaker were closed (for the
-            // cache key and prices), and call no backend.
-            let reads_cache = matches!(decision, Decision::Use { read: true, .. });
-            match Route::plan(&model.spec, clock::random_u64(), |_| {
-                Availability::Available
-            }) {
-                Ok(route) if reads_cache => (route, Some(error)),
-                _ => return Err(error.into()),
+            // A kept answer may still serve it. Looked for before admission (so an outage
+            // costs the store nothing), under each deployment's key; then the call is planned
+            // onto the deployment whose answer was kept, and no backend is called.
+            let mut kept_on = None;
+            if matches!(decision, Decision::Use { read: true, .. }) {
+                for deployment in &model.spec.deployments {
+                    let key = cache_key(principal, &model.spec, deployment, call.endpoint, &body);
+                    if state.cache.peek(key, clock::unix_millis()).await.is_some() {
+                        kept_on = Some(deployment.id.as_str());
+                        break;
+                    }
+                }
+            }
+            let Some(kept_on) = kept_on else {
+                return Err(error.into());
+            };
+            let only_kept = |deployment: &Deployment| {
+                if deployment.id == kept_on {
+                    Availability::Available
+                } else {
+                    Availability::OpenFor(1)
+                }
+            };
+            match Route::plan(&model.spec, clock::random_u64(), only_kept) {
+                Ok(route) => (route, Some(error)),
+                Err(_) => return Err(error.into()),
             }
         }
     };
@@ -418,21 +436,7 @@ async fn dispatch_call(
         // Operators' own calls are neither limited nor billed.
         None => RateStatus::default(),
     };
-    // The tenant is part of the key: no lookup can reach another tenant's answers. So is the
-    // deployment's backend: a changed backend never answers from its predecessor's entries.
-    let subject = match &principal.tenant_id {
-        Some(tenant_id) => format!("tenant:{tenant_id}"),
-        None => "operator".to_owned(),
-    };
-    let key = CacheKey::of(
-        &subject,
-        &format!(
-            "{}\n{}\n{}\n{}",
-            model.spec.id, deployment.id, deployment.upstream.url, deployment.upstream.model
-        ),
-        call.endpoint,
-        &body,
-    );
+    let key = cache_key(principal, &model.spec, deployment, call.endpoint, &body);
     if call.stream {
         // Usage is always asked of the upstream, so every stream can be metered.
         body["stream_options"] = serde_json::json!({"include_usage": true});
@@ -637,6 +641,27 @@ async fn dispatch_call(
     add_headers(response.headers_mut(), &rate.headers());
     set_cache_status(&mut response, status);
     Ok(response)
+}
+
+/// The response cache's key for a call answered by `deployment`. The tenant is part of it: no
+/// lookup can reach another tenant's answers. So is the deployment's backend: a changed
+/// backend never answers from its predecessor's entries.
+fn cache_key(
+    principal: &Principal,
+    model: &ModelSpec,
+    deployment: &Deployment,
+    endpoint: Endpoint,
+    body: &Value,
+) -> CacheKey {
+    let subject = match &principal.tenant_id {
+        Some(tenant_id) => format!("tenant:{tenant_id}"),
+        None => "operator".to_owned(),
+    };
+    let backend = format!(
+        "{}\n{}\n{}\n{}",
+        model.id, deployment.id, deployment.upstream.url, deployment.upstream.model
+    );
+    CacheKey::of(&subject, &backend, endpoint, body)
 }
 
 /// Lets an edge keep this answer (and bill its replays), when edges are configured.

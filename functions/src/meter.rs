@@ -355,6 +355,9 @@ impl NotSettled {
 
 impl Drop for Meter {
     fn drop(&mut self) {
+        if self.recorded && self.observed {
+            return;
+        }
         // Nothing was delivered: a departed caller is not charged, not even the per-call fee.
         let record = self.usage_record(&Usage::default(), CLIENT_CLOSED, None);
         // Dropped while its settlement was being written: counted as the caller leaving.

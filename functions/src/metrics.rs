@@ -69,7 +69,7 @@ pub struct ResultLabels {
 pub struct AttemptLabels {
     pub model: String,
     pub deployment: String,
-    /// `ok`, `retryable` or `final` (`ferry_core::route::Failure`).
+    /// `ok`, `retryable`, `elsewhere` or `final` (`ferry_core::route::Failure`).
     pub outcome: &'static str,
 }
 
@@ -203,7 +203,7 @@ impl Metrics {
         );
         registry.register(
             "ferry_upstream_attempts",
-            "Attempts at a deployment by outcome (ok, retryable, final)",
+            "Attempts at a deployment by outcome (ok, retryable, elsewhere, final)",
             metrics.attempts.clone(),
         );
         *metrics

@@ -347,15 +347,20 @@ impl Ferry {
             .await
     }
 
-    /// The usage event of the call made last.
-    async fn last_event(&self) -> Value {
+    /// The tenant's usage events, oldest first.
+    async fn events(&self) -> Vec<Value> {
         let path = format!("/admin/v1/tenants/{}/usage/events", self.tenant);
         let events = self
             .send("GET", &path, &self.operator_key, Value::Null)
             .await;
         let mut events = events.body["data"].as_array().unwrap().clone();
         events.sort_by_key(|event| event["request_id"].as_str().unwrap().to_owned());
-        events.pop().unwrap()
+        events
+    }
+
+    /// The usage event of the call made last.
+    async fn last_event(&self) -> Value {
+        self.events().await.pop().unwrap()
     }
 }
 
@@ -415,19 +420,19 @@ async fn a_refused_connection_falls_back_at_once() {
     let ferry = Ferry::start().await;
     let a = Backend::refusing("a").await;
     let b = Backend::start("b").await;
-    // A backoff, were one taken, would be 2.5 s at least.
+    // A backoff, were one taken, would be 5 s at least.
     ferry
         .model(
             "m",
             &[(&a, 1), (&b, 0)],
-            json!({"fallbacks": ["b"], "backoff_base_ms": 5000, "backoff_max_ms": 5000}),
+            json!({"fallbacks": ["b"], "backoff_base_ms": 10000, "backoff_max_ms": 10000}),
         )
         .await;
 
     let started = Instant::now();
     let answer = ferry.chat("m", false).await;
     assert!(
-        started.elapsed() < Duration::from_millis(2500),
+        started.elapsed() < Duration::from_secs(5),
         "waited before the fallback"
     );
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
@@ -626,6 +631,20 @@ async fn with_every_breaker_open_calls_are_refused_with_retry_after() {
     let retry_after: u64 = refused.retry_after.unwrap().parse().unwrap();
     assert!((1..=5).contains(&retry_after), "{retry_after}");
     assert_eq!(a.calls(), 2);
+
+    // A call nothing was kept for is refused before admission: no hold, no usage event.
+    let events = ferry.events().await.len();
+    let fresh = json!({"model": "m", "max_tokens": 10, "temperature": 0,
+                       "messages": [{"role": "user", "content": "never kept"}]});
+    let missed = ferry
+        .send_with("POST", "/v1/chat/completions", &ferry.key, fresh, "")
+        .await;
+    assert_eq!(missed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        common::openai_error(&missed.body)["code"],
+        "deployments_unavailable"
+    );
+    assert_eq!(ferry.events().await.len(), events);
 
     // The kept answer still serves its call, breaker or not.
     let again = ferry

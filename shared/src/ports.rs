@@ -207,6 +207,11 @@ pub trait Store: Send + Sync {
     /// Creates or replaces a model; `created_at` of an existing model is kept.
     async fn put_model(&self, model: &ModelSpec, now: u64) -> StoreResult<StoredModel>;
     async fn get_model(&self, id: &str) -> StoreResult<Option<StoredModel>>;
+    /// As `get_model`, but never from a replica's read cache (`CachedStore`): for changes that
+    /// read a model and write it back.
+    async fn get_model_fresh(&self, id: &str) -> StoreResult<Option<StoredModel>> {
+        self.get_model(id).await
+    }
     async fn list_models(&self) -> StoreResult<Vec<StoredModel>>;
     async fn delete_model(&self, id: &str) -> StoreResult<bool>;
 }
@@ -504,8 +509,9 @@ impl UpstreamError {
     /// What the route does next (`ferry_core::route`). Worth another attempt anywhere: the
     /// backend could not be reached, did not answer in time (408 included), answered 429 or
     /// 5xx. Worth one elsewhere only: it refused Ferry's credentials (401, 403, 407), does not
-    /// know the model or path (404), or broke the protocol; waiting would not mend those. Not
-    /// worth any: the request itself is invalid (other 4xx), and would be everywhere.
+    /// know the model or path (404, 405), answered with no error status, or broke the
+    /// protocol; waiting would not mend those. Not worth any: the request itself is invalid
+    /// (any other 4xx), and would be everywhere.
     pub fn failure(&self) -> Failure {
         match self {
             UpstreamError::Connect(_) | UpstreamError::Timeout => Failure::Retryable {
@@ -519,10 +525,13 @@ impl UpstreamError {
                 }
             }
             UpstreamError::Status {
-                status: 401 | 403 | 404 | 407,
+                status: 401 | 403 | 404 | 405 | 407,
                 ..
             }
             | UpstreamError::Protocol(_) => Failure::Elsewhere,
+            // Not an error status at all (a redirect it was not allowed to follow): the
+            // deployment is misconfigured.
+            UpstreamError::Status { status, .. } if *status < 400 => Failure::Elsewhere,
             UpstreamError::Status { .. } => Failure::Final,
         }
     }
@@ -569,14 +578,17 @@ impl UpstreamError {
                 ErrorKind::UpstreamTimeout,
                 "the model backend did not answer in time",
             ),
-            UpstreamError::Status {
-                status: 400 | 422,
-                message,
-                ..
-            } => ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!("the model backend rejected the request: {message}"),
+            UpstreamError::Status { status: 408, .. } => ApiError::new(
+                ErrorKind::UpstreamTimeout,
+                "the model backend did not answer in time",
             ),
+            // The backend judged the request itself invalid (`failure()` says `Final`).
+            UpstreamError::Status { message, .. } if self.failure() == Failure::Final => {
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("the model backend rejected the request: {message}"),
+                )
+            }
             UpstreamError::Status {
                 status: 429 | 503,
                 retry_after_seconds,
@@ -659,8 +671,12 @@ mod tests {
             (UpstreamError::Timeout, 504),
             (status(400), 400),
             (status(422), 400),
+            (status(413), 400),
             (status(401), 502),
             (status(404), 502),
+            (status(405), 502),
+            (status(408), 504),
+            (status(302), 502),
             (status(429), 503),
             (status(503), 503),
             (status(500), 502),

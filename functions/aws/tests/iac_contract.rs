@@ -685,8 +685,10 @@ fn knative_disagreements(dir: &Path, contract: &Contract) -> Vec<String> {
                 }
             }
             for variable in &given {
-                // One Secret serves the three functions; the AWS SDK reads its own variables.
-                if !variable.starts_with("AWS_") && !read_by_any.contains(variable) {
+                // One Secret serves the three functions; the AWS and OpenTelemetry SDKs read
+                // their own variables.
+                let sdk = variable.starts_with("AWS_") || variable.starts_with("OTEL_");
+                if !sdk && !read_by_any.contains(variable) {
                     problems.push(format!(
                         "Knative gives {function} {variable}, which no function reads"
                     ));

@@ -129,6 +129,12 @@ impl Store for CachedStore {
         read_through(&self.models, id, self.store.get_model(id)).await
     }
 
+    async fn get_model_fresh(&self, id: &str) -> StoreResult<Option<StoredModel>> {
+        let model = self.store.get_model_fresh(id).await?;
+        self.models.put(id, model.clone());
+        Ok(model)
+    }
+
     async fn list_models(&self) -> StoreResult<Vec<StoredModel>> {
         self.store.list_models().await
     }

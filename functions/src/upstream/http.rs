@@ -46,7 +46,9 @@ impl HttpUpstream {
 fn classify(error: reqwest::Error) -> UpstreamError {
     if error.is_timeout() {
         UpstreamError::Timeout
-    } else if error.is_connect() {
+    } else if error.is_connect() || error.is_request() || error.is_body() {
+        // A connection that failed before or while the answer came (a pooled connection the
+        // backend had closed, a reset): worth another attempt, like one never made.
         UpstreamError::Connect(error.to_string())
     } else {
         UpstreamError::Protocol(error.to_string())
@@ -115,7 +117,13 @@ impl Upstream for HttpUpstream {
                         Err(_) => Some((Err(UpstreamError::Timeout), None)),
                         Ok(None) => None,
                         Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(chunks))),
-                        Ok(Some(Err(error))) => Some((Err(classify(error)), None)),
+                        // Mid-stream: the answer broke off (never retried past its first byte).
+                        Ok(Some(Err(error))) => Some((
+                            Err(UpstreamError::Protocol(format!(
+                                "the stream broke: {error}"
+                            ))),
+                            None,
+                        )),
                     }
                 },
             );
