@@ -272,6 +272,12 @@ impl Ferry {
         assert_eq!(registered.status, StatusCode::OK, "{}", registered.body);
     }
 
+    /// Model `m`: `a` takes the traffic and `b` stands by as its fallback; `route` adds to that.
+    async fn primary_and_standby(&self, a: &Backend, b: &Backend, mut route: Value) {
+        route["fallbacks"] = json!(["b"]);
+        self.model("m", &[(a, 1), (b, 0)], route).await;
+    }
+
     async fn send(&self, method: &str, path: &str, key: &str, body: Value) -> Answer {
         // Every call here must reach a backend, unless a test says otherwise.
         self.send_with(method, path, key, body, "no-store").await
@@ -404,9 +410,7 @@ async fn a_request_the_backend_rejects_is_not_retried() {
     let ferry = Ferry::start().await;
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
-    ferry
-        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
-        .await;
+    ferry.primary_and_standby(&a, &b, json!({})).await;
     a.then(&[Fault::Status(400)]);
 
     let answer = ferry.chat("m", false).await;
@@ -422,10 +426,10 @@ async fn a_refused_connection_falls_back_at_once() {
     let b = Backend::start("b").await;
     // A backoff, were one taken, would be 5 s at least.
     ferry
-        .model(
-            "m",
-            &[(&a, 1), (&b, 0)],
-            json!({"fallbacks": ["b"], "backoff_base_ms": 10000, "backoff_max_ms": 10000}),
+        .primary_and_standby(
+            &a,
+            &b,
+            json!({"backoff_base_ms": 10000, "backoff_max_ms": 10000}),
         )
         .await;
 
@@ -479,11 +483,7 @@ async fn a_stream_whose_first_byte_is_slow_moves_to_the_fallback() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     ferry
-        .model(
-            "m",
-            &[(&a, 1), (&b, 0)],
-            json!({"fallbacks": ["b"], "try_timeout_ms": 300}),
-        )
+        .primary_and_standby(&a, &b, json!({"try_timeout_ms": 300}))
         .await;
     a.then(&[Fault::SlowFirstByte(Duration::from_secs(5))]);
 
@@ -504,9 +504,7 @@ async fn a_stream_cut_midway_is_not_retried_and_charges_what_was_delivered() {
     let ferry = Ferry::start().await;
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
-    ferry
-        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
-        .await;
+    ferry.primary_and_standby(&a, &b, json!({})).await;
     a.then(&[Fault::CutStream]);
 
     let answer = ferry.chat("m", true).await;
@@ -535,11 +533,7 @@ async fn every_attempt_failing_ends_in_one_error_with_its_attempts_recorded() {
     a.always(Fault::Status(500));
     b.always(Fault::Status(502));
     ferry
-        .model(
-            "m",
-            &[(&a, 1), (&b, 0)],
-            json!({"fallbacks": ["b"], "retries": 2, "backoff_base_ms": 10}),
-        )
+        .primary_and_standby(&a, &b, json!({"retries": 2, "backoff_base_ms": 10}))
         .await;
 
     let answer = ferry.chat("m", true).await;
@@ -559,11 +553,7 @@ async fn the_breaker_opens_sends_calls_to_the_fallback_then_half_opens_and_close
     a.always(Fault::Status(500));
     let breaker = json!({"min_calls": 2, "error_percent": 50, "window_ms": 60000, "open_ms": 500});
     ferry
-        .model(
-            "m",
-            &[(&a, 1), (&b, 0)],
-            json!({"fallbacks": ["b"], "retries": 1, "breaker": breaker}),
-        )
+        .primary_and_standby(&a, &b, json!({"retries": 1, "breaker": breaker}))
         .await;
 
     for _ in 0..2 {
@@ -719,9 +709,7 @@ async fn metrics_show_attempts_breakers_and_calls_to_the_operator_and_the_scrape
     let ferry = Ferry::start().await;
     let a = Backend::refusing("a").await;
     let b = Backend::start("b").await;
-    ferry
-        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
-        .await;
+    ferry.primary_and_standby(&a, &b, json!({})).await;
     assert_eq!(ferry.chat("m", true).await.status, StatusCode::OK);
     // A model nobody registered never becomes a label.
     let unknown = ferry.chat("no-such-model-\u{1F600}", false).await;
@@ -782,11 +770,7 @@ async fn a_deployment_that_refuses_ferrys_credentials_is_left_for_the_fallback()
     let b = Backend::start("b").await;
     a.always(Fault::Status(401));
     ferry
-        .model(
-            "m",
-            &[(&a, 1), (&b, 0)],
-            json!({"fallbacks": ["b"], "retries": 5}),
-        )
+        .primary_and_standby(&a, &b, json!({"retries": 5}))
         .await;
     b.then(&[Fault::Status(503)]);
 
@@ -802,9 +786,7 @@ async fn the_hold_covers_the_dearest_deployment_and_the_charge_is_the_answering_
     let a = Backend::refusing("a").await;
     let b = Backend::start("b").await;
     ferry.model("solo", &[(&b, 1)], json!({})).await;
-    ferry
-        .model("m", &[(&a, 1), (&b, 0)], json!({"fallbacks": ["b"]}))
-        .await;
+    ferry.primary_and_standby(&a, &b, json!({})).await;
     // The standby is dearer: $2000 and $3000 per million tokens, and a cent a call.
     let price = json!({"deployment": "b", "price": {"input_per_mtok_usd": "2000",
                        "output_per_mtok_usd": "3000", "per_call_usd": "0.01"}});
