@@ -51,6 +51,9 @@ pub struct CreateTenant {
     /// Spend caps per UTC day or month.
     #[serde(default)]
     pub budgets: Option<Vec<Budget>>,
+    /// Log the text of the tenant's requests (default false: prompts are never logged).
+    #[serde(default)]
+    pub log_prompts: Option<bool>,
 }
 
 /// `PATCH /tenants/{id}`: fields present replace the tenant's own.
@@ -61,6 +64,9 @@ pub struct UpdateTenant {
     pub limits: Option<RateLimits>,
     #[serde(default)]
     pub budgets: Option<Vec<Budget>>,
+    /// Log the text of the tenant's requests; off by default.
+    #[serde(default)]
+    pub log_prompts: Option<bool>,
 }
 
 /// A tenant with its credit.
@@ -256,6 +262,7 @@ pub async fn create_tenant(
         created_at: now / 1000,
         limits: request.limits.unwrap_or_default(),
         budgets,
+        log_prompts: request.log_prompts.unwrap_or(false),
     };
     state.store.create_tenant(&tenant).await?;
     Ok((
@@ -283,10 +290,13 @@ pub async fn update_tenant(
     if let Some(budgets) = body.typed.budgets {
         tenant.budgets = budgets;
     }
+    if let Some(log_prompts) = body.typed.log_prompts {
+        tenant.log_prompts = log_prompts;
+    }
     admission::validate_budgets(&tenant.budgets, "budgets")?;
     if !state
         .store
-        .update_tenant_policy(&id, tenant.limits, &tenant.budgets)
+        .update_tenant_policy(&id, &tenant.policy())
         .await?
     {
         return Err(tenant_not_found().into());

@@ -305,6 +305,12 @@ async fn dispatch_call(
         .with_code("model_not_allowed")
         .into());
     }
+    if let Some(tenant_id) = &principal.tenant_id
+        && let Some(tenant) = state.store.get_tenant(tenant_id).await?
+        && tenant.log_prompts
+    {
+        log_prompt(&request_id, tenant_id, &model.spec.id, &body);
+    }
     let (output_max, output_likely) = match &call.output {
         Some(output) => {
             let cap = model.spec.output_cap();
@@ -641,6 +647,32 @@ async fn dispatch_call(
     add_headers(response.headers_mut(), &rate.headers());
     set_cache_status(&mut response, status);
     Ok(response)
+}
+
+/// The most of a request's text one log line carries.
+const MAX_LOGGED_PROMPT_BYTES: usize = 64 * 1024;
+
+/// Logs what a call asked (its messages, prompt or input) for a tenant whose operator turned
+/// prompt logging on; nothing of it reaches metrics or traces.
+fn log_prompt(request_id: &RequestId, tenant_id: &str, model: &str, body: &Value) {
+    let asked = ["messages", "prompt", "input"]
+        .iter()
+        .find_map(|field| body.get(*field))
+        .map(Value::to_string)
+        .unwrap_or_default();
+    let mut end = asked.len().min(MAX_LOGGED_PROMPT_BYTES);
+    while !asked.is_char_boundary(end) {
+        end -= 1;
+    }
+    tracing::info!(
+        target: "ferry::prompts",
+        request_id = %request_id.0,
+        tenant = %tenant_id,
+        model = %model,
+        truncated = end < asked.len(),
+        prompt = %&asked[..end],
+        "prompt"
+    );
 }
 
 /// The response cache's key for a call answered by `deployment`. The tenant is part of it: no

@@ -246,6 +246,7 @@ impl Ferry {
                     created_at: 1,
                     limits: Default::default(),
                     budgets: Vec::new(),
+                    log_prompts: false,
                 })
                 .await
                 .unwrap();

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::{HeaderMap, HeaderValue, header};
-use ferry_core::admission::Budget;
 use ferry_core::api_key::ApiKey;
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
     Billing, KeyRecord, RateLimits, Store, StoreError, StoreResult, StoredModel, Tenant,
+    TenantPolicy,
 };
 use ferry_core::principal::Role;
 use ferry_functions::auth::{AuthConfig, Authenticator};
@@ -54,13 +54,8 @@ impl Store for Counting {
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
         self.inner.list_tenants().await
     }
-    async fn update_tenant_policy(
-        &self,
-        id: &str,
-        limits: RateLimits,
-        budgets: &[Budget],
-    ) -> StoreResult<bool> {
-        self.inner.update_tenant_policy(id, limits, budgets).await
+    async fn update_tenant_policy(&self, id: &str, policy: &TenantPolicy) -> StoreResult<bool> {
+        self.inner.update_tenant_policy(id, policy).await
     }
     async fn create_key(&self, key: &KeyRecord) -> StoreResult<()> {
         self.inner.create_key(key).await
@@ -131,6 +126,7 @@ async fn store_with_tenant() -> Arc<Counting> {
             created_at: 1,
             limits: RateLimits::default(),
             budgets: Vec::new(),
+            log_prompts: false,
         })
         .await
         .unwrap();

@@ -60,6 +60,37 @@ pub struct Tenant {
     pub limits: RateLimits,
     #[serde(default)]
     pub budgets: Vec<Budget>,
+    /// Log the text of this tenant's requests (its prompts). Off unless an operator turns it
+    /// on for the tenant; never in metrics or traces.
+    #[serde(default)]
+    pub log_prompts: bool,
+}
+
+/// What an operator changes of a tenant after creation, stored as one unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantPolicy {
+    #[serde(default)]
+    pub limits: RateLimits,
+    #[serde(default)]
+    pub budgets: Vec<Budget>,
+    #[serde(default)]
+    pub log_prompts: bool,
+}
+
+impl Tenant {
+    pub fn policy(&self) -> TenantPolicy {
+        TenantPolicy {
+            limits: self.limits,
+            budgets: self.budgets.clone(),
+            log_prompts: self.log_prompts,
+        }
+    }
+
+    pub fn set_policy(&mut self, policy: TenantPolicy) {
+        self.limits = policy.limits;
+        self.budgets = policy.budgets;
+        self.log_prompts = policy.log_prompts;
+    }
 }
 
 pub use crate::ratelimit::RateLimits;
@@ -183,13 +214,9 @@ pub trait Store: Send + Sync {
     async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>>;
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
 
-    /// Replaces a tenant's limits and budgets; false when there is no such tenant.
-    async fn update_tenant_policy(
-        &self,
-        id: &str,
-        limits: RateLimits,
-        budgets: &[Budget],
-    ) -> StoreResult<bool>;
+    /// Replaces a tenant's policy (limits, budgets, prompt logging); false when there is no
+    /// such tenant.
+    async fn update_tenant_policy(&self, id: &str, policy: &TenantPolicy) -> StoreResult<bool>;
 
     async fn create_key(&self, key: &KeyRecord) -> StoreResult<()>;
     async fn find_key(&self, public_id: &str) -> StoreResult<Option<KeyRecord>>;

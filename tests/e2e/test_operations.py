@@ -199,6 +199,37 @@ def test_logs_are_json_lines_with_request_ids_and_no_secrets(observed):
     assert ferry.operator_key not in everything
 
 
+def test_a_tenant_whose_operator_turned_prompt_logging_on_has_its_prompts_logged(observed):
+    ferry = observed["ferry"]
+    tenant = admin(ferry, "POST", "/tenants", json={"name": "Audited", "billing": "postpaid"})
+    assert tenant["log_prompts"] is False
+    patched = admin(ferry, "PATCH", f"/tenants/{tenant['id']}", json={"log_prompts": True})
+    assert patched["log_prompts"] is True
+    key = admin(ferry, "POST", f"/tenants/{tenant['id']}/keys", json={"name": "app", "role": "member"})["key"]
+    marker = "audit-me-" + secrets.token_hex(4)
+    client = openai.OpenAI(base_url=f"{ferry.url}/v1", api_key=key, max_retries=0, timeout=30)
+    raw = client.chat.completions.with_raw_response.create(model="echo-model", messages=[{"role": "user", "content": marker}])
+    request_id = raw.headers["x-request-id"]
+    deadline = time.time() + 5
+    logged = []
+    while not logged and time.time() < deadline:
+        logged = [json.loads(t) for t in list(ferry.lines) if t.startswith("{") and marker in t]
+        time.sleep(0.05)
+    assert len(logged) == 1, logged
+    line = logged[0]
+    assert line["target"] == "ferry::prompts"
+    assert (line["fields"]["request_id"], line["fields"]["tenant"], line["fields"]["model"]) == (request_id, tenant["id"], "echo-model")
+    assert marker in line["fields"]["prompt"]
+    assert key not in "\n".join(ferry.lines), "the key is still never logged"
+    # Everyone else's prompts are still not logged (test_logs_are_json_lines_... checks the
+    # other tenant's); turning it off stops it.
+    admin(ferry, "PATCH", f"/tenants/{tenant['id']}", json={"log_prompts": False})
+    quiet = "quiet-" + secrets.token_hex(4)
+    client.chat.completions.create(model="echo-model", messages=[{"role": "user", "content": quiet}])
+    time.sleep(0.3)
+    assert quiet not in "\n".join(ferry.lines)
+
+
 def test_sigterm_during_a_stream_lets_it_finish_records_its_usage_and_exits(observed, receiver):
     ferry, client = observed["ferry"], observed["client"]
     words = [f"w{index}" for index in range(30)]

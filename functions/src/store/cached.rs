@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::admission::{Admission, Budget, Grant, Refusal};
+use ferry_core::admission::{Admission, Grant, Refusal};
 use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow};
 use ferry_core::calendar::Month;
 use ferry_core::model::{ModelSpec, Price};
 use ferry_core::ports::{
     Accounts, Alert, Balance, CloseError, Closed, KeyRecord, PostRequest, Posted, PriceRecord,
-    Settled, Store, StoreResult, StoredModel, Tenant, Transaction, UsageRecord,
+    Settled, Store, StoreResult, StoredModel, Tenant, TenantPolicy, Transaction, UsageRecord,
 };
-use ferry_core::ratelimit::RateLimits;
 
 use crate::ttl_cache::TtlCache;
 
@@ -78,13 +77,8 @@ impl Store for CachedStore {
         self.store.list_tenants().await
     }
 
-    async fn update_tenant_policy(
-        &self,
-        id: &str,
-        limits: RateLimits,
-        budgets: &[Budget],
-    ) -> StoreResult<bool> {
-        let updated = self.store.update_tenant_policy(id, limits, budgets).await;
+    async fn update_tenant_policy(&self, id: &str, policy: &TenantPolicy) -> StoreResult<bool> {
+        let updated = self.store.update_tenant_policy(id, policy).await;
         self.tenants.forget(id);
         updated
     }

@@ -51,6 +51,7 @@ pub fn tenant(id: &str, billing: Billing, budgets: Vec<Budget>) -> Tenant {
         created_at: 10,
         limits: RateLimits::default(),
         budgets,
+        log_prompts: false,
     }
 }
 

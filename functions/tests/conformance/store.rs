@@ -8,7 +8,7 @@ use ferry_core::cache::{CacheKey, Entry as CacheEntry};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
     Accounts, Billing, Endpoint, KeyRecord, RateLimits, Settled, SharedCache, Store, StoreError,
-    Tenant, UsageRecord,
+    Tenant, TenantPolicy, UsageRecord,
 };
 use ferry_core::principal::Role;
 
@@ -22,6 +22,7 @@ fn tenant(id: &str) -> Tenant {
         created_at: 10,
         limits: RateLimits::default(),
         budgets: Vec::new(),
+        log_prompts: false,
     }
 }
 
@@ -128,21 +129,22 @@ async fn a_tenants_policy_changes_alone() {
         amount_usd: Money::from_nanos(5_000_000_000),
         enforcement: Enforcement::Hard,
     }];
-    assert!(
-        store
-            .update_tenant_policy("a", limits, &budgets)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .update_tenant_policy("nobody", limits, &budgets)
-            .await
-            .unwrap()
-    );
+    let policy = TenantPolicy {
+        limits,
+        budgets: budgets.clone(),
+        log_prompts: true,
+    };
+    assert!(store.update_tenant_policy("a", &policy).await.unwrap());
+    assert!(!store.update_tenant_policy("nobody", &policy).await.unwrap());
     let changed = store.get_tenant("a").await.unwrap().unwrap();
-    assert_eq!((changed.limits, changed.budgets), (limits, budgets));
+    assert_eq!(
+        (changed.limits, changed.budgets.clone(), changed.log_prompts),
+        (limits, budgets, true)
+    );
+    assert_eq!(changed.policy(), policy);
     assert_eq!(changed.name, "a inc");
+    let listed = store.list_tenants().await.unwrap();
+    assert!(listed[0].log_prompts, "listed with its policy too");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use ferry_core::cache::{CacheKey, Entry as CacheEntry};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
     KeyRecord, RateLimits, SharedCache, Store, StoreError, StoreResult, StoredModel, Tenant,
+    TenantPolicy,
 };
 use ferry_core::principal::Role;
 use serde::{Deserialize, Serialize};
@@ -352,18 +353,12 @@ fn key_from_item(item: &Attributes) -> StoreResult<KeyRecord> {
     })
 }
 
-/// A tenant's limits and budgets, changed on their own.
-#[derive(Serialize, Deserialize)]
-struct Policy {
-    limits: RateLimits,
-    budgets: Vec<Budget>,
-}
-
+/// A tenant's policy (limits, budgets, prompt logging) is an attribute of its own, changed
+/// without rewriting the rest.
 fn tenant_from_item(item: &Attributes) -> StoreResult<Tenant> {
     let mut tenant: Tenant = get_json(item, "body")?;
-    let policy: Policy = get_json(item, "policy")?;
-    tenant.limits = policy.limits;
-    tenant.budgets = policy.budgets;
+    let policy: TenantPolicy = get_json(item, "policy")?;
+    tenant.set_policy(policy);
     Ok(tenant)
 }
 
@@ -384,13 +379,7 @@ impl Store for DynamoStore {
         let item = ItemBuilder::new(&item::tenant(&tenant.id))
             .indexed(item::TENANTS, &tenant.id)
             .json("body", tenant)?
-            .json(
-                "policy",
-                &Policy {
-                    limits: tenant.limits,
-                    budgets: tenant.budgets.clone(),
-                },
-            )?
+            .json("policy", &tenant.policy())?
             .text("billing", tenant.billing.as_str())
             .build();
         if self.create(item).await? {
@@ -416,17 +405,8 @@ impl Store for DynamoStore {
             .collect()
     }
 
-    async fn update_tenant_policy(
-        &self,
-        id: &str,
-        limits: RateLimits,
-        budgets: &[Budget],
-    ) -> StoreResult<bool> {
-        let policy = serde_json::to_string(&Policy {
-            limits,
-            budgets: budgets.to_vec(),
-        })
-        .map_err(unavailable)?;
+    async fn update_tenant_policy(&self, id: &str, policy: &TenantPolicy) -> StoreResult<bool> {
+        let policy = serde_json::to_string(policy).map_err(unavailable)?;
         let sent = self
             .client
             .update_item()

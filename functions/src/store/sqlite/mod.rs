@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use ferry_core::Money;
-use ferry_core::admission::Budget;
 use ferry_core::cache::{CacheKey, Entry as CacheEntry};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
     Billing, KeyRecord, RateLimits, SharedCache, Store, StoreError, StoreResult, StoredModel,
-    Tenant, UsageRecord,
+    Tenant, TenantPolicy, UsageRecord,
 };
 use ferry_core::principal::Role;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -339,15 +338,6 @@ pub(super) fn is_constraint_violation(error: &rusqlite::Error) -> bool {
     matches!(error, rusqlite::Error::SqliteFailure(failure, _) if failure.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
-/// A tenant's limits and budgets, kept as one JSON column.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-struct TenantPolicy {
-    #[serde(default)]
-    limits: RateLimits,
-    #[serde(default)]
-    budgets: Vec<Budget>,
-}
-
 pub(super) fn json_column<T: serde::de::DeserializeOwned>(
     row: &Row<'_>,
     index: usize,
@@ -366,23 +356,23 @@ const TENANT_COLUMNS: &str = "id, name, billing, created_at, policy";
 
 fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<Tenant> {
     let billing: String = row.get(2)?;
+    // The tenant's policy is one JSON column.
     let policy: TenantPolicy = json_column(row, 4)?;
-    Ok(Tenant {
+    let mut tenant = Tenant {
         id: row.get(0)?,
         name: row.get(1)?,
         billing: Billing::parse(&billing).unwrap_or(Billing::Prepaid),
         created_at: from_sql_int(row.get(3)?),
-        limits: policy.limits,
-        budgets: policy.budgets,
-    })
+        limits: RateLimits::default(),
+        budgets: Vec::new(),
+        log_prompts: false,
+    };
+    tenant.set_policy(policy);
+    Ok(tenant)
 }
 
-fn tenant_policy_json(limits: RateLimits, budgets: &[Budget]) -> StoreResult<String> {
-    serde_json::to_string(&TenantPolicy {
-        limits,
-        budgets: budgets.to_vec(),
-    })
-    .map_err(unavailable)
+fn tenant_policy_json(policy: &TenantPolicy) -> StoreResult<String> {
+    serde_json::to_string(policy).map_err(unavailable)
 }
 
 const KEY_COLUMNS: &str = "id, public_id, secret_hash, tenant_id, name, role, models, limits, credit_cap_nanos, created_at, expires_at, revoked_at, budgets";
@@ -472,7 +462,7 @@ impl Store for SqliteStore {
                     tenant.name,
                     tenant.billing.as_str(),
                     to_sql_int(tenant.created_at),
-                    tenant_policy_json(tenant.limits, &tenant.budgets)?,
+                    tenant_policy_json(&tenant.policy())?,
                 ],
             )
             .map_err(|error| {
@@ -515,14 +505,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_tenant_policy(
-        &self,
-        id: &str,
-        limits: RateLimits,
-        budgets: &[Budget],
-    ) -> StoreResult<bool> {
+    async fn update_tenant_policy(&self, id: &str, policy: &TenantPolicy) -> StoreResult<bool> {
         let id = id.to_owned();
-        let policy = tenant_policy_json(limits, budgets)?;
+        let policy = tenant_policy_json(policy)?;
         self.with(move |connection| {
             let changed = run(
                 connection,
@@ -820,6 +805,7 @@ mod tests {
             created_at: 10,
             limits: RateLimits::default(),
             budgets: Vec::new(),
+            log_prompts: false,
         }
     }
 
