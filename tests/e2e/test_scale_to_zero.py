@@ -182,6 +182,10 @@ def test_a_full_queue_and_an_expired_deadline_get_503_with_retry_after(make_ferr
     wait_for(lambda: cold_starts_ms(ferry), 120, "the replica to load")
     body = {"model": CHAT, "messages": HELLO, "max_tokens": 4}
     headers = {"Authorization": f"Bearer {ferry.operator_key}"}
+    # The gateway would wait out the pool's `Retry-After: 1` and try again (its route's
+    # default): with no retries, the pool's own answers reach the caller as they are.
+    patched = httpx.patch(f"{ferry.url}/admin/v1/models/{CHAT}", json={"route": {"retries": 0}}, headers=headers, timeout=10)
+    assert patched.status_code == 200, patched.text
     results = {}
 
     def call(name):
