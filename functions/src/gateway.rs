@@ -19,7 +19,7 @@ use ferry_core::openai::{
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
     EmbeddingRequest, EmbeddingResponse, ModelList, ModelObject, Usage,
 };
-use ferry_core::ports::{Endpoint, StoredModel, UpstreamReply};
+use ferry_core::ports::{Endpoint, StoredModel, Tenant, UpstreamReply};
 use ferry_core::principal::{Credential, Principal};
 use ferry_core::ratelimit::{Bucket, Unit};
 use ferry_core::route::{Availability, Route};
@@ -305,12 +305,6 @@ async fn dispatch_call(
         .with_code("model_not_allowed")
         .into());
     }
-    if let Some(tenant_id) = &principal.tenant_id
-        && let Some(tenant) = state.store.get_tenant(tenant_id).await?
-        && tenant.log_prompts
-    {
-        log_prompt(&request_id, tenant_id, &model.spec.id, &body);
-    }
     let (output_max, output_likely) = match &call.output {
         Some(output) => {
             let cap = model.spec.output_cap();
@@ -435,9 +429,14 @@ async fn dispatch_call(
                 now_ms,
                 rate_limited: true,
             };
-            admit(state, admission)
+            let admitted = admit(state, admission)
                 .instrument(tracing::info_span!("admit"))
-                .await?
+                .await?;
+            // The tenant admission read: no second read to know whether to log the prompt.
+            if admitted.tenant.log_prompts {
+                log_prompt(&request_id, tenant_id, &model.spec.id, &body);
+            }
+            admitted.rate
         }
         // Operators' own calls are neither limited nor billed.
         None => RateStatus::default(),
@@ -769,10 +768,13 @@ pub(crate) struct AdmissionInput<'a> {
 
 /// Takes from every rate-limit bucket that applies (key, tenant, model) and holds the
 /// worst-case cost, in one atomic store operation; or refuses with 429 or 402.
-pub(crate) async fn admit(
-    state: &AppState,
-    input: AdmissionInput<'_>,
-) -> HandlerResult<RateStatus> {
+/// An admitted call: its rate-limit status, and the tenant as admission read it.
+pub(crate) struct Admitted {
+    pub rate: RateStatus,
+    pub tenant: Tenant,
+}
+
+pub(crate) async fn admit(state: &AppState, input: AdmissionInput<'_>) -> HandlerResult<Admitted> {
     let tenant = state
         .store
         .get_tenant(input.tenant_id)
@@ -851,7 +853,10 @@ pub(crate) async fn admit(
             if let Ok(held) = u64::try_from(input.hold.nanos()) {
                 state.metrics.held_nanodollars.inc_by(held);
             }
-            Ok(grant.rate)
+            Ok(Admitted {
+                rate: grant.rate,
+                tenant,
+            })
         }
         Err(refusal) => Err(refusal.to_api_error().into()),
     }
