@@ -31,8 +31,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Where the binaries are: the release build, or the debug build for `--debug` (CI's tiny run).
 RELEASE = ROOT / "target" / "release"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
-LITELLM = "litellm[proxy]==1.108.7"
 VENV = ROOT / "bench" / "gateway" / ".venv"
+REQUIREMENTS = ROOT / "bench" / "gateway" / "requirements.txt"
 
 
 def make_key():
@@ -76,11 +76,21 @@ def load(url, key, rate, duration, label, stream=False, model="bench-model"):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def bench_venv():
+    """bench/gateway/.venv with requirements.txt (LiteLLM, matplotlib), made on first use
+    (tests/run.sh makes it ahead, in its cache)."""
+    marker = VENV / ".installed"
+    if marker.exists() and marker.read_text() == REQUIREMENTS.read_text():
+        return
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "-r", str(REQUIREMENTS)], check=True)
+    marker.write_text(REQUIREMENTS.read_text())
+
+
 def start_litellm(mock_url, workdir):
     """LiteLLM's proxy in front of the same mock: master key, local cost map, no database."""
-    if not (VENV / "bin" / "litellm").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", LITELLM], check=True)
+    bench_venv()
     config = pathlib.Path(workdir) / "litellm.yaml"
     config.write_text(
         "model_list:\n  - model_name: bench-model\n    litellm_params:\n"
@@ -322,10 +332,7 @@ figure.savefig(path, dpi=110)
 
 def plot(rows, path, stream):
     """Latency percentiles against offered load, one line per target."""
-    if not (VENV / "bin" / "python").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    if subprocess.run([str(VENV / "bin" / "python"), "-c", "import matplotlib"], capture_output=True).returncode:
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "matplotlib==3.11.2"], check=True)
+    bench_venv()
     title = f"{'streamed' if stream else 'whole'} chat completions, zero-delay mock, {os.cpu_count()} CPUs"
     subprocess.run([str(VENV / "bin" / "python"), "-c", PLOT, json.dumps(rows), path, title], check=True)
     print(f"plot: {path}")
