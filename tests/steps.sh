@@ -1,0 +1,151 @@
+# Sourced by .ci/run and tests/run.sh: timed steps, a table of them at the end, and the caches
+# the test suite keeps outside the clone.
+#
+#   step NAME CMD...      run CMD in the foreground as step NAME
+#   step_bg NAME CMD...   start it in the background (its output goes to target/steps/NAME.log,
+#                         shown when it ends); `wait_step NAME` waits for it and fails if it did
+#   print_steps           the table of every step so far, with the total wall time
+#
+# A step's time is recorded in $FERRY_STEPS (a file), so that .ci/run can print the steps of
+# tests/run.sh too: the table every CI log ends with.
+
+: "${FERRY_STEPS:=$(mktemp -t ferry-steps.XXXXXX)}"
+export FERRY_STEPS
+: "${FERRY_STEPS_SINCE:=$(date +%s)}"
+export FERRY_STEPS_SINCE
+
+declare -A _step_pids=()
+declare -A _step_logs=()
+
+_record() { # NAME SECONDS STATUS [NOTE]
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >>"$FERRY_STEPS"
+}
+
+step() {
+    local name=$1 start=$SECONDS status=0
+    shift
+    echo "==> $name" >&2
+    "$@" || status=$?
+    _record "$name" $((SECONDS - start)) "$status"
+    return "$status"
+}
+
+step_bg() {
+    local name=$1
+    shift
+    mkdir -p target/steps
+    local log="target/steps/${name//[^A-Za-z0-9_.-]/_}.log"
+    echo "==> $name (in the background: $log)" >&2
+    (
+        start=$SECONDS status=0
+        "$@" >"$log" 2>&1 || status=$?
+        _record "$name" $((SECONDS - start)) "$status" "background"
+        exit "$status"
+    ) &
+    _step_pids[$name]=$!
+    _step_logs[$name]=$log
+}
+
+wait_step() {
+    local name=$1 status=0
+    wait "${_step_pids[$name]}" || status=$?
+    cat "${_step_logs[$name]}" >&2
+    if ((status != 0)); then
+        echo "step '$name' failed ($status)" >&2
+    fi
+    return "$status"
+}
+
+# The EXIT trap of the script that sources this: no background step outlives it, and the table
+# is printed unless a parent script prints it (FERRY_STEPS_PARENT).
+end_steps() {
+    local name
+    for name in "${!_step_pids[@]}"; do
+        kill "${_step_pids[$name]}" 2>/dev/null || true
+    done
+    [[ -n ${FERRY_STEPS_PARENT:-} ]] || print_steps
+}
+
+print_steps() {
+    local total=$(($(date +%s) - FERRY_STEPS_SINCE))
+    {
+        echo
+        echo "Steps (wall seconds; a background step overlaps the ones after it):"
+        awk -F'\t' -v total="$total" '
+            { printf "  %-58s %6ds  %s%s\n", $1, $2, ($3 == 0 ? "ok" : "FAILED " $3), ($4 == "" ? "" : "  (" $4 ")") }
+            END { printf "  %-58s %6ds\n", "total", total }' "$FERRY_STEPS"
+    } >&2
+}
+
+# The caches, outside the clone: a fresh clone on a machine that ran the suite before reuses
+# what does not change between runs. FERRY_CACHE=off runs everything from scratch, in the clone.
+FERRY_CACHE_DIR=${FERRY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}
+
+# link_cached PATH DIR: PATH (in the clone) becomes a link to DIR (in the cache), unless the
+# clone already has its own PATH or the cache is off.
+link_cached() {
+    local path=$1 dir=$2
+    if [[ ${FERRY_CACHE:-on} == off || -e $path || -L $path ]]; then
+        return 0
+    fi
+    mkdir -p "$dir" "$(dirname "$path")"
+    ln -s "$dir" "$path"
+}
+
+# cached_venv PATH REQUIREMENTS: a virtual environment at PATH with exactly REQUIREMENTS. With
+# the cache on and no PATH of the clone's own, it lives in the cache under the hash of the
+# requirements and of the Python that made it (made there, not through the link: a venv's
+# scripts name the path it was made at), and PATH links to it.
+cached_venv() {
+    local path=$1 requirements=$2 key venv
+    key=$( (python3 --version; cat "$requirements") | sha256sum | cut -c1-16)
+    venv=$path
+    if [[ ${FERRY_CACHE:-on} != off && ! -e $path && ! -L $path ]]; then
+        venv=$FERRY_CACHE_DIR/venvs/$(basename "$(dirname "$requirements")")-$key
+    fi
+    # .installed: the requirements it was made with (bench/gateway/run.py reads it too).
+    if ! cmp -s "$venv/.installed" "$requirements"; then
+        [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+        cp "$requirements" "$venv/.installed"
+    fi
+    [[ $venv == "$path" ]] || ln -sfn "$venv" "$path"
+}
+
+# Cargo judges a workspace crate fresh by the mtimes of its files, and a fresh clone's files are
+# all new: with the cached target directory alone, every run would rebuild every workspace
+# crate. So after the builds succeed, target/.ferry-built records the clone's path and the
+# content (git's blob ids) of every file they were built from; the next run at the same path,
+# from a clean tree, dates back the files whose content is unchanged, and cargo rebuilds only
+# the crates that changed. Anything else leaves every file new (a rebuild, never a stale
+# artifact): no record (the last build failed, or ran on a dirty tree), another path (paths are
+# compiled into the binaries), or a build since the record (a fingerprint newer than it).
+reuse_built_sources() {
+    local record=target/.ferry-built
+    if [[ -L target && -f $record/files && $(cat "$record/path" 2>/dev/null) == "$PWD" ]] &&
+        [[ -z $(git status --porcelain) ]] &&
+        [[ -z $(find target/ -path '*/.fingerprint/*' -newer "$record/files" -print -quit) ]]; then
+        LC_ALL=C comm -z -12 <(git ls-files -s -z | LC_ALL=C sort -z) <(LC_ALL=C sort -z "$record/files") |
+            cut -z -f2- | xargs -0 -r touch -h -d @946684800 --
+        echo "reusing what target/ holds for the files unchanged since its last build" >&2
+    fi
+    rm -rf "$record"
+}
+
+record_built_sources() {
+    local record=target/.ferry-built
+    if [[ -L target && -z $(git status --porcelain) ]]; then
+        mkdir -p "$record"
+        printf '%s' "$PWD" >"$record/path"
+        git ls-files -s -z >"$record/files"
+    fi
+}
+
+# The cargo target directory from the cache (once per run: .ci/run builds before tests/run.sh).
+use_cached_target() {
+    if [[ -z ${FERRY_TARGET_READY:-} ]]; then
+        link_cached target "$FERRY_CACHE_DIR/target"
+        reuse_built_sources
+        export FERRY_TARGET_READY=1
+    fi
+}
