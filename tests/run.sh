@@ -37,8 +37,10 @@ pull_models() {
 }
 step_bg "models: pull" pull_models
 
+# The domain crate and the edge library build for wasm32-wasip1 too; in the component's
+# profile, so that the proc macros and build scripts built for it serve the component's builds.
 step "cargo build: wasm32-wasip1 (ferry-core, ferry-edge)" \
-    cargo build -p ferry-core -p ferry-edge --target wasm32-wasip1 --locked
+    cargo build -p ferry-core -p ferry-edge --target wasm32-wasip1 --profile edge --locked
 # The edge component, both ways: with files for its store (what the end-to-end test runs under
 # `wasmtime serve`), then with Spin's key-value store (what `edge/spin.toml` runs; built last,
 # so spin.toml's path holds it). Their sizes are reported.
@@ -56,9 +58,10 @@ step "wait: models" wait_step "models: pull"
 step "cargo test" env MOTO_SERVER="$PWD/.venv/bin/moto_server" \
     cargo test --workspace --locked --features ferry/aws
 
-# In parallel, a test file to a worker (a file's tests share its servers); the slowest shown.
+# In parallel: a file whose tests share its servers stays on one worker (conftest.py), the
+# others are spread test by test; the slowest are shown.
 step "pytest tests/e2e" env FERRY_BIN=target/debug/ferry \
-    .venv/bin/python -m pytest tests/e2e -q -n "${FERRY_E2E_WORKERS:-2}" --dist loadfile --durations 15
+    .venv/bin/python -m pytest tests/e2e -q -n "${FERRY_E2E_WORKERS:-2}" --dist loadgroup --durations 15
 
 # Every benchmark, tiny: still working end to end (no timing is checked).
 step "wait: venv (bench)" wait_step "venv: bench/gateway/requirements.txt"

@@ -91,6 +91,17 @@ def dashboard_series():
     }
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """On pytest-xdist's workers (`--dist loadgroup`, as tests/run.sh runs them) a file's tests
+    stay together on one worker, in order, since they share the file's servers; a file whose
+    tests each start their own says so (`EACH_TEST_STARTS_ITS_OWN_SERVERS = True`) and is
+    spread test by test."""
+    for item in items:
+        if not getattr(item.module, "EACH_TEST_STARTS_ITS_OWN_SERVERS", False):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 def model_cache():
     """Pulled models are shared by every test run (and with the Rust tests)."""
     return os.environ.get("FERRY_MODELS_DIR", str(ROOT / "target" / "ferry-models"))
