@@ -57,13 +57,13 @@ wait_step() {
 }
 
 # The EXIT trap of the script that sources this: no background step outlives it, and the table
-# is printed unless a parent script prints it (FERRY_STEPS_PARENT).
+# is printed unless a parent script prints it (FERRY_STEPS_PARENT, the pid of the one that does).
 end_steps() {
     local name
     for name in "${!_step_pids[@]}"; do
         kill "${_step_pids[$name]}" 2>/dev/null || true
     done
-    [[ -n ${FERRY_STEPS_PARENT:-} ]] || print_steps
+    [[ ${FERRY_STEPS_PARENT:-$$} != "$$" ]] || print_steps
 }
 
 print_steps() {
