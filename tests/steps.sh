@@ -119,12 +119,18 @@ cached_venv() {
 # from a clean tree, dates back the files whose content is unchanged, and cargo rebuilds only
 # the crates that changed. Anything else leaves every file new (a rebuild, never a stale
 # artifact): no record (the last build failed, or ran on a dirty tree), another path (paths are
-# compiled into the binaries), or a build since the record (a fingerprint newer than it).
+# compiled into the binaries), or a build since the record (a fingerprint newer than it; but
+# .ci/run's own check of the default build, which goes on after the record, in default-build/).
+clean_checkout() {
+    git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [[ -z $(git status --porcelain) ]]
+}
+
 reuse_built_sources() {
     local record=target/.ferry-built
     if [[ -L target && -f $record/files && $(cat "$record/path" 2>/dev/null) == "$PWD" ]] &&
-        [[ -z $(git status --porcelain) ]] &&
-        [[ -z $(find target/ -path '*/.fingerprint/*' -newer "$record/files" -print -quit) ]]; then
+        clean_checkout &&
+        [[ -z $(find target/ -path target/default-build -prune -o \
+            -path '*/.fingerprint/*' -newer "$record/files" -print -quit) ]]; then
         LC_ALL=C comm -z -12 <(git ls-files -s -z | LC_ALL=C sort -z) <(LC_ALL=C sort -z "$record/files") |
             cut -z -f2- | xargs -0 -r touch -h -d @946684800 --
         echo "reusing what target/ holds for the files unchanged since its last build" >&2
@@ -134,7 +140,7 @@ reuse_built_sources() {
 
 record_built_sources() {
     local record=target/.ferry-built
-    if [[ -L target && -z $(git status --porcelain) ]]; then
+    if [[ -L target ]] && clean_checkout; then
         mkdir -p "$record"
         printf '%s' "$PWD" >"$record/path"
         git ls-files -s -z >"$record/files"
