@@ -119,8 +119,7 @@ cached_venv() {
 # from a clean tree, dates back the files whose content is unchanged, and cargo rebuilds only
 # the crates that changed. Anything else leaves every file new (a rebuild, never a stale
 # artifact): no record (the last build failed, or ran on a dirty tree), another path (paths are
-# compiled into the binaries), or a build since the record (a fingerprint newer than it; but
-# .ci/run's own check of the default build, which goes on after the record, in default-build/).
+# compiled into the binaries), or a build since the record (a fingerprint newer than it).
 clean_checkout() {
     git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [[ -z $(git status --porcelain) ]]
 }
@@ -129,8 +128,7 @@ reuse_built_sources() {
     local record=target/.ferry-built
     if [[ -L target && -f $record/files && $(cat "$record/path" 2>/dev/null) == "$PWD" ]] &&
         clean_checkout &&
-        [[ -z $(find target/ -path target/default-build -prune -o \
-            -path '*/.fingerprint/*' -newer "$record/files" -print -quit) ]]; then
+        [[ -z $(find target/ -path '*/.fingerprint/*' -newer "$record/files" -print -quit) ]]; then
         LC_ALL=C comm -z -12 <(git ls-files -s -z | LC_ALL=C sort -z) <(LC_ALL=C sort -z "$record/files") |
             cut -z -f2- | xargs -0 -r touch -h -d @946684800 --
         echo "reusing what target/ holds for the files unchanged since its last build" >&2
