@@ -58,10 +58,10 @@ step "wait: models" wait_step "models: pull"
 step "cargo test" env MOTO_SERVER="$PWD/.venv/bin/moto_server" \
     cargo test --workspace --locked --features ferry/aws
 
-# In parallel: a file whose tests share its servers stays on one worker (conftest.py), the
-# others are spread test by test; the slowest are shown.
+# In parallel: a file whose tests share its servers stays on one worker, the others are spread
+# test by test (conftest.py); the slowest are shown.
 step "pytest tests/e2e" env FERRY_BIN=target/debug/ferry \
-    .venv/bin/python -m pytest tests/e2e -q -n "${FERRY_E2E_WORKERS:-2}" --dist loadgroup --durations 15
+    .venv/bin/python -m pytest tests/e2e -q -n "${FERRY_E2E_WORKERS:-2}" --durations 15
 
 # Every benchmark, tiny: still working end to end (no timing is checked).
 step "wait: venv (bench)" wait_step "venv: bench/gateway/requirements.txt"

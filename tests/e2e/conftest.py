@@ -91,15 +91,27 @@ def dashboard_series():
     }
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """On pytest-xdist's workers (`--dist loadgroup`, as tests/run.sh runs them) a file's tests
-    stay together on one worker, in order, since they share the file's servers; a file whose
-    tests each start their own says so (`EACH_TEST_STARTS_ITS_OWN_SERVERS = True`) and is
-    spread test by test."""
-    for item in items:
-        if not getattr(item.module, "EACH_TEST_STARTS_ITS_OWN_SERVERS", False):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+# On pytest-xdist's workers (`-n`, as tests/run.sh runs them) a file's tests stay together on
+# one worker, in order, since they share the file's servers; but these files' tests each start
+# their own, so they are spread over the workers test by test.
+SPREAD_TEST_BY_TEST = {"test_money.py", "test_scale_to_zero.py"}
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # run without pytest-xdist: one process, nothing to schedule
+    pass
+else:
+
+    class FileOrTestScheduling(LoadScopeScheduling):
+        """A work unit is a file, or a single test of a file in SPREAD_TEST_BY_TEST. (Not
+        `--dist loadgroup`: pytest-xdist 3.8 under pytest 9 ignores xdist_group marks.)"""
+
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path.rsplit("/", 1)[-1] in SPREAD_TEST_BY_TEST else path
+
+    def pytest_xdist_make_scheduler(config, log):
+        return FileOrTestScheduling(config, log)
 
 
 def model_cache():

@@ -17,9 +17,6 @@ import pytest
 
 from conftest import Ferry, ferry_binary
 
-# Each test starts its own `ferry serve` (the mock upstream is the worker's session one): spread
-# over the xdist workers.
-EACH_TEST_STARTS_ITS_OWN_SERVERS = True
 PRICE = {"input_per_mtok_usd": "1", "output_per_mtok_usd": "2", "per_call_usd": "0.001"}
 MESSAGES = [{"role": "user", "content": "count my money"}]
 

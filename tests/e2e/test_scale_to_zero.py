@@ -17,8 +17,6 @@ import pytest
 
 from conftest import Ferry, ferry_binary, model_cache
 
-# Each test starts its own `ferry serve` and pool: spread over the xdist workers.
-EACH_TEST_STARTS_ITS_OWN_SERVERS = True
 CHAT = "smollm2-135m-instruct"
 HELLO = [{"role": "user", "content": "Say hello."}]
 # A prompt this model goes on counting from, so its stream lasts as long as max_tokens allows.
