@@ -53,8 +53,8 @@ step "cargo build: edge component (spin store)" edge_component spin
 wc -c target/ferry-edge-files.wasm target/ferry-edge-spin.wasm
 record_built_sources
 
-step "wait: venv (e2e)" wait_step "venv: tests/e2e/requirements.txt"
-step "wait: models" wait_step "models: pull"
+wait_step "venv: tests/e2e/requirements.txt"
+wait_step "models: pull"
 step "cargo test" env MOTO_SERVER="$PWD/.venv/bin/moto_server" \
     cargo test --workspace --locked --features ferry/aws
 
@@ -64,5 +64,5 @@ step "pytest tests/e2e" env FERRY_BIN=target/debug/ferry \
     .venv/bin/python -m pytest tests/e2e -q -n "${FERRY_E2E_WORKERS:-2}" --durations 15
 
 # Every benchmark, tiny: still working end to end (no timing is checked).
-step "wait: venv (bench)" wait_step "venv: bench/gateway/requirements.txt"
+wait_step "venv: bench/gateway/requirements.txt"
 step "bench/tiny.sh" bash bench/tiny.sh

@@ -3,11 +3,14 @@
 #
 #   step NAME CMD...      run CMD in the foreground as step NAME
 #   step_bg NAME CMD...   start it in the background (its output goes to target/steps/NAME.log,
-#                         shown when it ends); `wait_step NAME` waits for it and fails if it did
+#                         shown when it ends); `wait_step NAME` waits for it, as a step of its
+#                         own, and fails if it did
 #   print_steps           the table of every step so far, with the total wall time
 #
-# A step's time is recorded in $FERRY_STEPS (a file), so that .ci/run can print the steps of
-# tests/run.sh too: the table every CI log ends with.
+# CMD runs in a subshell with errexit on, so a shell function fails at its first failing
+# command. A step's time is recorded in
+# $FERRY_STEPS (a file), so that .ci/run can print the steps of tests/run.sh too: the table
+# every CI log ends with.
 
 : "${FERRY_STEPS:=$(mktemp -t ferry-steps.XXXXXX)}"
 export FERRY_STEPS
@@ -21,13 +24,27 @@ _record() { # NAME SECONDS STATUS [NOTE]
     printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >>"$FERRY_STEPS"
 }
 
+# _run CMD...: runs CMD with errexit on inside it whatever the caller's options, and puts its
+# status in $_status. (Called as a plain command: in `_run … || …` bash would ignore errexit
+# inside it after all.)
+_run() {
+    local errexit=${-//[^e]/}
+    set +e
+    (
+        set -e
+        "$@"
+    )
+    _status=$?
+    [[ -z $errexit ]] || set -e
+}
+
 step() {
-    local name=$1 start=$SECONDS status=0
+    local name=$1 start=$SECONDS
     shift
     echo "==> $name" >&2
-    "$@" || status=$?
-    _record "$name" $((SECONDS - start)) "$status"
-    return "$status"
+    _run "$@"
+    _record "$name" $((SECONDS - start)) "$_status"
+    return "$_status"
 }
 
 step_bg() {
@@ -37,31 +54,43 @@ step_bg() {
     local log="target/steps/${name//[^A-Za-z0-9_.-]/_}.log"
     echo "==> $name (in the background: $log)" >&2
     (
-        start=$SECONDS status=0
-        "$@" >"$log" 2>&1 || status=$?
-        _record "$name" $((SECONDS - start)) "$status" "background"
-        exit "$status"
+        start=$SECONDS
+        _run "$@" >"$log" 2>&1
+        _record "$name" $((SECONDS - start)) "$_status" "background"
+        exit "$_status"
     ) &
     _step_pids[$name]=$!
     _step_logs[$name]=$log
 }
 
 wait_step() {
-    local name=$1 status=0
+    local name=$1 start=$SECONDS status=0
+    echo "==> wait: $name" >&2
     wait "${_step_pids[$name]}" || status=$?
+    unset "_step_pids[$name]"
     cat "${_step_logs[$name]}" >&2
     if ((status != 0)); then
         echo "step '$name' failed ($status)" >&2
     fi
+    _record "wait: $name" $((SECONDS - start)) "$status"
     return "$status"
 }
 
-# The EXIT trap of the script that sources this: no background step outlives it, and the table
-# is printed unless a parent script prints it (FERRY_STEPS_PARENT, the pid of the one that does).
+_kill_tree() {
+    local child
+    for child in $(pgrep -P "$1"); do
+        _kill_tree "$child"
+    done
+    kill "$1" 2>/dev/null || true
+}
+
+# The EXIT trap of the script that sources this: no background step (nor anything it started)
+# outlives it, and the table is printed unless a parent script prints it (FERRY_STEPS_PARENT,
+# the pid of the one that does).
 end_steps() {
     local name
     for name in "${!_step_pids[@]}"; do
-        kill "${_step_pids[$name]}" 2>/dev/null || true
+        _kill_tree "${_step_pids[$name]}"
     done
     [[ ${FERRY_STEPS_PARENT:-$$} != "$$" ]] || print_steps
 }
