@@ -175,9 +175,16 @@ record_built_sources() {
 }
 
 # The cargo target directory from the cache (once per run: .ci/run builds before tests/run.sh).
+# Artifacts of dependency versions no longer used pile up in it: past FERRY_CACHE_MAX_GIB (30)
+# it is emptied, and this run builds from scratch.
 use_cached_target() {
+    local cached=$FERRY_CACHE_DIR/target
     if [[ -z ${FERRY_TARGET_READY:-} ]]; then
-        link_cached target "$FERRY_CACHE_DIR/target"
+        if [[ -d $cached ]] && (($(du -s --block-size=1G "$cached" | cut -f1) > ${FERRY_CACHE_MAX_GIB:-30})); then
+            echo "the cached target directory is over ${FERRY_CACHE_MAX_GIB:-30} GiB: emptied" >&2
+            rm -rf "$cached"
+        fi
+        link_cached target "$cached"
         reuse_built_sources
         export FERRY_TARGET_READY=1
     fi
