@@ -78,9 +78,11 @@ wait_step() {
 
 _kill_tree() {
     local child
-    for child in $(pgrep -P "$1"); do
-        _kill_tree "$child"
-    done
+    if command -v pgrep >/dev/null; then
+        for child in $(pgrep -P "$1"); do
+            _kill_tree "$child"
+        done
+    fi
     kill "$1" 2>/dev/null || true
 }
 
@@ -174,18 +176,17 @@ record_built_sources() {
     fi
 }
 
-# The cargo target directory from the cache (once per run: .ci/run builds before tests/run.sh).
-# Artifacts of dependency versions no longer used pile up in it: past FERRY_CACHE_MAX_GIB (30)
-# it is emptied, and this run builds from scratch.
+# The cargo target directory from the cache (.ci/run calls this before it builds, tests/run.sh
+# again: the second call finds the link made and the record used). Artifacts of dependency
+# versions no longer used pile up in it: past FERRY_CACHE_MAX_GIB (30) it is emptied, and this
+# run builds from scratch.
 use_cached_target() {
     local cached=$FERRY_CACHE_DIR/target
-    if [[ -z ${FERRY_TARGET_READY:-} ]]; then
-        if [[ -d $cached ]] && (($(du -s --block-size=1G "$cached" | cut -f1) > ${FERRY_CACHE_MAX_GIB:-30})); then
-            echo "the cached target directory is over ${FERRY_CACHE_MAX_GIB:-30} GiB: emptied" >&2
-            rm -rf "$cached"
-        fi
-        link_cached target "$cached"
-        reuse_built_sources
-        export FERRY_TARGET_READY=1
+    if [[ ! -L target && -d $cached ]] &&
+        (($(du -s --block-size=1G "$cached" | cut -f1) > ${FERRY_CACHE_MAX_GIB:-30})); then
+        echo "the cached target directory is over ${FERRY_CACHE_MAX_GIB:-30} GiB: emptied" >&2
+        rm -rf "$cached"
     fi
+    link_cached target "$cached"
+    reuse_built_sources
 }
