@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use ferry_core::api_key::ApiKey;
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    Billing, KeyRecord, RateLimits, Store, StoreError, StoreResult, StoredModel, Tenant,
-    TenantPolicy,
+    Billing, KeyRecord, Page, PageRequest, RateLimits, SessionRecord, Store, StoreError,
+    StoreResult, StoredModel, Tenant, TenantPolicy,
 };
 use ferry_core::principal::Role;
 use ferry_functions::auth::{AuthConfig, Authenticator};
@@ -66,6 +66,28 @@ impl Store for Counting {
     }
     async fn list_keys(&self, tenant_id: &str) -> StoreResult<Vec<KeyRecord>> {
         self.inner.list_keys(tenant_id).await
+    }
+    async fn keys_page(&self, tenant_id: &str, page: &PageRequest) -> StoreResult<Page<KeyRecord>> {
+        self.inner.keys_page(tenant_id, page).await
+    }
+    async fn tenants_page(
+        &self,
+        search: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Tenant>> {
+        self.inner.tenants_page(search, page).await
+    }
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        self.inner.create_session(session).await
+    }
+    async fn find_session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        self.inner.find_session(id_hash).await
+    }
+    async fn touch_session(&self, id_hash: &str, seen_at: u64) -> StoreResult<()> {
+        self.inner.touch_session(id_hash, seen_at).await
+    }
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        self.inner.delete_session(id_hash).await
     }
     async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool> {
         self.inner.revoke_key(key_id, at).await

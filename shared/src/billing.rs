@@ -20,6 +20,16 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Sums another group's totals into this one.
+    pub fn merge(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.prompt_tokens += other.prompt_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cost_usd =
+            Money::from_nanos(self.cost_usd.nanos().saturating_add(other.cost_usd.nanos()));
+    }
+
     pub fn add(&mut self, usage: &UsageRecord) {
         self.requests += 1;
         self.prompt_tokens += usage.prompt_tokens;
@@ -227,6 +237,122 @@ pub fn discrepancies(ledger: &LedgerFigures, tenants: &[TenantFigures]) -> Vec<S
     found
 }
 
+/// How a spend report over `[from, to)` is read without scanning every event: whole UTC days
+/// from the usage rollups (a row per tenant, day, model and key, kept as usage is settled),
+/// and only the ends that cut a day in two from the events themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReportPlan {
+    /// Whole days `[first, end)`, from the rollups.
+    pub rollup_days: Option<(calendar::Date, calendar::Date)>,
+    /// Unix-second ranges `[from, to)` read from the events.
+    pub event_ranges: Vec<(u64, u64)>,
+}
+
+const DAY: u64 = 86_400;
+
+/// The plan for `[from, to)` at `now`. A range reaching past `now` reads its last day from
+/// the rollups whole: no event after `now` exists yet, so the day's rollup is exact.
+pub fn plan_report(from: u64, to: u64, now: u64) -> ReportPlan {
+    if from >= to {
+        return ReportPlan::default();
+    }
+    let first_whole = from.div_ceil(DAY) * DAY;
+    let end_whole = if to >= now {
+        to.div_ceil(DAY) * DAY
+    } else {
+        to / DAY * DAY
+    };
+    if first_whole >= end_whole {
+        return ReportPlan {
+            rollup_days: None,
+            event_ranges: vec![(from, to)],
+        };
+    }
+    let mut event_ranges = Vec::new();
+    if from < first_whole {
+        event_ranges.push((from, first_whole));
+    }
+    if end_whole < to {
+        event_ranges.push((end_whole, to));
+    }
+    ReportPlan {
+        rollup_days: Some((
+            calendar::Date::of_unix(first_whole),
+            calendar::Date::of_unix(end_whole),
+        )),
+        event_ranges,
+    }
+}
+
+/// One rollup row: a tenant's usage of one model by one key (or none) on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupRow {
+    pub day: calendar::Date,
+    pub model: String,
+    pub key_id: Option<String>,
+    pub totals: Totals,
+}
+
+/// Sums rows into a report's groups: the dimensions `group` leaves out are dropped, rows that
+/// then agree are added up. Ordered by day, model and key.
+#[derive(Debug, Default)]
+pub struct ReportBuilder {
+    group: GroupBy,
+    rows: std::collections::BTreeMap<ReportGroup, Totals>,
+}
+
+/// A report row's day, model and key, each `None` when not grouped by.
+type ReportGroup = (Option<String>, Option<String>, Option<String>);
+
+impl ReportBuilder {
+    pub fn new(group: GroupBy) -> ReportBuilder {
+        ReportBuilder {
+            group,
+            rows: Default::default(),
+        }
+    }
+
+    pub fn add_rollup(&mut self, row: &RollupRow) {
+        let key = (
+            self.group.day.then(|| row.day.to_string()),
+            self.group.model.then(|| row.model.clone()),
+            if self.group.key {
+                row.key_id.clone()
+            } else {
+                None
+            },
+        );
+        self.rows.entry(key).or_default().merge(&row.totals);
+    }
+
+    pub fn add_event(&mut self, usage: &UsageRecord) {
+        let key = (
+            self.group
+                .day
+                .then(|| calendar::Date::of_unix(usage.created_at).to_string()),
+            self.group.model.then(|| usage.model.clone()),
+            if self.group.key {
+                usage.key_id.clone()
+            } else {
+                None
+            },
+        );
+        self.rows.entry(key).or_default().add(usage);
+    }
+
+    pub fn finish(self) -> Vec<UsageRow> {
+        self.rows
+            .into_iter()
+            .map(|((day, model, key_id), totals)| UsageRow {
+                day,
+                model,
+                key_id,
+                totals,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +459,76 @@ mod tests {
         assert_eq!(event["specversion"], "1.0");
         assert_eq!(event["data"]["cost"], "0.000000005");
         assert!(event["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn a_report_reads_whole_days_from_rollups_and_cut_days_from_events() {
+        let day = 86_400;
+        let d = |n: u64| calendar::Date::of_unix(n * day);
+        // Whole days, in the past: rollups only.
+        assert_eq!(
+            plan_report(10 * day, 12 * day, 20 * day),
+            ReportPlan {
+                rollup_days: Some((d(10), d(12))),
+                event_ranges: vec![]
+            }
+        );
+        // Cut at both ends, in the past.
+        assert_eq!(
+            plan_report(10 * day + 5, 12 * day + 7, 20 * day),
+            ReportPlan {
+                rollup_days: Some((d(11), d(12))),
+                event_ranges: vec![(10 * day + 5, 11 * day), (12 * day, 12 * day + 7)],
+            }
+        );
+        // Up to now: today's rollup is whole.
+        assert_eq!(
+            plan_report(10 * day, 12 * day + 7, 12 * day + 7),
+            ReportPlan {
+                rollup_days: Some((d(10), d(13))),
+                event_ranges: vec![]
+            }
+        );
+        // Inside one day: events only.
+        assert_eq!(
+            plan_report(10 * day + 5, 10 * day + 9, 20 * day),
+            ReportPlan {
+                rollup_days: None,
+                event_ranges: vec![(10 * day + 5, 10 * day + 9)]
+            }
+        );
+        assert_eq!(plan_report(5, 5, 9), ReportPlan::default());
+    }
+
+    #[test]
+    fn rollups_and_events_sum_into_the_same_groups() {
+        let mut report = ReportBuilder::new(GroupBy {
+            day: false,
+            model: true,
+            key: false,
+        });
+        let totals = |requests, cost| Totals {
+            requests,
+            prompt_tokens: requests * 10,
+            cached_tokens: 0,
+            completion_tokens: requests,
+            cost_usd: Money::from_nanos(cost),
+        };
+        report.add_rollup(&RollupRow {
+            day: calendar::Date::of_unix(0),
+            model: "m".into(),
+            key_id: Some("key_a".into()),
+            totals: totals(2, 30),
+        });
+        report.add_rollup(&RollupRow {
+            day: calendar::Date::of_unix(86_400),
+            model: "m".into(),
+            key_id: None,
+            totals: totals(1, 5),
+        });
+        let rows = report.finish();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].model.as_deref(), Some("m"));
+        assert_eq!(rows[0].totals, totals(3, 35));
     }
 }

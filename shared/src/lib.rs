@@ -24,6 +24,7 @@ pub mod principal;
 pub mod ratelimit;
 pub mod replay;
 pub mod route;
+pub mod session;
 pub mod sse;
 pub mod usage;
 

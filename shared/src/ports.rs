@@ -19,6 +19,7 @@ use crate::model::{ModelSpec, UpstreamTarget};
 use crate::money::Money;
 use crate::principal::Role;
 use crate::route::Failure;
+pub use crate::session::SessionRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +122,60 @@ impl KeyRecord {
     }
 }
 
+/// One page of a list, in the list's order, and the cursor of the page after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Opaque to callers: pass it back as [`PageRequest::after`]. `None`: this was the last.
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// `fetched` holds up to one item more than `limit`: its presence says another page
+    /// follows, whose cursor `cursor_of` makes from the last item kept.
+    pub fn from_overfetch(
+        mut fetched: Vec<T>,
+        limit: u32,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> Page<T> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if fetched.len() > limit {
+            fetched.truncate(limit);
+            let next = fetched.last().map(cursor_of);
+            Page {
+                items: fetched,
+                next,
+            }
+        } else {
+            Page {
+                items: fetched,
+                next: None,
+            }
+        }
+    }
+}
+
+/// What a store says of a cursor it did not make (`StoreError::Invalid`).
+pub const BAD_CURSOR: &str = "after must be a cursor this list returned (next_cursor)";
+
+/// Which page of a list to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// At most this many items (at least one).
+    pub limit: u32,
+    /// The cursor from the previous page; `None` for the first.
+    pub after: Option<String>,
+}
+
+impl PageRequest {
+    pub fn first(limit: u32) -> PageRequest {
+        PageRequest {
+            limit: limit.max(1),
+            after: None,
+        }
+    }
+}
+
 /// A model as stored, with when it was first registered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredModel {
@@ -213,6 +268,13 @@ pub trait Store: Send + Sync {
     async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()>;
     async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>>;
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+    /// Tenants by id, a page at a time; `search` keeps those whose id starts with it or whose
+    /// name contains it (case-insensitively).
+    async fn tenants_page(
+        &self,
+        search: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Tenant>>;
 
     /// Replaces a tenant's policy (limits, budgets, prompt logging); false when there is no
     /// such tenant.
@@ -221,6 +283,8 @@ pub trait Store: Send + Sync {
     async fn create_key(&self, key: &KeyRecord) -> StoreResult<()>;
     async fn find_key(&self, public_id: &str) -> StoreResult<Option<KeyRecord>>;
     async fn list_keys(&self, tenant_id: &str) -> StoreResult<Vec<KeyRecord>>;
+    /// A tenant's keys, newest first, a page at a time.
+    async fn keys_page(&self, tenant_id: &str, page: &PageRequest) -> StoreResult<Page<KeyRecord>>;
     /// Marks the key revoked; false when there is no such live key.
     async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool>;
     /// Operator keys (no tenant) that are still live, newest first.
@@ -241,6 +305,13 @@ pub trait Store: Send + Sync {
     }
     async fn list_models(&self) -> StoreResult<Vec<StoredModel>>;
     async fn delete_model(&self, id: &str) -> StoreResult<bool>;
+
+    /// Console sessions (`crate::session`), by the hash of their token.
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    async fn find_session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>>;
+    /// Records a use of the session; a session deleted meanwhile stays deleted.
+    async fn touch_session(&self, id_hash: &str, seen_at: u64) -> StoreResult<()>;
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
 }
 
 /// The response cache's shared level: answers every replica can read. The key is a

@@ -16,8 +16,9 @@ use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageR
 use ferry_core::calendar::Month;
 use ferry_core::model::{ModelSpec, Price};
 use ferry_core::ports::{
-    Accounts, Alert, Balance, CloseError, Closed, KeyRecord, PostRequest, Posted, PriceRecord,
-    Settled, Store, StoreResult, StoredModel, Tenant, TenantPolicy, Transaction, UsageRecord,
+    Accounts, Alert, Balance, CloseError, Closed, KeyRecord, Page, PageRequest, PostRequest,
+    Posted, PriceRecord, SessionRecord, Settled, Store, StoreResult, StoredModel, Tenant,
+    TenantPolicy, Transaction, UsageRecord,
 };
 
 use crate::ttl_cache::TtlCache;
@@ -93,6 +94,35 @@ impl Store for CachedStore {
 
     async fn list_keys(&self, tenant_id: &str) -> StoreResult<Vec<KeyRecord>> {
         self.store.list_keys(tenant_id).await
+    }
+
+    async fn keys_page(&self, tenant_id: &str, page: &PageRequest) -> StoreResult<Page<KeyRecord>> {
+        self.store.keys_page(tenant_id, page).await
+    }
+
+    async fn tenants_page(
+        &self,
+        search: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Tenant>> {
+        self.store.tenants_page(search, page).await
+    }
+
+    // Sessions are cached by the authenticator, which forgets one as it is deleted.
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        self.store.create_session(session).await
+    }
+
+    async fn find_session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        self.store.find_session(id_hash).await
+    }
+
+    async fn touch_session(&self, id_hash: &str, seen_at: u64) -> StoreResult<()> {
+        self.store.touch_session(id_hash, seen_at).await
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        self.store.delete_session(id_hash).await
     }
 
     async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool> {

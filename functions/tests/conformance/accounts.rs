@@ -19,7 +19,9 @@ use ferry_core::admission::{
     Admission, Budget, BudgetPeriod, CreditCode, Draw, Enforcement, Grant, LimitSource, Refusal,
     SpendCap, spend_caps,
 };
-use ferry_core::billing::{LedgerFigures, TenantFigures, discrepancies};
+use ferry_core::billing::{
+    GroupBy, LedgerFigures, ReportBuilder, TenantFigures, UsageRow, discrepancies,
+};
 use ferry_core::calendar::Month;
 use ferry_core::ledger::{self, Posting, TransactionKind};
 use ferry_core::model::Price;
@@ -1053,4 +1055,124 @@ async fn refunds_and_debits_cannot_take_more_than_the_tenant_has() {
         balance("-2", "0")
     );
     assert_books_reconcile(&store).await;
+}
+
+/// What a report must say, summed from the events themselves.
+async fn report_from_events(
+    store: &TestStore,
+    tenant_id: &str,
+    key_id: Option<&str>,
+    (from, to): (u64, u64),
+    group: GroupBy,
+) -> Vec<UsageRow> {
+    let mut report = ReportBuilder::new(group);
+    for event in store
+        .usage_events(tenant_id, key_id, from, to, 10_000)
+        .await
+        .unwrap()
+    {
+        report.add_event(&event);
+    }
+    report.finish()
+}
+
+#[tokio::test]
+async fn usage_reports_from_rollups_agree_with_the_events_at_any_range() {
+    let store = store_with(&[
+        tenant("a", Billing::Postpaid, Vec::new()),
+        tenant("b", Billing::Postpaid, Vec::new()),
+    ])
+    .await;
+    // Days in the past, so only ranges that cut a day read events.
+    let day = 86_400;
+    let day0 = 1_600_041_600; // 2020-09-14T00:00:00Z
+    let calls = [
+        ("r1", "a", Some("key_x"), "m", day0 + 10, "0.000001"),
+        ("r2", "a", Some("key_x"), "m", day0 + 5_000, "0.000002"),
+        ("r3", "a", Some("key_y"), "n", day0 + 80_000, "0.000004"),
+        ("r4", "a", None, "m", day0 + day + 7, "0.000008"),
+        (
+            "r5",
+            "a",
+            Some("key_x"),
+            "n",
+            day0 + 2 * day + 100,
+            "0.000016",
+        ),
+        ("r6", "b", Some("key_z"), "m", day0 + 20, "1"),
+    ];
+    for (request_id, tenant_id, key_id, model, created_at, cost) in calls {
+        let mut call = usage(request_id, tenant_id, usd(cost));
+        call.key_id = key_id.map(str::to_owned);
+        call.model = model.into();
+        call.created_at = created_at;
+        assert!(matches!(
+            store.settle(&call).await.unwrap(),
+            Settled::Recorded { .. }
+        ));
+    }
+    // A settlement replayed is not counted twice.
+    let mut again = usage("r1", "a", usd("0.000001"));
+    again.key_id = Some("key_x".into());
+    again.created_at = day0 + 10;
+    assert_eq!(store.settle(&again).await.unwrap(), Settled::Duplicate);
+
+    let all = GroupBy {
+        day: true,
+        model: true,
+        key: true,
+    };
+    let ranges = [
+        (day0, day0 + 3 * day),            // whole days
+        (day0 + 11, day0 + 2 * day + 50),  // cut at both ends
+        (day0 + 4_000, day0 + 81_000),     // inside one day
+        (day0 - 5 * day, day0 + 30 * day), // wider than the data
+        (day0 + day, day0 + day),          // empty
+    ];
+    for range in ranges {
+        for group in [
+            all,
+            GroupBy::default(),
+            GroupBy {
+                day: true,
+                ..GroupBy::default()
+            },
+            GroupBy {
+                model: true,
+                key: true,
+                day: false,
+            },
+        ] {
+            let report = store
+                .usage_report("a", None, range.0, range.1, group)
+                .await
+                .unwrap();
+            assert_eq!(
+                report,
+                report_from_events(&store, "a", None, range, group).await,
+                "range {range:?}, {group:?}"
+            );
+        }
+        // A member's own key only.
+        let report = store
+            .usage_report("a", Some("key_x"), range.0, range.1, all)
+            .await
+            .unwrap();
+        assert_eq!(
+            report,
+            report_from_events(&store, "a", Some("key_x"), range, all).await,
+            "key_x, range {range:?}"
+        );
+    }
+    let whole = store
+        .usage_report("a", None, day0, day0 + 3 * day, GroupBy::default())
+        .await
+        .unwrap();
+    assert_eq!(whole.len(), 1);
+    assert_eq!(whole[0].totals.requests, 5);
+    assert_eq!(
+        whole[0].totals.cost_usd,
+        usd("0.000031"),
+        "b's call is not a's"
+    );
 }

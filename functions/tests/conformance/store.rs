@@ -7,10 +7,11 @@ use ferry_core::admission::{Budget, BudgetPeriod, Enforcement};
 use ferry_core::cache::{CacheKey, Entry as CacheEntry};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    Accounts, Billing, Endpoint, KeyRecord, RateLimits, Settled, SharedCache, Store, StoreError,
-    Tenant, TenantPolicy, UsageRecord,
+    Accounts, Billing, Endpoint, KeyRecord, PageRequest, RateLimits, SessionRecord, Settled,
+    SharedCache, Store, StoreError, Tenant, TenantPolicy, UsageRecord,
 };
 use ferry_core::principal::Role;
+use ferry_core::session::{Lifetime, SessionSubject};
 
 use super::new_store;
 
@@ -302,4 +303,148 @@ async fn the_shared_cache_keeps_fresh_entries_by_key() {
         .unwrap();
     let found = SharedCache::get(&store, &key("a"), 15_000).await.unwrap();
     assert_eq!(found, Some(newer));
+}
+
+#[tokio::test]
+async fn tenants_come_a_page_at_a_time_by_id_and_can_be_searched() {
+    let store = new_store().await;
+    for id in ["ten_e", "ten_a", "ten_c", "ten_b", "ten_d"] {
+        store.create_tenant(&tenant(id)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(2);
+    loop {
+        let found = store.tenants_page(None, &page).await.unwrap();
+        assert!(found.items.len() <= 2);
+        seen.extend(found.items.iter().map(|tenant| tenant.id.clone()));
+        match found.next {
+            Some(next) => page.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["ten_a", "ten_b", "ten_c", "ten_d", "ten_e"]);
+    // By id prefix, or by any part of the name in any case.
+    let by_id = store
+        .tenants_page(Some("ten_c"), &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(by_id.items.len(), 1);
+    assert_eq!(by_id.items[0].id, "ten_c");
+    assert_eq!(by_id.next, None);
+    let by_name = store
+        .tenants_page(Some("d inc"), &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        by_name
+            .items
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
+        ["ten_d"]
+    );
+    let none = store
+        .tenants_page(Some("nobody"), &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert!(none.items.is_empty() && none.next.is_none());
+}
+
+#[tokio::test]
+async fn a_tenants_keys_come_a_page_at_a_time_newest_first_and_only_its_own() {
+    let store = new_store().await;
+    store.create_tenant(&tenant("a")).await.unwrap();
+    store.create_tenant(&tenant("b")).await.unwrap();
+    // Two keys share a creation second: the order still holds each once.
+    for (id, created_at) in [("k1", 10), ("k2", 20), ("k3", 20), ("k4", 30), ("k5", 40)] {
+        store
+            .create_key(&key(id, Some("a"), created_at))
+            .await
+            .unwrap();
+    }
+    store
+        .create_key(&key("other", Some("b"), 25))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(2);
+    loop {
+        let found = store.keys_page("a", &page).await.unwrap();
+        seen.extend(
+            found
+                .items
+                .iter()
+                .map(|key| (key.created_at, key.id.clone())),
+        );
+        match found.next {
+            Some(next) => page.after = Some(next),
+            None => break,
+        }
+    }
+    let ids: Vec<&str> = seen.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), 5, "each of a's keys once: {ids:?}");
+    assert!(!ids.contains(&"key_other"));
+    let created: Vec<u64> = seen.iter().map(|(created, _)| *created).collect();
+    assert_eq!(created, [40, 30, 20, 20, 10], "newest first");
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 5);
+    let empty = store
+        .keys_page("nobody", &PageRequest::first(5))
+        .await
+        .unwrap();
+    assert!(empty.items.is_empty() && empty.next.is_none());
+}
+
+fn session(id_hash: &str, now: u64) -> SessionRecord {
+    SessionRecord::new(
+        id_hash.into(),
+        SessionSubject::Key {
+            public_id: "p".into(),
+        },
+        "csrf".into(),
+        now,
+        Lifetime::default(),
+    )
+}
+
+#[tokio::test]
+async fn sessions_are_found_by_hash_touched_forward_and_gone_once_deleted() {
+    let store = new_store().await;
+    let now = 1_900_000_000;
+    store.create_session(&session("h1", now)).await.unwrap();
+    store.create_session(&session("h2", now)).await.unwrap();
+    assert_eq!(
+        store.create_session(&session("h1", now)).await,
+        Err(StoreError::Conflict("session".into()))
+    );
+    assert_eq!(
+        store.find_session("h1").await.unwrap(),
+        Some(session("h1", now))
+    );
+    assert_eq!(store.find_session("nope").await.unwrap(), None);
+
+    store.touch_session("h1", now + 90).await.unwrap();
+    store.touch_session("h1", now + 30).await.unwrap();
+    let touched = store.find_session("h1").await.unwrap().unwrap();
+    assert_eq!(
+        touched.last_seen_at,
+        now + 90,
+        "a touch never moves a session back"
+    );
+    assert_eq!(touched.expires_at, session("h1", now).expires_at);
+
+    store.delete_session("h1").await.unwrap();
+    store.delete_session("h1").await.unwrap();
+    store.touch_session("h1", now + 200).await.unwrap();
+    assert_eq!(
+        store.find_session("h1").await.unwrap(),
+        None,
+        "deleted stays deleted"
+    );
+    assert_eq!(
+        store.find_session("h2").await.unwrap(),
+        Some(session("h2", now))
+    );
 }

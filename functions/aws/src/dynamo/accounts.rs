@@ -15,7 +15,10 @@ use ferry_core::Money;
 use ferry_core::admission::{
     self, Admission, AdmissionState, Draw, Grant, Hold, Refusal, SpendCap, SpendCounter,
 };
-use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, Totals, UsageRow};
+use ferry_core::billing::{
+    self, GroupBy, Invoice, LedgerFigures, ReportBuilder, RollupRow, TenantFigures, Totals,
+    UsageRow,
+};
 use ferry_core::calendar::{Date, Month};
 use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Posting, TransactionKind};
@@ -83,6 +86,61 @@ fn usage_item(usage: &UsageRecord) -> StoreResult<Attributes> {
         )
         .json("body", usage)?
         .build())
+}
+
+/// Adds an event's usage to its day's rollup, in the event's own transaction. Not read by
+/// any decision about money, so not versioned: a concurrent settlement of the same rollup
+/// only makes one of the two transactions start over.
+fn add_to_rollup(writes: &mut Writes, table: &str, usage: &UsageRecord) -> StoreResult<()> {
+    let day = Date::of_unix(usage.created_at).to_string();
+    let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    let mut change = Change::default()
+        .set(ROLLUP_DAY, item::s(&day))
+        .set(ROLLUP_MODEL, item::s(&usage.model))
+        .add("requests", 1)
+        .add("prompt_tokens", signed(usage.prompt_tokens))
+        .add("cached_tokens", signed(usage.cached_tokens))
+        .add("completion_tokens", signed(usage.completion_tokens))
+        .add("cost_nanos", usage.cost.nanos());
+    if let Some(key_id) = &usage.key_id {
+        change = change.set(ROLLUP_KEY, item::s(key_id));
+    }
+    writes.update(
+        table,
+        &item::rollup(
+            &usage.tenant_id,
+            &day,
+            &usage.model,
+            usage.key_id.as_deref(),
+        ),
+        None,
+        change,
+    )
+}
+
+const ROLLUP_DAY: &str = "day";
+const ROLLUP_MODEL: &str = "model";
+const ROLLUP_KEY: &str = "key_id";
+
+fn rollup_from_item(found: &Attributes) -> StoreResult<RollupRow> {
+    let count = |name: &str| -> StoreResult<u64> {
+        Ok(u64::try_from(get_i64(found, name)?.unwrap_or(0)).unwrap_or(0))
+    };
+    Ok(RollupRow {
+        day: get_text(found, ROLLUP_DAY)?.parse().map_err(unavailable)?,
+        model: get_text(found, ROLLUP_MODEL)?.to_owned(),
+        key_id: found
+            .get(ROLLUP_KEY)
+            .and_then(|value| value.as_s().ok())
+            .cloned(),
+        totals: Totals {
+            requests: count("requests")?,
+            prompt_tokens: count("prompt_tokens")?,
+            cached_tokens: count("cached_tokens")?,
+            completion_tokens: count("completion_tokens")?,
+            cost_usd: Money::from_nanos(get_i64(found, "cost_nanos")?.unwrap_or(0)),
+        },
+    })
 }
 
 fn invoice_item(invoice: &Invoice) -> StoreResult<Attributes> {
@@ -376,6 +434,7 @@ impl DynamoStore {
             let usage = hold.expired_usage(now_ms);
             if self.get(&item::usage(request_id)).await?.is_none() {
                 writes.create(&self.table, usage_item(&usage)?)?;
+                add_to_rollup(&mut writes, &self.table, &usage)?;
             }
             Ok(Attempt::Write(writes, true))
         })
@@ -520,6 +579,7 @@ impl Accounts for DynamoStore {
                 };
                 usage.cost = charged;
                 writes.create(&self.table, usage_item(&usage)?)?;
+                add_to_rollup(&mut writes, &self.table, &usage)?;
                 Ok(Attempt::Write(writes, Settled::Recorded { charged }))
             })
             .await?;
@@ -752,32 +812,32 @@ impl Accounts for DynamoStore {
         to: u64,
         group: GroupBy,
     ) -> StoreResult<Vec<UsageRow>> {
-        let events = self
-            .usage_events(tenant_id, key_id, from, to, u32::MAX)
-            .await?;
-        let mut rows: BTreeMap<(Option<String>, Option<String>, Option<String>), Totals> =
-            BTreeMap::new();
-        for usage in &events {
-            let day = group
-                .day
-                .then(|| Date::of_unix(usage.created_at).to_string());
-            let model = group.model.then(|| usage.model.clone());
-            let key = if group.key {
-                usage.key_id.clone()
-            } else {
-                None
-            };
-            rows.entry((day, model, key)).or_default().add(usage);
+        let plan = billing::plan_report(from, to, clock::unix_millis() / 1000);
+        let mut report = ReportBuilder::new(group);
+        if let Some((first, end)) = plan.rollup_days {
+            for found in self
+                .sorted_range(
+                    &item::rollups(tenant_id),
+                    &first.to_string(),
+                    &end.to_string(),
+                )
+                .await?
+            {
+                let row = rollup_from_item(&found)?;
+                if key_id.is_none() || row.key_id.as_deref() == key_id {
+                    report.add_rollup(&row);
+                }
+            }
         }
-        Ok(rows
-            .into_iter()
-            .map(|((day, model, key_id), totals)| UsageRow {
-                day,
-                model,
-                key_id,
-                totals,
-            })
-            .collect())
+        for (from, to) in plan.event_ranges {
+            for usage in self
+                .usage_events(tenant_id, key_id, from, to, u32::MAX)
+                .await?
+            {
+                report.add_event(&usage);
+            }
+        }
+        Ok(report.finish())
     }
 
     async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>> {

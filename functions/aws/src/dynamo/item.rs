@@ -83,6 +83,20 @@ pub fn alert(id: &str) -> Key {
     Key::single(format!("ALERT#{id}"))
 }
 /// One counter bumped with every key creation and revocation.
+/// A tenant's usage of one model by one key on one UTC day: `day#model#key` (key ids hold
+/// no `#`, so the last part is the key's; `-` for none).
+pub fn rollup(tenant_id: &str, day: &str, model: &str, key_id: Option<&str>) -> Key {
+    Key::new(
+        rollups(tenant_id),
+        format!("{day}#{model}#{}", key_id.unwrap_or("-")),
+    )
+}
+pub fn rollups(tenant_id: &str) -> String {
+    format!("ROLLUP#{tenant_id}")
+}
+pub fn session(id_hash: &str) -> Key {
+    Key::single(format!("SESSION#{id_hash}"))
+}
 pub fn key_set() -> Key {
     Key::single("KEYSET")
 }

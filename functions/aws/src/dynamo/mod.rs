@@ -12,8 +12,8 @@ use ferry_core::admission::Budget;
 use ferry_core::cache::{CacheKey, Entry as CacheEntry};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    KeyRecord, RateLimits, SharedCache, Store, StoreError, StoreResult, StoredModel, Tenant,
-    TenantPolicy,
+    KeyRecord, Page, PageRequest, RateLimits, SessionRecord, SharedCache, Store, StoreError,
+    StoreResult, StoredModel, Tenant, TenantPolicy,
 };
 use ferry_core::principal::Role;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,9 @@ use write::{Attempt, Change, Writes};
 use crate::schema::{
     INDEX, INDEX_PARTITION_KEY, INDEX_SORT_KEY, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE,
 };
+
+/// A session's last recorded use, an attribute of its own so a touch rewrites only it.
+const SESSION_SEEN: &str = "last_seen_at";
 
 /// The store on a DynamoDB table. Cheap to clone; every replica of every function shares the
 /// table, and every atomic change is a conditional write (see `write.rs`).
@@ -200,6 +203,96 @@ impl DynamoStore {
                     }
                 }
             }
+            match output.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// One page of an index partition in sort-key order (newest first when `descending`):
+    /// the items after the cursor `after` (the sort key of the previous page's last item)
+    /// that `keep` accepts, at most `limit` of them, and the cursor of the next page.
+    async fn page(
+        &self,
+        partition: &str,
+        after: Option<&str>,
+        descending: bool,
+        limit: u32,
+        keep: impl Fn(&Attributes) -> bool,
+    ) -> StoreResult<(Vec<Attributes>, Option<String>)> {
+        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(INDEX)
+                .expression_attribute_names("#p", INDEX_PARTITION_KEY)
+                .expression_attribute_values(":p", item::s(partition))
+                .scan_index_forward(!descending)
+                .limit(i32::try_from(wanted.saturating_add(1)).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take());
+            query = match after {
+                None => query.key_condition_expression("#p = :p"),
+                Some(after) => query
+                    .key_condition_expression(if descending {
+                        "#p = :p AND #s < :after"
+                    } else {
+                        "#p = :p AND #s > :after"
+                    })
+                    .expression_attribute_names("#s", INDEX_SORT_KEY)
+                    .expression_attribute_values(":after", item::s(after)),
+            };
+            let output = query
+                .send()
+                .await
+                .map_err(|error| unavailable(describe(&error)))?;
+            for item in output.items() {
+                if !keep(item) {
+                    continue;
+                }
+                if found.len() == wanted {
+                    let next = found
+                        .last()
+                        .and_then(|last: &Attributes| last.get(INDEX_SORT_KEY))
+                        .and_then(|value| value.as_s().ok())
+                        .cloned();
+                    return Ok((found, next));
+                }
+                found.push(item.clone());
+            }
+            match output.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok((found, None)),
+            }
+        }
+    }
+
+    /// The items of one base-table partition whose sort key lies in `[from, to]`, read
+    /// strongly consistent, in sort-key order.
+    async fn sorted_range(&self, pk: &str, from: &str, to: &str) -> StoreResult<Vec<Attributes>> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("#p = :p AND #s BETWEEN :from AND :to")
+                .expression_attribute_names("#p", PARTITION_KEY)
+                .expression_attribute_names("#s", SORT_KEY)
+                .expression_attribute_values(":p", item::s(pk))
+                .expression_attribute_values(":from", item::s(from))
+                .expression_attribute_values(":to", item::s(to))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|error| unavailable(describe(&error)))?;
+            found.extend(output.items().iter().cloned());
             match output.last_evaluated_key() {
                 Some(key) if !key.is_empty() => start = Some(key.clone()),
                 _ => return Ok(found),
@@ -405,6 +498,39 @@ impl Store for DynamoStore {
             .collect()
     }
 
+    async fn tenants_page(
+        &self,
+        search: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Tenant>> {
+        let search = search
+            .filter(|text| !text.is_empty())
+            .map(str::to_lowercase);
+        let matches = |item: &Attributes| {
+            let Some(search) = &search else { return true };
+            tenant_from_item(item).is_ok_and(|tenant| {
+                tenant.id.starts_with(search.as_str())
+                    || tenant.name.to_lowercase().contains(search.as_str())
+            })
+        };
+        let (items, next) = self
+            .page(
+                item::TENANTS,
+                page.after.as_deref(),
+                false,
+                page.limit,
+                matches,
+            )
+            .await?;
+        Ok(Page {
+            items: items
+                .iter()
+                .map(tenant_from_item)
+                .collect::<StoreResult<_>>()?,
+            next,
+        })
+    }
+
     async fn update_tenant_policy(&self, id: &str, policy: &TenantPolicy) -> StoreResult<bool> {
         let policy = serde_json::to_string(policy).map_err(unavailable)?;
         let sent = self
@@ -466,6 +592,25 @@ impl Store for DynamoStore {
         .iter()
         .map(key_from_item)
         .collect()
+    }
+
+    async fn keys_page(&self, tenant_id: &str, page: &PageRequest) -> StoreResult<Page<KeyRecord>> {
+        let (items, next) = self
+            .page(
+                &item::tenant_keys(tenant_id),
+                page.after.as_deref(),
+                true,
+                page.limit,
+                |_| true,
+            )
+            .await?;
+        Ok(Page {
+            items: items
+                .iter()
+                .map(key_from_item)
+                .collect::<StoreResult<_>>()?,
+            next,
+        })
     }
 
     async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool> {
@@ -592,6 +737,60 @@ impl Store for DynamoStore {
             .await
             .map_err(|error| unavailable(describe(&error)))?;
         Ok(output.attributes().is_some_and(|old| !old.is_empty()))
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        // The table's TTL sweeps a session out after it ends.
+        let item = ItemBuilder::new(&item::session(&session.id_hash))
+            .json("body", session)?
+            .number(SESSION_SEEN, session.last_seen_at)
+            .number(TTL_ATTRIBUTE, session.expires_at)
+            .build();
+        if self.create(item).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict("session".into()))
+        }
+    }
+
+    async fn find_session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        let Some(found) = self.get(&item::session(id_hash)).await? else {
+            return Ok(None);
+        };
+        let mut session: SessionRecord = get_json(&found, "body")?;
+        session.last_seen_at = get_u64(&found, SESSION_SEEN)?.unwrap_or(session.last_seen_at);
+        Ok(Some(session))
+    }
+
+    async fn touch_session(&self, id_hash: &str, seen_at: u64) -> StoreResult<()> {
+        // Only an existing session, and only forward: a touch never revives a deleted one.
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(item::session(id_hash).attributes()))
+            .update_expression("SET #seen = :seen")
+            .condition_expression("attribute_exists(pk) AND #seen < :seen")
+            .expression_attribute_names("#seen", SESSION_SEEN)
+            .expression_attribute_values(":seen", item::n(seen_at))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(error) if is_condition_failure(&error) => Ok(()),
+            Err(error) => Err(unavailable(describe(&error))),
+        }
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(item::session(id_hash).attributes()))
+            .send()
+            .await
+            .map_err(|error| unavailable(describe(&error)))?;
+        Ok(())
     }
 }
 

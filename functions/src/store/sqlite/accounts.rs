@@ -9,8 +9,11 @@
 use async_trait::async_trait;
 use ferry_core::Money;
 use ferry_core::admission::{self, Admission, Grant, Hold, Refusal, SpendCap, SpendCounter};
-use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, Totals, UsageRow};
-use ferry_core::calendar::Month;
+use ferry_core::billing::{
+    self, GroupBy, Invoice, LedgerFigures, ReportBuilder, RollupRow, TenantFigures, Totals,
+    UsageRow,
+};
+use ferry_core::calendar::{Date, Month};
 use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Entry, Posting, TransactionKind};
 use ferry_core::model::Price;
@@ -607,37 +610,57 @@ impl Accounts for SqliteStore {
         to: u64,
         group: GroupBy,
     ) -> StoreResult<Vec<UsageRow>> {
+        let plan = billing::plan_report(from, to, clock::unix_seconds());
         let tenant_id = tenant_id.to_owned();
         let key_id = key_id.map(str::to_owned);
         self.with(move |connection| {
-            let day = if group.day { "strftime('%Y-%m-%d', created_at, 'unixepoch')" } else { "NULL" };
-            let model = if group.model { "model" } else { "NULL" };
-            let key = if group.key { "key_id" } else { "NULL" };
-            let sql = format!(
-                "SELECT {day} AS d, {model} AS m, {key} AS k, COUNT(*), SUM(prompt_tokens), SUM(cached_tokens),
-                        SUM(completion_tokens), SUM(cost_nanos)
-                 FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3
-                 AND (?4 IS NULL OR key_id = ?4)
-                 GROUP BY d, m, k ORDER BY d, m, k"
-            );
-            let mut statement = connection.prepare(&sql).map_err(unavailable)?;
-            let rows = statement
-                .query_map(params![tenant_id, to_sql_int(from), to_sql_int(to), key_id], |row| {
-                    Ok(UsageRow {
-                        day: row.get(0)?,
-                        model: row.get(1)?,
-                        key_id: row.get(2)?,
-                        totals: Totals {
-                            requests: from_sql_int(row.get(3)?),
-                            prompt_tokens: from_sql_int(row.get(4)?),
-                            cached_tokens: from_sql_int(row.get(5)?),
-                            completion_tokens: from_sql_int(row.get(6)?),
-                            cost_usd: Money::from_nanos(row.get(7)?),
-                        },
+            let mut report = ReportBuilder::new(group);
+            if let Some((first, end)) = plan.rollup_days {
+                let mut statement = connection
+                    .prepare_cached(
+                        "SELECT day, model, key_id, requests, prompt_tokens, cached_tokens, completion_tokens, cost_nanos
+                         FROM usage_rollups WHERE tenant_id = ?1 AND day >= ?2 AND day < ?3 AND (?4 IS NULL OR key_id = ?4)",
+                    )
+                    .map_err(unavailable)?;
+                let rows = statement
+                    .query_map(params![tenant_id, first.to_string(), end.to_string(), key_id], |row| {
+                        let day: String = row.get(0)?;
+                        let key: String = row.get(2)?;
+                        Ok((day, RollupRow {
+                            day: Date::of_unix(0),
+                            model: row.get(1)?,
+                            key_id: (!key.is_empty()).then_some(key),
+                            totals: Totals {
+                                requests: from_sql_int(row.get(3)?),
+                                prompt_tokens: from_sql_int(row.get(4)?),
+                                cached_tokens: from_sql_int(row.get(5)?),
+                                completion_tokens: from_sql_int(row.get(6)?),
+                                cost_usd: Money::from_nanos(row.get(7)?),
+                            },
+                        }))
                     })
-                })
-                .map_err(unavailable)?;
-            rows.collect::<Result<_, _>>().map_err(unavailable)
+                    .map_err(unavailable)?;
+                for found in rows {
+                    let (day, mut row) = found.map_err(unavailable)?;
+                    row.day = day.parse().map_err(unavailable)?;
+                    report.add_rollup(&row);
+                }
+            }
+            for (from, to) in plan.event_ranges {
+                let mut statement = connection
+                    .prepare_cached(&format!(
+                        "SELECT {USAGE_COLUMNS} FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3
+                         AND (?4 IS NULL OR key_id = ?4)"
+                    ))
+                    .map_err(unavailable)?;
+                let events = statement
+                    .query_map(params![tenant_id, to_sql_int(from), to_sql_int(to), key_id], usage_from_row)
+                    .map_err(unavailable)?;
+                for event in events {
+                    report.add_event(&event.map_err(unavailable)?);
+                }
+            }
+            Ok(report.finish())
         })
         .await
     }

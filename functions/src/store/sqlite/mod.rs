@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use ferry_core::Money;
 use ferry_core::cache::{CacheKey, Entry as CacheEntry};
+use ferry_core::calendar::Date;
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    Billing, KeyRecord, RateLimits, SharedCache, Store, StoreError, StoreResult, StoredModel,
-    Tenant, TenantPolicy, UsageRecord,
+    BAD_CURSOR, Billing, KeyRecord, Page, PageRequest, RateLimits, SessionRecord, SharedCache,
+    Store, StoreError, StoreResult, StoredModel, Tenant, TenantPolicy, UsageRecord,
 };
 use ferry_core::principal::Role;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -149,6 +150,31 @@ const MIGRATIONS: &[&str] = &[
     // How each call was routed: the reason its deployment was tried, and the attempts made.
     "ALTER TABLE usage_events ADD COLUMN route TEXT NOT NULL DEFAULT 'none';
      ALTER TABLE usage_events ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;",
+    // The console: its sessions, and keys read a page at a time, newest first.
+    "CREATE TABLE sessions (
+        id_hash TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+     );
+     CREATE INDEX sessions_by_expiry ON sessions(expires_at);
+     DROP INDEX api_keys_by_tenant;
+     CREATE INDEX api_keys_by_tenant ON api_keys(tenant_id, created_at, id);
+     CREATE TABLE usage_rollups (
+        tenant_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        model TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL CHECK (typeof(cost_nanos) = 'integer'),
+        PRIMARY KEY (tenant_id, day, model, key_id)
+     ) WITHOUT ROWID;
+     INSERT INTO usage_rollups
+     SELECT tenant_id, strftime('%Y-%m-%d', created_at, 'unixepoch'), model, coalesce(key_id, ''),
+            count(*), sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), sum(cost_nanos)
+     FROM usage_events GROUP BY 1, 2, 3, 4;",
 ];
 
 /// What a commit survives once `SqliteStore` has answered.
@@ -691,6 +717,142 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn tenants_page(
+        &self,
+        search: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Tenant>> {
+        let search = search
+            .filter(|text| !text.is_empty())
+            .map(str::to_lowercase);
+        let page = page.clone();
+        self.with(move |connection| {
+            let mut statement = connection
+                .prepare(&format!(
+                    "SELECT {TENANT_COLUMNS} FROM tenants
+                     WHERE (?1 IS NULL OR id > ?1)
+                       AND (?2 IS NULL OR substr(id, 1, length(?2)) = ?2 OR instr(lower(name), ?2) > 0)
+                     ORDER BY id LIMIT ?3"
+                ))
+                .map_err(unavailable)?;
+            let tenants = statement
+                .query_map(params![page.after, search, i64::from(page.limit) + 1], tenant_from_row)
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            Ok(Page::from_overfetch(tenants, page.limit, |tenant| tenant.id.clone()))
+        })
+        .await
+    }
+
+    async fn keys_page(&self, tenant_id: &str, page: &PageRequest) -> StoreResult<Page<KeyRecord>> {
+        // The cursor is the last key's `created_at:id`; newest first.
+        let after = match page.after.as_deref() {
+            None => None,
+            Some(cursor) => Some(
+                cursor
+                    .split_once(':')
+                    .and_then(|(created, id)| Some((created.parse::<u64>().ok()?, id.to_owned())))
+                    .ok_or_else(|| StoreError::Invalid(BAD_CURSOR.into()))?,
+            ),
+        };
+        let tenant_id = tenant_id.to_owned();
+        let limit = page.limit;
+        self.with(move |connection| {
+            let (created, id) = after.map_or((None, None), |(created, id)| (Some(to_sql_int(created)), Some(id)));
+            let mut statement = connection
+                .prepare(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys
+                     WHERE tenant_id = ?1 AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND id < ?3))
+                     ORDER BY created_at DESC, id DESC LIMIT ?4"
+                ))
+                .map_err(unavailable)?;
+            let keys = statement
+                .query_map(params![tenant_id, created, id, i64::from(limit) + 1], key_from_row)
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            Ok(Page::from_overfetch(keys, limit, |key| format!("{}:{}", key.created_at, key.id)))
+        })
+        .await
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        let body = serde_json::to_string(session).map_err(unavailable)?;
+        let (id_hash, expires_at, now) = (
+            session.id_hash.clone(),
+            session.expires_at,
+            session.created_at,
+        );
+        self.with(move |connection| {
+            // Sessions that ended are swept out as new ones begin (sign-ins are rare).
+            run(
+                connection,
+                "DELETE FROM sessions WHERE expires_at <= ?1",
+                [to_sql_int(now)],
+            )
+            .map_err(unavailable)?;
+            run(
+                connection,
+                "INSERT INTO sessions (id_hash, body, expires_at) VALUES (?1, ?2, ?3)",
+                params![id_hash, body, to_sql_int(expires_at)],
+            )
+            .map_err(|error| {
+                if is_constraint_violation(&error) {
+                    StoreError::Conflict("session".into())
+                } else {
+                    unavailable(error)
+                }
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        let id_hash = id_hash.to_owned();
+        self.with(move |connection| {
+            row(
+                connection,
+                "SELECT body FROM sessions WHERE id_hash = ?1",
+                [id_hash],
+                |row| json_column::<SessionRecord>(row, 0),
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn touch_session(&self, id_hash: &str, seen_at: u64) -> StoreResult<()> {
+        let id_hash = id_hash.to_owned();
+        self.with(move |connection| {
+            run(
+                connection,
+                "UPDATE sessions SET body = json_set(body, '$.last_seen_at', ?2)
+                 WHERE id_hash = ?1 AND json_extract(body, '$.last_seen_at') < ?2",
+                params![id_hash, to_sql_int(seen_at)],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        let id_hash = id_hash.to_owned();
+        self.with(move |connection| {
+            run(
+                connection,
+                "DELETE FROM sessions WHERE id_hash = ?1",
+                [id_hash],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// Every this many writes to the shared cache, the expired entries are swept out, and the
@@ -790,6 +952,30 @@ pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusq
             i64::from(usage.attempts),
         ],
     )?;
+    if inserted == 1 {
+        // The day's rollup moves with the event, in the same transaction: reports read
+        // rollups, never a scan of the events.
+        run(
+            connection,
+            "INSERT INTO usage_rollups VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)
+             ON CONFLICT (tenant_id, day, model, key_id) DO UPDATE SET
+                requests = requests + 1,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                cached_tokens = cached_tokens + excluded.cached_tokens,
+                completion_tokens = completion_tokens + excluded.completion_tokens,
+                cost_nanos = cost_nanos + excluded.cost_nanos",
+            params![
+                usage.tenant_id,
+                Date::of_unix(usage.created_at).to_string(),
+                usage.model,
+                usage.key_id.as_deref().unwrap_or(""),
+                to_sql_int(usage.prompt_tokens),
+                to_sql_int(usage.cached_tokens),
+                to_sql_int(usage.completion_tokens),
+                usage.cost.nanos(),
+            ],
+        )?;
+    }
     Ok(inserted == 1)
 }
 
