@@ -1,7 +1,7 @@
 //! The admin API under `/admin/v1`: tenants, API keys and models. A stable public contract
 //! (product.md §1): extend it, never rename it.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -11,14 +11,15 @@ use ferry_core::error::ErrorBody;
 use ferry_core::ids::{self, IdKind};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    Accounts, Billing, KeyRecord, PriceRecord, RateLimits, Store, StoreError, StoredModel, Tenant,
+    Accounts, Billing, KeyRecord, Page, PageRequest, PriceRecord, RateLimits, Store, StoreError,
+    StoredModel, Tenant,
 };
 use ferry_core::principal::{Principal, Role};
 use ferry_core::route::RoutePolicy;
 use ferry_core::{ApiError, ErrorKind, Money};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::{AppState, Caller};
 use crate::clock;
@@ -184,13 +185,67 @@ impl ModelView {
 pub struct List<T> {
     pub object: &'static str,
     pub data: Vec<T>,
+    /// Whether another page follows; ask for it with `after=<next_cursor>`.
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
 }
 
 pub(crate) fn list<T>(data: Vec<T>) -> Json<List<T>> {
     Json(List {
         object: "list",
         data,
+        has_more: false,
+        next_cursor: None,
     })
+}
+
+/// One page of a cursor-paginated list, its items made into what the API shows.
+pub(crate) fn page_of<T, V>(page: Page<T>, view: impl FnMut(T) -> V) -> Json<List<V>> {
+    Json(List {
+        object: "list",
+        has_more: page.next.is_some(),
+        next_cursor: page.next,
+        data: page.items.into_iter().map(view).collect(),
+    })
+}
+
+/// `?limit=&after=` of a cursor-paginated list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// At most this many items (default 100, at most 1000).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
+}
+
+impl PageQuery {
+    pub(crate) fn request(&self) -> PageRequest {
+        PageRequest {
+            limit: self.limit.unwrap_or(100).clamp(1, 1000),
+            after: self.after.clone().filter(|after| !after.is_empty()),
+        }
+    }
+}
+
+/// A store's refusal of a cursor it did not make is the caller's bad `after`.
+pub(crate) fn bad_cursor(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Invalid(message) => ApiError::invalid("after", message),
+        other => other.into(),
+    }
+}
+
+/// `?q=&limit=&after=` of the tenant list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuery {
+    /// Tenants whose id starts with this, or whose name contains it (any case).
+    pub q: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
 }
 
 pub(crate) fn require_operator(principal: &Principal) -> Result<(), ApiError> {
@@ -304,15 +359,26 @@ pub async fn update_tenant(
     Ok(Json(TenantView::of(&state, tenant).await?))
 }
 
-/// Lists tenants (operators only).
-#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin",
-    responses((status = 200, body = List<Tenant>), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+/// Lists tenants by id, a page at a time (operators only).
+#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", params(TenantQuery),
+    responses((status = 200, body = List<Tenant>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     Caller(principal): Caller,
+    Query(query): Query<TenantQuery>,
 ) -> HandlerResult<Json<List<Tenant>>> {
     require_operator(&principal)?;
-    Ok(list(state.store.list_tenants().await?))
+    let page = PageQuery {
+        limit: query.limit,
+        after: query.after,
+    }
+    .request();
+    let found = state
+        .store
+        .tenants_page(query.q.as_deref().map(str::trim), &page)
+        .await
+        .map_err(bad_cursor)?;
+    Ok(page_of(found, |tenant| tenant))
 }
 
 /// One tenant: operators, or the tenant's own admins.
@@ -397,21 +463,22 @@ pub async fn create_key(
 }
 
 /// Lists a tenant's keys, without secrets.
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/keys", tag = "admin", params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 200, body = List<KeyView>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/keys", tag = "admin", params(("id" = String, Path, description = "Tenant id"), PageQuery),
+    responses((status = 200, body = List<KeyView>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_keys(
     State(state): State<AppState>,
     Caller(principal): Caller,
     Path(tenant_id): Path<String>,
+    Query(query): Query<PageQuery>,
 ) -> HandlerResult<Json<List<KeyView>>> {
     require_tenant_admin(&principal, &tenant_id)?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
-    let keys = state.store.list_keys(&tenant_id).await?;
-    Ok(list(
-        keys.into_iter()
-            .map(|record| KeyView::of(record, None))
-            .collect(),
-    ))
+    let keys = state
+        .store
+        .keys_page(&tenant_id, &query.request())
+        .await
+        .map_err(bad_cursor)?;
+    Ok(page_of(keys, |record| KeyView::of(record, None)))
 }
 
 /// Revokes a key; it stops working within the key-cache TTL on every replica, here at once.

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::admin::{
-    List, existing_tenant, list, model_not_found, require_operator, require_tenant_admin,
+    List, PageQuery, bad_cursor, existing_tenant, list, model_not_found, page_of, require_operator,
+    require_tenant_admin,
 };
 use crate::app::{AppState, Caller};
 use crate::clock;
@@ -207,6 +208,8 @@ pub async fn adjust(
 pub struct LedgerQuery {
     /// At most this many transactions, newest first (default 100, at most 1000).
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
 }
 
 /// A tenant's ledger transactions, newest first.
@@ -220,8 +223,17 @@ pub async fn ledger(
 ) -> HandlerResult<Json<List<Transaction>>> {
     require_tenant_admin(&principal, &tenant_id)?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(list(state.accounts.transactions(&tenant_id, limit).await?))
+    let page = PageQuery {
+        limit: query.limit,
+        after: query.after,
+    }
+    .request();
+    let found = state
+        .accounts
+        .transactions(&tenant_id, &page)
+        .await
+        .map_err(bad_cursor)?;
+    Ok(page_of(found, |transaction| transaction))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

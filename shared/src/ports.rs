@@ -472,7 +472,12 @@ pub trait Accounts: Send + Sync {
     /// Posts a top-up, refund or adjustment, once per idempotency key.
     async fn post(&self, request: &PostRequest) -> StoreResult<Posted>;
     async fn balance(&self, tenant_id: &str) -> StoreResult<Balance>;
-    async fn transactions(&self, tenant_id: &str, limit: u32) -> StoreResult<Vec<Transaction>>;
+    /// A tenant's ledger, newest first, a page at a time.
+    async fn transactions(
+        &self,
+        tenant_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Transaction>>;
 
     async fn put_price(&self, price: &PriceRecord) -> StoreResult<()>;
     async fn list_prices(&self, model: &str) -> StoreResult<Vec<PriceRecord>>;

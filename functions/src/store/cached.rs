@@ -193,8 +193,12 @@ impl Accounts for CachedStore {
         self.accounts.balance(tenant_id).await
     }
 
-    async fn transactions(&self, tenant_id: &str, limit: u32) -> StoreResult<Vec<Transaction>> {
-        self.accounts.transactions(tenant_id, limit).await
+    async fn transactions(
+        &self,
+        tenant_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Transaction>> {
+        self.accounts.transactions(tenant_id, page).await
     }
 
     async fn put_price(&self, price: &PriceRecord) -> StoreResult<()> {

@@ -26,8 +26,8 @@ use ferry_core::calendar::Month;
 use ferry_core::ledger::{self, Posting, TransactionKind};
 use ferry_core::model::Price;
 use ferry_core::ports::{
-    Accounts, Balance, Billing, CloseError, PostRequest, Posted, PriceRecord, RateLimits, Settled,
-    Store, StoreError, Tenant, Transaction, UsageRecord,
+    Accounts, Balance, Billing, CloseError, PageRequest, PostRequest, Posted, PriceRecord,
+    RateLimits, Settled, Store, StoreError, Tenant, Transaction, UsageRecord,
 };
 use ferry_core::ratelimit::{Bucket, Unit};
 
@@ -152,7 +152,11 @@ pub fn balance(available: &str, held: &str) -> Balance {
 }
 
 pub async fn transactions(store: &TestStore, tenant_id: &str) -> Vec<Transaction> {
-    store.transactions(tenant_id, 1000).await.unwrap()
+    store
+        .transactions(tenant_id, &PageRequest::first(1000))
+        .await
+        .unwrap()
+        .items
 }
 
 pub fn of_kind(transactions: &[Transaction], kind: TransactionKind) -> Vec<&Transaction> {
@@ -1174,5 +1178,50 @@ async fn usage_reports_from_rollups_agree_with_the_events_at_any_range() {
         whole[0].totals.cost_usd,
         usd("0.000031"),
         "b's call is not a's"
+    );
+}
+
+#[tokio::test]
+async fn a_tenants_ledger_comes_a_page_at_a_time_newest_first() {
+    let store = store_with(&[
+        tenant("a", Billing::Prepaid, Vec::new()),
+        tenant("b", Billing::Prepaid, Vec::new()),
+    ])
+    .await;
+    // Three in the same millisecond, two later: the order still holds each once.
+    for (index, at) in [0, 0, 0, 5, 9].into_iter().enumerate() {
+        let mut request = posting(Posting::top_up("a", usd("1")), None);
+        request.now_ms += at;
+        request.memo = Some(format!("top-up {index}"));
+        store.post(&request).await.unwrap();
+    }
+    top_up(&store, "b", "3").await;
+    let mut seen: Vec<Transaction> = Vec::new();
+    let mut page = PageRequest::first(2);
+    loop {
+        let found = store.transactions("a", &page).await.unwrap();
+        assert!(found.items.len() <= 2);
+        seen.extend(found.items);
+        match found.next {
+            Some(next) => page.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5, "each of a's transactions once");
+    assert!(seen.iter().all(|transaction| transaction.tenant_id == "a"));
+    let mut ids: Vec<&str> = seen
+        .iter()
+        .map(|transaction| transaction.id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 5);
+    let times: Vec<u64> = seen
+        .iter()
+        .map(|transaction| transaction.created_at_ms)
+        .collect();
+    assert!(
+        times.windows(2).all(|pair| pair[0] >= pair[1]),
+        "newest first: {times:?}"
     );
 }

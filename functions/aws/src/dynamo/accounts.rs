@@ -23,8 +23,8 @@ use ferry_core::calendar::{Date, Month};
 use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Posting, TransactionKind};
 use ferry_core::ports::{
-    Accounts, Alert, Balance, Billing, CloseError, Closed, PostRequest, Posted, PriceRecord,
-    Settled, StoreError, StoreResult, Transaction, UsageRecord,
+    Accounts, Alert, Balance, Billing, CloseError, Closed, Page, PageRequest, PostRequest, Posted,
+    PriceRecord, Settled, StoreError, StoreResult, Transaction, UsageRecord,
 };
 use ferry_core::ratelimit;
 use futures_util::future::try_join_all;
@@ -94,17 +94,26 @@ fn usage_item(usage: &UsageRecord) -> StoreResult<Attributes> {
 fn add_to_rollup(writes: &mut Writes, table: &str, usage: &UsageRecord) -> StoreResult<()> {
     let day = Date::of_unix(usage.created_at).to_string();
     let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-    let mut change = Change::default()
-        .set(ROLLUP_DAY, item::s(&day))
-        .set(ROLLUP_MODEL, item::s(&usage.model))
-        .add("requests", 1)
-        .add("prompt_tokens", signed(usage.prompt_tokens))
-        .add("cached_tokens", signed(usage.cached_tokens))
-        .add("completion_tokens", signed(usage.completion_tokens))
-        .add("cost_nanos", usage.cost.nanos());
-    if let Some(key_id) = &usage.key_id {
-        change = change.set(ROLLUP_KEY, item::s(key_id));
-    }
+    let change = || {
+        Change::default()
+            .set(ROLLUP_DAY, item::s(&day))
+            .set(ROLLUP_MODEL, item::s(&usage.model))
+            .add("requests", 1)
+            .add("prompt_tokens", signed(usage.prompt_tokens))
+            .add("cached_tokens", signed(usage.cached_tokens))
+            .add("completion_tokens", signed(usage.completion_tokens))
+            .add("cost_nanos", usage.cost.nanos())
+    };
+    writes.update(
+        table,
+        &item::rollup_all_keys(&usage.tenant_id, &day, &usage.model),
+        None,
+        change(),
+    )?;
+    let per_key = match &usage.key_id {
+        Some(key_id) => change().set(ROLLUP_KEY, item::s(key_id)),
+        None => change(),
+    };
     writes.update(
         table,
         &item::rollup(
@@ -114,7 +123,7 @@ fn add_to_rollup(writes: &mut Writes, table: &str, usage: &UsageRecord) -> Store
             usage.key_id.as_deref(),
         ),
         None,
-        change,
+        per_key,
     )
 }
 
@@ -728,17 +737,24 @@ impl Accounts for DynamoStore {
         self.read_balance(tenant_id).await
     }
 
-    async fn transactions(&self, tenant_id: &str, limit: u32) -> StoreResult<Vec<Transaction>> {
-        let items = self
-            .list(
+    async fn transactions(
+        &self,
+        tenant_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Transaction>> {
+        let (items, next) = self
+            .page(
                 &item::tenant_transactions(tenant_id),
-                None,
+                page.after.as_deref(),
                 true,
-                limit as usize,
+                page.limit,
                 |_| true,
             )
             .await?;
-        bodies(&items)
+        Ok(Page {
+            items: bodies(&items)?,
+            next,
+        })
     }
 
     async fn put_price(&self, price: &PriceRecord) -> StoreResult<()> {
@@ -815,12 +831,14 @@ impl Accounts for DynamoStore {
         let plan = billing::plan_report(from, to, clock::unix_millis() / 1000);
         let mut report = ReportBuilder::new(group);
         if let Some((first, end)) = plan.rollup_days {
+            // A report not broken down by key nor for one key reads the all-keys rollups.
+            let partition = if group.key || key_id.is_some() {
+                item::rollups(tenant_id)
+            } else {
+                item::rollups_all_keys(tenant_id)
+            };
             for found in self
-                .sorted_range(
-                    &item::rollups(tenant_id),
-                    &first.to_string(),
-                    &end.to_string(),
-                )
+                .sorted_range(&partition, &first.to_string(), &end.to_string())
                 .await?
             {
                 let row = rollup_from_item(&found)?;

@@ -94,6 +94,14 @@ pub fn rollup(tenant_id: &str, day: &str, model: &str, key_id: Option<&str>) -> 
 pub fn rollups(tenant_id: &str) -> String {
     format!("ROLLUP#{tenant_id}")
 }
+/// The same for all of the tenant's keys together: `day#model`, in a partition of its own so
+/// a report not broken down by key reads only these.
+pub fn rollup_all_keys(tenant_id: &str, day: &str, model: &str) -> Key {
+    Key::new(rollups_all_keys(tenant_id), format!("{day}#{model}"))
+}
+pub fn rollups_all_keys(tenant_id: &str) -> String {
+    format!("ROLLUP#{tenant_id}#ALL")
+}
 pub fn session(id_hash: &str) -> Key {
     Key::single(format!("SESSION#{id_hash}"))
 }

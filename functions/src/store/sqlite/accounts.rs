@@ -18,15 +18,15 @@ use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Entry, Posting, TransactionKind};
 use ferry_core::model::Price;
 use ferry_core::ports::{
-    Accounts, Alert, Balance, Billing, CloseError, Closed, PostRequest, Posted, PriceRecord,
-    Settled, StoreError, StoreResult, Transaction, UsageRecord,
+    Accounts, Alert, BAD_CURSOR, Balance, Billing, CloseError, Closed, Page, PageRequest,
+    PostRequest, Posted, PriceRecord, Settled, StoreError, StoreResult, Transaction, UsageRecord,
 };
 use ferry_core::ratelimit;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    SqliteStore, USAGE_COLUMNS, from_sql_int, insert_usage, json_column, row, run, to_sql_int,
-    unavailable, usage_from_row,
+    ALL_KEYS, SqliteStore, USAGE_COLUMNS, from_sql_int, insert_usage, json_column, row, run,
+    to_sql_int, unavailable, usage_from_row,
 };
 use crate::clock;
 
@@ -514,23 +514,47 @@ impl Accounts for SqliteStore {
             .await
     }
 
-    async fn transactions(&self, tenant_id: &str, limit: u32) -> StoreResult<Vec<Transaction>> {
+    async fn transactions(
+        &self,
+        tenant_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Transaction>> {
+        // The cursor is the last transaction's `created_at_ms:id`; newest first.
+        let after = match page.after.as_deref() {
+            None => None,
+            Some(cursor) => Some(
+                cursor
+                    .split_once(':')
+                    .and_then(|(created, id)| Some((created.parse::<u64>().ok()?, id.to_owned())))
+                    .ok_or_else(|| StoreError::Invalid(BAD_CURSOR.into()))?,
+            ),
+        };
         let tenant_id = tenant_id.to_owned();
+        let limit = page.limit;
         self.with(move |connection| {
+            let (created, id) = after.map_or((None, None), |(created, id)| (Some(to_sql_int(created)), Some(id)));
             let ids: Vec<String> = {
                 let mut statement = connection
-                    .prepare("SELECT id FROM ledger_transactions WHERE tenant_id = ?1 ORDER BY created_at_ms DESC, rowid DESC LIMIT ?2")
+                    .prepare_cached(
+                        "SELECT id FROM ledger_transactions
+                         WHERE tenant_id = ?1 AND (?2 IS NULL OR created_at_ms < ?2 OR (created_at_ms = ?2 AND id < ?3))
+                         ORDER BY created_at_ms DESC, id DESC LIMIT ?4",
+                    )
                     .map_err(unavailable)?;
                 statement
-                    .query_map(params![tenant_id, limit], |row| row.get(0))
+                    .query_map(params![tenant_id, created, id, i64::from(limit) + 1], |row| row.get(0))
                     .map_err(unavailable)?
                     .collect::<rusqlite::Result<_>>()
                     .map_err(unavailable)?
             };
-            ids.iter()
+            let transactions = ids
+                .iter()
                 .filter_map(|id| load_transaction(connection, id).transpose())
-                .collect::<rusqlite::Result<_>>()
-                .map_err(unavailable)
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)?;
+            Ok(Page::from_overfetch(transactions, limit, |transaction| {
+                format!("{}:{}", transaction.created_at_ms, transaction.id)
+            }))
         })
         .await
     }
@@ -616,20 +640,26 @@ impl Accounts for SqliteStore {
         self.with(move |connection| {
             let mut report = ReportBuilder::new(group);
             if let Some((first, end)) = plan.rollup_days {
-                let mut statement = connection
-                    .prepare_cached(
-                        "SELECT day, model, key_id, requests, prompt_tokens, cached_tokens, completion_tokens, cost_nanos
-                         FROM usage_rollups WHERE tenant_id = ?1 AND day >= ?2 AND day < ?3 AND (?4 IS NULL OR key_id = ?4)",
-                    )
-                    .map_err(unavailable)?;
+                // A report not broken down by key reads the all-keys rows; one that is, or is
+                // one key's, the rows per key.
+                const COLUMNS: &str = "day, model, key_id, requests, prompt_tokens, cached_tokens, completion_tokens, cost_nanos";
+                // One key's rows, the all-keys rows, or (a breakdown by key) every key's.
+                let (sql, keys) = match (&key_id, group.key) {
+                    (Some(key), _) => ("key_id = ?4", key.clone()),
+                    (None, false) => ("key_id = ?4", ALL_KEYS.to_owned()),
+                    (None, true) => ("key_id != '*' AND key_id != ?4", ALL_KEYS.to_owned()),
+                };
+                let index = if group.key && key_id.is_none() { "INDEXED BY usage_rollups_by_day" } else { "" };
+                let sql = format!("SELECT {COLUMNS} FROM usage_rollups {index} WHERE tenant_id = ?1 AND {sql} AND day >= ?2 AND day < ?3");
+                let mut statement = connection.prepare_cached(&sql).map_err(unavailable)?;
                 let rows = statement
-                    .query_map(params![tenant_id, first.to_string(), end.to_string(), key_id], |row| {
+                    .query_map(params![tenant_id, first.to_string(), end.to_string(), keys], |row| {
                         let day: String = row.get(0)?;
                         let key: String = row.get(2)?;
                         Ok((day, RollupRow {
                             day: Date::of_unix(0),
                             model: row.get(1)?,
-                            key_id: (!key.is_empty()).then_some(key),
+                            key_id: (!key.is_empty() && key != ALL_KEYS).then_some(key),
                             totals: Totals {
                                 requests: from_sql_int(row.get(3)?),
                                 prompt_tokens: from_sql_int(row.get(4)?),

@@ -169,12 +169,22 @@ const MIGRATIONS: &[&str] = &[
         cached_tokens INTEGER NOT NULL,
         completion_tokens INTEGER NOT NULL,
         cost_nanos INTEGER NOT NULL CHECK (typeof(cost_nanos) = 'integer'),
-        PRIMARY KEY (tenant_id, day, model, key_id)
+        PRIMARY KEY (tenant_id, key_id, day, model)
      ) WITHOUT ROWID;
-     INSERT INTO usage_rollups
+     -- A breakdown by key reads every key's rows of a range of days: covered, so it never
+     -- leaves the index.
+     CREATE INDEX usage_rollups_by_day ON usage_rollups(tenant_id, day, key_id, model,
+        requests, prompt_tokens, cached_tokens, completion_tokens, cost_nanos) WHERE key_id != '*';
+     INSERT INTO usage_rollups (tenant_id, day, model, key_id, requests, prompt_tokens,
+        cached_tokens, completion_tokens, cost_nanos)
      SELECT tenant_id, strftime('%Y-%m-%d', created_at, 'unixepoch'), model, coalesce(key_id, ''),
             count(*), sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), sum(cost_nanos)
-     FROM usage_events GROUP BY 1, 2, 3, 4;",
+     FROM usage_events GROUP BY 1, 2, 3, 4;
+     INSERT INTO usage_rollups (tenant_id, day, model, key_id, requests, prompt_tokens,
+        cached_tokens, completion_tokens, cost_nanos)
+     SELECT tenant_id, day, model, '*', sum(requests), sum(prompt_tokens), sum(cached_tokens),
+            sum(completion_tokens), sum(cost_nanos)
+     FROM usage_rollups GROUP BY 1, 2, 3;",
 ];
 
 /// What a commit survives once `SqliteStore` has answered.
@@ -926,6 +936,9 @@ impl SharedCache for SqliteStore {
 
 /// Inserts a usage record; false when its request id is there already (replays are ignored,
 /// never doubled: the request id is the primary key).
+/// The rollup rows of all of a tenant's keys together (no key id is `*`).
+pub(super) const ALL_KEYS: &str = "*";
+
 pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusqlite::Result<bool> {
     let inserted = run(connection,
         &format!(
@@ -953,28 +966,32 @@ pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusq
         ],
     )?;
     if inserted == 1 {
-        // The day's rollup moves with the event, in the same transaction: reports read
-        // rollups, never a scan of the events.
-        run(
-            connection,
-            "INSERT INTO usage_rollups VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)
-             ON CONFLICT (tenant_id, day, model, key_id) DO UPDATE SET
+        // The day's rollups move with the event, in the same transaction: reports read
+        // rollups, never a scan of the events. One row per key, and one (`*`) for all of the
+        // tenant's keys, which is what reports not broken down by key read.
+        for key in [usage.key_id.as_deref().unwrap_or(""), ALL_KEYS] {
+            run(
+                connection,
+                "INSERT INTO usage_rollups (tenant_id, day, model, key_id, requests, prompt_tokens,
+                cached_tokens, completion_tokens, cost_nanos) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)
+             ON CONFLICT (tenant_id, key_id, day, model) DO UPDATE SET
                 requests = requests + 1,
                 prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                 cached_tokens = cached_tokens + excluded.cached_tokens,
                 completion_tokens = completion_tokens + excluded.completion_tokens,
                 cost_nanos = cost_nanos + excluded.cost_nanos",
-            params![
-                usage.tenant_id,
-                Date::of_unix(usage.created_at).to_string(),
-                usage.model,
-                usage.key_id.as_deref().unwrap_or(""),
-                to_sql_int(usage.prompt_tokens),
-                to_sql_int(usage.cached_tokens),
-                to_sql_int(usage.completion_tokens),
-                usage.cost.nanos(),
-            ],
-        )?;
+                params![
+                    usage.tenant_id,
+                    Date::of_unix(usage.created_at).to_string(),
+                    usage.model,
+                    key,
+                    to_sql_int(usage.prompt_tokens),
+                    to_sql_int(usage.cached_tokens),
+                    to_sql_int(usage.completion_tokens),
+                    usage.cost.nanos(),
+                ],
+            )?;
+        }
     }
     Ok(inserted == 1)
 }
