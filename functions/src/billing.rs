@@ -10,9 +10,9 @@ use ferry_core::calendar::{Date, Month};
 use ferry_core::error::ErrorBody;
 use ferry_core::ledger::Posting;
 use ferry_core::model::Price;
-use ferry_core::ports::{Alert, PostRequest, PriceRecord, Transaction, UsageRecord};
+use ferry_core::ports::{Alert, KeySpend, PostRequest, PriceRecord, Transaction, UsageRecord};
 use ferry_core::principal::{Credential, Principal};
-use ferry_core::{ApiError, Money};
+use ferry_core::{ApiError, ErrorKind, Money};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tenants/{id}/ledger", get(ledger))
         .route("/tenants/{id}/usage", get(usage_report))
         .route("/tenants/{id}/usage/events", get(usage_events))
+        .route("/tenants/{id}/usage/keys", get(key_spend))
         .route("/tenants/{id}/invoices", get(invoices))
         .route("/tenants/{id}/alerts", get(alerts))
         .route("/models/{id}/prices", post(add_price).get(list_prices))
@@ -245,8 +246,11 @@ pub struct UsageQuery {
     pub to: Option<String>,
     /// Any of `day`, `model`, `key`, comma-separated.
     pub group_by: Option<String>,
-    /// For events: at most this many, oldest first (default 1000, at most 10000).
+    /// For events: at most this many, oldest first (default 1000, at most 10000). For a
+    /// report: only the this-many groups that cost the most, dearest first.
     pub limit: Option<u32>,
+    /// Only this key's usage (`key_…`); a member sees only its own key's anyway.
+    pub key: Option<String>,
 }
 
 impl UsageQuery {
@@ -298,6 +302,22 @@ fn usage_scope<'a>(principal: &'a Principal, tenant_id: &str) -> Result<Option<&
     }
 }
 
+/// The key a usage query is narrowed to: the one asked for, unless the caller may see only
+/// its own (a member asking for another's is refused, not shown its own).
+fn scoped_key<'a>(
+    own: Option<&'a str>,
+    asked: Option<&'a str>,
+) -> Result<Option<&'a str>, ApiError> {
+    match (own, asked.filter(|key| !key.is_empty())) {
+        (Some(own), Some(asked)) if own != asked => Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            "A member key sees only its own usage.",
+        )),
+        (Some(own), _) => Ok(Some(own)),
+        (None, asked) => Ok(asked),
+    }
+}
+
 /// Spend by day, model and key over a period.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageReport {
@@ -317,15 +337,19 @@ pub async fn usage_report(
     Path(tenant_id): Path<String>,
     Query(query): Query<UsageQuery>,
 ) -> HandlerResult<Json<UsageReport>> {
-    let key_id = usage_scope(&principal, &tenant_id)?;
+    let key_id = scoped_key(usage_scope(&principal, &tenant_id)?, query.key.as_deref())?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     let (from, to) = query.range()?;
     let group = GroupBy::parse(query.group_by.as_deref().unwrap_or(""))
         .map_err(|message| ApiError::invalid("group_by", message))?;
-    let data = state
+    let mut data = state
         .accounts
         .usage_report(&tenant_id, key_id, from, to, group)
         .await?;
+    if let Some(limit) = query.limit {
+        data.sort_by_key(|row| std::cmp::Reverse(row.totals.cost_usd));
+        data.truncate(usize::try_from(limit.max(1)).unwrap_or(usize::MAX));
+    }
     Ok(Json(UsageReport {
         object: "usage_report",
         from,
@@ -343,7 +367,7 @@ pub async fn usage_events(
     Path(tenant_id): Path<String>,
     Query(query): Query<UsageQuery>,
 ) -> HandlerResult<Json<List<UsageRecord>>> {
-    let key_id = usage_scope(&principal, &tenant_id)?;
+    let key_id = scoped_key(usage_scope(&principal, &tenant_id)?, query.key.as_deref())?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     let (from, to) = query.range()?;
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
@@ -353,6 +377,47 @@ pub async fn usage_events(
             .usage_events(&tenant_id, key_id, from, to, limit)
             .await?,
     ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpendQuery {
+    /// The UTC month (`YYYY-MM`); default: this month.
+    pub month: Option<String>,
+    /// At most this many keys (default 100, at most 1000).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
+}
+
+/// A tenant's spend by key over a month, dearest first, a page at a time (tenant admins).
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage/keys", tag = "billing", params(("id" = String, Path, description = "Tenant id"), KeySpendQuery),
+    responses((status = 200, body = List<KeySpend>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn key_spend(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    Path(tenant_id): Path<String>,
+    Query(query): Query<KeySpendQuery>,
+) -> HandlerResult<Json<List<KeySpend>>> {
+    require_tenant_admin(&principal, &tenant_id)?;
+    existing_tenant(state.store.as_ref(), &tenant_id).await?;
+    let month = match query.month.as_deref() {
+        None | Some("") => Month::of_unix(clock::unix_seconds()),
+        Some(text) => text
+            .parse()
+            .map_err(|_| ApiError::invalid("month", "month must be YYYY-MM"))?,
+    };
+    let page = PageQuery {
+        limit: query.limit,
+        after: query.after,
+    }
+    .request();
+    let found = state
+        .accounts
+        .key_spend(&tenant_id, month, &page)
+        .await
+        .map_err(bad_cursor)?;
+    Ok(page_of(found, |row| row))
 }
 
 /// A tenant's invoices, by period.

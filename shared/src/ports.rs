@@ -155,6 +155,15 @@ impl<T> Page<T> {
     }
 }
 
+/// One key's usage over a month (`key_id` `None`: calls made without a key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeySpend {
+    pub key_id: Option<String>,
+    #[serde(flatten)]
+    pub totals: crate::billing::Totals,
+}
+
 /// What a store says of a cursor it did not make (`StoreError::Invalid`).
 pub const BAD_CURSOR: &str = "after must be a cursor this list returned (next_cursor)";
 
@@ -510,6 +519,14 @@ pub trait Accounts: Send + Sync {
         to: u64,
         group: GroupBy,
     ) -> StoreResult<Vec<UsageRow>>;
+    /// A tenant's spend by key over one UTC month, dearest first, a page at a time: kept as
+    /// usage settles (one row per key and month), so it never sums a month of events.
+    async fn key_spend(
+        &self,
+        tenant_id: &str,
+        month: Month,
+        page: &PageRequest,
+    ) -> StoreResult<Page<KeySpend>>;
     async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>>;
 
     /// Makes each tenant's invoice for `month` from its usage events; closing again is a no-op.

@@ -16,9 +16,9 @@ use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageR
 use ferry_core::calendar::Month;
 use ferry_core::model::{ModelSpec, Price};
 use ferry_core::ports::{
-    Accounts, Alert, Balance, CloseError, Closed, KeyRecord, Page, PageRequest, PostRequest,
-    Posted, PriceRecord, SessionRecord, Settled, Store, StoreResult, StoredModel, Tenant,
-    TenantPolicy, Transaction, UsageRecord,
+    Accounts, Alert, Balance, CloseError, Closed, KeyRecord, KeySpend, Page, PageRequest,
+    PostRequest, Posted, PriceRecord, SessionRecord, Settled, Store, StoreResult, StoredModel,
+    Tenant, TenantPolicy, Transaction, UsageRecord,
 };
 
 use crate::ttl_cache::TtlCache;
@@ -246,6 +246,15 @@ impl Accounts for CachedStore {
         self.accounts
             .usage_report(tenant_id, key_id, from, to, group)
             .await
+    }
+
+    async fn key_spend(
+        &self,
+        tenant_id: &str,
+        month: Month,
+        page: &PageRequest,
+    ) -> StoreResult<Page<KeySpend>> {
+        self.accounts.key_spend(tenant_id, month, page).await
     }
 
     async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>> {

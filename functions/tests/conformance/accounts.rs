@@ -1225,3 +1225,81 @@ async fn a_tenants_ledger_comes_a_page_at_a_time_newest_first() {
         "newest first: {times:?}"
     );
 }
+
+#[tokio::test]
+async fn spend_by_key_for_a_month_comes_dearest_first_a_page_at_a_time() {
+    let store = store_with(&[
+        tenant("a", Billing::Postpaid, Vec::new()),
+        tenant("b", Billing::Postpaid, Vec::new()),
+    ])
+    .await;
+    let september = 1_600_041_600; // 2020-09-14
+    let october = 1_601_510_400; // 2020-10-01
+    let calls = [
+        ("r1", "a", Some("key_x"), september, "0.000005"),
+        ("r2", "a", Some("key_x"), september + 60, "0.000005"),
+        ("r3", "a", Some("key_y"), september, "0.000020"),
+        ("r4", "a", Some("key_z"), september, "0.000001"),
+        ("r5", "a", None, september, "0.000003"),
+        ("r6", "a", Some("key_w"), september, "0.000010"),
+        ("r7", "a", Some("key_x"), october, "9"),
+        ("r8", "b", Some("key_q"), september, "7"),
+    ];
+    for (request_id, tenant_id, key_id, created_at, cost) in calls {
+        let mut call = usage(request_id, tenant_id, usd(cost));
+        call.key_id = key_id.map(str::to_owned);
+        call.created_at = created_at;
+        store.settle(&call).await.unwrap();
+    }
+    let month: Month = "2020-09".parse().unwrap();
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(2);
+    loop {
+        let found = store.key_spend("a", month, &page).await.unwrap();
+        assert!(found.items.len() <= 2);
+        seen.extend(found.items);
+        match found.next {
+            Some(next) => page.after = Some(next),
+            None => break,
+        }
+    }
+    let ranked: Vec<(Option<&str>, u64, Money)> = seen
+        .iter()
+        .map(|row| {
+            (
+                row.key_id.as_deref(),
+                row.totals.requests,
+                row.totals.cost_usd,
+            )
+        })
+        .collect();
+    // key_x and key_w both spent 0.00001: the order between them is the store's, but fixed.
+    assert_eq!(ranked.len(), 5, "{ranked:?}");
+    assert_eq!(ranked[0], (Some("key_y"), 1, usd("0.00002")));
+    let tied: Vec<Option<&str>> = ranked[1..3].iter().map(|row| row.0).collect();
+    assert!(
+        tied.contains(&Some("key_x")) && tied.contains(&Some("key_w")),
+        "{ranked:?}"
+    );
+    let key_x = ranked.iter().find(|row| row.0 == Some("key_x")).unwrap();
+    assert_eq!((key_x.1, key_x.2), (2, usd("0.00001")));
+    assert_eq!(ranked[3], (None, 1, usd("0.000003")));
+    assert_eq!(ranked[4], (Some("key_z"), 1, usd("0.000001")));
+    let october_page = store
+        .key_spend("a", "2020-10".parse().unwrap(), &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(october_page.items.len(), 1);
+    assert_eq!(october_page.items[0].totals.cost_usd, usd("9"));
+    let bad = store
+        .key_spend(
+            "a",
+            month,
+            &PageRequest {
+                limit: 2,
+                after: Some("nonsense".into()),
+            },
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::Invalid(_))));
+}

@@ -23,8 +23,8 @@ use ferry_core::calendar::{Date, Month};
 use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Posting, TransactionKind};
 use ferry_core::ports::{
-    Accounts, Alert, Balance, Billing, CloseError, Closed, Page, PageRequest, PostRequest, Posted,
-    PriceRecord, Settled, StoreError, StoreResult, Transaction, UsageRecord,
+    Accounts, Alert, BAD_CURSOR, Balance, Billing, CloseError, Closed, KeySpend, Page, PageRequest,
+    PostRequest, Posted, PriceRecord, Settled, StoreError, StoreResult, Transaction, UsageRecord,
 };
 use ferry_core::ratelimit;
 use futures_util::future::try_join_all;
@@ -110,10 +110,20 @@ fn add_to_rollup(writes: &mut Writes, table: &str, usage: &UsageRecord) -> Store
         None,
         change(),
     )?;
-    let per_key = match &usage.key_id {
+    let per_key = || match &usage.key_id {
         Some(key_id) => change().set(ROLLUP_KEY, item::s(key_id)),
         None => change(),
     };
+    writes.update(
+        table,
+        &item::key_month(
+            &usage.tenant_id,
+            &Month::of_unix(usage.created_at).to_string(),
+            usage.key_id.as_deref(),
+        ),
+        None,
+        per_key(),
+    )?;
     writes.update(
         table,
         &item::rollup(
@@ -123,7 +133,7 @@ fn add_to_rollup(writes: &mut Writes, table: &str, usage: &UsageRecord) -> Store
             usage.key_id.as_deref(),
         ),
         None,
-        per_key,
+        per_key(),
     )
 }
 
@@ -131,24 +141,36 @@ const ROLLUP_DAY: &str = "day";
 const ROLLUP_MODEL: &str = "model";
 const ROLLUP_KEY: &str = "key_id";
 
-fn rollup_from_item(found: &Attributes) -> StoreResult<RollupRow> {
-    let count = |name: &str| -> StoreResult<u64> {
-        Ok(u64::try_from(get_i64(found, name)?.unwrap_or(0)).unwrap_or(0))
-    };
-    Ok(RollupRow {
-        day: get_text(found, ROLLUP_DAY)?.parse().map_err(unavailable)?,
-        model: get_text(found, ROLLUP_MODEL)?.to_owned(),
+fn key_spend_from_item(found: &Attributes) -> StoreResult<KeySpend> {
+    Ok(KeySpend {
         key_id: found
             .get(ROLLUP_KEY)
             .and_then(|value| value.as_s().ok())
             .cloned(),
-        totals: Totals {
-            requests: count("requests")?,
-            prompt_tokens: count("prompt_tokens")?,
-            cached_tokens: count("cached_tokens")?,
-            completion_tokens: count("completion_tokens")?,
-            cost_usd: Money::from_nanos(get_i64(found, "cost_nanos")?.unwrap_or(0)),
-        },
+        totals: totals_of(found)?,
+    })
+}
+
+fn totals_of(found: &Attributes) -> StoreResult<Totals> {
+    let count = |name: &str| -> StoreResult<u64> {
+        Ok(u64::try_from(get_i64(found, name)?.unwrap_or(0)).unwrap_or(0))
+    };
+    Ok(Totals {
+        requests: count("requests")?,
+        prompt_tokens: count("prompt_tokens")?,
+        cached_tokens: count("cached_tokens")?,
+        completion_tokens: count("completion_tokens")?,
+        cost_usd: Money::from_nanos(get_i64(found, "cost_nanos")?.unwrap_or(0)),
+    })
+}
+
+fn rollup_from_item(found: &Attributes) -> StoreResult<RollupRow> {
+    let KeySpend { key_id, totals } = key_spend_from_item(found)?;
+    Ok(RollupRow {
+        day: get_text(found, ROLLUP_DAY)?.parse().map_err(unavailable)?,
+        model: get_text(found, ROLLUP_MODEL)?.to_owned(),
+        key_id,
+        totals,
     })
 }
 
@@ -856,6 +878,52 @@ impl Accounts for DynamoStore {
             }
         }
         Ok(report.finish())
+    }
+
+    async fn key_spend(
+        &self,
+        tenant_id: &str,
+        month: Month,
+        page: &PageRequest,
+    ) -> StoreResult<Page<KeySpend>> {
+        // One item per key active in the month, ordered here: DynamoDB cannot keep an index
+        // on a number that every settlement adds to.
+        let mut rows = self
+            .partition(&item::key_months(tenant_id, &month.to_string()))
+            .await?
+            .iter()
+            .map(key_spend_from_item)
+            .collect::<StoreResult<Vec<_>>>()?;
+        rows.sort_by(|a, b| (b.totals.cost_usd, &b.key_id).cmp(&(a.totals.cost_usd, &a.key_id)));
+        let cursor_of = |row: &KeySpend| {
+            format!(
+                "{}:{}",
+                row.totals.cost_usd.nanos(),
+                row.key_id.as_deref().unwrap_or("")
+            )
+        };
+        let start = match page.after.as_deref() {
+            None => 0,
+            Some(after) => {
+                let (cost, key) = after
+                    .split_once(':')
+                    .and_then(|(cost, key)| Some((cost.parse::<i64>().ok()?, key)))
+                    .ok_or_else(|| StoreError::Invalid(BAD_CURSOR.into()))?;
+                rows.iter()
+                    .position(|row| {
+                        let row_key = row.key_id.as_deref().unwrap_or("");
+                        (row.totals.cost_usd.nanos(), row_key) < (cost, key)
+                    })
+                    .unwrap_or(rows.len())
+            }
+        };
+        let wanted = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        let fetched: Vec<KeySpend> = rows
+            .into_iter()
+            .skip(start)
+            .take(wanted.saturating_add(1))
+            .collect();
+        Ok(Page::from_overfetch(fetched, page.limit, cursor_of))
     }
 
     async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>> {

@@ -102,6 +102,13 @@ pub fn rollup_all_keys(tenant_id: &str, day: &str, model: &str) -> Key {
 pub fn rollups_all_keys(tenant_id: &str) -> String {
     format!("ROLLUP#{tenant_id}#ALL")
 }
+/// A tenant's spend by one key over one UTC month (`-`: calls made without a key).
+pub fn key_month(tenant_id: &str, month: &str, key_id: Option<&str>) -> Key {
+    Key::new(key_months(tenant_id, month), key_id.unwrap_or("-"))
+}
+pub fn key_months(tenant_id: &str, month: &str) -> String {
+    format!("KEYSPEND#{tenant_id}#{month}")
+}
 pub fn session(id_hash: &str) -> Key {
     Key::single(format!("SESSION#{id_hash}"))
 }

@@ -18,7 +18,7 @@ use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Entry, Posting, TransactionKind};
 use ferry_core::model::Price;
 use ferry_core::ports::{
-    Accounts, Alert, BAD_CURSOR, Balance, Billing, CloseError, Closed, Page, PageRequest,
+    Accounts, Alert, BAD_CURSOR, Balance, Billing, CloseError, Closed, KeySpend, Page, PageRequest,
     PostRequest, Posted, PriceRecord, Settled, StoreError, StoreResult, Transaction, UsageRecord,
 };
 use ferry_core::ratelimit;
@@ -691,6 +691,59 @@ impl Accounts for SqliteStore {
                 }
             }
             Ok(report.finish())
+        })
+        .await
+    }
+
+    async fn key_spend(
+        &self,
+        tenant_id: &str,
+        month: Month,
+        page: &PageRequest,
+    ) -> StoreResult<Page<KeySpend>> {
+        // The cursor is the last row's `cost_nanos:key_id`; dearest first.
+        let after = match page.after.as_deref() {
+            None => None,
+            Some(cursor) => Some(
+                cursor
+                    .split_once(':')
+                    .and_then(|(cost, key)| Some((cost.parse::<i64>().ok()?, key.to_owned())))
+                    .ok_or_else(|| StoreError::Invalid(BAD_CURSOR.into()))?,
+            ),
+        };
+        let tenant_id = tenant_id.to_owned();
+        let limit = page.limit;
+        self.with(move |connection| {
+            let (cost, key) = after.map_or((None, None), |(cost, key)| (Some(cost), Some(key)));
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT key_id, requests, prompt_tokens, cached_tokens, completion_tokens, cost_nanos
+                     FROM usage_key_months
+                     WHERE tenant_id = ?1 AND month = ?2
+                       AND (?3 IS NULL OR cost_nanos < ?3 OR (cost_nanos = ?3 AND key_id < ?4))
+                     ORDER BY cost_nanos DESC, key_id DESC LIMIT ?5",
+                )
+                .map_err(unavailable)?;
+            let rows = statement
+                .query_map(params![tenant_id, month.to_string(), cost, key, i64::from(limit) + 1], |row| {
+                    let key: String = row.get(0)?;
+                    Ok(KeySpend {
+                        key_id: (!key.is_empty()).then_some(key),
+                        totals: Totals {
+                            requests: from_sql_int(row.get(1)?),
+                            prompt_tokens: from_sql_int(row.get(2)?),
+                            cached_tokens: from_sql_int(row.get(3)?),
+                            completion_tokens: from_sql_int(row.get(4)?),
+                            cost_usd: Money::from_nanos(row.get(5)?),
+                        },
+                    })
+                })
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            Ok(Page::from_overfetch(rows, limit, |row| {
+                format!("{}:{}", row.totals.cost_usd.nanos(), row.key_id.as_deref().unwrap_or(""))
+            }))
         })
         .await
     }

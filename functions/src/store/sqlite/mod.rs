@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use ferry_core::Money;
 use ferry_core::cache::{CacheKey, Entry as CacheEntry};
-use ferry_core::calendar::Date;
+use ferry_core::calendar::{Date, Month};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
     BAD_CURSOR, Billing, KeyRecord, Page, PageRequest, RateLimits, SessionRecord, SharedCache,
@@ -184,7 +184,24 @@ const MIGRATIONS: &[&str] = &[
         cached_tokens, completion_tokens, cost_nanos)
      SELECT tenant_id, day, model, '*', sum(requests), sum(prompt_tokens), sum(cached_tokens),
             sum(completion_tokens), sum(cost_nanos)
-     FROM usage_rollups GROUP BY 1, 2, 3;",
+     FROM usage_rollups GROUP BY 1, 2, 3;
+     -- Spend by key and UTC month, read dearest first a page at a time.
+     CREATE TABLE usage_key_months (
+        tenant_id TEXT NOT NULL,
+        month TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL CHECK (typeof(cost_nanos) = 'integer'),
+        PRIMARY KEY (tenant_id, month, key_id)
+     ) WITHOUT ROWID;
+     CREATE INDEX usage_key_months_by_cost ON usage_key_months(tenant_id, month, cost_nanos, key_id);
+     INSERT INTO usage_key_months
+     SELECT tenant_id, substr(day, 1, 7), key_id, sum(requests), sum(prompt_tokens),
+            sum(cached_tokens), sum(completion_tokens), sum(cost_nanos)
+     FROM usage_rollups WHERE key_id != '*' GROUP BY 1, 2, 3;",
 ];
 
 /// What a commit survives once `SqliteStore` has answered.
@@ -992,6 +1009,25 @@ pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusq
                 ],
             )?;
         }
+        run(
+            connection,
+            "INSERT INTO usage_key_months VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7)
+             ON CONFLICT (tenant_id, month, key_id) DO UPDATE SET
+                requests = requests + 1,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                cached_tokens = cached_tokens + excluded.cached_tokens,
+                completion_tokens = completion_tokens + excluded.completion_tokens,
+                cost_nanos = cost_nanos + excluded.cost_nanos",
+            params![
+                usage.tenant_id,
+                Month::of_unix(usage.created_at).to_string(),
+                usage.key_id.as_deref().unwrap_or(""),
+                to_sql_int(usage.prompt_tokens),
+                to_sql_int(usage.cached_tokens),
+                to_sql_int(usage.completion_tokens),
+                usage.cost.nanos(),
+            ],
+        )?;
     }
     Ok(inserted == 1)
 }
