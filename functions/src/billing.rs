@@ -10,7 +10,9 @@ use ferry_core::calendar::{Date, Month};
 use ferry_core::error::ErrorBody;
 use ferry_core::ledger::Posting;
 use ferry_core::model::Price;
-use ferry_core::ports::{Alert, KeySpend, PostRequest, PriceRecord, Transaction, UsageRecord};
+use ferry_core::ports::{
+    Alert, KeySpend, PageRequest, PostRequest, PriceRecord, Transaction, UsageRecord,
+};
 use ferry_core::principal::{Credential, Principal};
 use ferry_core::{ApiError, ErrorKind, Money};
 use serde::{Deserialize, Serialize};
@@ -251,6 +253,8 @@ pub struct UsageQuery {
     pub limit: Option<u32>,
     /// Only this key's usage (`key_…`); a member sees only its own key's anyway.
     pub key: Option<String>,
+    /// For events: the `next_cursor` of the previous page.
+    pub after: Option<String>,
 }
 
 impl UsageQuery {
@@ -360,7 +364,7 @@ pub async fn usage_report(
 
 /// A tenant's usage events, one per call, oldest first (a member sees its own key's).
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage/events", tag = "billing", params(("id" = String, Path, description = "Tenant id"), UsageQuery),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = List<UsageRecord>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn usage_events(
     State(state): State<AppState>,
     Caller(principal): Caller,
@@ -370,13 +374,16 @@ pub async fn usage_events(
     let key_id = scoped_key(usage_scope(&principal, &tenant_id)?, query.key.as_deref())?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     let (from, to) = query.range()?;
-    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
-    Ok(list(
-        state
-            .accounts
-            .usage_events(&tenant_id, key_id, from, to, limit)
-            .await?,
-    ))
+    let page = PageRequest {
+        limit: query.limit.unwrap_or(1000).clamp(1, 10_000),
+        after: query.after.clone().filter(|after| !after.is_empty()),
+    };
+    let found = state
+        .accounts
+        .usage_events_page(&tenant_id, key_id, (from, to), &page)
+        .await
+        .map_err(bad_cursor)?;
+    Ok(page_of(found, |event| event))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -167,6 +167,15 @@ pub struct KeySpend {
 /// What a store says of a cursor it did not make (`StoreError::Invalid`).
 pub const BAD_CURSOR: &str = "after must be a cursor this list returned (next_cursor)";
 
+/// A cursor of the form `<number>:<id>` (what the stores make: a sort value and the id that
+/// breaks its ties); a cursor of any other form is the caller's mistake.
+pub fn split_cursor<N: std::str::FromStr>(cursor: &str) -> Result<(N, String), StoreError> {
+    cursor
+        .split_once(':')
+        .and_then(|(number, id)| Some((number.parse().ok()?, id.to_owned())))
+        .ok_or_else(|| StoreError::Invalid(BAD_CURSOR.into()))
+}
+
 /// Which page of a list to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest {
@@ -194,6 +203,7 @@ pub struct StoredModel {
 
 /// One call, as metered. `request_id` makes recording idempotent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageRecord {
     pub request_id: String,
     /// The tenant billed, or `operator` for the operator's own calls.
@@ -511,6 +521,14 @@ pub trait Accounts: Send + Sync {
         to: u64,
         limit: u32,
     ) -> StoreResult<Vec<UsageRecord>>;
+    /// The same, a page at a time: `[from, to)`, oldest first, after the cursor.
+    async fn usage_events_page(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        (from, to): (u64, u64),
+        page: &PageRequest,
+    ) -> StoreResult<Page<UsageRecord>>;
     async fn usage_report(
         &self,
         tenant_id: &str,

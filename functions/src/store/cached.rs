@@ -248,6 +248,18 @@ impl Accounts for CachedStore {
             .await
     }
 
+    async fn usage_events_page(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        range: (u64, u64),
+        page: &PageRequest,
+    ) -> StoreResult<Page<UsageRecord>> {
+        self.accounts
+            .usage_events_page(tenant_id, key_id, range, page)
+            .await
+    }
+
     async fn key_spend(
         &self,
         tenant_id: &str,

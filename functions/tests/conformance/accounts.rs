@@ -1303,3 +1303,57 @@ async fn spend_by_key_for_a_month_comes_dearest_first_a_page_at_a_time() {
         .await;
     assert!(matches!(bad, Err(StoreError::Invalid(_))));
 }
+
+#[tokio::test]
+async fn usage_events_come_a_page_at_a_time_oldest_first() {
+    let store = store_with(&[
+        tenant("a", Billing::Postpaid, Vec::new()),
+        tenant("b", Billing::Postpaid, Vec::new()),
+    ])
+    .await;
+    let at = 1_600_041_600;
+    // Three in one second: the cursor still holds each once.
+    for (request_id, tenant_id, key_id, created_at) in [
+        ("r1", "a", Some("key_x"), at),
+        ("r2", "a", Some("key_y"), at),
+        ("r3", "a", Some("key_x"), at),
+        ("r4", "a", Some("key_x"), at + 5),
+        ("r5", "a", Some("key_x"), at + 9),
+        ("r6", "b", Some("key_x"), at + 1),
+        ("r7", "a", Some("key_x"), at + 100),
+    ] {
+        let mut call = usage(request_id, tenant_id, usd("0.000001"));
+        call.key_id = key_id.map(str::to_owned);
+        call.created_at = created_at;
+        store.settle(&call).await.unwrap();
+    }
+    let walk = |key: Option<&'static str>| {
+        let store = &store;
+        async move {
+            let mut seen = Vec::new();
+            let mut page = PageRequest::first(2);
+            loop {
+                let found = store
+                    .usage_events_page("a", key, (at, at + 50), &page)
+                    .await
+                    .unwrap();
+                assert!(found.items.len() <= 2);
+                seen.extend(found.items.into_iter().map(|event| event.request_id));
+                match found.next {
+                    Some(next) => page.after = Some(next),
+                    None => break,
+                }
+            }
+            seen
+        }
+    };
+    let all = walk(None).await;
+    assert_eq!(all.len(), 5, "{all:?}");
+    let mut unique = all.clone();
+    unique.sort();
+    assert_eq!(unique, ["r1", "r2", "r3", "r4", "r5"]);
+    assert_eq!(&all[3..], ["r4", "r5"], "oldest first");
+    let own = walk(Some("key_x")).await;
+    assert_eq!(own.len(), 4, "{own:?}");
+    assert!(!own.contains(&"r2".to_owned()));
+}

@@ -23,8 +23,9 @@ use ferry_core::calendar::{Date, Month};
 use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Posting, TransactionKind};
 use ferry_core::ports::{
-    Accounts, Alert, BAD_CURSOR, Balance, Billing, CloseError, Closed, KeySpend, Page, PageRequest,
+    Accounts, Alert, Balance, Billing, CloseError, Closed, KeySpend, Page, PageRequest,
     PostRequest, Posted, PriceRecord, Settled, StoreError, StoreResult, Transaction, UsageRecord,
+    split_cursor,
 };
 use ferry_core::ratelimit;
 use futures_util::future::try_join_all;
@@ -35,7 +36,7 @@ use super::item::{
 };
 use super::write::{Attempt, Change, VERSION, Version, Writes};
 use crate::clock;
-use crate::schema::PARTITION_KEY;
+use crate::schema::{INDEX_SORT_KEY, PARTITION_KEY};
 
 /// An invoice made this long after its month ended is final. Longer than SQLite's 5 minutes:
 /// a close reads the month's usage from the index, which may lag a settlement made a moment
@@ -842,6 +843,56 @@ impl Accounts for DynamoStore {
         bodies(&items)
     }
 
+    async fn usage_events_page(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        (from, to): (u64, u64),
+        page: &PageRequest,
+    ) -> StoreResult<Page<UsageRecord>> {
+        let Some((low, high)) = time_range(from, to) else {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        };
+        // The cursor is the last event's index sort key (`padded created#request id`).
+        let after = page.after.clone().unwrap_or_default();
+        let low = low.max(after.clone());
+        let wanted = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        let items = self
+            .list(
+                &item::tenant_usage(tenant_id),
+                Some((&low, &high)),
+                false,
+                wanted.saturating_add(1),
+                |item| {
+                    item.get(INDEX_SORT_KEY)
+                        .and_then(|value| value.as_s().ok())
+                        .is_some_and(|sort| *sort > after)
+                        && key_id.is_none_or(|key_id| {
+                            get_json::<UsageRecord>(item, "body")
+                                .is_ok_and(|usage| usage.key_id.as_deref() == Some(key_id))
+                        })
+                },
+            )
+            .await?;
+        let mut fetched = Vec::with_capacity(items.len());
+        for found in &items {
+            let sort = found
+                .get(INDEX_SORT_KEY)
+                .and_then(|value| value.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            fetched.push((sort, get_json::<UsageRecord>(found, "body")?));
+        }
+        let page = Page::from_overfetch(fetched, page.limit, |(sort, _)| sort.clone());
+        Ok(Page {
+            items: page.items.into_iter().map(|(_, usage)| usage).collect(),
+            next: page.next,
+        })
+    }
+
     async fn usage_report(
         &self,
         tenant_id: &str,
@@ -905,10 +956,8 @@ impl Accounts for DynamoStore {
         let start = match page.after.as_deref() {
             None => 0,
             Some(after) => {
-                let (cost, key) = after
-                    .split_once(':')
-                    .and_then(|(cost, key)| Some((cost.parse::<i64>().ok()?, key)))
-                    .ok_or_else(|| StoreError::Invalid(BAD_CURSOR.into()))?;
+                let (cost, key) = split_cursor::<i64>(after)?;
+                let key = key.as_str();
                 rows.iter()
                     .position(|row| {
                         let row_key = row.key_id.as_deref().unwrap_or("");

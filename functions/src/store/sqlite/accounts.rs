@@ -18,8 +18,9 @@ use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Entry, Posting, TransactionKind};
 use ferry_core::model::Price;
 use ferry_core::ports::{
-    Accounts, Alert, BAD_CURSOR, Balance, Billing, CloseError, Closed, KeySpend, Page, PageRequest,
+    Accounts, Alert, Balance, Billing, CloseError, Closed, KeySpend, Page, PageRequest,
     PostRequest, Posted, PriceRecord, Settled, StoreError, StoreResult, Transaction, UsageRecord,
+    split_cursor,
 };
 use ferry_core::ratelimit;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -520,15 +521,7 @@ impl Accounts for SqliteStore {
         page: &PageRequest,
     ) -> StoreResult<Page<Transaction>> {
         // The cursor is the last transaction's `created_at_ms:id`; newest first.
-        let after = match page.after.as_deref() {
-            None => None,
-            Some(cursor) => Some(
-                cursor
-                    .split_once(':')
-                    .and_then(|(created, id)| Some((created.parse::<u64>().ok()?, id.to_owned())))
-                    .ok_or_else(|| StoreError::Invalid(BAD_CURSOR.into()))?,
-            ),
-        };
+        let after = page.after.as_deref().map(split_cursor::<u64>).transpose()?;
         let tenant_id = tenant_id.to_owned();
         let limit = page.limit;
         self.with(move |connection| {
@@ -626,6 +619,41 @@ impl Accounts for SqliteStore {
         .await
     }
 
+    async fn usage_events_page(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        (from, to): (u64, u64),
+        page: &PageRequest,
+    ) -> StoreResult<Page<UsageRecord>> {
+        // The cursor is the last event's `created_at:request_id`; oldest first.
+        let after = page.after.as_deref().map(split_cursor::<u64>).transpose()?;
+        let tenant_id = tenant_id.to_owned();
+        let key_id = key_id.map(str::to_owned);
+        let limit = page.limit;
+        self.with(move |connection| {
+            let (created, id) = after.map_or((None, None), |(created, id)| (Some(to_sql_int(created)), Some(id)));
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "SELECT {USAGE_COLUMNS} FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3
+                     AND (?4 IS NULL OR key_id = ?4)
+                     AND (?5 IS NULL OR created_at > ?5 OR (created_at = ?5 AND request_id > ?6))
+                     ORDER BY created_at, request_id LIMIT ?7"
+                ))
+                .map_err(unavailable)?;
+            let events = statement
+                .query_map(
+                    params![tenant_id, to_sql_int(from), to_sql_int(to), key_id, created, id, i64::from(limit) + 1],
+                    usage_from_row,
+                )
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            Ok(Page::from_overfetch(events, limit, |event| format!("{}:{}", event.created_at, event.request_id)))
+        })
+        .await
+    }
+
     async fn usage_report(
         &self,
         tenant_id: &str,
@@ -702,15 +730,7 @@ impl Accounts for SqliteStore {
         page: &PageRequest,
     ) -> StoreResult<Page<KeySpend>> {
         // The cursor is the last row's `cost_nanos:key_id`; dearest first.
-        let after = match page.after.as_deref() {
-            None => None,
-            Some(cursor) => Some(
-                cursor
-                    .split_once(':')
-                    .and_then(|(cost, key)| Some((cost.parse::<i64>().ok()?, key.to_owned())))
-                    .ok_or_else(|| StoreError::Invalid(BAD_CURSOR.into()))?,
-            ),
-        };
+        let after = page.after.as_deref().map(split_cursor::<i64>).transpose()?;
         let tenant_id = tenant_id.to_owned();
         let limit = page.limit;
         self.with(move |connection| {

@@ -11,8 +11,8 @@ use ferry_core::cache::{CacheKey, Entry as CacheEntry};
 use ferry_core::calendar::{Date, Month};
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    BAD_CURSOR, Billing, KeyRecord, Page, PageRequest, RateLimits, SessionRecord, SharedCache,
-    Store, StoreError, StoreResult, StoredModel, Tenant, TenantPolicy, UsageRecord,
+    Billing, KeyRecord, Page, PageRequest, RateLimits, SessionRecord, SharedCache, Store,
+    StoreError, StoreResult, StoredModel, Tenant, TenantPolicy, UsageRecord, split_cursor,
 };
 use ferry_core::principal::Role;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -775,15 +775,7 @@ impl Store for SqliteStore {
 
     async fn keys_page(&self, tenant_id: &str, page: &PageRequest) -> StoreResult<Page<KeyRecord>> {
         // The cursor is the last key's `created_at:id`; newest first.
-        let after = match page.after.as_deref() {
-            None => None,
-            Some(cursor) => Some(
-                cursor
-                    .split_once(':')
-                    .and_then(|(created, id)| Some((created.parse::<u64>().ok()?, id.to_owned())))
-                    .ok_or_else(|| StoreError::Invalid(BAD_CURSOR.into()))?,
-            ),
-        };
+        let after = page.after.as_deref().map(split_cursor::<u64>).transpose()?;
         let tenant_id = tenant_id.to_owned();
         let limit = page.limit;
         self.with(move |connection| {
