@@ -1,0 +1,31 @@
+export const en = {
+  'health.title': 'Health',
+  'health.note': 'From /metrics every 5 seconds while this page is visible; rates cover the last interval.',
+  'health.waiting': 'Waiting for a second reading to measure rates…',
+  'health.requests': 'HTTP requests per second',
+  'health.calls': 'Model calls per second',
+  'health.serverErrors': 'Server errors (5xx)',
+  'health.clientErrors': 'Client errors (4xx)',
+  'health.overhead': 'Gateway overhead, mean',
+  'health.overheadP95': 'Gateway overhead, p95 (bucket)',
+  'health.inFlight': 'Calls in flight',
+  'health.history': 'Recent readings',
+  'health.time': 'Time',
+  'health.perSecond': '{value}/s',
+}
+
+export const zhCN: Record<keyof typeof en, string> = {
+  'health.title': '运行状况',
+  'health.note': '页面可见时每 5 秒读取一次 /metrics；速率为最近一个间隔内的值。',
+  'health.waiting': '正在等待第二次读取以计算速率…',
+  'health.requests': '每秒 HTTP 请求数',
+  'health.calls': '每秒模型调用数',
+  'health.serverErrors': '服务端错误（5xx）',
+  'health.clientErrors': '客户端错误（4xx）',
+  'health.overhead': '网关开销（平均）',
+  'health.overheadP95': '网关开销（p95，按分桶）',
+  'health.inFlight': '进行中的调用',
+  'health.history': '最近读数',
+  'health.time': '时间',
+  'health.perSecond': '{value}/秒',
+}
