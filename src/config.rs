@@ -168,6 +168,7 @@ pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
                 .key_set_recheck_ms
                 .map_or(AuthConfig::default().key_set_recheck, Duration::from_millis),
             jwt: file.auth.jwt,
+            ..AuthConfig::default()
         },
         upstream: UpstreamConfig {
             connect_timeout: seconds(

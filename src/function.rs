@@ -132,6 +132,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
     let answers = state.cache.clone();
     let config = RouterConfig {
         metrics_token: value(env::METRICS_TOKEN),
+        pool_url: value(env::POOL_URL),
         ..RouterConfig::default()
     };
     let router = ferry_functions::router_for(surface, state, &config);
@@ -199,12 +200,20 @@ fn jwt_from_env() -> anyhow::Result<Option<JwtConfig>> {
     let values = [env::JWT_JWKS_URL, env::JWT_ISSUER, env::JWT_AUDIENCE].map(value);
     match values {
         [None, None, None] => Ok(None),
-        [Some(jwks_url), Some(issuer), Some(audience)] => Ok(Some(
-            serde_json::from_value(serde_json::json!({
-                "jwks_url": jwks_url, "issuer": issuer, "audience": audience
-            }))
-            .context("OIDC settings")?,
-        )),
+        [Some(jwks_url), Some(issuer), Some(audience)] => {
+            let console = value(env::JWT_CONSOLE_CLIENT_ID).map(|client_id| {
+                serde_json::json!({
+                    "client_id": client_id,
+                    "client_secret": value(env::JWT_CONSOLE_CLIENT_SECRET),
+                })
+            });
+            Ok(Some(
+                serde_json::from_value(serde_json::json!({
+                    "jwks_url": jwks_url, "issuer": issuer, "audience": audience, "console": console,
+                }))
+                .context("OIDC settings")?,
+            ))
+        }
         _ => anyhow::bail!(
             "set all of {}, {} and {}, or none",
             env::JWT_JWKS_URL.name,

@@ -108,11 +108,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for model in &config.models {
         register_model(store.as_ref(), store.as_ref(), model, clock::unix_millis()).await?;
     }
-    let (pool, local_models) = if args.no_local_models {
-        (None, Vec::new())
+    let (pool, local_models, pool_url) = if args.no_local_models {
+        (None, Vec::new(), None)
     } else {
-        let (pool, ids) = start_local_pool(&args, &config, store.as_ref()).await?;
-        (Some(pool), ids)
+        let (pool, ids, activator) = start_local_pool(&args, &config, store.as_ref()).await?;
+        (Some(pool), ids, Some(activator))
     };
     let money = MoneyConfig {
         hold_ttl: Duration::from_secs(args.hold_ttl_seconds.max(1)),
@@ -162,6 +162,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_request_body_bytes: config.max_request_body_bytes,
             max_calls_in_flight: config.max_calls_in_flight,
             metrics_token: args.metrics_token.clone().filter(|token| !token.is_empty()),
+            pool_url,
         },
     );
     let listener = TcpListener::bind(config.addr)
@@ -239,7 +240,7 @@ async fn start_local_pool(
     args: &ServeArgs,
     config: &Config,
     store: &dyn Store,
-) -> anyhow::Result<(Arc<Pool>, Vec<String>)> {
+) -> anyhow::Result<(Arc<Pool>, Vec<String>, String)> {
     let pull = args.store.pull_options(&config.data_dir);
     let worker_config = args.models.worker_config(pull.clone());
     let models: Vec<(ModelRef, ModelKind)> = worker_config
@@ -344,7 +345,7 @@ async fn start_local_pool(
         store.put_model(&spec, clock::unix_seconds()).await?;
         tracing::info!(model = %id, %url, "serving local model");
     }
-    Ok((pool, ids))
+    Ok((pool, ids, format!("http://{activator_addr}")))
 }
 
 /// Workers on one machine share its cores: each gets its part for its CPU kernels, since

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,13 +18,13 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::auth::Authenticator;
+use crate::auth::{self, Authenticator};
 use crate::cache::ResponseCache;
 use crate::edge::EdgeKeys;
 use crate::error::{ErrorKindTag, Failure};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels, status_class};
 use crate::route::Breakers;
-use crate::{admin, billing, clock, gateway, openapi};
+use crate::{admin, billing, clock, console, gateway, openapi, pool, session};
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -82,6 +82,9 @@ pub struct RouterConfig {
     pub max_calls_in_flight: usize,
     /// A bearer token that may read `/metrics` (a scraper's); operator keys may too.
     pub metrics_token: Option<String>,
+    /// The GPU pool's control plane (the activator's or `ferry scaler`'s `GET /pool`), shown
+    /// to operators at `/admin/v1/pool`; `None`: no pool.
+    pub pool_url: Option<String>,
 }
 
 impl Default for RouterConfig {
@@ -90,6 +93,7 @@ impl Default for RouterConfig {
             max_request_body_bytes: 8 * 1024 * 1024,
             max_calls_in_flight: 4096,
             metrics_token: None,
+            pool_url: None,
         }
     }
 }
@@ -121,7 +125,15 @@ pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> R
         );
     }
     if surface != Surface::Gateway {
-        router = router.nest("/admin/v1", admin::routes().merge(billing::routes()));
+        router = router
+            .nest(
+                "/admin/v1",
+                admin::routes()
+                    .merge(billing::routes())
+                    .merge(session::routes())
+                    .merge(pool::routes(config.pool_url.clone())),
+            )
+            .merge(console::routes());
     }
     router
         .route("/healthz", get(healthz))
@@ -137,6 +149,7 @@ pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> R
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_body_bytes))
+        .layer(middleware::from_fn(console::secure_headers))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             request_context,
@@ -279,16 +292,41 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Failure> {
-        let principal = state
-            .auth
-            .authenticate(&parts.headers)
-            .await
-            .map_err(Failure)?;
+        let principal = authenticate(parts, state).await.map_err(Failure)?;
         if let Some(log) = parts.extensions.get::<RequestLog>() {
             log.set_tenant(principal.billing_subject());
         }
         Ok(Caller(principal))
     }
+}
+
+/// A bearer credential when there is one, else the console's session cookie; a session's
+/// state-changing calls must carry its CSRF token too.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    authenticate_request(&parts.method, &parts.headers, state).await
+}
+
+pub(crate) async fn authenticate_request(
+    method: &Method,
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Result<Principal, ApiError> {
+    let session = match auth::session_token(headers) {
+        Some(token) if !headers.contains_key(header::AUTHORIZATION) => token,
+        _ => return state.auth.authenticate(headers).await,
+    };
+    let signed_in = state.auth.authenticate_session(session).await?;
+    if auth::needs_csrf_token(method) && !auth::has_csrf_token(headers, &signed_in.session) {
+        return Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "This call changes something: a console session must send its CSRF token in the {} header.",
+                ferry_core::session::CSRF_HEADER
+            ),
+        )
+        .with_code("csrf_token_invalid"));
+    }
+    Ok(signed_in.principal)
 }
 
 async fn healthz() -> Json<serde_json::Value> {

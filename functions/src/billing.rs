@@ -217,7 +217,7 @@ pub struct LedgerQuery {
 
 /// A tenant's ledger transactions, newest first.
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/ledger", tag = "billing", params(("id" = String, Path, description = "Tenant id"), LedgerQuery),
-    responses((status = 200, body = List<Transaction>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = List<Transaction>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn ledger(
     State(state): State<AppState>,
     Caller(principal): Caller,
@@ -248,48 +248,71 @@ pub struct UsageQuery {
     pub to: Option<String>,
     /// Any of `day`, `model`, `key`, comma-separated.
     pub group_by: Option<String>,
-    /// For events: at most this many, oldest first (default 1000, at most 10000). For a
-    /// report: only the this-many groups that cost the most, dearest first.
+    /// Only the this-many groups that cost the most, dearest first.
     pub limit: Option<u32>,
     /// Only this key's usage (`key_…`); a member sees only its own key's anyway.
     pub key: Option<String>,
-    /// For events: the `next_cursor` of the previous page.
+}
+
+/// `?from&to&key&limit&after` of the usage events.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// From this UTC date (`YYYY-MM-DD`) or unix second; default: the start of this month.
+    pub from: Option<String>,
+    /// Up to and including this UTC date, or before this unix second; default: now.
+    pub to: Option<String>,
+    /// At most this many, oldest first (default 1000, at most 10000).
+    pub limit: Option<u32>,
+    /// Only this key's events (`key_…`); a member sees only its own key's anyway.
+    pub key: Option<String>,
+    /// The `next_cursor` of the previous page.
     pub after: Option<String>,
 }
 
 impl UsageQuery {
-    /// `[from, to)` in unix seconds.
     fn range(&self) -> Result<(u64, u64), ApiError> {
-        let now = clock::unix_seconds();
-        let parse = |param: &str, text: &str, end: bool| -> Result<u64, ApiError> {
-            if let Ok(seconds) = text.parse::<u64>() {
-                return Ok(seconds);
-            }
-            let date: Date = text.parse().map_err(|_| {
-                ApiError::invalid(
-                    param,
-                    format!("{param} must be a date (YYYY-MM-DD) or unix seconds"),
-                )
-            })?;
-            Ok(if end {
-                date.next().start_unix()
-            } else {
-                date.start_unix()
-            })
-        };
-        let from = match &self.from {
-            Some(text) => parse("from", text, false)?,
-            None => Month::of_unix(now).first_day().start_unix(),
-        };
-        let to = match &self.to {
-            Some(text) => parse("to", text, true)?,
-            None => now + 1,
-        };
-        if to < from {
-            return Err(ApiError::invalid("to", "to must not be before from"));
-        }
-        Ok((from, to))
+        usage_range(self.from.as_deref(), self.to.as_deref())
     }
+}
+
+impl EventsQuery {
+    fn range(&self) -> Result<(u64, u64), ApiError> {
+        usage_range(self.from.as_deref(), self.to.as_deref())
+    }
+}
+
+/// `[from, to)` in unix seconds.
+fn usage_range(from: Option<&str>, to: Option<&str>) -> Result<(u64, u64), ApiError> {
+    let now = clock::unix_seconds();
+    let parse = |param: &str, text: &str, end: bool| -> Result<u64, ApiError> {
+        if let Ok(seconds) = text.parse::<u64>() {
+            return Ok(seconds);
+        }
+        let date: Date = text.parse().map_err(|_| {
+            ApiError::invalid(
+                param,
+                format!("{param} must be a date (YYYY-MM-DD) or unix seconds"),
+            )
+        })?;
+        Ok(if end {
+            date.next().start_unix()
+        } else {
+            date.start_unix()
+        })
+    };
+    let from = match from {
+        Some(text) => parse("from", text, false)?,
+        None => Month::of_unix(now).first_day().start_unix(),
+    };
+    let to = match to {
+        Some(text) => parse("to", text, true)?,
+        None => now + 1,
+    };
+    if to < from {
+        return Err(ApiError::invalid("to", "to must not be before from"));
+    }
+    Ok((from, to))
 }
 
 /// Whose usage the caller may see: the whole tenant's (operators, its admins), or a member's
@@ -334,7 +357,7 @@ pub struct UsageReport {
 /// A tenant's usage and spend, grouped by any of day, model and key (a member sees its own
 /// key's).
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage", tag = "billing", params(("id" = String, Path, description = "Tenant id"), UsageQuery),
-    responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn usage_report(
     State(state): State<AppState>,
     Caller(principal): Caller,
@@ -363,13 +386,13 @@ pub async fn usage_report(
 }
 
 /// A tenant's usage events, one per call, oldest first (a member sees its own key's).
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage/events", tag = "billing", params(("id" = String, Path, description = "Tenant id"), UsageQuery),
-    responses((status = 200, body = List<UsageRecord>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage/events", tag = "billing", params(("id" = String, Path, description = "Tenant id"), EventsQuery),
+    responses((status = 200, body = List<UsageRecord>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn usage_events(
     State(state): State<AppState>,
     Caller(principal): Caller,
     Path(tenant_id): Path<String>,
-    Query(query): Query<UsageQuery>,
+    Query(query): Query<EventsQuery>,
 ) -> HandlerResult<Json<List<UsageRecord>>> {
     let key_id = scoped_key(usage_scope(&principal, &tenant_id)?, query.key.as_deref())?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
@@ -399,7 +422,7 @@ pub struct KeySpendQuery {
 
 /// A tenant's spend by key over a month, dearest first, a page at a time (tenant admins).
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/usage/keys", tag = "billing", params(("id" = String, Path, description = "Tenant id"), KeySpendQuery),
-    responses((status = 200, body = List<KeySpend>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = List<KeySpend>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn key_spend(
     State(state): State<AppState>,
     Caller(principal): Caller,

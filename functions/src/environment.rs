@@ -97,6 +97,18 @@ pub const JWT_AUDIENCE: Variable = Variable {
     read_by: CALLERS,
     required_by: NONE,
 };
+/// The console's sign-in through the same OpenID provider (`[auth.jwt.console]`): its client
+/// id there, and its secret for a confidential client (the admin function serves the sign-in).
+pub const JWT_CONSOLE_CLIENT_ID: Variable = Variable {
+    name: "FERRY_JWT_CONSOLE_CLIENT_ID",
+    read_by: CALLERS,
+    required_by: NONE,
+};
+pub const JWT_CONSOLE_CLIENT_SECRET: Variable = Variable {
+    name: "FERRY_JWT_CONSOLE_CLIENT_SECRET",
+    read_by: CALLERS,
+    required_by: NONE,
+};
 /// Edges (`ferry-edge`): the secret shared with them (their hit reports are signed with it)
 /// and the gateway's own key for the grants it hands them (both or neither).
 pub const EDGE_SECRET: Variable = Variable {
@@ -113,6 +125,13 @@ pub const EDGE_GRANT_SECRET: Variable = Variable {
 pub const METRICS_TOKEN: Variable = Variable {
     name: "FERRY_METRICS_TOKEN",
     read_by: CALLERS,
+    required_by: NONE,
+};
+/// The GPU pool's control plane (`ferry scaler`'s URL): the console's pool page reads its
+/// replicas and queue through the admin API, and prewarms it.
+pub const POOL_URL: Variable = Variable {
+    name: "FERRY_POOL_URL",
+    read_by: &[Function::Admin],
     required_by: NONE,
 };
 /// Log JSON lines (`true`) rather than text.
@@ -138,9 +157,12 @@ pub const VARIABLES: &[Variable] = &[
     JWT_JWKS_URL,
     JWT_ISSUER,
     JWT_AUDIENCE,
+    JWT_CONSOLE_CLIENT_ID,
+    JWT_CONSOLE_CLIENT_SECRET,
     EDGE_SECRET,
     EDGE_GRANT_SECRET,
     METRICS_TOKEN,
+    POOL_URL,
     LOG_JSON,
     PORT,
 ];

@@ -292,7 +292,7 @@ pub async fn serve(
     let by_token = matches!((presented, &token), (Some(presented), Some(token))
         if bool::from(presented.as_bytes().ct_eq(token.as_bytes())));
     if !by_token {
-        match state.auth.authenticate(&headers).await {
+        match crate::app::authenticate_request(&axum::http::Method::GET, &headers, &state).await {
             Ok(principal) if principal.is_operator() => {}
             Ok(_) => {
                 return Failure(ApiError::new(

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, billing, gateway};
+use crate::{admin, billing, gateway, pool, session};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,14 +33,24 @@ use crate::{admin, billing, gateway};
         billing::ledger,
         billing::usage_report,
         billing::usage_events,
+        billing::key_spend,
         billing::invoices,
         billing::alerts,
         billing::add_price,
         billing::list_prices,
+        session::methods,
+        session::sign_in,
+        session::current,
+        session::sign_out,
+        session::oidc_start,
+        session::oidc_callback,
+        pool::status,
+        pool::prewarm,
     ),
     modifiers(&BearerAuth),
     tags((name = "gateway", description = "OpenAI-compatible endpoints"), (name = "admin", description = "Tenants, keys and models"),
-        (name = "billing", description = "Credit, prices, usage and invoices"))
+        (name = "billing", description = "Credit, prices, usage and invoices"),
+        (name = "session", description = "The console's sign-in: a session cookie for a key"))
 )]
 pub struct ApiDoc;
 

@@ -697,3 +697,451 @@ async fn the_wrong_method_on_a_known_route_is_a_json_405() {
         request_id(&answer);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The console: sessions, CSRF, pages, its assets and the headers on every answer.
+
+/// A browser's request: the session cookie, and the CSRF token when given.
+fn browser(
+    method: Method,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Body,
+) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::COOKIE, format!("theme=dark; {cookie}"))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(csrf) = csrf {
+        request = request.header("x-ferry-csrf", csrf);
+    }
+    request.body(body).unwrap()
+}
+
+/// `POST /admin/v1/session` with `key` and the given headers, as a browser on the console's
+/// own origin sends it (or as a hostile page does, with its headers).
+fn sign_in_request(key: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri("/admin/v1/session")
+        .header(header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
+        .body(Body::from(json!({ "key": key }).to_string()))
+        .unwrap()
+}
+
+/// Signs in with `key`: the session cookie (`name=value`) and the session.
+async fn sign_in(ferry: &Ferry, key: &str) -> (String, Value) {
+    let answer = ferry.send(sign_in_request(key, &[])).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let cookie = answer.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(cookie.contains("Path=/"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+    (cookie.split(';').next().unwrap().to_owned(), answer.body)
+}
+
+#[tokio::test]
+async fn a_key_signs_in_to_a_session_that_acts_as_the_key_until_signed_out() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let (cookie, session) = sign_in(&ferry, &member.key).await;
+    assert_eq!(session["object"], "session");
+    assert_eq!(session["role"], "member");
+    assert_eq!(session["tenant_id"], member.tenant_id.as_str());
+    assert_eq!(session["key_id"], member.key_id.as_str());
+    assert!(
+        !session.to_string().contains(&member.key),
+        "the key is never echoed"
+    );
+    assert!(!cookie.contains(&member.key), "the cookie is not the key");
+    let csrf = session["csrf_token"].as_str().unwrap().to_owned();
+
+    let current = ferry
+        .send(browser(
+            Method::GET,
+            "/admin/v1/session",
+            &cookie,
+            None,
+            Body::empty(),
+        ))
+        .await;
+    assert_eq!(current.status, StatusCode::OK, "{}", current.body);
+    assert_eq!(current.body["csrf_token"], csrf.as_str());
+
+    // The session reads what the key may read, and no more.
+    let usage = format!("/admin/v1/tenants/{}/usage", member.tenant_id);
+    let read = ferry
+        .send(browser(Method::GET, &usage, &cookie, None, Body::empty()))
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    let tenants = ferry
+        .send(browser(
+            Method::GET,
+            "/admin/v1/tenants",
+            &cookie,
+            None,
+            Body::empty(),
+        ))
+        .await;
+    assert_openai_error(&tenants, StatusCode::FORBIDDEN);
+
+    // It calls models through /v1 too, with its CSRF token.
+    let chat =
+        json!({"model": "allowed", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let called = ferry
+        .send(browser(
+            Method::POST,
+            "/v1/chat/completions",
+            &cookie,
+            Some(&csrf),
+            Body::from(chat.clone()),
+        ))
+        .await;
+    assert_eq!(called.status, StatusCode::OK, "{}", called.body);
+    let refused = ferry
+        .send(browser(
+            Method::POST,
+            "/v1/chat/completions",
+            &cookie,
+            None,
+            Body::from(chat),
+        ))
+        .await;
+    let error = assert_openai_error(&refused, StatusCode::FORBIDDEN);
+    assert_eq!(error["code"], "csrf_token_invalid");
+
+    // Signing out needs the token, ends the session on the server and clears the cookie.
+    let forged = ferry
+        .send(browser(
+            Method::DELETE,
+            "/admin/v1/session",
+            &cookie,
+            Some("nope"),
+            Body::empty(),
+        ))
+        .await;
+    assert_openai_error(&forged, StatusCode::FORBIDDEN);
+    let out = ferry
+        .send(browser(
+            Method::DELETE,
+            "/admin/v1/session",
+            &cookie,
+            Some(&csrf),
+            Body::empty(),
+        ))
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    assert!(
+        out.headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let after = ferry
+        .send(browser(
+            Method::GET,
+            "/admin/v1/session",
+            &cookie,
+            None,
+            Body::empty(),
+        ))
+        .await;
+    let error = assert_openai_error(&after, StatusCode::UNAUTHORIZED);
+    assert_eq!(error["code"], "session_expired");
+    let read = ferry
+        .send(browser(Method::GET, &usage, &cookie, None, Body::empty()))
+        .await;
+    assert_openai_error(&read, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_cross_site_form_post_with_the_session_cookie_is_refused() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let (cookie, _) = sign_in(&ferry, &ferry.operator_key).await;
+    // What a hostile page's <form method=post> makes the browser send: the cookie (were it
+    // not SameSite=Strict), a form body, no custom header.
+    let form = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/admin/v1/tenants/{}/credits", member.tenant_id))
+        .header(header::COOKIE, &cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::from("amount_usd=1000"))
+        .unwrap();
+    let answer = ferry.send(form).await;
+    let error = assert_openai_error(&answer, StatusCode::FORBIDDEN);
+    assert_eq!(error["code"], "csrf_token_invalid");
+    let tenant = ferry
+        .get(
+            &format!("/admin/v1/tenants/{}", member.tenant_id),
+            Some(&ferry.operator_key),
+        )
+        .await;
+    assert_eq!(tenant.body["balance_usd"], "10.00", "nothing was posted");
+}
+
+#[tokio::test]
+async fn a_sign_in_rotates_the_session_and_revoking_the_key_ends_it() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let (first, _) = sign_in(&ferry, &member.key).await;
+    // Signing in again from the same browser ends the session it held.
+    let again = ferry
+        .send(browser(
+            Method::POST,
+            "/admin/v1/session",
+            &first,
+            None,
+            Body::from(json!({"key": member.key}).to_string()),
+        ))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    let second = again.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(first, second);
+    let old = ferry
+        .send(browser(
+            Method::GET,
+            "/admin/v1/session",
+            &first,
+            None,
+            Body::empty(),
+        ))
+        .await;
+    assert_openai_error(&old, StatusCode::UNAUTHORIZED);
+
+    let revoked = ferry
+        .delete(
+            &format!("/admin/v1/keys/{}", member.key_id),
+            &ferry.operator_key,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    let ended = ferry
+        .send(browser(
+            Method::GET,
+            "/admin/v1/session",
+            &second,
+            None,
+            Body::empty(),
+        ))
+        .await;
+    assert_openai_error(&ended, StatusCode::UNAUTHORIZED);
+    // A revoked key cannot sign in, and a wrong one gets no cookie.
+    for key in [
+        member.key.as_str(),
+        "fy_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+        "nonsense",
+    ] {
+        let refused = ferry.send(sign_in_request(key, &[])).await;
+        assert_openai_error(&refused, StatusCode::UNAUTHORIZED);
+        assert!(!refused.headers.contains_key(header::SET_COOKIE));
+    }
+    // A forged cookie is no session.
+    let forged = ferry
+        .send(browser(
+            Method::GET,
+            "/admin/v1/session",
+            "ferry_session=0123",
+            None,
+            Body::empty(),
+        ))
+        .await;
+    assert_openai_error(&forged, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_behind_https() {
+    let ferry = Ferry::start().await;
+    let answer = ferry
+        .send(sign_in_request(
+            &ferry.operator_key,
+            &[("x-forwarded-proto", "https")],
+        ))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["role"], "operator");
+    assert!(
+        answer.headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("; Secure")
+    );
+    let methods = ferry.get("/admin/v1/session/methods", None).await;
+    assert_eq!(methods.status, StatusCode::OK);
+    assert_eq!(methods.body["key"], true);
+}
+
+#[tokio::test]
+async fn tenants_and_keys_are_listed_a_page_at_a_time() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let operator = ferry.operator_key.clone();
+    for name in ["Beta", "Gamma"] {
+        let created = ferry
+            .post("/admin/v1/tenants", &operator, &json!({"name": name}))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/admin/v1/tenants?limit=2".to_owned();
+    loop {
+        let page = ferry.get(&path, Some(&operator)).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert!(page.body["data"].as_array().unwrap().len() <= 2);
+        seen.extend(
+            page.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned()),
+        );
+        if page.body["has_more"] == false {
+            assert_eq!(page.body["next_cursor"], Value::Null);
+            break;
+        }
+        path = format!(
+            "/admin/v1/tenants?limit=2&after={}",
+            page.body["next_cursor"].as_str().unwrap()
+        );
+    }
+    seen.sort();
+    assert_eq!(seen, ["Acme", "Beta", "Gamma"]);
+    let found = ferry.get("/admin/v1/tenants?q=gAm", Some(&operator)).await;
+    assert_eq!(found.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(found.body["data"][0]["name"], "Gamma");
+
+    let keys_path = format!("/admin/v1/tenants/{}/keys", member.tenant_id);
+    for name in ["two", "three"] {
+        let created = ferry
+            .post(
+                &keys_path,
+                &operator,
+                &json!({"name": name, "role": "member"}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED);
+    }
+    let first = ferry
+        .get(&format!("{keys_path}?limit=2"), Some(&operator))
+        .await;
+    assert_eq!(first.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(first.body["has_more"], true);
+    assert!(
+        first.body["data"][0].get("key").is_none(),
+        "no secrets in a list"
+    );
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let rest = ferry
+        .get(
+            &format!("{keys_path}?limit=2&after={cursor}"),
+            Some(&operator),
+        )
+        .await;
+    assert_eq!(rest.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(rest.body["has_more"], false);
+
+    let bad = ferry
+        .get(&format!("{keys_path}?after=garbage"), Some(&operator))
+        .await;
+    let error = assert_openai_error(&bad, StatusCode::BAD_REQUEST);
+    assert_eq!(error["param"], "after");
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_strict_headers_and_api_answers_are_never_cached() {
+    let ferry = Ferry::start().await;
+    let root = ferry.get("/", None).await;
+    assert!(root.status.is_redirection());
+    assert_eq!(root.headers[header::LOCATION], "/console/");
+    for path in ["/console/", "/console/keys", "/console/tenants/ten_1/usage"] {
+        let page = ferry.get(path, None).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            page.headers[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(page.headers[header::CACHE_CONTROL], "no-store");
+        let policy = page.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(
+            policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"),
+            "{policy}"
+        );
+        assert!(!policy.contains("unsafe-inline"), "{policy}");
+        assert_eq!(page.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(page.headers[header::REFERRER_POLICY], "no-referrer");
+    }
+    let missing = ferry.get("/console/assets/nope.js", None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let api = ferry
+        .get("/admin/v1/tenants", Some(&ferry.operator_key))
+        .await;
+    assert_eq!(api.headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(api.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+}
+
+#[test]
+fn the_console_is_typed_from_the_current_openapi_document() {
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../console/openapi.json"
+    ))
+    .expect("console/openapi.json");
+    let current = ferry_functions::openapi_json().unwrap();
+    assert!(
+        committed.trim_end() == current.trim_end(),
+        "console/openapi.json is stale: run `cargo run -- openapi > console/openapi.json`, then `npm run gen:api` in console/"
+    );
+}
+
+#[tokio::test]
+async fn the_pool_is_for_operators_and_absent_without_one() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let refused = ferry.get("/admin/v1/pool", Some(&member.key)).await;
+    assert_openai_error(&refused, StatusCode::FORBIDDEN);
+    let absent = ferry.get("/admin/v1/pool", Some(&ferry.operator_key)).await;
+    let error = assert_openai_error(&absent, StatusCode::NOT_FOUND);
+    assert_eq!(error["code"], "no_pool");
+}
+
+#[tokio::test]
+async fn a_sign_in_from_another_site_is_refused() {
+    let ferry = Ferry::start().await;
+    for (name, value) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let answer = ferry
+            .send(sign_in_request(
+                &ferry.operator_key,
+                &[("host", "127.0.0.1:8080"), (name, value)],
+            ))
+            .await;
+        let error = assert_openai_error(&answer, StatusCode::FORBIDDEN);
+        assert_eq!(error["code"], "cross_site_sign_in", "{name}");
+        assert!(!answer.headers.contains_key(header::SET_COOKIE));
+    }
+    let same = ferry
+        .send(sign_in_request(
+            &ferry.operator_key,
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        ))
+        .await;
+    assert_eq!(same.status, StatusCode::OK, "{}", same.body);
+}

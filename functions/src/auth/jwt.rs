@@ -51,6 +51,37 @@ pub struct JwtConfig {
     /// Keys older than this are refetched, so a key the provider withdrew stops working.
     #[serde(default = "default_max_age")]
     pub jwks_max_age_seconds: u64,
+    /// Console sign-in through this provider (authorization code with PKCE); off when absent.
+    #[serde(default)]
+    pub console: Option<ConsoleSignIn>,
+}
+
+/// `[auth.jwt.console]`: the console as an OpenID Connect client of the same provider. Its
+/// ID tokens carry the tenant and roles in the same claims as API tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSignIn {
+    /// The console's client id at the provider: the `aud` of its ID tokens.
+    pub client_id: String,
+    /// For a confidential client (sent with HTTP Basic); a public client has none.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Asked for at sign-in; `openid` at least.
+    #[serde(default = "default_scopes")]
+    pub scopes: String,
+    /// Where the provider sends the browser back; default: this server's
+    /// `/admin/v1/session/oidc/callback` on the host the browser used.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// Default: from the provider's `/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+}
+
+fn default_scopes() -> String {
+    "openid profile".into()
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -149,6 +180,36 @@ impl JwtVerifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<JwtIdentity, ApiError> {
+        let claims = self.verified_claims(token, &self.config.audience).await?;
+        Ok(self.identity(&claims))
+    }
+
+    /// A console sign-in's ID token: issued to the console's client (its `aud`) for this
+    /// sign-in (its `nonce`), read with the same claims as an API token.
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<JwtIdentity, ApiError> {
+        let claims = self.verified_claims(token, client_id).await?;
+        let sent = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            sent.as_bytes(),
+            nonce.as_bytes(),
+        )) {
+            return Err(invalid_token(
+                "The ID token is not for this sign-in (nonce).",
+            ));
+        }
+        Ok(self.identity(&claims))
+    }
+
+    pub fn config(&self) -> &JwtConfig {
+        &self.config
+    }
+
+    async fn verified_claims(&self, token: &str, audience: &str) -> Result<Value, ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid_token("The bearer token is not a valid JWT."))?;
         if !self.algorithms.contains(&header.alg) {
@@ -172,7 +233,7 @@ impl JwtVerifier {
         }
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
+        validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = self.config.leeway_seconds;
@@ -193,7 +254,7 @@ impl JwtVerifier {
                 _ => invalid_token("The token could not be verified."),
             })?
             .claims;
-        Ok(self.identity(&claims))
+        Ok(claims)
     }
 
     fn identity(&self, claims: &Value) -> JwtIdentity {

@@ -2,6 +2,8 @@
 
 mod directory;
 mod jwt;
+mod oidc;
+mod session;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +12,13 @@ use axum::http::{HeaderMap, header};
 use ferry_core::api_key::ApiKey;
 use ferry_core::ports::{KeyRecord, Store};
 use ferry_core::principal::{Credential, KeyPolicy, Principal, Role};
+use ferry_core::session::{Lifetime, SessionRecord};
 use ferry_core::{ApiError, ErrorKind};
 
 pub use directory::KeyDirectory;
-pub use jwt::{JwtConfig, JwtConfigError, JwtVerifier};
+pub use jwt::{ConsoleSignIn, JwtConfig, JwtConfigError, JwtVerifier};
+pub use oidc::{CALLBACK_PATH, Callback, FLOW_COOKIE, FLOW_SECONDS, OidcClient};
+pub use session::{NewSession, SignedIn, cookie, has_csrf_token, needs_csrf_token, session_token};
 
 use crate::clock;
 use crate::ttl_cache::TtlCache;
@@ -28,6 +33,8 @@ pub struct AuthConfig {
     /// replica starts working here.
     pub key_set_recheck: Duration,
     pub jwt: Option<JwtConfig>,
+    /// How long console sessions live.
+    pub session_lifetime: Lifetime,
 }
 
 impl Default for AuthConfig {
@@ -36,6 +43,7 @@ impl Default for AuthConfig {
             key_cache_ttl: Duration::from_secs(5),
             key_set_recheck: Duration::from_secs(1),
             jwt: None,
+            session_lifetime: Lifetime::default(),
         }
     }
 }
@@ -44,7 +52,13 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     directory: KeyDirectory,
     keys: TtlCache<Option<KeyRecord>>,
+    /// Sessions by token hash, for the key cache's TTL: a sign-out elsewhere lands as late.
+    sessions: TtlCache<Option<SessionRecord>>,
+    session_lifetime: Lifetime,
     jwt: Option<JwtVerifier>,
+    /// The console's sign-in through the same provider, when `[auth.jwt.console]` is set.
+    oidc: Option<OidcClient>,
+    http: reqwest::Client,
 }
 
 fn unauthenticated(message: &str, code: &str) -> ApiError {
@@ -57,15 +71,23 @@ impl Authenticator {
         config: AuthConfig,
         http: reqwest::Client,
     ) -> Result<Authenticator, JwtConfigError> {
+        let oidc = config.jwt.as_ref().and_then(|jwt| {
+            let console = jwt.console.clone()?;
+            Some(OidcClient::new(console, &jwt.issuer))
+        });
         let jwt = config
             .jwt
-            .map(|jwt| JwtVerifier::new(jwt, http))
+            .map(|jwt| JwtVerifier::new(jwt, http.clone()))
             .transpose()?;
         Ok(Authenticator {
             directory: KeyDirectory::new(store.clone(), config.key_set_recheck),
             store,
             keys: TtlCache::new(config.key_cache_ttl),
+            sessions: TtlCache::new(config.key_cache_ttl),
+            session_lifetime: config.session_lifetime,
             jwt,
+            oidc,
+            http,
         })
     }
 
@@ -85,20 +107,13 @@ impl Authenticator {
         }
     }
 
-    async fn authenticate_key(&self, token: &str) -> Result<Principal, ApiError> {
+    /// An API key's principal, when the key is genuine and live.
+    pub async fn authenticate_key(&self, token: &str) -> Result<Principal, ApiError> {
         let key = ApiKey::parse(token)
             .map_err(|_| unauthenticated("Incorrect API key provided.", "invalid_api_key"))?;
-        // A random or forged key is refused here, in memory, before any store read.
-        let record = match self.keys.get(key.public_id()) {
-            Some(cached) => cached,
-            None if !self.directory.might_exist(key.public_id()).await => None,
-            None => {
-                let found = self.store.find_key(key.public_id()).await?;
-                self.keys.put(key.public_id(), found.clone());
-                found
-            }
-        };
-        let record = record
+        let record = self
+            .key_record(key.public_id())
+            .await?
             .filter(|record| key.verify(&record.secret_hash))
             .ok_or_else(|| unauthenticated("Incorrect API key provided.", "invalid_api_key"))?;
         if !record.is_live(clock::unix_seconds()) {
@@ -107,16 +122,20 @@ impl Authenticator {
                 "invalid_api_key",
             ));
         }
-        Ok(Principal {
-            tenant_id: record.tenant_id,
-            role: record.role,
-            credential: Credential::ApiKey { key_id: record.id },
-            model_allowlist: record.models,
-            key_policy: KeyPolicy {
-                limits: record.limits,
-                budgets: record.budgets,
-                credit_cap: record.credit_cap,
-            },
+        Ok(key_principal(record))
+    }
+
+    /// A key's record by public id, through the TTL cache. A random or forged id is refused
+    /// here, in memory, before any store read.
+    async fn key_record(&self, public_id: &str) -> Result<Option<KeyRecord>, ApiError> {
+        Ok(match self.keys.get(public_id) {
+            Some(cached) => cached,
+            None if !self.directory.might_exist(public_id).await => None,
+            None => {
+                let found = self.store.find_key(public_id).await?;
+                self.keys.put(public_id, found.clone());
+                found
+            }
         })
     }
 
@@ -165,8 +184,26 @@ impl Authenticator {
         self.keys.forget(public_id);
     }
 
+    pub fn session_lifetime(&self) -> Lifetime {
+        self.session_lifetime
+    }
+
     pub fn key_directory(&self) -> &KeyDirectory {
         &self.directory
+    }
+}
+
+fn key_principal(record: KeyRecord) -> Principal {
+    Principal {
+        tenant_id: record.tenant_id,
+        role: record.role,
+        credential: Credential::ApiKey { key_id: record.id },
+        model_allowlist: record.models,
+        key_policy: KeyPolicy {
+            limits: record.limits,
+            budgets: record.budgets,
+            credit_cap: record.credit_cap,
+        },
     }
 }
 
