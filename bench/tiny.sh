@@ -11,6 +11,7 @@ gateway --rates 50 --duration 1 --stream
 gateway --streams 40
 gateway --cold-start
 target/debug/ferry-bench-money --seconds 0.3
+target/debug/ferry-bench-console --events 3000 --keys 300 --samples 5
 models=${FERRY_MODELS_DIR:-target/ferry-models}
 target/debug/ferry models pull smollm2-135m-instruct --models-dir "$models" >/dev/null
 python3 bench/engine/bench.py --ferry target/debug/ferry --no-llama-cpp --rounds 1 --tokens 4 \
