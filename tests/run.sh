@@ -22,6 +22,15 @@ use_cached_target
 # emulator; LiteLLM for the gateway benchmark.
 step_bg "venv: tests/e2e/requirements.txt" cached_venv .venv tests/e2e/requirements.txt
 step_bg "venv: bench/gateway/requirements.txt" cached_venv bench/gateway/.venv bench/gateway/requirements.txt
+# The console's side: its packages (Vite, Vitest, Playwright, axe, an OpenID provider) and the
+# system's Chromium, which Playwright drives (its own browser download cannot work here).
+step_bg "npm ci: console" cached_node_modules console
+ensure_chromium() {
+    command -v chromium >/dev/null && return
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+}
+step_bg "apt: chromium" ensure_chromium
 
 step "rustup: wasm targets" rustup target add wasm32-wasip1 wasm32-wasip2
 # One build for every test: the whole workspace, every target (tests, benchmarks' binaries,
@@ -53,6 +62,22 @@ step "cargo build: edge component (spin store)" edge_component spin
 wc -c target/ferry-edge-files.wasm target/ferry-edge-spin.wasm
 record_built_sources
 
+# The console's types, lint and unit tests, and its build: the binary embeds console/dist, so
+# what is committed there must be what these sources build (built aside, so that the crate
+# embedding it is not rebuilt).
+console_checks() {
+    cd console
+    npm run lint
+    npm test
+    npm run gen:api
+    git diff --exit-code -- src/api/schema.d.ts
+    npm run build -- --outDir ../target/console-dist --emptyOutDir
+    diff -r dist ../target/console-dist
+    npm run size
+}
+wait_step "npm ci: console"
+step_bg "console: lint, unit tests, build" console_checks
+
 wait_step "venv: tests/e2e/requirements.txt"
 wait_step "models: pull"
 step "cargo test" env MOTO_SERVER="$PWD/.venv/bin/moto_server" \
@@ -62,6 +87,13 @@ step "cargo test" env MOTO_SERVER="$PWD/.venv/bin/moto_server" \
 # test by test (conftest.py); the slowest are shown.
 step "pytest tests/e2e" env FERRY_BIN=target/debug/ferry \
     .venv/bin/python -m pytest tests/e2e -q -n "${FERRY_E2E_WORKERS:-2}" --durations 15
+
+# The console in a real browser against the real binary: sign-in (key and OIDC), keys, money,
+# usage, the playground on the local model, isolation, both languages, axe, headers.
+wait_step "console: lint, unit tests, build"
+wait_step "apt: chromium"
+step "playwright: console" env FERRY_BIN="$PWD/target/debug/ferry" FERRY_MODELS_DIR="$(realpath -m "$models")" \
+    FERRY_REQUIRE_MODEL=1 bash -c 'cd console && npx playwright test'
 
 # Every benchmark, tiny: still working end to end (no timing is checked).
 wait_step "venv: bench/gateway/requirements.txt"

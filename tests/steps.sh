@@ -143,6 +143,31 @@ cached_venv() {
     [[ $venv == "$path" ]] || ln -sfn "$venv" "$path"
 }
 
+# cached_node_modules DIR: DIR/node_modules exactly as DIR/package-lock.json says (`npm ci`).
+# With the cache on, it lives in the cache under the hash of the lockfile and of the Node that
+# installed it, and DIR/node_modules links to it; a new lockfile installs afresh (in DIR, then
+# moved into the cache: npm ci empties what it installs into). Playwright's own browser
+# download cannot work here: the tests drive the system's Chromium.
+cached_node_modules() {
+    local dir=$1 lock=$1/package-lock.json key modules
+    if [[ ${FERRY_CACHE:-on} == off ]]; then
+        (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+        return
+    fi
+    key=$( (node --version; cat "$lock") | sha256sum | cut -c1-16)
+    modules=$FERRY_CACHE_DIR/node_modules/$(basename "$dir")-$key
+    [[ -L $dir/node_modules ]] && rm "$dir/node_modules"
+    if ! cmp -s "$modules/.installed" "$lock"; then
+        rm -rf "$dir/node_modules" "$modules"
+        (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+        mkdir -p "$(dirname "$modules")"
+        mv "$dir/node_modules" "$modules"
+        cp "$lock" "$modules/.installed"
+    fi
+    rm -rf "$dir/node_modules"
+    ln -s "$modules" "$dir/node_modules"
+}
+
 # Cargo judges a workspace crate fresh by the mtimes of its files, and a fresh clone's files are
 # all new: with the cached target directory alone, every run would rebuild every workspace
 # crate. So after the builds succeed, target/.ferry-built records the clone's path and the
