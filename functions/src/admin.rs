@@ -1,7 +1,7 @@
 //! The admin API under `/admin/v1`: tenants, API keys and models. A stable public contract
 //! (product.md §1): extend it, never rename it.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -24,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::{AppState, Caller};
 use crate::clock;
 use crate::error::HandlerResult;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Query};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

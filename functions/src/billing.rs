@@ -1,7 +1,7 @@
 //! The money side of the admin API: credits, refunds and adjustments (ledger postings), the
 //! ledger itself, prices over time, spend reports, usage events, invoices and budget alerts.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,7 +25,7 @@ use crate::admin::{
 use crate::app::{AppState, Caller};
 use crate::clock;
 use crate::error::HandlerResult;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Query};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -335,7 +335,11 @@ fn scoped_key<'a>(
     own: Option<&'a str>,
     asked: Option<&'a str>,
 ) -> Result<Option<&'a str>, ApiError> {
-    match (own, asked.filter(|key| !key.is_empty())) {
+    let asked = asked.filter(|key| !key.is_empty());
+    if asked.is_some_and(|key| ferry_core::api_key::public_id_of(key).is_none()) {
+        return Err(ApiError::invalid("key", "key must be a key id (key_…)"));
+    }
+    match (own, asked) {
         (Some(own), Some(asked)) if own != asked => Err(ApiError::new(
             ErrorKind::PermissionDenied,
             "A member key sees only its own usage.",

@@ -1,8 +1,9 @@
 //! Request extractors whose rejections follow the error contract.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use ferry_core::{ApiError, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -39,5 +40,39 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             raw: parsed.raw,
             byte_len: bytes.len(),
         })
+    }
+}
+
+/// Query parameters checked against `T`; a bad or unknown parameter is a 400 in the error
+/// contract naming it (axum's own `Query` answers plain text).
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Failure> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                // serde names the parameter first (`group_by: unknown field …`).
+                let param = detail
+                    .split_once(": ")
+                    .map(|(name, _)| name)
+                    .filter(|name| {
+                        name.bytes()
+                            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+                    })
+                    .unwrap_or("query");
+                Err(Failure(ApiError::invalid(
+                    param,
+                    format!("invalid query parameters: {detail}"),
+                )))
+            }
+        }
     }
 }

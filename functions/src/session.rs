@@ -3,7 +3,7 @@
 //! keeps the key. The answer carries the session's CSRF token, which the console sends back
 //! in `x-ferry-csrf` with every call that changes something.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::AppState;
 use crate::auth::{self, SignedIn};
 use crate::error::HandlerResult;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Query};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

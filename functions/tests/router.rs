@@ -1145,3 +1145,84 @@ async fn a_sign_in_from_another_site_is_refused() {
         .await;
     assert_eq!(same.status, StatusCode::OK, "{}", same.body);
 }
+
+#[tokio::test]
+async fn spend_by_key_and_one_keys_usage_are_for_those_who_may_see_them() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let chat = json!({"model": "allowed", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..2 {
+        let called = ferry.post("/v1/chat/completions", &member.key, &chat).await;
+        assert_eq!(called.status, StatusCode::OK, "{}", called.body);
+    }
+    let admin = ferry
+        .post(
+            &format!("/admin/v1/tenants/{}/keys", member.tenant_id),
+            &ferry.operator_key,
+            &json!({"name": "admin", "role": "tenant-admin"}),
+        )
+        .await;
+    let admin_key = admin.body["key"].as_str().unwrap().to_owned();
+    let tenant = format!("/admin/v1/tenants/{}", member.tenant_id);
+
+    let spend = ferry
+        .get(&format!("{tenant}/usage/keys?limit=10"), Some(&admin_key))
+        .await;
+    assert_eq!(spend.status, StatusCode::OK, "{}", spend.body);
+    assert_eq!(spend.body["has_more"], false);
+    assert_eq!(spend.body["data"][0]["key_id"], member.key_id.as_str());
+    assert_eq!(spend.body["data"][0]["requests"], 2);
+    let bad_month = ferry
+        .get(
+            &format!("{tenant}/usage/keys?month=2026-13"),
+            Some(&admin_key),
+        )
+        .await;
+    assert_eq!(
+        assert_openai_error(&bad_month, StatusCode::BAD_REQUEST)["param"],
+        "month"
+    );
+    let members_refused = ferry
+        .get(&format!("{tenant}/usage/keys"), Some(&member.key))
+        .await;
+    assert_openai_error(&members_refused, StatusCode::FORBIDDEN);
+
+    let one_key = ferry
+        .get(
+            &format!("{tenant}/usage?key={}&group_by=key", member.key_id),
+            Some(&admin_key),
+        )
+        .await;
+    assert_eq!(one_key.status, StatusCode::OK, "{}", one_key.body);
+    assert_eq!(one_key.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(one_key.body["data"][0]["requests"], 2);
+    let admin_key_id = admin.body["id"].as_str().unwrap();
+    let others = ferry
+        .get(
+            &format!("{tenant}/usage?key={admin_key_id}"),
+            Some(&member.key),
+        )
+        .await;
+    assert_openai_error(&others, StatusCode::FORBIDDEN);
+    let malformed = ferry
+        .get(&format!("{tenant}/usage?key=nokey"), Some(&admin_key))
+        .await;
+    assert_eq!(
+        assert_openai_error(&malformed, StatusCode::BAD_REQUEST)["param"],
+        "key"
+    );
+    let dearest = ferry
+        .get(
+            &format!("{tenant}/usage?group_by=model,key&limit=1"),
+            Some(&admin_key),
+        )
+        .await;
+    assert_eq!(dearest.body["data"].as_array().unwrap().len(), 1);
+    let events_take_no_grouping = ferry
+        .get(
+            &format!("{tenant}/usage/events?group_by=day"),
+            Some(&admin_key),
+        )
+        .await;
+    let error = assert_openai_error(&events_take_no_grouping, StatusCode::BAD_REQUEST);
+    assert_eq!(error["param"], "group_by", "the contract's error, naming the parameter");
+}
