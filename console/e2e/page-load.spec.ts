@@ -29,17 +29,25 @@ test('each page is usable soon after a cold load', async ({ browser, ferry, worl
       const signedIn = await context.request.post('/admin/v1/session', { data: { key } })
       expect(signedIn.status()).toBe(200)
       const page = await context.newPage()
-      const started = Date.now()
       await page.goto(path, { waitUntil: 'commit' })
-      await expect(page.getByRole('heading', { level: 1, name: heading })).toBeVisible()
-      shown.push(Date.now() - started)
-      // Usable: the page's own data has arrived (no request in flight) and it has been drawn.
+      // Times in the page's own clock, from the start of the navigation: when the page's
+      // heading was first drawn (checked every frame), and when its last request (scripts,
+      // styles, the API calls for its data) had been answered.
+      const headingAt = await page.waitForFunction(
+        (name) => (document.querySelector('h1')?.textContent === name ? performance.now() : null),
+        heading,
+        { polling: 'raf' },
+      )
+      shown.push(Math.round(Number(await headingAt.jsonValue())))
       await page.waitForLoadState('networkidle')
-      times.push(Date.now() - started - 500) // networkidle waits 500 ms of quiet: not the page's
+      const settled = await page.evaluate(() =>
+        Math.max(...performance.getEntriesByType('resource').map((entry) => (entry as PerformanceResourceTiming).responseEnd)),
+      )
+      times.push(Math.round(settled))
       await context.close()
     }
     const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
     rows.push(`| ${path} | ${median(shown)} | ${median(times)} | ${Math.max(...times)} |`)
   }
-  console.log(`\nconsole pages from a cold browser cache (${ROUNDS} loads each, ms)\n\n| page | heading shown, median | data drawn, median | data drawn, worst |\n|---|---:|---:|---:|\n${rows.join('\n')}\n`)
+  console.log(`\nconsole pages from a cold browser cache (${ROUNDS} loads each, ms)\n\n| page | heading drawn, median | last answer in, median | last answer in, worst |\n|---|---:|---:|---:|\n${rows.join('\n')}\n`)
 })
