@@ -1224,5 +1224,8 @@ async fn spend_by_key_and_one_keys_usage_are_for_those_who_may_see_them() {
         )
         .await;
     let error = assert_openai_error(&events_take_no_grouping, StatusCode::BAD_REQUEST);
-    assert_eq!(error["param"], "group_by", "the contract's error, naming the parameter");
+    assert_eq!(
+        error["param"], "group_by",
+        "the contract's error, naming the parameter"
+    );
 }
