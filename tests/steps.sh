@@ -155,7 +155,9 @@ cached_node_modules() {
         return
     fi
     key=$( (node --version; cat "$lock") | sha256sum | cut -c1-16)
-    modules=$FERRY_CACHE_DIR/node_modules/$(basename "$dir")-$key
+    # Named node_modules itself: packages find one another by walking up to a folder of that
+    # name from where they really are, not from the link.
+    modules=$FERRY_CACHE_DIR/node_modules/$(basename "$dir")-$key/node_modules
     [[ -L $dir/node_modules ]] && rm "$dir/node_modules"
     if ! cmp -s "$modules/.installed" "$lock"; then
         rm -rf "$dir/node_modules" "$modules"
