@@ -149,6 +149,10 @@ pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> R
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            config.max_request_body_bytes,
+            refuse_declared_oversize,
+        ))
         .layer(middleware::from_fn(console::secure_headers))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -176,6 +180,39 @@ async fn shed_when_full(
             .retry_after(1),
         )
         .into_response(),
+    }
+}
+
+/// A body that says up front it is larger than the limit (`Content-Length`) is refused at
+/// once, before a byte of it is read: the limit alone would only stop reading it once the
+/// limit had arrived, holding the connection open for a body it will refuse.
+async fn refuse_declared_oversize(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > u64::try_from(limit).unwrap_or(u64::MAX) => {
+            let mut response = Failure(
+                ApiError::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!("The request body is larger than the {limit} bytes allowed."),
+                )
+                .with_code("request_too_large"),
+            )
+            .into_response();
+            // The body is not read: the connection cannot carry another request after it.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        _ => next.run(request).await,
     }
 }
 
@@ -360,7 +397,7 @@ async fn not_found(request: Request) -> Failure {
             format!(
                 "Unknown route: {} {}",
                 request.method(),
-                request.uri().path()
+                ferry_core::error::echoed(request.uri().path())
             ),
         )
         .with_code("unknown_url"),
@@ -373,7 +410,7 @@ async fn method_not_allowed(request: Request) -> Failure {
         format!(
             "Method {} is not allowed on {}",
             request.method(),
-            request.uri().path()
+            ferry_core::error::echoed(request.uri().path())
         ),
     ))
 }

@@ -622,6 +622,57 @@ async fn a_body_over_the_configured_limit_is_refused_with_413() {
 }
 
 #[tokio::test]
+async fn a_body_declared_over_the_limit_is_refused_before_it_is_read() {
+    let ferry = Ferry::start_with(RouterConfig {
+        max_request_body_bytes: 1024,
+        ..RouterConfig::default()
+    })
+    .await;
+    let member = ferry.set_up_acme().await;
+    // A body that never comes: refused on its Content-Length, or this waits forever.
+    let never = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/chat/completions")
+        .header(header::AUTHORIZATION, format!("Bearer {}", member.key))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, "1000000000")
+        .body(Body::from_stream(never))
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), ferry.send(request))
+        .await
+        .expect("refused at once, not read");
+    assert_error_code(
+        &answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "request_too_large",
+    );
+    assert_eq!(answer.headers[header::CONNECTION], "close");
+    assert!(ferry.upstream.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_named_only_in_part() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let huge = "m".repeat(1_000_000);
+    let answer = ferry
+        .post("/v1/chat/completions", &member.key, &chat(&huge))
+        .await;
+    assert!(answer.status.is_client_error(), "{}", answer.status);
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.len() < 300,
+        "the message echoes {} bytes",
+        message.len()
+    );
+    let route = ferry
+        .get(&format!("/v1/{}", "p".repeat(30_000)), Some(&member.key))
+        .await;
+    assert!(route.body["error"]["message"].as_str().unwrap().len() < 300);
+}
+
+#[tokio::test]
 async fn calls_past_the_in_flight_limit_are_turned_away_at_once() {
     let ferry = Ferry::start_with(RouterConfig {
         max_calls_in_flight: 0,
@@ -1228,4 +1279,22 @@ async fn spend_by_key_and_one_keys_usage_are_for_those_who_may_see_them() {
         error["param"], "group_by",
         "the contract's error, naming the parameter"
     );
+}
+
+#[tokio::test]
+async fn a_bad_query_parameter_is_answered_in_the_error_contract() {
+    let (ferry, member) = Ferry::with_acme().await;
+    let tenant = format!("/admin/v1/tenants/{}", member.tenant_id);
+    for (query, param) in [
+        ("usage?limit=-1", "limit"),
+        ("keys?limit=many", "limit"),
+        ("ledger?colour=blue", "colour"),
+    ] {
+        let answer = ferry
+            .get(&format!("{tenant}/{query}"), Some(&ferry.operator_key))
+            .await;
+        let error = assert_openai_error(&answer, StatusCode::BAD_REQUEST);
+        assert_eq!(error["type"], "invalid_request_error", "{query}");
+        assert_eq!(error["param"], param, "{query}: {}", answer.body);
+    }
 }

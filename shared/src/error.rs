@@ -149,7 +149,10 @@ impl ApiError {
     pub fn unknown_model(model: &str) -> ApiError {
         ApiError::new(
             ErrorKind::NotFound,
-            format!("The model `{model}` does not exist or you do not have access to it."),
+            format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                echoed(model)
+            ),
         )
         .with_param("model")
         .with_code("model_not_found")
@@ -186,6 +189,16 @@ pub struct ErrorDetail {
     /// On 402s: the limit that refused the call (`tenant_balance`, `key_credit_cap`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_source: Option<String>,
+}
+
+/// What an error message may repeat of the caller's own text: a bounded prefix, so that a
+/// 5 MB model name is not answered with a 5 MB error.
+pub fn echoed(text: &str) -> std::borrow::Cow<'_, str> {
+    const MOST: usize = 64;
+    match text.char_indices().nth(MOST) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
+    }
 }
 
 #[cfg(test)]
@@ -227,5 +240,16 @@ mod tests {
         assert_eq!(error.kind.status(), 404);
         assert_eq!(error.param.as_deref(), Some("model"));
         assert_eq!(error.code.as_deref(), Some("model_not_found"));
+    }
+
+    #[test]
+    fn errors_echo_a_bounded_prefix_of_what_the_caller_sent() {
+        assert_eq!(echoed("gpt-4o"), "gpt-4o");
+        let long = "é".repeat(5_000_000);
+        let shown = echoed(&long);
+        assert_eq!(shown.chars().count(), 65, "64 characters and an ellipsis");
+        assert!(shown.ends_with('…'));
+        let error = ApiError::unknown_model(&long);
+        assert!(error.message.len() < 300, "{}", error.message.len());
     }
 }
