@@ -423,6 +423,16 @@ pub struct PostRequest {
     pub now_ms: u64,
 }
 
+impl PostRequest {
+    /// The idempotency key as the stores keep it: within its tenant, so one tenant's keys
+    /// never collide with (or reveal) another's.
+    pub fn scoped_idempotency_key(&self) -> Option<String> {
+        self.idempotency_key
+            .as_deref()
+            .map(|key| format!("{}/{key}", self.posting.tenant_id))
+    }
+}
+
 /// The answer to a posting: the transaction, and whether it had been made before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Posted {

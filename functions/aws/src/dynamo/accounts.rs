@@ -652,8 +652,9 @@ impl Accounts for DynamoStore {
         let available_account = ledger::available(&tenant_id);
         let held_account = ledger::held(&tenant_id);
         let revenue_account = ledger::revenue(&tenant_id);
+        let scoped_key = request.scoped_idempotency_key();
         self.atomically("post", || async {
-            if let Some(key) = &request.idempotency_key
+            if let Some(key) = &scoped_key
                 && let Some(found) = self.get(&item::idempotency(key)).await?
             {
                 let id = get_text(&found, "transaction_id")?;
@@ -718,7 +719,7 @@ impl Accounts for DynamoStore {
                 &id,
                 &request.posting,
                 None,
-                request.idempotency_key.as_deref(),
+                scoped_key.as_deref(),
                 request.memo.as_deref(),
                 now_ms,
                 &read,
@@ -733,7 +734,7 @@ impl Accounts for DynamoStore {
                 // The answer reports the held amount read: it must still be true.
                 writes.unchanged(&self.table, &item::account(&held_account), held.1)?;
             }
-            if let Some(key) = &request.idempotency_key {
+            if let Some(key) = &scoped_key {
                 // Kept for good, as on SQLite: money posted twice is worse than an item.
                 let record = ItemBuilder::new(&item::idempotency(key))
                     .text("transaction_id", &id)

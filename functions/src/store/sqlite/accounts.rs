@@ -421,7 +421,8 @@ impl Accounts for SqliteStore {
         self.with(move |connection| {
             let transaction = immediate(connection)?;
             let tenant_id = request.posting.tenant_id.clone();
-            if let Some(key) = &request.idempotency_key {
+            let scoped_key = request.scoped_idempotency_key();
+            if let Some(key) = &scoped_key {
                 let existing: Option<String> = row(
                     &transaction,
                     "SELECT id FROM ledger_transactions WHERE idempotency_key = ?1",
@@ -491,7 +492,7 @@ impl Accounts for SqliteStore {
                 &id,
                 &request.posting,
                 None,
-                request.idempotency_key.as_deref(),
+                scoped_key.as_deref(),
                 request.memo.as_deref(),
                 request.now_ms,
             )?;

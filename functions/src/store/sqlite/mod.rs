@@ -202,6 +202,9 @@ const MIGRATIONS: &[&str] = &[
      SELECT tenant_id, substr(day, 1, 7), key_id, sum(requests), sum(prompt_tokens),
             sum(cached_tokens), sum(completion_tokens), sum(cost_nanos)
      FROM usage_rollups WHERE key_id != '*' GROUP BY 1, 2, 3;",
+    // Idempotency keys are kept within their tenant (`ports::PostRequest::scoped_idempotency_key`).
+    "UPDATE ledger_transactions SET idempotency_key = tenant_id || '/' || idempotency_key
+     WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// What a commit survives once `SqliteStore` has answered.
