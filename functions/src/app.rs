@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
@@ -77,7 +78,7 @@ pub struct RouterConfig {
     /// Larger request bodies are refused with 413 before they are read whole.
     pub max_request_body_bytes: usize,
     /// Model calls served at once, waiting on their upstream included (a stream counts until
-    /// its first byte); more get 503 `overloaded` at once. A bound on memory and queueing, set
+    /// its last byte, or its reader leaving); more get 503 `overloaded` at once. A bound on memory and queueing, set
     /// well above what a replica's upstreams keep busy (calls to a model take seconds).
     pub max_calls_in_flight: usize,
     /// A bearer token that may read `/metrics` (a scraper's); operator keys may too.
@@ -169,8 +170,15 @@ async fn shed_when_full(
     request: Request,
     next: Next,
 ) -> Response {
-    match in_flight.try_acquire() {
-        Ok(_permit) => next.run(request).await,
+    match in_flight.try_acquire_owned() {
+        // The call holds its slot until its body has gone (a stream's last byte, or its
+        // reader leaving), not just until the head is returned.
+        Ok(permit) => next.run(request).await.map(|body| {
+            Body::new(HoldingBody {
+                body,
+                _permit: permit,
+            })
+        }),
         Err(_) => Failure(
             ApiError::new(
                 ErrorKind::NoCapacity,
@@ -213,6 +221,33 @@ async fn refuse_declared_oversize(
             response
         }
         _ => next.run(request).await,
+    }
+}
+
+/// A response body that keeps something alive (a call's in-flight slot) until it is dropped:
+/// when it has been sent whole, or the connection has gone.
+struct HoldingBody<B, T> {
+    body: B,
+    _permit: T,
+}
+
+impl<B: http_body::Body + Unpin, T: Unpin> http_body::Body for HoldingBody<B, T> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -19,6 +19,7 @@ use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator};
 use ferry_functions::store::SqliteStore;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -43,7 +44,20 @@ impl RecordingUpstream {
 impl Upstream for RecordingUpstream {
     async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
         let model = call.body["model"].clone();
+        let stream = call.body["stream"] == true;
         self.calls.lock().unwrap().push(call);
+        if stream {
+            // One chunk, then a stream that stays open until its reader goes.
+            let chunk = format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]})
+            );
+            let first = futures_util::stream::once(async move { Ok(bytes::Bytes::from(chunk)) });
+            return Ok(UpstreamReply::Stream(Box::pin(
+                first.chain(futures_util::stream::pending()),
+            )));
+        }
         Ok(UpstreamReply::Complete(json!({
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -670,6 +684,43 @@ async fn an_unknown_model_is_named_only_in_part() {
         .get(&format!("/v1/{}", "p".repeat(30_000)), Some(&member.key))
         .await;
     assert!(route.body["error"]["message"].as_str().unwrap().len() < 300);
+}
+
+#[tokio::test]
+async fn a_stream_holds_its_in_flight_slot_until_its_body_is_gone() {
+    let ferry = Ferry::start_with(RouterConfig {
+        max_calls_in_flight: 1,
+        ..RouterConfig::default()
+    })
+    .await;
+    let member = ferry.set_up_acme().await;
+    let mut streaming = chat("allowed");
+    streaming["stream"] = json!(true);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/chat/completions")
+        .header(header::AUTHORIZATION, format!("Bearer {}", member.key))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(streaming.to_string()))
+        .unwrap();
+    let open = ferry.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    // Its head is out and its body still open: the one slot is taken.
+    let refused = ferry
+        .post("/v1/chat/completions", &member.key, &chat("allowed"))
+        .await;
+    assert_error_code(
+        &refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable_error",
+        "overloaded",
+    );
+    // The reader goes: the slot is free again.
+    drop(open);
+    let answered = ferry
+        .post("/v1/chat/completions", &member.key, &chat("allowed"))
+        .await;
+    assert_eq!(answered.status, StatusCode::OK, "{}", answered.body);
 }
 
 #[tokio::test]
