@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ferry_core::autoscale::ScalingConfig;
 use ferry_core::model::ModelSpec;
-use ferry_functions::RouterConfig;
 use ferry_functions::auth::{AuthConfig, JwtConfig};
 use ferry_functions::upstream::UpstreamConfig;
+use ferry_functions::{MoneyConfig, RouterConfig};
 use ferry_scaler::DeploymentConfig;
 use serde::Deserialize;
 
@@ -43,6 +43,9 @@ pub struct ServerSection {
     pub read_cache_ttl_seconds: Option<u64>,
     /// Model calls served at once before more get 503 `overloaded`. Default 4096.
     pub max_calls_in_flight: Option<usize>,
+    /// A stream whose caller takes nothing for this long is ended (settled for what it
+    /// delivered). Default 60.
+    pub stream_write_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +115,7 @@ pub struct Config {
     pub max_request_body_bytes: usize,
     pub read_cache_ttl: Duration,
     pub max_calls_in_flight: usize,
+    pub stream_write_timeout: Duration,
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
     pub models: Vec<ModelSpec>,
@@ -161,6 +165,12 @@ pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
             .server
             .max_calls_in_flight
             .unwrap_or(RouterConfig::default().max_calls_in_flight),
+        stream_write_timeout: file
+            .server
+            .stream_write_timeout_seconds
+            .map_or(MoneyConfig::default().stream_write_timeout, |seconds| {
+                Duration::from_secs(seconds.max(1))
+            }),
         auth: AuthConfig {
             key_cache_ttl: Duration::from_secs(file.auth.key_cache_ttl_seconds.unwrap_or(5)),
             key_set_recheck: file

@@ -116,6 +116,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let money = MoneyConfig {
         hold_ttl: Duration::from_secs(args.hold_ttl_seconds.max(1)),
+        stream_write_timeout: config.stream_write_timeout,
     };
     tokio::spawn(expire_holds(store.clone(), money.hold_ttl));
     let http = reqwest::Client::builder().build().context("HTTP client")?;

@@ -51,6 +51,9 @@ pub struct MoneyConfig {
     /// How long a hold waits for its settlement before it is released, charging nothing.
     /// Longer than any call may take.
     pub hold_ttl: Duration,
+    /// A stream whose caller takes nothing for this long (its reader stopped, the connection
+    /// stalled) is ended: settled for what it delivered, its upstream closed.
+    pub stream_write_timeout: Duration,
 }
 
 impl MoneyConfig {
@@ -69,6 +72,7 @@ impl Default for MoneyConfig {
     fn default() -> MoneyConfig {
         MoneyConfig {
             hold_ttl: Duration::from_secs(15 * 60),
+            stream_write_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -593,7 +593,13 @@ async fn dispatch_call(
         }
     };
     let mut response = match (reply, call.stream) {
-        (UpstreamReply::Stream(stream), true) => relay(stream, meter, call.include_usage, keep),
+        (UpstreamReply::Stream(stream), true) => relay(
+            stream,
+            meter,
+            call.include_usage,
+            keep,
+            state.money.stream_write_timeout,
+        ),
         (UpstreamReply::Complete(mut response), false) => {
             meter.upstream_ends();
             let reported: Option<Usage> = response

@@ -32,8 +32,13 @@ pub fn relay(
     meter: Meter,
     include_usage: bool,
     keep: Option<Keeper>,
+    write_timeout: Duration,
 ) -> Response {
     let (sender, receiver) = mpsc::channel::<Bytes>(16);
+    let sender = Caller {
+        sender,
+        write_timeout,
+    };
     // The call's span lasts until the stream ends (its usage is recorded on it).
     tokio::spawn(pump(upstream, sender, meter, include_usage, keep).in_current_span());
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
@@ -54,6 +59,29 @@ pub fn relay(
     response
 }
 
+/// The caller's end of the stream: a send waits at most `write_timeout` for room, so a reader
+/// that stopped reading cannot hold the upstream, its hold and its in-flight slot forever.
+struct Caller {
+    sender: mpsc::Sender<Bytes>,
+    write_timeout: Duration,
+}
+
+impl Caller {
+    /// False when the caller is gone or has taken nothing for `write_timeout`.
+    async fn send(&self, bytes: Bytes) -> bool {
+        match tokio::time::timeout(self.write_timeout, self.sender.send(bytes)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::info!(
+                    timeout_s = self.write_timeout.as_secs_f64(),
+                    "the caller stopped reading: the stream is ended"
+                );
+                false
+            }
+        }
+    }
+}
+
 struct Progress {
     usage: Option<Usage>,
     /// Chunks that carried generated text; the fallback count when no usage arrives.
@@ -67,7 +95,7 @@ struct Progress {
 
 async fn pump(
     mut upstream: ByteStream,
-    sender: mpsc::Sender<Bytes>,
+    sender: Caller,
     mut meter: Meter,
     include_usage: bool,
     keep: Option<Keeper>,
@@ -100,7 +128,7 @@ async fn pump(
             Err(error) => {
                 tracing::warn!(%error, "upstream stream broke");
                 let api_error = error.to_api_error();
-                let _ = sender.send(error_event(meter.model_id(), &api_error)).await;
+                sender.send(error_event(meter.model_id(), &api_error)).await;
                 break api_error.kind.status();
             }
         };
@@ -114,7 +142,7 @@ async fn pump(
                 out.push_str(&data_event(&data));
             }
         }
-        if !out.is_empty() && sender.send(Bytes::from(out)).await.is_err() {
+        if !out.is_empty() && !sender.send(Bytes::from(out)).await {
             break CLIENT_CLOSED;
         }
         if saw_done {
@@ -151,7 +179,7 @@ async fn pump(
             // An answer that could not be charged does not end as complete.
             Err(not_settled) => error_event(&model_id, &not_settled.to_api_error()),
         };
-        let _ = sender.send(end).await;
+        sender.send(end).await;
     }
 }
 

@@ -45,7 +45,19 @@ impl Upstream for RecordingUpstream {
     async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
         let model = call.body["model"].clone();
         let stream = call.body["stream"] == true;
+        let endless = call.body["user"] == "endless-stream";
         self.calls.lock().unwrap().push(call);
+        if stream && endless {
+            // Chunks as fast as they are taken, never a last one.
+            let chunk = format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [{"index": 0, "delta": {"content": "la "}, "finish_reason": null}]})
+            );
+            return Ok(UpstreamReply::Stream(Box::pin(
+                futures_util::stream::repeat_with(move || Ok(bytes::Bytes::from(chunk.clone()))),
+            )));
+        }
         if stream {
             // One chunk, then a stream that stays open until its reader goes.
             let chunk = format!(
@@ -95,6 +107,10 @@ impl Ferry {
     }
 
     async fn start_with(config: RouterConfig) -> Ferry {
+        Ferry::start_configured(config, MoneyConfig::default()).await
+    }
+
+    async fn start_configured(config: RouterConfig, money: MoneyConfig) -> Ferry {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
         let OperatorKey::Generated(operator_key) =
             ensure_operator_key(store.as_ref(), None).await.unwrap()
@@ -119,7 +135,7 @@ impl Ferry {
             accounts: store.clone(),
             upstream: upstream.clone(),
             auth: Arc::new(auth),
-            money: MoneyConfig::default(),
+            money,
             cache: ferry_functions::cache::ResponseCache::new(
                 ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
             ),
@@ -721,6 +737,60 @@ async fn a_stream_holds_its_in_flight_slot_until_its_body_is_gone() {
         .post("/v1/chat/completions", &member.key, &chat("allowed"))
         .await;
     assert_eq!(answered.status, StatusCode::OK, "{}", answered.body);
+}
+
+#[tokio::test]
+async fn a_stream_nobody_reads_is_ended_and_settled_for_what_it_delivered() {
+    let ferry = Ferry::start_configured(
+        RouterConfig::default(),
+        MoneyConfig {
+            stream_write_timeout: Duration::from_millis(200),
+            ..MoneyConfig::default()
+        },
+    )
+    .await;
+    let member = ferry.set_up_acme().await;
+    let mut streaming = chat("allowed");
+    streaming["stream"] = json!(true);
+    streaming["user"] = json!("endless-stream");
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/chat/completions")
+        .header(header::AUTHORIZATION, format!("Bearer {}", member.key))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(streaming.to_string()))
+        .unwrap();
+    let open = ferry.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    // Nobody reads it: once its buffer is full and the timeout passes, the stream is ended
+    // and settled as the caller's leaving (499), for what it had delivered.
+    let mut settled = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        settled = ferry
+            .store
+            .usage_events(&member.tenant_id, None, 0, u64::MAX, 10)
+            .await
+            .unwrap();
+        if !settled.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(settled.len(), 1, "the stream was settled");
+    assert_eq!(settled[0].status, 499);
+    assert!(
+        settled[0].completion_tokens > 0,
+        "charged for what it delivered"
+    );
+    // What the caller finds when it comes back: the chunks buffered, and an end.
+    let body = tokio::time::timeout(
+        Duration::from_secs(5),
+        axum::body::to_bytes(open.into_body(), usize::MAX),
+    )
+    .await
+    .expect("the body ends")
+    .unwrap();
+    assert!(!String::from_utf8_lossy(&body).contains("[DONE]"));
 }
 
 #[tokio::test]
