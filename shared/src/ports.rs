@@ -131,6 +131,14 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
+    /// The same page with each item made into another, or the first failure.
+    pub fn try_map<U, E>(self, read: impl FnMut(T) -> Result<U, E>) -> Result<Page<U>, E> {
+        Ok(Page {
+            items: self.items.into_iter().map(read).collect::<Result<_, _>>()?,
+            next: self.next,
+        })
+    }
+
     /// `fetched` holds up to one item more than `limit`: its presence says another page
     /// follows, whose cursor `cursor_of` makes from the last item kept.
     pub fn from_overfetch(

@@ -766,19 +766,14 @@ impl Accounts for DynamoStore {
         tenant_id: &str,
         page: &PageRequest,
     ) -> StoreResult<Page<Transaction>> {
-        let (items, next) = self
-            .page(
-                &item::tenant_transactions(tenant_id),
-                page.after.as_deref(),
-                true,
-                page.limit,
-                |_| true,
-            )
-            .await?;
-        Ok(Page {
-            items: bodies(&items)?,
-            next,
-        })
+        self.page(
+            &item::tenant_transactions(tenant_id),
+            page,
+            true,
+            |_| true,
+            |found| get_json(&found, "body"),
+        )
+        .await
     }
 
     async fn put_price(&self, price: &PriceRecord) -> StoreResult<()> {
@@ -878,20 +873,8 @@ impl Accounts for DynamoStore {
                 },
             )
             .await?;
-        let mut fetched = Vec::with_capacity(items.len());
-        for found in &items {
-            let sort = found
-                .get(INDEX_SORT_KEY)
-                .and_then(|value| value.as_s().ok())
-                .cloned()
-                .unwrap_or_default();
-            fetched.push((sort, get_json::<UsageRecord>(found, "body")?));
-        }
-        let page = Page::from_overfetch(fetched, page.limit, |(sort, _)| sort.clone());
-        Ok(Page {
-            items: page.items.into_iter().map(|(_, usage)| usage).collect(),
-            next: page.next,
-        })
+        Page::from_overfetch(items, page.limit, super::index_sort_key)
+            .try_map(|found| get_json(&found, "body"))
     }
 
     async fn usage_report(

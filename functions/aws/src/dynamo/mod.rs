@@ -29,6 +29,24 @@ use crate::schema::{
     INDEX, INDEX_PARTITION_KEY, INDEX_SORT_KEY, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE,
 };
 
+/// An item's sort key in the index: the cursor of a page that ends with it.
+fn index_sort_key(item: &Attributes) -> String {
+    item.get(INDEX_SORT_KEY)
+        .and_then(|value| value.as_s().ok())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Which sort keys of an index partition a query reads.
+#[derive(Debug, Clone, Copy)]
+enum SortKeys<'a> {
+    All,
+    /// Inclusive at both ends.
+    Between(&'a str, &'a str),
+    Above(&'a str),
+    Below(&'a str),
+}
+
 /// A session's last recorded use, an attribute of its own so a touch rewrites only it.
 const SESSION_SEEN: &str = "last_seen_at";
 
@@ -171,6 +189,48 @@ impl DynamoStore {
         limit: usize,
         keep: impl Fn(&Attributes) -> bool,
     ) -> StoreResult<Vec<Attributes>> {
+        let sort_keys = range.map_or(SortKeys::All, |(from, to)| SortKeys::Between(from, to));
+        self.query_index(partition, sort_keys, descending, limit, keep)
+            .await
+    }
+
+    /// One page of an index partition in sort-key order (newest first when `descending`):
+    /// the items after the cursor (the sort key of the previous page's last item) that `keep`
+    /// accepts, each read by `read`, and the cursor of the next page.
+    async fn page<T>(
+        &self,
+        partition: &str,
+        page: &PageRequest,
+        descending: bool,
+        keep: impl Fn(&Attributes) -> bool,
+        read: impl FnMut(Attributes) -> StoreResult<T>,
+    ) -> StoreResult<Page<T>> {
+        let sort_keys = match page.after.as_deref() {
+            None => SortKeys::All,
+            Some(after) if descending => SortKeys::Below(after),
+            Some(after) => SortKeys::Above(after),
+        };
+        let wanted = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        let items = self
+            .query_index(
+                partition,
+                sort_keys,
+                descending,
+                wanted.saturating_add(1),
+                keep,
+            )
+            .await?;
+        Page::from_overfetch(items, page.limit, index_sort_key).try_map(read)
+    }
+
+    async fn query_index(
+        &self,
+        partition: &str,
+        sort_keys: SortKeys<'_>,
+        descending: bool,
+        limit: usize,
+        keep: impl Fn(&Attributes) -> bool,
+    ) -> StoreResult<Vec<Attributes>> {
         let mut found = Vec::new();
         let mut start = None;
         loop {
@@ -182,14 +242,23 @@ impl DynamoStore {
                 .expression_attribute_names("#p", INDEX_PARTITION_KEY)
                 .expression_attribute_values(":p", item::s(partition))
                 .scan_index_forward(!descending)
+                .limit(i32::try_from(limit).unwrap_or(i32::MAX))
                 .set_exclusive_start_key(start.take());
-            query = match range {
-                None => query.key_condition_expression("#p = :p"),
-                Some((from, to)) => query
+            query = match sort_keys {
+                SortKeys::All => query.key_condition_expression("#p = :p"),
+                SortKeys::Between(from, to) => query
                     .key_condition_expression("#p = :p AND #s BETWEEN :from AND :to")
                     .expression_attribute_names("#s", INDEX_SORT_KEY)
                     .expression_attribute_values(":from", item::s(from))
                     .expression_attribute_values(":to", item::s(to)),
+                SortKeys::Above(after) | SortKeys::Below(after) => query
+                    .key_condition_expression(if matches!(sort_keys, SortKeys::Below(_)) {
+                        "#p = :p AND #s < :after"
+                    } else {
+                        "#p = :p AND #s > :after"
+                    })
+                    .expression_attribute_names("#s", INDEX_SORT_KEY)
+                    .expression_attribute_values(":after", item::s(after)),
             };
             let output = query
                 .send()
@@ -206,67 +275,6 @@ impl DynamoStore {
             match output.last_evaluated_key() {
                 Some(key) if !key.is_empty() => start = Some(key.clone()),
                 _ => return Ok(found),
-            }
-        }
-    }
-
-    /// One page of an index partition in sort-key order (newest first when `descending`):
-    /// the items after the cursor `after` (the sort key of the previous page's last item)
-    /// that `keep` accepts, at most `limit` of them, and the cursor of the next page.
-    async fn page(
-        &self,
-        partition: &str,
-        after: Option<&str>,
-        descending: bool,
-        limit: u32,
-        keep: impl Fn(&Attributes) -> bool,
-    ) -> StoreResult<(Vec<Attributes>, Option<String>)> {
-        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut found = Vec::new();
-        let mut start = None;
-        loop {
-            let mut query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(INDEX)
-                .expression_attribute_names("#p", INDEX_PARTITION_KEY)
-                .expression_attribute_values(":p", item::s(partition))
-                .scan_index_forward(!descending)
-                .limit(i32::try_from(wanted.saturating_add(1)).unwrap_or(i32::MAX))
-                .set_exclusive_start_key(start.take());
-            query = match after {
-                None => query.key_condition_expression("#p = :p"),
-                Some(after) => query
-                    .key_condition_expression(if descending {
-                        "#p = :p AND #s < :after"
-                    } else {
-                        "#p = :p AND #s > :after"
-                    })
-                    .expression_attribute_names("#s", INDEX_SORT_KEY)
-                    .expression_attribute_values(":after", item::s(after)),
-            };
-            let output = query
-                .send()
-                .await
-                .map_err(|error| unavailable(describe(&error)))?;
-            for item in output.items() {
-                if !keep(item) {
-                    continue;
-                }
-                if found.len() == wanted {
-                    let next = found
-                        .last()
-                        .and_then(|last: &Attributes| last.get(INDEX_SORT_KEY))
-                        .and_then(|value| value.as_s().ok())
-                        .cloned();
-                    return Ok((found, next));
-                }
-                found.push(item.clone());
-            }
-            match output.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok((found, None)),
             }
         }
     }
@@ -513,22 +521,10 @@ impl Store for DynamoStore {
                     || tenant.name.to_lowercase().contains(search.as_str())
             })
         };
-        let (items, next) = self
-            .page(
-                item::TENANTS,
-                page.after.as_deref(),
-                false,
-                page.limit,
-                matches,
-            )
-            .await?;
-        Ok(Page {
-            items: items
-                .iter()
-                .map(tenant_from_item)
-                .collect::<StoreResult<_>>()?,
-            next,
+        self.page(item::TENANTS, page, false, matches, |found| {
+            tenant_from_item(&found)
         })
+        .await
     }
 
     async fn update_tenant_policy(&self, id: &str, policy: &TenantPolicy) -> StoreResult<bool> {
@@ -595,22 +591,14 @@ impl Store for DynamoStore {
     }
 
     async fn keys_page(&self, tenant_id: &str, page: &PageRequest) -> StoreResult<Page<KeyRecord>> {
-        let (items, next) = self
-            .page(
-                &item::tenant_keys(tenant_id),
-                page.after.as_deref(),
-                true,
-                page.limit,
-                |_| true,
-            )
-            .await?;
-        Ok(Page {
-            items: items
-                .iter()
-                .map(key_from_item)
-                .collect::<StoreResult<_>>()?,
-            next,
-        })
+        self.page(
+            &item::tenant_keys(tenant_id),
+            page,
+            true,
+            |_| true,
+            |found| key_from_item(&found),
+        )
+        .await
     }
 
     async fn revoke_key(&self, key_id: &str, at: u64) -> StoreResult<bool> {
