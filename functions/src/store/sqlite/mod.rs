@@ -390,6 +390,18 @@ pub(super) fn row<T>(
     connection.prepare_cached(sql)?.query_row(params, map)
 }
 
+/// A write refused by a uniqueness constraint is `what` existing already; anything else, an
+/// unavailable store.
+fn conflict_or_unavailable(what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |error| {
+        if is_constraint_violation(&error) {
+            StoreError::Conflict(what.into())
+        } else {
+            unavailable(error)
+        }
+    }
+}
+
 pub(super) fn is_constraint_violation(error: &rusqlite::Error) -> bool {
     matches!(error, rusqlite::Error::SqliteFailure(failure, _) if failure.code == rusqlite::ErrorCode::ConstraintViolation)
 }
@@ -521,13 +533,7 @@ impl Store for SqliteStore {
                     tenant_policy_json(&tenant.policy())?,
                 ],
             )
-            .map_err(|error| {
-                if is_constraint_violation(&error) {
-                    StoreError::Conflict("tenant".into())
-                } else {
-                    unavailable(error)
-                }
-            })?;
+            .map_err(conflict_or_unavailable("tenant"))?;
             Ok(())
         })
         .await
@@ -600,7 +606,7 @@ impl Store for SqliteStore {
                         budgets,
                     ],
                 )
-                .map_err(|error| if is_constraint_violation(&error) { StoreError::Conflict("key".into()) } else { unavailable(error) })?;
+                .map_err(conflict_or_unavailable("key"))?;
             Ok(())
         })
         .await
@@ -820,13 +826,7 @@ impl Store for SqliteStore {
                 "INSERT INTO sessions (id_hash, body, expires_at) VALUES (?1, ?2, ?3)",
                 params![id_hash, body, to_sql_int(expires_at)],
             )
-            .map_err(|error| {
-                if is_constraint_violation(&error) {
-                    StoreError::Conflict("session".into())
-                } else {
-                    unavailable(error)
-                }
-            })?;
+            .map_err(conflict_or_unavailable("session"))?;
             Ok(())
         })
         .await
