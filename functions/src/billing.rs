@@ -206,34 +206,20 @@ pub async fn adjust(
     .await
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct LedgerQuery {
-    /// At most this many transactions, newest first (default 100, at most 1000).
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    pub after: Option<String>,
-}
-
 /// A tenant's ledger transactions, newest first.
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/ledger", tag = "billing", params(("id" = String, Path, description = "Tenant id"), LedgerQuery),
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/ledger", tag = "billing", params(("id" = String, Path, description = "Tenant id"), PageQuery),
     responses((status = 200, body = List<Transaction>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn ledger(
     State(state): State<AppState>,
     Caller(principal): Caller,
     Path(tenant_id): Path<String>,
-    Query(query): Query<LedgerQuery>,
+    Query(query): Query<PageQuery>,
 ) -> HandlerResult<Json<List<Transaction>>> {
     require_tenant_admin(&principal, &tenant_id)?;
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
-    let page = PageQuery {
-        limit: query.limit,
-        after: query.after,
-    }
-    .request();
     let found = state
         .accounts
-        .transactions(&tenant_id, &page)
+        .transactions(&tenant_id, &query.request())
         .await
         .map_err(bad_cursor)?;
     Ok(page_of(found, |transaction| transaction))

@@ -2293,7 +2293,7 @@ export interface operations {
     ledger: {
         parameters: {
             query?: {
-                /** @description At most this many transactions, newest first (default 100, at most 1000). */
+                /** @description At most this many items (default 100, at most 1000). */
                 limit?: number | null;
                 /** @description The `next_cursor` of the previous page. */
                 after?: string | null;
