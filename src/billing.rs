@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use ferry_core::Money;
 use ferry_core::billing::{self, Invoice};
 use ferry_core::calendar::Month;
 use ferry_core::ports::{Accounts, Store};
@@ -126,8 +127,13 @@ async fn reconcile(store: &SqliteStore) -> anyhow::Result<i32> {
             .await?
             .map(|tenant| tenant.name)
             .unwrap_or_default();
+        let written_off = if tenant.written_off == Money::ZERO {
+            String::new()
+        } else {
+            format!(", written off {} USD", tenant.written_off)
+        };
         println!(
-            "{} ({name}): usage {} USD, settled {} USD, {} invoices",
+            "{} ({name}): usage {} USD, settled {} USD{written_off}, {} invoices",
             tenant.tenant_id,
             tenant.usage,
             tenant.settled,

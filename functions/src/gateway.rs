@@ -610,16 +610,18 @@ async fn dispatch_call(
             let countable = reported.is_some();
             let mut usage = reported.unwrap_or_default();
             meter.price_usage(&mut usage);
+            // Settled before the answer leaves: an answer the caller holds is already charged,
+            // and its `usage.cost` is what was charged.
+            match meter.record(&usage, 200, None).await {
+                Ok(charged) => usage.cost = Some(charged),
+                Err(not_settled) => return Err(not_settled.to_api_error().into()),
+            }
             if let Some(object) = response.as_object_mut() {
                 object.insert("model".into(), Value::String(model.spec.id.clone()));
                 object.insert(
                     "usage".into(),
                     serde_json::to_value(&usage).unwrap_or(Value::Null),
                 );
-            }
-            // Settled before the answer leaves: an answer the caller holds is already charged.
-            if let Err(not_settled) = meter.record(&usage, 200, None).await {
-                return Err(not_settled.to_api_error().into());
             }
             let kept_until = match keep {
                 // Only an answer the cache keeps is granted to edges.
@@ -737,11 +739,12 @@ async fn answer_from_cache(
         .and_then(|usage| serde_json::from_value(usage.clone()).ok())
         .unwrap_or_default();
     meter.price_hit(&mut usage);
+    match meter.record(&usage, 200, None).await {
+        Ok(charged) => usage.cost = Some(charged),
+        Err(not_settled) => return Err(not_settled.to_api_error().into()),
+    }
     answer["usage"] = serde_json::to_value(&usage).unwrap_or(Value::Null);
     answer["model"] = Value::String(model_id.to_owned());
-    if let Err(not_settled) = meter.record(&usage, 200, None).await {
-        return Err(not_settled.to_api_error().into());
-    }
     let mut response = if call.stream {
         let events = cache::chat_as_sse(&answer, call.include_usage);
         let mut response = Response::new(Body::from(events.concat()));

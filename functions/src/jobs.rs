@@ -13,7 +13,7 @@ use bytes::Bytes;
 use ferry_core::billing::{self, Invoice};
 use ferry_core::calendar::Month;
 use ferry_core::ports::{Accounts, ObjectStore, Store};
-use ferry_core::{ApiError, ErrorKind};
+use ferry_core::{ApiError, ErrorKind, Money};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -72,6 +72,8 @@ pub enum Outcome {
     Reconciled {
         tenants: usize,
         discrepancies: Vec<String>,
+        /// What calls cost beyond what prepaid tenants could pay, written off (all tenants).
+        written_off_usd: Money,
     },
 }
 
@@ -119,9 +121,14 @@ impl Books {
                     let discrepancies = billing::discrepancies(&ledger, &tenants);
                     looks += 1;
                     if discrepancies.is_empty() || looks == RECONCILE_LOOKS {
+                        let written_off = tenants
+                            .iter()
+                            .map(|tenant| tenant.written_off.nanos())
+                            .sum();
                         return Ok(Outcome::Reconciled {
                             tenants: tenants.len(),
                             discrepancies,
+                            written_off_usd: Money::from_nanos(written_off),
                         });
                     }
                     tokio::time::sleep(RECONCILE_PAUSE).await;

@@ -3,9 +3,9 @@
 //! A task reads the upstream and writes to a small channel that is the response body. When the
 //! caller goes away the channel closes, the task stops and drops the upstream connection (so the
 //! backend stops generating), and the tokens delivered so far are metered. Usage is always asked
-//! of the upstream; the usage chunk is passed on only to callers who asked for it. The final
-//! `[DONE]` is held back until the call is settled: a caller who saw the end of the stream
-//! has been charged, durably, exactly once.
+//! of the upstream; the usage chunk is passed on only to callers who asked for it. The last
+//! usage chunk and the final `[DONE]` are held back until the call is settled: a caller who saw
+//! the end of the stream has been charged, durably, exactly once, and its usage says what.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -91,6 +91,17 @@ struct Progress {
     upstream_failed: bool,
     /// Every chunk as priced, usage included, while the answer is to be kept.
     chunks: Option<Vec<Value>>,
+    /// The latest chunk with usage for the caller, held back until the next event: the last
+    /// one is sent after settlement, with the cost that was charged.
+    usage_chunk: Option<Value>,
+}
+
+/// What one upstream event becomes for the caller.
+enum Relayed {
+    Send(String),
+    /// A chunk with usage: sent when another follows, or at the end with the charged cost.
+    HoldBack(Value),
+    Drop,
 }
 
 async fn pump(
@@ -107,9 +118,11 @@ async fn pump(
         first_token_after: None,
         upstream_failed: false,
         chunks: keep.as_ref().map(|_| Vec::new()),
+        usage_chunk: None,
     };
     let mut saw_done = false;
-    let status = loop {
+    // How the stream ended, and the error event to end it with (sent after settlement).
+    let (status, failure) = loop {
         let next = tokio::time::timeout_at(meter.deadline(), upstream.next())
             .await
             .unwrap_or(Some(Err(UpstreamError::Timeout)));
@@ -118,7 +131,7 @@ async fn pump(
             // Every OpenAI-compatible server ends with `[DONE]`; ending without it means the
             // upstream died mid-generation (a close-delimited body looks complete otherwise).
             // The caller already has the upstream's error event: one is enough.
-            None if progress.upstream_failed => break 502,
+            None if progress.upstream_failed => break (502, None),
             None => Err(UpstreamError::Protocol(
                 "the stream ended before [DONE]".into(),
             )),
@@ -128,8 +141,7 @@ async fn pump(
             Err(error) => {
                 tracing::warn!(%error, "upstream stream broke");
                 let api_error = error.to_api_error();
-                sender.send(error_event(meter.model_id(), &api_error)).await;
-                break api_error.kind.status();
+                break (api_error.kind.status(), Some(api_error));
             }
         };
         let mut out = String::new();
@@ -138,15 +150,24 @@ async fn pump(
                 saw_done = true;
                 break;
             }
-            if let Some(data) = rewrite(&event.data, &meter, include_usage, &mut progress) {
-                out.push_str(&data_event(&data));
+            let relayed = rewrite(&event.data, &meter, include_usage, &mut progress);
+            if matches!(relayed, Relayed::Drop) {
+                continue;
+            }
+            if let Some(earlier) = progress.usage_chunk.take() {
+                out.push_str(&data_event(&earlier.to_string()));
+            }
+            match relayed {
+                Relayed::Send(data) => out.push_str(&data_event(&data)),
+                Relayed::HoldBack(chunk) => progress.usage_chunk = Some(chunk),
+                Relayed::Drop => {}
             }
         }
         if !out.is_empty() && !sender.send(Bytes::from(out)).await {
-            break CLIENT_CLOSED;
+            break (CLIENT_CLOSED, None);
         }
         if saw_done {
-            break 200;
+            break (200, None);
         }
     };
     meter.upstream_ends();
@@ -167,45 +188,55 @@ async fn pump(
     let settled = meter
         .record(&usage, status, progress.first_token_after)
         .await;
-    if status == 200 {
-        if let (Some(keep), Some(chunks), Ok(_)) = (keep, &progress.chunks, &settled)
-            && !progress.upstream_failed
-        {
-            keep.finish(assemble_chat(chunks));
+    if status == CLIENT_CLOSED {
+        return;
+    }
+    let mut end = String::new();
+    if let (Some(mut chunk), Ok(charged)) = (progress.usage_chunk.take(), &settled) {
+        if let Some(usage) = chunk.get_mut("usage").and_then(Value::as_object_mut) {
+            usage.insert("cost".into(), Value::String(charged.to_string()));
         }
-        // The caller may have left after the last chunk; there is no one to tell then.
-        let end = match settled {
-            Ok(_) => Bytes::from_static(DONE_EVENT.as_bytes()),
-            // An answer that could not be charged does not end as complete.
-            Err(not_settled) => error_event(&model_id, &not_settled.to_api_error()),
-        };
-        sender.send(end).await;
+        end.push_str(&data_event(&chunk.to_string()));
+    }
+    if let (Some(keep), Some(chunks), Ok(_)) = (keep, &progress.chunks, &settled)
+        && status == 200
+        && !progress.upstream_failed
+    {
+        keep.finish(assemble_chat(chunks));
+    }
+    match (failure, settled) {
+        (Some(failure), _) => end.push_str(&error_event(&model_id, &failure)),
+        (None, _) if status != 200 => {}
+        (None, Ok(_)) => end.push_str(DONE_EVENT),
+        // An answer that could not be charged does not end as complete.
+        (None, Err(not_settled)) => {
+            end.push_str(&error_event(&model_id, &not_settled.to_api_error()));
+        }
+    }
+    // The caller may have left after the last chunk; there is no one to tell then.
+    if !end.is_empty() {
+        sender.send(Bytes::from(end)).await;
     }
 }
 
 /// The one error event a failed stream ends with.
-fn error_event(model_id: &str, error: &ferry_core::ApiError) -> Bytes {
+fn error_event(model_id: &str, error: &ferry_core::ApiError) -> String {
     let event = json!({
         "object": "chat.completion.chunk",
         "model": model_id,
         "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
         "error": error.body().error,
     });
-    Bytes::from(data_event(&event.to_string()))
+    data_event(&event.to_string())
 }
 
-/// One upstream event as the caller should see it, or `None` to drop it.
-fn rewrite(
-    data: &str,
-    meter: &Meter,
-    include_usage: bool,
-    progress: &mut Progress,
-) -> Option<String> {
+/// One upstream event as the caller should see it.
+fn rewrite(data: &str, meter: &Meter, include_usage: bool, progress: &mut Progress) -> Relayed {
     let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
-        return Some(data.to_owned());
+        return Relayed::Send(data.to_owned());
     };
     let Some(object) = chunk.as_object_mut() else {
-        return Some(data.to_owned());
+        return Relayed::Send(data.to_owned());
     };
     if object.contains_key("error") {
         progress.upstream_failed = true;
@@ -251,7 +282,7 @@ fn rewrite(
         if !include_usage {
             progress.usage = Some(usage);
             if only_usage {
-                return None;
+                return Relayed::Drop;
             }
             object.remove("usage");
         } else {
@@ -260,6 +291,7 @@ fn rewrite(
                 serde_json::to_value(&usage).unwrap_or(Value::Null),
             );
             progress.usage = Some(usage);
+            return Relayed::HoldBack(chunk);
         }
     } else {
         if let Some(chunks) = &mut progress.chunks {
@@ -269,5 +301,5 @@ fn rewrite(
             object.remove("usage");
         }
     }
-    Some(chunk.to_string())
+    Relayed::Send(chunk.to_string())
 }

@@ -605,28 +605,62 @@ impl Crossing {
 /// What settling a hold at `cost` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettlePlan {
-    /// What the tenant pays: the cost, but never more than a prepaid hold.
+    /// What the tenant pays, and so what its usage event and its answer say: the cost, drawn
+    /// from a prepaid hold and, beyond it, from the available balance as far as that goes.
     pub charged: Money,
-    pub posting: Option<Posting>,
+    /// The part of the cost a prepaid balance could not cover, written off as the operator's.
+    pub loss: Money,
+    /// The settlement (or release, or postpaid charge), then the loss if there is one.
+    pub postings: Vec<Posting>,
     /// Caps this charge carried past their limit, for alerts.
     pub crossings: Vec<Crossing>,
 }
 
-/// Settles `hold` at `cost`; `counters` are the caps' counters before this settlement. An
-/// expired hold (`cost` = none) is released in full and charges nothing.
-pub fn settle_plan(hold: &Hold, cost: Option<Money>, counters: &[SpendCounter]) -> SettlePlan {
-    let charged = match (cost, hold.billing) {
-        (None, _) => Money::ZERO,
-        (Some(cost), Billing::Prepaid) => cost.min(hold.amount).max(Money::ZERO),
-        (Some(cost), Billing::Postpaid) => cost.max(Money::ZERO),
+impl Hold {
+    /// Whether settling at `cost` draws on the tenant's available balance (a prepaid cost
+    /// beyond the hold): only then does a settlement need to read it.
+    pub fn overdrawn_by(&self, cost: Option<Money>) -> bool {
+        self.billing == Billing::Prepaid && cost.is_some_and(|cost| cost > self.amount)
+    }
+}
+
+/// Settles `hold` at `cost`; `available` is the tenant's spendable balance before this
+/// settlement (read only when [`Hold::overdrawn_by`] says it matters), `counters` the caps'
+/// counters. An expired hold (`cost` = none) is released in full and charges nothing.
+///
+/// A prepaid charge never takes `available` below zero, and is never quietly smaller than
+/// the cost: what the balance cannot pay is the loss.
+pub fn settle_plan(
+    hold: &Hold,
+    cost: Option<Money>,
+    available: Money,
+    counters: &[SpendCounter],
+) -> SettlePlan {
+    let cost = cost.map(|cost| cost.max(Money::ZERO));
+    let (charged, loss) = match (cost, hold.billing) {
+        (None, _) => (Money::ZERO, Money::ZERO),
+        (Some(cost), Billing::Prepaid) if cost > hold.amount => {
+            let beyond = cost.nanos() - hold.amount.nanos();
+            let drawn = beyond.min(available.nanos().max(0));
+            (
+                Money::from_nanos(hold.amount.nanos() + drawn),
+                Money::from_nanos(beyond - drawn),
+            )
+        }
+        (Some(cost), _) => (cost, Money::ZERO),
     };
     let posting = match (cost, hold.billing) {
         (None, Billing::Prepaid) => Some(Posting::expire(&hold.tenant_id, hold.amount)),
         (None, Billing::Postpaid) => None,
         (Some(_), Billing::Prepaid) => Some(Posting::settle(&hold.tenant_id, hold.amount, charged)),
         (Some(_), Billing::Postpaid) => Some(Posting::charge(&hold.tenant_id, charged)),
-    }
-    .filter(|posting| !posting.entries.is_empty());
+    };
+    let written_off = (loss > Money::ZERO).then(|| Posting::loss(&hold.tenant_id, loss));
+    let postings = posting
+        .into_iter()
+        .chain(written_off)
+        .filter(|posting| !posting.entries.is_empty())
+        .collect();
     let crossings = hold
         .caps
         .iter()
@@ -641,7 +675,8 @@ pub fn settle_plan(hold: &Hold, cost: Option<Money>, counters: &[SpendCounter]) 
         .collect();
     SettlePlan {
         charged,
-        posting,
+        loss,
+        postings,
         crossings,
     }
 }
@@ -814,7 +849,7 @@ mod tests {
     }
 
     #[test]
-    fn settling_charges_the_cost_capped_at_the_hold() {
+    fn settling_charges_the_cost_and_alerts_on_crossed_caps() {
         let call = admission(
             Billing::Prepaid,
             "1",
@@ -835,27 +870,72 @@ mod tests {
             settled: usd("0.4"),
             held: usd("1"),
         }];
-        let plan = settle_plan(&hold, Some(usd("0.25")), &counters);
+        let plan = settle_plan(&hold, Some(usd("0.25")), Money::ZERO, &counters);
         assert_eq!(plan.charged, usd("0.25"));
+        assert_eq!(plan.loss, Money::ZERO);
         assert_eq!(
-            plan.posting,
-            Some(Posting::settle("t", usd("1"), usd("0.25")))
+            plan.postings,
+            vec![Posting::settle("t", usd("1"), usd("0.25"))]
         );
         assert_eq!(plan.crossings.len(), 1);
-        assert_eq!(
-            settle_plan(&hold, Some(usd("3")), &counters).charged,
-            usd("1")
-        );
-        let expired = settle_plan(&hold, None, &counters);
-        assert_eq!(expired.charged, Money::ZERO);
-        assert_eq!(expired.posting, Some(Posting::expire("t", usd("1"))));
+        assert!(!hold.overdrawn_by(Some(usd("1"))));
+        assert!(hold.overdrawn_by(Some(usd("1.000000001"))));
+        assert!(!hold.overdrawn_by(None));
+        let expired = settle_plan(&hold, None, usd("5"), &counters);
+        assert_eq!((expired.charged, expired.loss), (Money::ZERO, Money::ZERO));
+        assert_eq!(expired.postings, vec![Posting::expire("t", usd("1"))]);
         let mut postpaid = hold.clone();
         postpaid.billing = Billing::Postpaid;
+        assert!(!postpaid.overdrawn_by(Some(usd("3"))));
         assert_eq!(
-            settle_plan(&postpaid, Some(usd("3")), &[]).posting,
-            Some(Posting::charge("t", usd("3")))
+            settle_plan(&postpaid, Some(usd("3")), Money::ZERO, &[]).postings,
+            vec![Posting::charge("t", usd("3"))]
         );
-        assert_eq!(settle_plan(&postpaid, None, &[]).posting, None);
+        assert!(
+            settle_plan(&postpaid, None, Money::ZERO, &[])
+                .postings
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_cost_beyond_the_hold_is_drawn_from_the_balance_and_the_rest_written_off() {
+        let hold = Hold::of(&admission(Billing::Prepaid, "1", vec![], vec![]));
+        // (cost, available before settling) → (charged, loss)
+        let cases = [
+            ("3", "5", "3", "0"),
+            ("3", "2", "3", "0"),
+            ("3", "1.5", "2.5", "0.5"),
+            ("3", "0", "1", "2"),
+            // A balance already below zero (a negative adjustment) lends nothing.
+            ("3", "-4", "1", "2"),
+            ("1", "0", "1", "0"),
+            ("-1", "9", "0", "0"),
+        ];
+        for (cost, available, charged, loss) in cases {
+            let plan = settle_plan(&hold, Some(usd(cost)), usd(available), &[]);
+            assert_eq!(
+                (plan.charged, plan.loss),
+                (usd(charged), usd(loss)),
+                "cost {cost}, available {available}"
+            );
+            assert!(plan.postings.iter().all(Posting::is_balanced));
+            let mut expected = vec![Posting::settle("t", usd("1"), usd(charged))];
+            if plan.loss > Money::ZERO {
+                expected.push(Posting::loss("t", usd(loss)));
+            }
+            assert_eq!(plan.postings, expected);
+            // What the caller is told it cost is what the tenant pays, plus the write-off.
+            let revenue: i64 = plan.postings.iter().map(|p| p.revenue().nanos()).sum();
+            assert_eq!(revenue, plan.charged.nanos());
+            let taken = -plan
+                .postings
+                .iter()
+                .map(|p| p.moved(&crate::ledger::available("t")).nanos())
+                .sum::<i64>();
+            // Never more than the balance had, beyond the hold.
+            assert!(taken <= usd(available).nanos().max(0), "{cost} {available}");
+        }
     }
 
     #[test]

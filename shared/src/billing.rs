@@ -169,6 +169,10 @@ pub struct TenantFigures {
     pub usage: Money,
     /// Sum of settle and charge transactions' revenue entries.
     pub settled: Money,
+    /// What calls cost beyond what the tenant could pay: the loss transactions, written off
+    /// by the operator (not a discrepancy: served and reported, never charged).
+    #[serde(default)]
+    pub written_off: Money,
     /// Per closed month: (period, usage events in it, invoice total).
     pub invoiced: Vec<(String, Money, Money)>,
     /// Usage events without a settlement, and settlements without a usage event.
@@ -223,6 +227,9 @@ pub fn discrepancies(ledger: &LedgerFigures, tenants: &[TenantFigures]) -> Vec<S
                 "tenant {id}: {} usage events have no settlement",
                 tenant.unsettled_events
             ));
+        }
+        if tenant.written_off.is_negative() {
+            found.push(format!("tenant {id}: its write-offs total below zero"));
         }
         if tenant.orphan_settlements > 0 {
             found.push(format!(
@@ -414,6 +421,8 @@ mod tests {
                 Money::from_nanos(10),
             )],
             prepaid_available: Some(Money::ZERO),
+            // Served beyond the balance and written off: reported, not a difference.
+            written_off: Money::from_nanos(3),
             ..TenantFigures::default()
         };
         assert!(discrepancies(&LedgerFigures::default(), std::slice::from_ref(&good)).is_empty());
@@ -425,6 +434,7 @@ mod tests {
                 Money::from_nanos(8),
             )],
             prepaid_available: Some(Money::from_nanos(-1)),
+            written_off: Money::from_nanos(-1),
             ..good
         };
         let found = discrepancies(
@@ -434,7 +444,7 @@ mod tests {
             },
             &[bad],
         );
-        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found.len(), 5, "{found:?}");
         assert!(found[1].contains("difference 0.000000001"));
     }
 

@@ -5,8 +5,11 @@
 //! calls in flight) and `revenue` (what the tenant's calls earned the operator). Money enters
 //! from `external:funding` (top-ups) and `external:adjustments` (corrections). A prepaid call
 //! moves its worst case from `available` to `held`, then settles: the cost to `revenue`, the
-//! rest back to `available`. A postpaid call charges `available` directly, which goes negative:
-//! that is what the tenant owes.
+//! rest back to `available`; a cost beyond the hold is drawn from `available` too, as far as it
+//! goes. What a prepaid balance cannot cover is the operator's loss: a posting of its own from
+//! `external:write_offs` to the tenant's `losses`, so it is never hidden in a smaller charge.
+//! A postpaid call charges `available` directly, which goes negative: that is what the tenant
+//! owes.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +17,8 @@ use crate::money::Money;
 
 pub const FUNDING: &str = "external:funding";
 pub const ADJUSTMENTS: &str = "external:adjustments";
+/// Where the operator's losses come from: calls served beyond what a prepaid tenant could pay.
+pub const WRITE_OFFS: &str = "external:write_offs";
 
 pub fn available(tenant_id: &str) -> String {
     format!("tenant:{tenant_id}:available")
@@ -25,6 +30,11 @@ pub fn held(tenant_id: &str) -> String {
 
 pub fn revenue(tenant_id: &str) -> String {
     format!("tenant:{tenant_id}:revenue")
+}
+
+/// What the tenant's calls cost beyond what it could pay: served, never charged.
+pub fn losses(tenant_id: &str) -> String {
+    format!("tenant:{tenant_id}:losses")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +51,8 @@ pub enum TransactionKind {
     Expire,
     Refund,
     Adjustment,
+    /// The part of a prepaid call's cost its balance could not cover, written off.
+    Loss,
 }
 
 impl TransactionKind {
@@ -53,6 +65,7 @@ impl TransactionKind {
             TransactionKind::Expire => "expire",
             TransactionKind::Refund => "refund",
             TransactionKind::Adjustment => "adjustment",
+            TransactionKind::Loss => "loss",
         }
     }
 
@@ -65,6 +78,7 @@ impl TransactionKind {
             TransactionKind::Expire,
             TransactionKind::Refund,
             TransactionKind::Adjustment,
+            TransactionKind::Loss,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == text)
@@ -175,9 +189,10 @@ impl Posting {
         )
     }
 
-    /// Settles a hold of `held_amount` to `cost`, which must not exceed it.
-    pub fn settle(tenant_id: &str, held_amount: Money, cost: Money) -> Posting {
-        let (held_nanos, cost_nanos) = (held_amount.nanos(), cost.nanos());
+    /// Settles a hold of `held_amount` to `charged`: what the hold does not cover is drawn from
+    /// `available`, which the caller has checked can pay it.
+    pub fn settle(tenant_id: &str, held_amount: Money, charged: Money) -> Posting {
+        let (held_nanos, cost_nanos) = (held_amount.nanos(), charged.nanos());
         Posting::new(
             TransactionKind::Settle,
             tenant_id,
@@ -198,6 +213,16 @@ impl Posting {
                 entry(held(tenant_id), -nanos),
                 entry(available(tenant_id), nanos),
             ],
+        )
+    }
+
+    /// Writes off what a call cost beyond what its tenant could pay.
+    pub fn loss(tenant_id: &str, amount: Money) -> Posting {
+        let nanos = amount.nanos();
+        Posting::new(
+            TransactionKind::Loss,
+            tenant_id,
+            vec![entry(WRITE_OFFS, -nanos), entry(losses(tenant_id), nanos)],
         )
     }
 
@@ -231,6 +256,8 @@ mod tests {
             Posting::hold("t", usd("1")),
             Posting::settle("t", usd("1"), usd("0.25")),
             Posting::settle("t", usd("1"), usd("1")),
+            Posting::settle("t", usd("1"), usd("1.5")),
+            Posting::loss("t", usd("0.5")),
             Posting::expire("t", usd("1")),
             Posting::charge("t", usd("0.000000001")),
         ];

@@ -8,6 +8,8 @@ Its behaviour is chosen by the upstream model name, so one server covers every c
   "error-event"   streams one chunk, then its own error event, and closes
   "slow-stream"   streams one chunk every 50 ms for a long time (for disconnect tests)
   "slow-echo"     as "echo", but takes 200 ms to start and 50 ms per streamed word (calls overlap)
+  "overshoot"     as "echo", but reports 2,000 completion tokens whatever `max_tokens` allowed
+                  (a misbehaving or misconfigured backend)
 Every request is recorded so tests can see what Ferry forwarded.
 """
 
@@ -17,6 +19,9 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+OVERSHOOT_TOKENS = 2000
 
 
 class MockUpstream:
@@ -110,7 +115,8 @@ def _make_handler(mock):
                 return self._json(404, {"error": {"message": "no such path"}})
             prompt_tokens = _prompt_tokens(body)
             words = _words(text)
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words), "total_tokens": prompt_tokens + len(words)}
+            completion_tokens = OVERSHOOT_TOKENS if model == "overshoot" else len(words)
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
             if not body.get("stream"):
                 if kind == "chat":
                     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}

@@ -5,6 +5,7 @@ mid-period, and `ferry billing close` / `ferry billing reconcile` on the data of
 import asyncio
 import json
 import random
+import re
 import sqlite3
 import subprocess
 import threading
@@ -522,6 +523,79 @@ def test_a_stream_that_would_outlive_its_hold_is_cut_off_and_charged_for_what_it
         assert_reconciles(gateway)
     finally:
         gateway.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# One truth per charge: what an answer says a call cost is what the tenant was charged.
+
+
+async def overshooting_calls(url, key, count):
+    """`count` concurrent calls to a backend that overshoots `max_tokens`, every other one
+    streamed; each gives (request id, the cost its answer states), or None when refused (402)."""
+    client = openai.AsyncOpenAI(
+        base_url=f"{url}/v1",
+        api_key=key,
+        max_retries=0,
+        timeout=60,
+        http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=count, max_keepalive_connections=count)),
+    )
+
+    async def one(index):
+        ask = {"model": "overshoot-model", "messages": MESSAGES, "max_tokens": 10}
+        try:
+            if index % 2:
+                raw = await client.chat.completions.with_raw_response.create(**ask, stream=True, stream_options={"include_usage": True})
+                usage = None
+                async for chunk in raw.parse():
+                    usage = chunk.usage or usage
+                return raw.headers["x-request-id"], Decimal(usage.model_extra["cost"])
+            raw = await client.chat.completions.with_raw_response.create(**ask)
+            return raw.headers["x-request-id"], Decimal(raw.parse().usage.model_extra["cost"])
+        except openai.APIStatusError as error:
+            assert error.status_code == 402, error.response.text
+            return None
+
+    try:
+        return await asyncio.gather(*(one(index) for index in range(count)))
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    "billing_mode, credit",
+    [("prepaid", "10"), ("prepaid", "0.02"), ("postpaid", None)],
+    ids=["prepaid-enough", "prepaid-short", "postpaid"],
+)
+def test_an_answer_states_what_was_charged_when_the_backend_overshoots(gateway, upstream, billing_mode, credit):
+    register(gateway, upstream, model_id="overshoot-model", upstream_model="overshoot")
+    tenant_id, key = tenant_with_key(gateway, credit=credit, billing_mode=billing_mode)
+    start, _ = balance(gateway, tenant_id)
+
+    answered = [call for call in asyncio.run(overshooting_calls(gateway.url, key, 100)) if call]
+    told = {request_id: cost for request_id, cost in answered}
+    assert len(told) == len(answered) > 0
+
+    recorded = {e["request_id"]: Decimal(e["cost"]) for e in events(gateway, tenant_id) if e["status"] == 200}
+    assert recorded == told, "each usage event says what its answer said"
+    available, held = balance(gateway, tenant_id)
+    assert held == 0
+    assert start - available == sum(told.values()), "the balance fell by exactly what the answers said"
+    # Each call's whole cost, five times its hold: 7 prompt tokens at $1/Mtok, the 2,000
+    # completion tokens at $2/Mtok, and the fee.
+    full = Decimal(7 * 1000 + 2000 * 2000 + 1_000_000) / 10**9
+    losses = [t for t in ledger(gateway, tenant_id) if t["kind"] == "loss"]
+    written_off = sum(Decimal(e["amount_usd"]) for t in losses for e in t["entries"] if e["account"].endswith(":losses"))
+    if billing_mode == "prepaid" and credit == "0.02":
+        assert available == 0, "the balance paid what it could, and no more"
+        assert written_off > 0
+        assert sum(told.values()) + written_off == full * len(told), "what was not charged was written off"
+        assert {t["request_id"] for t in losses} <= set(told)
+        reported = re.search(r"written off ([0-9.]+) USD", billing(gateway, "reconcile").stdout)
+        assert reported and Decimal(reported.group(1)) == written_off, "reconciliation shows the loss"
+    else:
+        assert set(told.values()) == {full}, "every call charged its whole cost"
+        assert losses == []
+    assert_reconciles(gateway)
 
 
 def test_a_member_sees_only_its_own_keys_usage(gateway, upstream):

@@ -1237,7 +1237,7 @@ export interface components {
             tenant_id: string;
         };
         /** @enum {string} */
-        TransactionKind: "top_up" | "hold" | "settle" | "charge" | "expire" | "refund" | "adjustment";
+        TransactionKind: "top_up" | "hold" | "settle" | "charge" | "expire" | "refund" | "adjustment" | "loss";
         /**
          * @description `PATCH /models/{id}`: shifts traffic between deployments (a canary's share, a blue-green
          *     switch, a rollback) or changes the route, without touching the rest of the model.

@@ -357,33 +357,98 @@ async fn a_prepaid_hold_settles_to_its_cost_and_returns_the_rest() {
 }
 
 #[tokio::test]
-async fn a_prepaid_cost_above_its_hold_is_charged_at_the_hold() {
+async fn a_prepaid_cost_above_its_hold_is_drawn_from_the_balance_and_the_rest_written_off() {
     let store = store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
-    top_up(&store, "acme", "0.5").await;
+    top_up(&store, "acme", "1").await;
     grant(
         &store,
         &admission("r1", "acme", Billing::Prepaid, usd("0.5")),
     )
     .await;
-    assert_eq!(store.balance("acme").await.unwrap(), balance("0", "0.5"));
+    assert_eq!(store.balance("acme").await.unwrap(), balance("0.5", "0.5"));
 
+    // Beyond the hold, the balance pays: the whole cost is charged.
     assert_eq!(
         store
             .settle(&usage("r1", "acme", usd("0.8")))
             .await
             .unwrap(),
         Settled::Recorded {
-            charged: usd("0.5")
+            charged: usd("0.8")
+        }
+    );
+    assert_eq!(store.balance("acme").await.unwrap(), balance("0.2", "0"));
+
+    // Beyond the balance too: charged what there is, never below zero, and the rest is the
+    // operator's loss, a transaction of its own.
+    grant(
+        &store,
+        &admission("r2", "acme", Billing::Prepaid, usd("0.1")),
+    )
+    .await;
+    assert_eq!(
+        store
+            .settle(&usage("r2", "acme", usd("0.5")))
+            .await
+            .unwrap(),
+        Settled::Recorded {
+            charged: usd("0.2")
         }
     );
     assert_eq!(store.balance("acme").await.unwrap(), balance("0", "0"));
-    // The record keeps what was charged, so usage and the ledger agree.
+    // The records keep what was charged, so usage and the ledger agree.
     let recorded = events(&store, "acme").await;
-    assert_eq!(recorded.len(), 1);
-    assert_eq!(recorded[0].cost, usd("0.5"));
+    let costs: Vec<Money> = recorded.iter().map(|event| event.cost).collect();
+    assert_eq!(costs, [usd("0.8"), usd("0.2")]);
+    let ledger = transactions(&store, "acme").await;
+    let losses = of_kind(&ledger, TransactionKind::Loss);
+    assert_eq!(losses.len(), 1);
+    assert_eq!(losses[0].request_id.as_deref(), Some("r2"));
+    assert!(sums_to_zero(losses[0]));
+    assert_eq!(moved(losses[0], &ledger::losses("acme")), usd("0.3"));
+    assert_eq!(moved(losses[0], ledger::WRITE_OFFS), usd("-0.3"));
     let figures = tenant_figures(&store, "acme").await;
-    assert_eq!((figures.usage, figures.settled), (usd("0.5"), usd("0.5")));
+    assert_eq!((figures.usage, figures.settled), (usd("1"), usd("1")));
+    assert_eq!(figures.written_off, usd("0.3"));
     assert_eq!(figures.prepaid_available, Some(Money::ZERO));
+    assert_books_reconcile(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_overdrafts_never_take_the_balance_below_zero() {
+    const CALLS: usize = 10;
+    let store = Arc::new(store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await);
+    top_up(&store, "acme", "1").await;
+    for call in 0..CALLS {
+        let request = format!("r{call}");
+        grant(
+            &store,
+            &admission(&request, "acme", Billing::Prepaid, usd("0.05")),
+        )
+        .await;
+    }
+    assert_eq!(store.balance("acme").await.unwrap(), balance("0.5", "0.5"));
+    // Each call costs four times its hold: together twice what the tenant has.
+    let settlements = (0..CALLS).map(|call| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let request = format!("r{call}");
+            store.settle(&usage(&request, "acme", usd("0.2"))).await
+        })
+    });
+    let mut charged = Money::ZERO;
+    for settlement in settlements {
+        let settled = settlement.await.unwrap().unwrap();
+        let Settled::Recorded { charged: one } = settled else {
+            unreachable!("every call settles once: {settled:?}");
+        };
+        charged = charged.checked_add(one).unwrap();
+    }
+    assert_eq!(charged, usd("1"));
+    assert_eq!(store.balance("acme").await.unwrap(), balance("0", "0"));
+    let figures = tenant_figures(&store, "acme").await;
+    assert_eq!((figures.usage, figures.settled), (usd("1"), usd("1")));
+    assert_eq!(figures.written_off, usd("1"));
     assert_books_reconcile(&store).await;
 }
 

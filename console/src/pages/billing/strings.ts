@@ -21,6 +21,7 @@ export const en = {
   'billing.kind.expire': 'Expired hold',
   'billing.kind.refund': 'Refund',
   'billing.kind.adjustment': 'Adjustment',
+  'billing.kind.loss': 'Written off (beyond the balance)',
 }
 
 export const zhCN: Record<keyof typeof en, string> = {
@@ -46,4 +47,5 @@ export const zhCN: Record<keyof typeof en, string> = {
   'billing.kind.expire': '预占到期释放',
   'billing.kind.refund': '退款',
   'billing.kind.adjustment': '调整',
+  'billing.kind.loss': '核销（超出余额部分）',
 }

@@ -340,8 +340,22 @@ impl DynamoStore {
             .iter()
             .map(|cap| counters[cap.counter.as_str()].0)
             .collect();
-        let plan = admission::settle_plan(hold, cost, &values);
-        if let Some(posting) = &plan.posting {
+        // A cost beyond the hold draws on the available balance: the write is conditioned on
+        // the balance it read, so two overdrafts cannot both spend the same credit.
+        let mut read = HashMap::new();
+        let available = if hold.overdrawn_by(cost) {
+            let account = ledger::available(&hold.tenant_id);
+            let (balance, version) = self.read_account(&account).await?;
+            read.insert(account, version);
+            balance
+        } else {
+            Money::ZERO
+        };
+        let plan = admission::settle_plan(hold, cost, available, &values);
+        if plan.loss > Money::ZERO {
+            tracing::warn!(request_id = %hold.request_id, tenant = %hold.tenant_id, charged = %plan.charged, loss = %plan.loss, "the call cost more than the tenant's balance could pay; the rest is written off");
+        }
+        for posting in &plan.postings {
             let id = format!("{}:{}", posting.kind.as_str(), hold.request_id);
             self.post_in(
                 writes,
@@ -351,7 +365,7 @@ impl DynamoStore {
                 None,
                 None,
                 now_ms,
-                &HashMap::new(),
+                &read,
             )?;
         }
         for (counter, (_, version)) in &counters {
@@ -615,11 +629,6 @@ impl Accounts for DynamoStore {
                 Ok(Attempt::Write(writes, Settled::Recorded { charged }))
             })
             .await?;
-        if let Settled::Recorded { charged } = settled
-            && charged != usage.cost
-        {
-            tracing::warn!(request_id = %usage.request_id, cost = %usage.cost, %charged, "cost exceeded the hold; charged the hold");
-        }
         Ok(settled)
     }
 
@@ -1114,23 +1123,21 @@ impl Accounts for DynamoStore {
             let own_transactions = transactions
                 .iter()
                 .filter(|transaction| transaction.tenant_id == tenant_id);
-            let settled = own_transactions
-                .clone()
-                .filter(|transaction| {
-                    matches!(
-                        transaction.kind,
-                        TransactionKind::Settle | TransactionKind::Charge
-                    )
-                })
-                .map(|transaction| {
-                    transaction
-                        .entries
-                        .iter()
-                        .filter(|entry| entry.account == revenue)
-                        .map(|entry| entry.amount_usd.nanos())
-                        .sum::<i64>()
-                })
-                .sum();
+            let losses = ledger::losses(&tenant_id);
+            let moved_by = |kinds: &[TransactionKind], account: &str| -> i64 {
+                own_transactions
+                    .clone()
+                    .filter(|transaction| kinds.contains(&transaction.kind))
+                    .flat_map(|transaction| &transaction.entries)
+                    .filter(|entry| entry.account == account)
+                    .map(|entry| entry.amount_usd.nanos())
+                    .sum()
+            };
+            let settled = moved_by(
+                &[TransactionKind::Settle, TransactionKind::Charge],
+                &revenue,
+            );
+            let written_off = moved_by(&[TransactionKind::Loss], &losses);
             let invoiced = invoices
                 .iter()
                 .filter(|invoice| invoice.tenant_id == tenant_id)
@@ -1157,7 +1164,10 @@ impl Accounts for DynamoStore {
                 .filter(|transaction| {
                     matches!(
                         transaction.kind,
-                        TransactionKind::Settle | TransactionKind::Charge | TransactionKind::Expire
+                        TransactionKind::Settle
+                            | TransactionKind::Charge
+                            | TransactionKind::Expire
+                            | TransactionKind::Loss
                     )
                 })
                 .filter(|transaction| {
@@ -1174,6 +1184,7 @@ impl Accounts for DynamoStore {
             figures.push(TenantFigures {
                 usage: cost_between(0, u64::MAX),
                 settled: Money::from_nanos(settled),
+                written_off: Money::from_nanos(written_off),
                 invoiced,
                 unsettled_events,
                 orphan_settlements,

@@ -221,8 +221,16 @@ fn close_hold(
         .map(|cap| read_counter(connection, &cap.counter))
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(unavailable)?;
-    let plan = admission::settle_plan(hold, cost, &counters);
-    if let Some(posting) = &plan.posting {
+    let available = if hold.overdrawn_by(cost) {
+        account_balance(connection, &ledger::available(&hold.tenant_id)).map_err(unavailable)?
+    } else {
+        Money::ZERO
+    };
+    let plan = admission::settle_plan(hold, cost, available, &counters);
+    if plan.loss > Money::ZERO {
+        tracing::warn!(request_id = %hold.request_id, tenant = %hold.tenant_id, charged = %plan.charged, loss = %plan.loss, "the call cost more than the tenant's balance could pay; the rest is written off");
+    }
+    for posting in &plan.postings {
         let id = format!("{}:{}", posting.kind.as_str(), hold.request_id);
         post_in(
             connection,
@@ -357,13 +365,14 @@ impl Accounts for SqliteStore {
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
         let mut usage = usage.clone();
         self.grouped(move |connection| {
-            let seen: Option<i64> = row(connection,
-                    "SELECT 1 FROM usage_events WHERE request_id = ?1",
-                    [&usage.request_id],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
+            let seen: Option<i64> = row(
+                connection,
+                "SELECT 1 FROM usage_events WHERE request_id = ?1",
+                [&usage.request_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?;
             if seen.is_some() {
                 return Ok(Settled::Duplicate);
             }
@@ -372,9 +381,6 @@ impl Accounts for SqliteStore {
                 Some((hold, state)) if state == "open" => {
                     let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
                     let charged = close_hold(connection, &hold, Some(usage.cost), actual, now_ms)?;
-                    if charged != usage.cost {
-                        tracing::warn!(request_id = %usage.request_id, cost = %usage.cost, %charged, "cost exceeded the hold; charged the hold");
-                    }
                     // Billed in the period the call was admitted in.
                     usage.created_at = hold.created_at_ms / 1000;
                     charged
@@ -930,6 +936,12 @@ impl Accounts for SqliteStore {
                         &tenant_id,
                         &ledger::revenue(&tenant_id),
                     )?,
+                    written_off: sum(
+                        "SELECT COALESCE(SUM(e.amount_nanos), 0) FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+                         WHERE t.tenant_id = ?1 AND t.kind = 'loss' AND e.account = ?2",
+                        &tenant_id,
+                        &ledger::losses(&tenant_id),
+                    )?,
                     invoiced,
                     unsettled_events: count(
                         "SELECT COUNT(*) FROM usage_events u WHERE u.tenant_id = ?1 AND u.cost_nanos != 0 AND NOT EXISTS
@@ -937,7 +949,7 @@ impl Accounts for SqliteStore {
                         Some(&tenant_id),
                     )?,
                     orphan_settlements: count(
-                        "SELECT COUNT(*) FROM ledger_transactions t WHERE t.tenant_id = ?1 AND t.kind IN ('settle', 'charge', 'expire') AND NOT EXISTS
+                        "SELECT COUNT(*) FROM ledger_transactions t WHERE t.tenant_id = ?1 AND t.kind IN ('settle', 'charge', 'expire', 'loss') AND NOT EXISTS
                          (SELECT 1 FROM usage_events u WHERE u.request_id = t.request_id)",
                         Some(&tenant_id),
                     )?,

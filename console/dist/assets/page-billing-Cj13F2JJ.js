@@ -1,0 +1,1 @@
+import{I as e,g as t,n}from"./index-BEAq5jvd.js";import{t as r}from"./BillingView-Bwn1ggfO.js";var i=e();function a({tenantId:e}){let{t:a}=t();return(0,i.jsx)(n,{title:a(`billing.title`),children:(0,i.jsx)(r,{tenantId:e})})}export{a as default};

@@ -1,1 +1,0 @@
-import{I as e,g as t,n}from"./index-hn-_Fr-r.js";import{t as r}from"./BillingView-Cc5p_Xkv.js";var i=e();function a({tenantId:e}){let{t:a}=t();return(0,i.jsx)(n,{title:a(`billing.title`),children:(0,i.jsx)(r,{tenantId:e})})}export{a as default};

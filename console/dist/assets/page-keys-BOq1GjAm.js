@@ -1,0 +1,1 @@
+import{I as e,g as t,n}from"./index-BEAq5jvd.js";import{t as r}from"./KeysView-Cyry0nCl.js";var i=e();function a({tenantId:e,session:a}){let{t:o}=t();return(0,i.jsx)(n,{title:o(`keys.title`),children:(0,i.jsx)(r,{tenantId:e,session:a})})}export{a as default};

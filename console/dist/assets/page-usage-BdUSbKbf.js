@@ -1,1 +1,0 @@
-import{I as e,g as t,n}from"./index-hn-_Fr-r.js";import{t as r}from"./UsageView-D_4Rq4FP.js";var i=e();function a({tenantId:e,session:a}){let{t:o}=t();return(0,i.jsx)(n,{title:o(`usage.title`),children:(0,i.jsx)(r,{tenantId:e,session:a})})}export{a as default};
