@@ -8,8 +8,9 @@ use anyhow::Context as _;
 use ferry_core::autoscale::ScalingConfig;
 use ferry_core::model::ModelSpec;
 use ferry_functions::auth::{AuthConfig, JwtConfig};
+use ferry_functions::server::ConnectionLimits;
 use ferry_functions::upstream::UpstreamConfig;
-use ferry_functions::{MoneyConfig, RouterConfig};
+use ferry_functions::{BodyRate, MoneyConfig, RouterConfig};
 use ferry_scaler::DeploymentConfig;
 use serde::Deserialize;
 
@@ -46,6 +47,21 @@ pub struct ServerSection {
     /// A stream whose caller takes nothing for this long is ended (settled for what it
     /// delivered). Default 60.
     pub stream_write_timeout_seconds: Option<u64>,
+    /// Client connections open at once; past it a new one gets 503 and is closed at once.
+    /// Default 10000 (keep it under the process's descriptor limit, `ulimit -n`).
+    pub max_connections: Option<usize>,
+    /// From the first byte of a request head to its last. Default 10.
+    pub header_read_timeout_seconds: Option<u64>,
+    /// How long a connection with no call in flight waits for its next request. Default 60.
+    pub idle_timeout_seconds: Option<u64>,
+    /// The longest pause in a request body (and the time before its rate is judged). Default 10.
+    pub body_read_timeout_seconds: Option<u64>,
+    /// The average rate a request body must keep up once that time has passed. Default 1024.
+    pub min_body_bytes_per_second: Option<u64>,
+    /// An HTTP/1 request head or HTTP/2 header list larger than this is refused. Default 65536.
+    pub max_header_bytes: Option<u32>,
+    /// HTTP/2 streams one connection may have open at once. Default 256.
+    pub http2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +132,7 @@ pub struct Config {
     pub read_cache_ttl: Duration,
     pub max_calls_in_flight: usize,
     pub stream_write_timeout: Duration,
+    pub connections: ConnectionLimits,
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
     pub models: Vec<ModelSpec>,
@@ -171,6 +188,7 @@ pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
             .map_or(MoneyConfig::default().stream_write_timeout, |seconds| {
                 Duration::from_secs(seconds.max(1))
             }),
+        connections: connection_limits(&file.server),
         auth: AuthConfig {
             key_cache_ttl: Duration::from_secs(file.auth.key_cache_ttl_seconds.unwrap_or(5)),
             key_set_recheck: file
@@ -197,6 +215,38 @@ pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
         models: file.models,
         pool: validate_pool(file.pool)?,
     })
+}
+
+fn connection_limits(server: &ServerSection) -> ConnectionLimits {
+    let defaults = ConnectionLimits::default();
+    let seconds = |value: Option<u64>, default: Duration| {
+        value.map_or(default, |seconds| Duration::from_secs(seconds.max(1)))
+    };
+    ConnectionLimits {
+        max_connections: server
+            .max_connections
+            .unwrap_or(defaults.max_connections)
+            .max(1),
+        header_read_timeout: seconds(
+            server.header_read_timeout_seconds,
+            defaults.header_read_timeout,
+        ),
+        idle_timeout: seconds(server.idle_timeout_seconds, defaults.idle_timeout),
+        body_rate: BodyRate {
+            grace: seconds(server.body_read_timeout_seconds, defaults.body_rate.grace),
+            min_bytes_per_second: server
+                .min_body_bytes_per_second
+                .unwrap_or(defaults.body_rate.min_bytes_per_second),
+        },
+        max_header_bytes: server
+            .max_header_bytes
+            .unwrap_or(defaults.max_header_bytes)
+            .max(8192),
+        http2_max_concurrent_streams: server
+            .http2_max_concurrent_streams
+            .unwrap_or(defaults.http2_max_concurrent_streams)
+            .max(1),
+    }
 }
 
 impl PoolSection {

@@ -15,6 +15,8 @@ use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
 use ferry_functions::edge::EdgeKeys;
 use ferry_functions::environment::{self as env, Function, Variable};
 use ferry_functions::jobs::Books;
+use ferry_functions::metrics::Metrics;
+use ferry_functions::server::{ConnectionLimits, Server};
 use ferry_functions::store::{CachedStore, LocalObjectStore, SqliteStore};
 use ferry_functions::upstream::{HttpUpstream, UpstreamConfig};
 use ferry_functions::{AppState, MoneyConfig, RouterConfig, Surface};
@@ -78,7 +80,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         return if on_lambda() {
             run_billing_on_lambda(books).await
         } else {
-            serve(args.addr, ferry_functions::jobs::router(books)).await
+            serve(args.addr, ferry_functions::jobs::router(books), None).await
         };
     }
     if function == Function::Admin {
@@ -130,6 +132,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         _ => Surface::Admin,
     };
     let answers = state.cache.clone();
+    let metrics = state.metrics.clone();
     let config = RouterConfig {
         metrics_token: value(env::METRICS_TOKEN),
         pool_url: value(env::POOL_URL),
@@ -153,7 +156,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         ));
         run_http_on_lambda(router).await
     } else {
-        serve(args.addr, router).await?;
+        serve(args.addr, router, Some(metrics)).await?;
         // Answers kept in the last moments still reach the shared level.
         let _ = tokio::time::timeout(Duration::from_secs(5), answers.flush()).await;
         Ok(())
@@ -161,7 +164,11 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
 }
 
 /// Off Lambda: `$PORT` on every interface, draining calls in flight at SIGTERM.
-async fn serve(addr: Option<SocketAddr>, router: axum::Router) -> anyhow::Result<()> {
+async fn serve(
+    addr: Option<SocketAddr>,
+    router: axum::Router,
+    metrics: Option<Arc<Metrics>>,
+) -> anyhow::Result<()> {
     let addr = match addr {
         Some(addr) => addr,
         None => {
@@ -176,7 +183,11 @@ async fn serve(addr: Option<SocketAddr>, router: axum::Router) -> anyhow::Result
         .await
         .with_context(|| format!("binding {addr}"))?;
     println!("listening on http://{}", listener.local_addr()?);
-    crate::serve::serve_until_signal(listener, router, None).await?;
+    let mut server = Server::new(listener, router, ConnectionLimits::default());
+    if let Some(metrics) = metrics {
+        server = server.with_metrics(metrics);
+    }
+    crate::serve::serve_until_signal(server, None).await?;
     tracing::info!("stopped");
     Ok(())
 }

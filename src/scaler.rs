@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
+use ferry_functions::server::{ConnectionLimits, Server};
 use ferry_scaler::provider::ProcessSpec;
 use ferry_scaler::{LocalProcesses, Pool, Provider};
 use serde::Deserialize;
@@ -124,12 +125,12 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     pool.spawn();
     println!("scaler listening on http://{}", listener.local_addr()?);
-    crate::serve::serve_until_signal(
+    let server = Server::new(
         listener,
         ferry_scaler::proxy::router(pool.clone()),
-        Some(pool),
-    )
-    .await
+        ConnectionLimits::default(),
+    );
+    crate::serve::serve_until_signal(server, Some(pool)).await
 }
 
 /// Parses and checks a scaler config; `source` names it in errors.

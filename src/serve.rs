@@ -15,6 +15,7 @@ use ferry_functions::admin::{OperatorKey, ensure_operator_key, register_model};
 use ferry_functions::auth::Authenticator;
 use ferry_functions::clock;
 use ferry_functions::edge::EdgeKeys;
+use ferry_functions::server::Server;
 use ferry_functions::store::{CachedStore, Durability, SqliteOptions, SqliteStore};
 use ferry_functions::upstream::HttpUpstream;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
@@ -157,6 +158,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .add_collector(Box::new(ferry_scaler::metrics::PoolCollector(pool.clone())));
     }
     let answers = state.cache.clone();
+    let metrics = state.metrics.clone();
     let router = ferry_functions::router(
         state,
         &RouterConfig {
@@ -178,7 +180,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     print_welcome(example_model.as_deref(), addr, &operator_key);
     // Last, so whoever waits for this line has the whole welcome already.
     println!("listening on http://{addr}");
-    serve_until_signal(listener, router, pool).await?;
+    let server = Server::new(listener, router, config.connections.clone()).with_metrics(metrics);
+    serve_until_signal(server, pool).await?;
     // Answers kept in the last moments still reach the store.
     let _ = tokio::time::timeout(Duration::from_secs(5), answers.flush()).await;
     tracing::info!("stopped");
@@ -193,12 +196,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// `SHUTDOWN_GRACE` to finish, and the replicas are stopped: a platform that kills this
 /// process after its own grace (ECS, Kubernetes: 30 s) finds no replica left running.
 pub(crate) async fn serve_until_signal(
-    listener: TcpListener,
-    router: axum::Router,
+    server: Server,
     pool: Option<Arc<Pool>>,
 ) -> anyhow::Result<()> {
     let (stopping, mut signalled) = tokio::sync::watch::channel(false);
-    let server = axum::serve(no_delay(listener), router).with_graceful_shutdown(async move {
+    let server = server.serve(async move {
         shutdown_signal().await;
         let _ = stopping.send(true);
     });
@@ -211,7 +213,7 @@ pub(crate) async fn serve_until_signal(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        served = async { server.await } => served?,
+        served = server => served?,
         () = grace => tracing::warn!("calls still in flight after the shutdown grace; stopping anyway"),
     }
     if let Some(pool) = pool {

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::auth::{self, Authenticator};
+use crate::body::HoldingBody;
 use crate::cache::ResponseCache;
 use crate::edge::EdgeKeys;
 use crate::error::{ErrorKindTag, Failure};
@@ -180,7 +181,7 @@ async fn shed_when_full(
         Ok(permit) => next.run(request).await.map(|body| {
             Body::new(HoldingBody {
                 body,
-                _permit: permit,
+                _held: permit,
             })
         }),
         Err(_) => Failure(
@@ -225,33 +226,6 @@ async fn refuse_declared_oversize(
             response
         }
         _ => next.run(request).await,
-    }
-}
-
-/// A response body that keeps something alive (a call's in-flight slot) until it is dropped:
-/// when it has been sent whole, or the connection has gone.
-struct HoldingBody<B, T> {
-    body: B,
-    _permit: T,
-}
-
-impl<B: http_body::Body + Unpin, T: Unpin> http_body::Body for HoldingBody<B, T> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(context)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 

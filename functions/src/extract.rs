@@ -30,6 +30,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(ErrorKind::PayloadTooLarge, "request body is too large")
                         .with_code("request_too_large")
+                } else if crate::body::too_slow(&rejection) {
+                    ApiError::new(
+                        ErrorKind::RequestTimeout,
+                        "The request body arrived too slowly.",
+                    )
+                    .with_code("request_timeout")
                 } else {
                     ApiError::new(ErrorKind::InvalidRequest, "could not read the request body")
                 }
@@ -74,5 +80,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::response::IntoResponse as _;
+
+    use super::*;
+    use crate::body::{BodyRate, MinRateBody};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_is_answered_408_in_the_error_contract() {
+        let stalled = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+        >());
+        let request = Request::builder()
+            .method("POST")
+            .body(Body::new(MinRateBody::new(stalled, BodyRate::default())))
+            .unwrap();
+        let rejected = JsonBody::<Value>::from_request(request, &()).await;
+        let Err(Failure(error)) = rejected else {
+            unreachable!("a stalled body cannot be read");
+        };
+        assert_eq!(error.kind, ErrorKind::RequestTimeout);
+        assert_eq!(error.code.as_deref(), Some("request_timeout"));
+        let response = Failure(error).into_response();
+        assert_eq!(response.status(), 408);
     }
 }

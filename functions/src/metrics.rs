@@ -74,6 +74,12 @@ pub struct AttemptLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `idle_timeout`, `header_timeout`.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SpendLabels {
     pub model: String,
 }
@@ -107,6 +113,9 @@ pub struct Metrics {
     pub spend_nanodollars: Family<SpendLabels, Counter>,
     pub calls_in_flight: Gauge,
     pub attempts: Family<AttemptLabels, Counter>,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
+    pub connections_closed: Family<ConnectionLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -140,6 +149,9 @@ impl Metrics {
             spend_nanodollars: Family::default(),
             calls_in_flight: Gauge::default(),
             attempts: Family::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_closed: Family::default(),
         };
         registry.register(
             "ferry_http_requests",
@@ -205,6 +217,21 @@ impl Metrics {
             "ferry_upstream_attempts",
             "Attempts at a deployment by outcome (ok, retryable, elsewhere, final)",
             metrics.attempts.clone(),
+        );
+        registry.register(
+            "ferry_connections_open",
+            "Client connections open now",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "ferry_connections_refused",
+            "Connections refused at once because max_connections were open",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "ferry_connections_timed_out",
+            "Connections closed by a timeout (idle_timeout, header_timeout)",
+            metrics.connections_closed.clone(),
         );
         *metrics
             .registry

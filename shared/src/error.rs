@@ -14,6 +14,8 @@ pub enum ErrorKind {
     NotFound,
     MethodNotAllowed,
     Conflict,
+    /// The request (its body) did not arrive in time.
+    RequestTimeout,
     PayloadTooLarge,
     RateLimited,
     Internal,
@@ -31,6 +33,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::Conflict => 409,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited => 429,
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest
             | ErrorKind::MethodNotAllowed
             | ErrorKind::Conflict
+            | ErrorKind::RequestTimeout
             | ErrorKind::PayloadTooLarge => "invalid_request_error",
             ErrorKind::Unauthenticated => "authentication_error",
             ErrorKind::InsufficientCredit => "insufficient_quota",
@@ -223,6 +227,7 @@ mod tests {
             (ErrorKind::InsufficientCredit, 402),
             (ErrorKind::PermissionDenied, 403),
             (ErrorKind::NotFound, 404),
+            (ErrorKind::RequestTimeout, 408),
             (ErrorKind::PayloadTooLarge, 413),
             (ErrorKind::RateLimited, 429),
             (ErrorKind::UpstreamFailed, 502),
