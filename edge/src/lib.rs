@@ -243,7 +243,9 @@ impl<K: KeyValue> Edge<K> {
         };
         // Bound to the credential itself: the edge cannot tell tenants apart, so it never
         // lets two credentials share an entry.
-        let subject = format!("bearer:{:x}", Sha256::digest(credential.as_bytes()));
+        let digest = Sha256::digest(credential.as_bytes());
+        let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        let subject = format!("bearer:{hex}");
         let key = CacheKey::of(&subject, "edge", endpoint, &body);
         let entry_key = format!("{ENTRY_PREFIX}{key}");
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);

@@ -11,6 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ferry_edge::{Edge, EdgeConfig, EdgeError, EdgeJwt, MemoryKv, Message, Origin, Step};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::elliptic_curve::Generate;
+use p256::elliptic_curve::sec1::ToSec1Point;
 use p256::pkcs8::EncodePrivateKey;
 use serde_json::{Value, json};
 
@@ -25,9 +27,8 @@ struct SigningKey {
 }
 
 fn ec_key(kid: &'static str) -> SigningKey {
-    let private = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let point =
-        p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&private.public_key(), false);
+    let private = p256::SecretKey::generate();
+    let point = private.public_key().to_sec1_point(false);
     SigningKey {
         kid,
         encoding: EncodingKey::from_ec_der(private.to_pkcs8_der().unwrap().as_bytes()),
@@ -188,7 +189,8 @@ async fn forged_expired_and_foreign_tokens_stop_at_the_edge() {
     // HMAC, whatever the secret: never accepted.
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("k1".into());
-    let hmac = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(b"x")).unwrap();
+    let hmac =
+        jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(b"x").unwrap()).unwrap();
     assert_eq!(verdict(&edge, &provider, &hmac, NOW_MS).await, refused);
     // Not a JWT at all, and an API key: neither is checked here.
     assert_eq!(verdict(&edge, &provider, "a.b.c", NOW_MS).await, refused);

@@ -22,7 +22,8 @@ use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
 use ferry_functions::store::SqliteStore;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use p256::elliptic_curve::sec1::ToEncodedPoint;
+use p256::elliptic_curve::Generate;
+use p256::elliptic_curve::sec1::ToSec1Point;
 use p256::pkcs8::EncodePrivateKey;
 use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
@@ -51,7 +52,7 @@ struct SigningKey {
 }
 
 fn rsa_key(kid: &'static str) -> SigningKey {
-    let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA keygen");
+    let private = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).expect("RSA keygen");
     let public = private.to_public_key();
     SigningKey {
         kid,
@@ -62,8 +63,8 @@ fn rsa_key(kid: &'static str) -> SigningKey {
             "kid": kid,
             "alg": "RS256",
             "use": "sig",
-            "n": base64url(&public.n().to_bytes_be()),
-            "e": base64url(&public.e().to_bytes_be()),
+            "n": base64url(&public.n_bytes()),
+            "e": base64url(&public.e_bytes()),
         }),
         public_pem: public.to_pkcs1_pem(LineEnding::LF).unwrap(),
         public_der: public.to_pkcs1_der().unwrap().as_bytes().to_vec(),
@@ -71,8 +72,8 @@ fn rsa_key(kid: &'static str) -> SigningKey {
 }
 
 fn ec_key(kid: &'static str) -> SigningKey {
-    let private = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let point = private.public_key().to_encoded_point(false);
+    let private = p256::SecretKey::generate();
+    let point = private.public_key().to_sec1_point(false);
     SigningKey {
         kid,
         algorithm: Algorithm::ES256,
@@ -454,9 +455,12 @@ async fn an_hs256_token_keyed_with_the_rsa_public_key_is_rejected() {
     for secret in [RSA_KEY.public_pem.as_bytes(), &RSA_KEY.public_der] {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(RSA_KEY.kid.to_owned());
-        let token =
-            jsonwebtoken::encode(&header, &valid_claims(), &EncodingKey::from_secret(secret))
-                .unwrap();
+        let token = jsonwebtoken::encode(
+            &header,
+            &valid_claims(),
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap();
         assert_rejected(&ferry.list_models(&token).await, "algorithm");
     }
 }

@@ -563,21 +563,21 @@ fn knative_dir() -> PathBuf {
     ))
 }
 
-fn yaml_documents(text: &str) -> Vec<serde_yaml::Value> {
+fn yaml_documents(text: &str) -> Vec<yaml_serde::Value> {
     use serde::Deserialize as _;
-    serde_yaml::Deserializer::from_str(text)
-        .map(|document| serde_yaml::Value::deserialize(document).unwrap())
+    yaml_serde::Deserializer::from_str(text)
+        .map(|document| yaml_serde::Value::deserialize(document).unwrap())
         .filter(|document| !document.is_null())
         .collect()
 }
 
-fn field<'a>(value: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a serde_yaml::Value> {
+fn field<'a>(value: &'a yaml_serde::Value, path: &[&str]) -> Option<&'a yaml_serde::Value> {
     path.iter().try_fold(value, |value, key| value.get(*key))
 }
 
-fn strings(value: Option<&serde_yaml::Value>) -> Vec<String> {
+fn strings(value: Option<&yaml_serde::Value>) -> Vec<String> {
     value
-        .and_then(serde_yaml::Value::as_sequence)
+        .and_then(yaml_serde::Value::as_sequence)
         .map(|items| {
             items
                 .iter()
@@ -599,12 +599,12 @@ fn knative_disagreements(dir: &Path, contract: &Contract) -> Vec<String> {
             documents.extend(yaml_documents(&std::fs::read_to_string(&path).unwrap()));
         }
     }
-    let kind = |document: &serde_yaml::Value| {
+    let kind = |document: &yaml_serde::Value| {
         field(document, &["kind"])
             .and_then(|kind| kind.as_str())
             .map(str::to_owned)
     };
-    let name = |document: &serde_yaml::Value| {
+    let name = |document: &yaml_serde::Value| {
         field(document, &["metadata", "name"])
             .and_then(|name| name.as_str())
             .unwrap_or_default()
@@ -616,7 +616,7 @@ fn knative_disagreements(dir: &Path, contract: &Contract) -> Vec<String> {
         .map(|secret| {
             let keys = field(secret, &["stringData"])
                 .or_else(|| field(secret, &["data"]))
-                .and_then(serde_yaml::Value::as_mapping)
+                .and_then(yaml_serde::Value::as_mapping)
                 .map(|keys| {
                     keys.keys()
                         .filter_map(|key| key.as_str().map(str::to_owned))
@@ -634,7 +634,7 @@ fn knative_disagreements(dir: &Path, contract: &Contract) -> Vec<String> {
         .filter(|document| kind(document).as_deref() == Some("Service"))
     {
         let containers = field(service, &["spec", "template", "spec", "containers"])
-            .and_then(serde_yaml::Value::as_sequence)
+            .and_then(yaml_serde::Value::as_sequence)
             .cloned()
             .unwrap_or_default();
         for container in &containers {
@@ -660,7 +660,7 @@ fn knative_disagreements(dir: &Path, contract: &Contract) -> Vec<String> {
             let mut given = BTreeSet::new();
             for source in container
                 .get("envFrom")
-                .and_then(serde_yaml::Value::as_sequence)
+                .and_then(yaml_serde::Value::as_sequence)
                 .into_iter()
                 .flatten()
             {
@@ -676,7 +676,7 @@ fn knative_disagreements(dir: &Path, contract: &Contract) -> Vec<String> {
             }
             for variable in container
                 .get("env")
-                .and_then(serde_yaml::Value::as_sequence)
+                .and_then(yaml_serde::Value::as_sequence)
                 .into_iter()
                 .flatten()
             {

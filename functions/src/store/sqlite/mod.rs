@@ -356,10 +356,10 @@ fn migrate(connection: &mut Connection) -> StoreResult<()> {
         let transaction = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(unavailable)?;
-        let applied: usize = transaction
+        let applied: u32 = transaction
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(unavailable)?;
-        let Some(migration) = MIGRATIONS.get(applied) else {
+        let Some(migration) = MIGRATIONS.get(applied as usize) else {
             return Ok(());
         };
         transaction.execute_batch(migration).map_err(unavailable)?;

@@ -15,7 +15,7 @@ use ferry_core::ports::{StoreError, StoreResult};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::unavailable;
+use super::{from_sql_int, unavailable};
 
 /// Writes committed together at most; bounds the latency a group adds to its first member.
 const MAX_GROUP: usize = 128;
@@ -206,9 +206,11 @@ pub(super) fn spawn_checkpointer(
     connection
         .execute_batch("PRAGMA busy_timeout = 5000;")
         .map_err(unavailable)?;
-    let page_bytes: u64 = connection
-        .query_row("PRAGMA page_size", [], |row| row.get(0))
-        .map_err(unavailable)?;
+    let page_bytes = from_sql_int(
+        connection
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(unavailable)?,
+    );
     let alive = Arc::downgrade(&store.alive);
     let (jobs, queued) = (store.jobs.clone(), store.queued.clone());
     std::thread::Builder::new()
