@@ -783,3 +783,70 @@ fn a_change_to_knative_alone_is_caught() {
         assert_caught(&problems, expected);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The image: every base pinned by digest, and nothing fetched at build time run unverified.
+
+fn dockerfile_problems(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut args = BTreeMap::new();
+    let mut stages = BTreeSet::new();
+    for line in text.lines().map(str::trim) {
+        if let Some((name, value)) = line
+            .strip_prefix("ARG ")
+            .and_then(|arg| arg.split_once('='))
+        {
+            args.insert(format!("${{{name}}}"), value.to_owned());
+        }
+        if let Some(from) = line.strip_prefix("FROM ") {
+            let words: Vec<&str> = from
+                .split_whitespace()
+                .filter(|word| !word.starts_with("--"))
+                .collect();
+            let image = args
+                .get(words[0])
+                .cloned()
+                .unwrap_or_else(|| words[0].to_owned());
+            let pinned = image.split_once("@sha256:").is_some_and(|(_, digest)| {
+                digest.len() == 64 && digest.bytes().all(|byte| byte.is_ascii_hexdigit())
+            });
+            if !pinned && !stages.contains(&image) {
+                problems.push(format!("FROM {image}: not pinned by digest"));
+            }
+            if let [.., as_word, stage] = words[..]
+                && as_word.eq_ignore_ascii_case("as")
+            {
+                stages.insert(stage.to_owned());
+            }
+        }
+        let piped = line.replace(' ', "");
+        if ["|sh", "|bash", "|sudosh"]
+            .iter()
+            .any(|pipe| piped.contains(pipe))
+        {
+            problems.push(format!("a script piped into a shell: {line}"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_image_pins_every_base_by_digest_and_runs_no_fetched_script() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../Dockerfile");
+    let text = std::fs::read_to_string(path).unwrap();
+    let problems = dockerfile_problems(&text);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    let by_tag = text.replacen(
+        "rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1",
+        "rust:1.95-bookworm",
+        1,
+    );
+    assert_ne!(by_tag, text);
+    assert_caught(&dockerfile_problems(&by_tag), "not pinned by digest");
+    let installer =
+        format!("{text}\nRUN curl --proto '=https' -sSf https://installer.example | sh -s -- -y\n");
+    assert_caught(&dockerfile_problems(&installer), "piped into a shell");
+    let new_base = format!("{text}\nFROM debian:bookworm-slim AS extra\n");
+    assert_caught(&dockerfile_problems(&new_base), "not pinned by digest");
+}
