@@ -13,7 +13,7 @@ use ferry_core::model::Price;
 use ferry_core::ports::{
     Alert, KeySpend, PageRequest, PostRequest, PriceRecord, Transaction, UsageRecord,
 };
-use ferry_core::principal::{Credential, Principal};
+use ferry_core::principal::{Principal, is_caller_id};
 use ferry_core::{ApiError, ErrorKind, Money};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -236,7 +236,8 @@ pub struct UsageQuery {
     pub group_by: Option<String>,
     /// Only the this-many groups that cost the most, dearest first.
     pub limit: Option<u32>,
-    /// Only this key's usage (`key_…`); a member sees only its own key's anyway.
+    /// Only this caller's usage: a key (`key_…`) or a token's subject (`sub_…`); a member sees
+    /// only its own anyway.
     pub key: Option<String>,
 }
 
@@ -250,7 +251,8 @@ pub struct EventsQuery {
     pub to: Option<String>,
     /// At most this many, oldest first (default 1000, at most 10000).
     pub limit: Option<u32>,
-    /// Only this key's events (`key_…`); a member sees only its own key's anyway.
+    /// Only this caller's events: a key (`key_…`) or a token's subject (`sub_…`); a member
+    /// sees only its own anyway.
     pub key: Option<String>,
     /// The `next_cursor` of the previous page.
     pub after: Option<String>,
@@ -302,36 +304,36 @@ fn usage_range(from: Option<&str>, to: Option<&str>) -> Result<(u64, u64), ApiEr
 }
 
 /// Whose usage the caller may see: the whole tenant's (operators, its admins), or a member's
-/// own key's; anyone else learns nothing.
-fn usage_scope<'a>(principal: &'a Principal, tenant_id: &str) -> Result<Option<&'a str>, ApiError> {
+/// own (its key's, or its token subject's: `Credential::caller_id`); anyone else learns
+/// nothing.
+fn usage_scope(principal: &Principal, tenant_id: &str) -> Result<Option<String>, ApiError> {
     if principal.may_administer_tenant(tenant_id) {
         return Ok(None);
     }
-    match &principal.credential {
-        Credential::ApiKey { key_id } if principal.tenant_id.as_deref() == Some(tenant_id) => {
-            Ok(Some(key_id.as_str()))
-        }
-        _ => require_tenant_admin(principal, tenant_id).map(|()| None),
+    if principal.tenant_id.as_deref() == Some(tenant_id) {
+        return Ok(Some(principal.credential.caller_id()));
     }
+    require_tenant_admin(principal, tenant_id).map(|()| None)
 }
 
-/// The key a usage query is narrowed to: the one asked for, unless the caller may see only
+/// The caller a usage query is narrowed to: the one asked for, unless the caller may see only
 /// its own (a member asking for another's is refused, not shown its own).
-fn scoped_key<'a>(
-    own: Option<&'a str>,
-    asked: Option<&'a str>,
-) -> Result<Option<&'a str>, ApiError> {
+fn scoped_key(own: Option<String>, asked: Option<&str>) -> Result<Option<String>, ApiError> {
     let asked = asked.filter(|key| !key.is_empty());
-    if asked.is_some_and(|key| ferry_core::api_key::public_id_of(key).is_none()) {
-        return Err(ApiError::invalid("key", "key must be a key id (key_…)"));
+    if asked.is_some_and(|key| !is_caller_id(key)) {
+        return Err(ApiError::invalid(
+            "key",
+            "key must be a key id (key_…) or a token caller's id (sub_…)",
+        ));
     }
     match (own, asked) {
         (Some(own), Some(asked)) if own != asked => Err(ApiError::new(
             ErrorKind::PermissionDenied,
-            "A member key sees only its own usage.",
-        )),
+            "A member sees only its own usage.",
+        )
+        .with_code("own_usage_only")),
         (Some(own), _) => Ok(Some(own)),
-        (None, asked) => Ok(asked),
+        (None, asked) => Ok(asked.map(str::to_owned)),
     }
 }
 
@@ -355,6 +357,7 @@ pub async fn usage_report(
     Query(query): Query<UsageQuery>,
 ) -> HandlerResult<Json<UsageReport>> {
     let key_id = scoped_key(usage_scope(&principal, &tenant_id)?, query.key.as_deref())?;
+    let key_id = key_id.as_deref();
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     let (from, to) = query.range()?;
     let group = GroupBy::parse(query.group_by.as_deref().unwrap_or(""))
@@ -385,6 +388,7 @@ pub async fn usage_events(
     Query(query): Query<EventsQuery>,
 ) -> HandlerResult<Json<List<UsageRecord>>> {
     let key_id = scoped_key(usage_scope(&principal, &tenant_id)?, query.key.as_deref())?;
+    let key_id = key_id.as_deref();
     existing_tenant(state.store.as_ref(), &tenant_id).await?;
     let (from, to) = query.range()?;
     let page = PageRequest {

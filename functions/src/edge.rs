@@ -87,13 +87,14 @@ pub fn grant_header(
 ) -> Option<HeaderValue> {
     let keys = state.edge.as_ref()?;
     let tenant_id = served.principal.tenant_id.clone()?;
-    let key_public_id = match &served.principal.credential {
-        Credential::ApiKey { key_id } => Some(api_key::public_id_of(key_id)?.to_owned()),
-        Credential::Jwt { .. } => None,
+    let (key_public_id, token_caller) = match &served.principal.credential {
+        Credential::ApiKey { key_id } => (Some(api_key::public_id_of(key_id)?.to_owned()), None),
+        token @ Credential::Jwt { .. } => (None, Some(token.caller_id())),
     };
     let grant = Grant {
         tenant_id,
         key_public_id,
+        token_caller,
         model: served.model.to_owned(),
         deployment: served.deployment.to_owned(),
         endpoint: served.endpoint.name().to_owned(),
@@ -231,12 +232,19 @@ async fn bill(state: &AppState, keys: &EdgeKeys, hit: &Hit) -> Result<Billed, Re
     });
     usage.cost = Some(cost);
     let request_id = hit.request_id();
+    let caller = grant
+        .key_public_id
+        .as_deref()
+        .map(api_key::key_id)
+        .or_else(|| grant.token_caller.clone())
+        .unwrap_or_default();
     // Admitted like any hit: it counts against rate limits and holds its exact cost.
     let admitted = admit(
         state,
         AdmissionInput {
             request_id: &request_id,
             principal: &principal,
+            caller: &caller,
             tenant_id: &grant.tenant_id,
             model: &model.spec,
             deployment: &grant.deployment,
@@ -268,7 +276,7 @@ async fn bill(state: &AppState, keys: &EdgeKeys, hit: &Hit) -> Result<Billed, Re
     let record = UsageRecord {
         request_id,
         tenant_id: grant.tenant_id.clone(),
-        key_id: grant.key_public_id.as_deref().map(api_key::key_id),
+        key_id: Some(caller).filter(|caller| !caller.is_empty()),
         model: grant.model.clone(),
         deployment: grant.deployment.clone(),
         endpoint: endpoint.name().to_owned(),

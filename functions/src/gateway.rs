@@ -415,6 +415,7 @@ async fn dispatch_call(
             let admission = AdmissionInput {
                 request_id: &request_id.0,
                 principal,
+                caller: &principal.credential.caller_id(),
                 tenant_id,
                 model: &model.spec,
                 deployment: &deployment.id,
@@ -763,6 +764,8 @@ async fn answer_from_cache(
 pub(crate) struct AdmissionInput<'a> {
     pub request_id: &'a str,
     pub principal: &'a Principal,
+    /// Whom the call's usage is attributed to (`Credential::caller_id`).
+    pub caller: &'a str,
     pub tenant_id: &'a str,
     pub model: &'a ModelSpec,
     pub deployment: &'a str,
@@ -829,7 +832,7 @@ pub(crate) async fn admit(state: &AppState, input: AdmissionInput<'_>) -> Handle
     let admission = Admission {
         request_id: input.request_id.to_owned(),
         tenant_id: tenant.id.clone(),
-        key_id: key_id.map(str::to_owned),
+        key_id: Some(input.caller.to_owned()),
         model: input.model.id.clone(),
         deployment: input.deployment.to_owned(),
         endpoint: input.endpoint.name().to_owned(),

@@ -13,7 +13,7 @@ use ferry_core::cache::CacheStatus;
 use ferry_core::model::Price;
 use ferry_core::openai::{PromptTokensDetails, Usage};
 use ferry_core::ports::{Accounts, Endpoint, NO_ROUTE, Settled, StoreError, UsageRecord};
-use ferry_core::principal::{Credential, Principal};
+use ferry_core::principal::Principal;
 use ferry_core::route::Reason;
 use ferry_core::{ApiError, ErrorKind, Money};
 
@@ -78,10 +78,8 @@ pub struct MeterParams<'a> {
 
 impl Meter {
     pub fn new(params: MeterParams<'_>) -> Meter {
-        let key_id = match &params.principal.credential {
-            Credential::ApiKey { key_id } => Some(key_id.clone()),
-            Credential::Jwt { .. } => None,
-        };
+        // A token's calls are its subject's, as a key's are the key's.
+        let key_id = Some(params.principal.credential.caller_id());
         Meter {
             accounts: params.accounts,
             request_id: params.request_id,

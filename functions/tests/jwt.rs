@@ -14,10 +14,13 @@ use axum::http::{Request, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use ferry_core::ledger::Posting;
 use ferry_core::model::ModelSpec;
 use ferry_core::ports::{
-    Billing, Store, Tenant, Upstream, UpstreamCall, UpstreamError, UpstreamReply,
+    Accounts, Billing, PostRequest, Store, Tenant, Upstream, UpstreamCall, UpstreamError,
+    UpstreamReply,
 };
+use ferry_core::principal::Credential;
 use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
 use ferry_functions::store::SqliteStore;
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
@@ -207,19 +210,27 @@ impl IdentityProvider {
 // ---------------------------------------------------------------------------------------------
 // Ferry, with OIDC enabled and one tenant that has a model.
 
-/// The JWT tests never reach a model backend.
-struct NoBackend;
+/// A backend that answers every chat call with the same short answer.
+struct HelloBackend;
 
 #[async_trait]
-impl Upstream for NoBackend {
-    async fn call(&self, _call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
-        Err(UpstreamError::Connect("no backend in the JWT tests".into()))
+impl Upstream for HelloBackend {
+    async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
+        Ok(UpstreamReply::Complete(json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1,
+            "model": call.body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+        })))
     }
 }
 
 struct Ferry {
     app: Router,
     idp: IdentityProvider,
+    store: Arc<SqliteStore>,
 }
 
 struct Answer {
@@ -283,8 +294,8 @@ impl Ferry {
             breakers: Default::default(),
             metrics: Default::default(),
             store: store.clone(),
-            accounts: store,
-            upstream: Arc::new(NoBackend),
+            accounts: store.clone(),
+            upstream: Arc::new(HelloBackend),
             auth: Arc::new(auth),
             money: MoneyConfig::default(),
             cache: ferry_functions::cache::ResponseCache::new(
@@ -295,6 +306,7 @@ impl Ferry {
         Ferry {
             app: ferry_functions::router(state, &RouterConfig::default()),
             idp,
+            store,
         }
     }
 
@@ -303,6 +315,19 @@ impl Ferry {
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Body::empty())
             .unwrap();
+        self.send(request).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: &Value) -> Answer {
+        let request = Request::post(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.send(request).await
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
@@ -611,4 +636,90 @@ async fn a_member_token_may_not_list_its_tenants_keys() {
         "permission_error",
         "tenant_admin_only",
     );
+}
+
+#[tokio::test]
+async fn a_member_token_sees_its_own_usage_and_no_one_elses() {
+    let ferry = Ferry::start().await;
+    ferry
+        .store
+        .post(&PostRequest {
+            posting: Posting::top_up(TENANT, "10".parse().unwrap()),
+            idempotency_key: None,
+            memo: None,
+            now_ms: 1,
+        })
+        .await
+        .unwrap();
+    let token_of = |subject: &str, role: &str| {
+        let mut claims = valid_claims();
+        claims["sub"] = json!(subject);
+        claims["roles"] = json!([role]);
+        sign(&RSA_KEY, &claims)
+    };
+    let (alice, bob) = (token_of("alice", "member"), token_of("bob", "member"));
+    let chat = json!({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}]});
+    for token in [&alice, &alice, &bob] {
+        let answer = ferry.post("/v1/chat/completions", token, &chat).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    let alice_id = Credential::Jwt {
+        subject: "alice".into(),
+        issuer: ISSUER.into(),
+    }
+    .caller_id();
+
+    // A member's own: its subject's calls, and only those.
+    let events = ferry
+        .get(&format!("/admin/v1/tenants/{TENANT}/usage/events"), &alice)
+        .await;
+    assert_eq!(events.status, StatusCode::OK, "{}", events.body);
+    let callers: Vec<&str> = events.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(callers, [alice_id.as_str(), alice_id.as_str()]);
+    let report = ferry
+        .get(&format!("/admin/v1/tenants/{TENANT}/usage"), &alice)
+        .await;
+    assert_eq!(report.status, StatusCode::OK, "{}", report.body);
+    assert_eq!(report.body["data"][0]["requests"], 2);
+
+    // Another member may not ask for it; an admin sees everyone's, by caller.
+    let asked = ferry
+        .get(
+            &format!("/admin/v1/tenants/{TENANT}/usage/events?key={alice_id}"),
+            &bob,
+        )
+        .await;
+    assert_openai_error(
+        &asked,
+        StatusCode::FORBIDDEN,
+        "permission_error",
+        "own_usage_only",
+    );
+    let admin = token_of("carol", "tenant-admin");
+    let all = ferry
+        .get(
+            &format!("/admin/v1/tenants/{TENANT}/usage?group_by=key"),
+            &admin,
+        )
+        .await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    let mut by_caller: Vec<(String, u64)> = all.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["key_id"].as_str().unwrap().to_owned(),
+                row["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    by_caller.sort();
+    assert_eq!(by_caller.len(), 2);
+    assert!(by_caller.contains(&(alice_id, 2)));
 }

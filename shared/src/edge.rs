@@ -40,6 +40,9 @@ pub struct Grant {
     pub tenant_id: String,
     /// The API key's public id, or `None` for a caller with an OIDC token.
     pub key_public_id: Option<String>,
+    /// A caller with an OIDC token: its caller id (`sub_…`), whose usage its hits are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_caller: Option<String>,
     pub model: String,
     pub deployment: String,
     /// The endpoint's name (`chat.completions`, …).
@@ -202,6 +205,7 @@ mod tests {
         Grant {
             tenant_id: "ten_1".into(),
             key_public_id: Some("abc".into()),
+            token_caller: None,
             model: "m".into(),
             deployment: "d".into(),
             endpoint: "chat.completions".into(),

@@ -1,6 +1,7 @@
 //! Who is calling and what they may do: roles, principals and the access rules between them.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::admission::Budget;
 use crate::money::Money;
@@ -42,6 +43,47 @@ impl Role {
 pub enum Credential {
     ApiKey { key_id: String },
     Jwt { subject: String, issuer: String },
+}
+
+/// The prefix of a token caller's id (see [`Credential::caller_id`]).
+pub const TOKEN_CALLER_PREFIX: &str = "sub_";
+/// Hex characters of a token caller's id after its prefix (96 bits of SHA-256).
+const TOKEN_CALLER_HEX: usize = 24;
+
+impl Credential {
+    /// Who a call is attributed to in its usage (`key_id`): the key's id, or for a token its
+    /// subject at its issuer, hashed (`sub_…`: a subject may be an email address, which usage
+    /// records and reports should not carry). A member's "own" usage is its caller id's.
+    pub fn caller_id(&self) -> String {
+        match self {
+            Credential::ApiKey { key_id } => key_id.clone(),
+            Credential::Jwt { subject, issuer } => {
+                let mut hash = Sha256::new();
+                // Length-prefixed, so no issuer/subject split can collide with another.
+                hash.update((issuer.len() as u64).to_be_bytes());
+                hash.update(issuer.as_bytes());
+                hash.update(subject.as_bytes());
+                let hex: String = hash
+                    .finalize()
+                    .iter()
+                    .take(TOKEN_CALLER_HEX / 2)
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect();
+                format!("{TOKEN_CALLER_PREFIX}{hex}")
+            }
+        }
+    }
+}
+
+/// Whether `text` is a caller id a usage query may name: a key's id or a token caller's.
+pub fn is_caller_id(text: &str) -> bool {
+    crate::api_key::public_id_of(text).is_some()
+        || text.strip_prefix(TOKEN_CALLER_PREFIX).is_some_and(|hex| {
+            hex.len() == TOKEN_CALLER_HEX
+                && hex
+                    .bytes()
+                    .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+        })
 }
 
 /// An authenticated caller.
@@ -161,5 +203,42 @@ mod tests {
             assert_eq!(serde_json::to_value(role).unwrap(), role.as_str());
         }
         assert_eq!(Role::parse("admin"), None);
+    }
+
+    #[test]
+    fn a_token_callers_id_is_its_subject_at_its_issuer_hashed() {
+        let token = |subject: &str, issuer: &str| Credential::Jwt {
+            subject: subject.into(),
+            issuer: issuer.into(),
+        };
+        let alice = token("alice@example.com", "https://idp.example/");
+        let id = alice.caller_id();
+        assert!(id.starts_with("sub_") && id.len() == 28, "{id}");
+        assert!(!id.contains("alice"), "the subject itself is not recorded");
+        assert!(is_caller_id(&id));
+        assert_eq!(id, alice.caller_id(), "stable");
+        assert_ne!(
+            id,
+            token("bob@example.com", "https://idp.example/").caller_id()
+        );
+        assert_ne!(
+            id,
+            token("alice@example.com", "https://other.example/").caller_id()
+        );
+        // No split of the same characters between issuer and subject collides.
+        assert_ne!(token("ab", "c").caller_id(), token("b", "ca").caller_id());
+        let key = Credential::ApiKey {
+            key_id: "key_abcdefghijkl".into(),
+        };
+        assert_eq!(key.caller_id(), "key_abcdefghijkl");
+        for not_an_id in [
+            "sub_",
+            "sub_XYZ",
+            "sub_0123456789abcdef01234567x",
+            "alice",
+            "key_",
+        ] {
+            assert!(!is_caller_id(not_an_id), "{not_an_id}");
+        }
     }
 }

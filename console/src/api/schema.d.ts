@@ -2394,7 +2394,10 @@ export interface operations {
                 group_by?: string | null;
                 /** @description Only the this-many groups that cost the most, dearest first. */
                 limit?: number | null;
-                /** @description Only this key's usage (`key_…`); a member sees only its own key's anyway. */
+                /**
+                 * @description Only this caller's usage: a key (`key_…`) or a token's subject (`sub_…`); a member sees
+                 *     only its own anyway.
+                 */
                 key?: string | null;
             };
             header?: never;
@@ -2449,7 +2452,10 @@ export interface operations {
                 to?: string | null;
                 /** @description At most this many, oldest first (default 1000, at most 10000). */
                 limit?: number | null;
-                /** @description Only this key's events (`key_…`); a member sees only its own key's anyway. */
+                /**
+                 * @description Only this caller's events: a key (`key_…`) or a token's subject (`sub_…`); a member
+                 *     sees only its own anyway.
+                 */
                 key?: string | null;
                 /** @description The `next_cursor` of the previous page. */
                 after?: string | null;
