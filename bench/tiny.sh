@@ -10,6 +10,7 @@ gateway --rates 50 --duration 1 --litellm --plot target/bench-tiny-overhead.png
 gateway --rates 50 --duration 1 --stream
 gateway --streams 40
 gateway --cold-start
+python3 bench/soak/run.py --debug --tiny
 target/debug/ferry-bench-money --seconds 0.3
 target/debug/ferry-bench-console --events 3000 --keys 300 --samples 5
 models=${FERRY_MODELS_DIR:-target/ferry-models}
