@@ -16,8 +16,8 @@ use ferry_core::admission::{
     self, Admission, AdmissionState, Draw, Grant, Hold, Refusal, SpendCap, SpendCounter,
 };
 use ferry_core::billing::{
-    self, GroupBy, Invoice, LedgerFigures, ReportBuilder, RollupRow, TenantFigures, Totals,
-    UsageRow,
+    self, GroupBy, Invoice, LedgerBooks, LedgerFigures, ReportBuilder, RollupRow, TenantBooks,
+    TenantFigures, Totals, UsageRow,
 };
 use ferry_core::calendar::{Date, Month};
 use ferry_core::ids::{self, IdKind};
@@ -38,10 +38,6 @@ use super::write::{Attempt, Change, VERSION, Version, Writes};
 use crate::clock;
 use crate::schema::{INDEX_SORT_KEY, PARTITION_KEY};
 
-/// An invoice made this long after its month ended is final. Longer than SQLite's 5 minutes:
-/// a close reads the month's usage from the index, which may lag a settlement made a moment
-/// before, so the first close (the schedule's, just after midnight) stays open to the next.
-const FINAL_AFTER_SECONDS: u64 = 3600;
 /// A closed hold is kept this long (DynamoDB's TTL deletes it after): long past any late or
 /// replayed settlement, which then finds the call's usage event anyway.
 const CLOSED_HOLD_RETENTION_SECONDS: u64 = 35 * 24 * 3600;
@@ -994,9 +990,7 @@ impl Accounts for DynamoStore {
                     .is_ok_and(|created| created >= start * 1000 && created < end * 1000)
             })
             .count();
-        if in_flight > 0 {
-            return Err(CloseError::InFlight(in_flight as u64));
-        }
+        billing::may_close(in_flight as u64)?;
         let mut tenants: Vec<String> = self
             .list(item::TENANTS, None, false, usize::MAX, |_| true)
             .await?
@@ -1010,30 +1004,17 @@ impl Accounts for DynamoStore {
             if usage.is_empty() {
                 continue;
             }
-            let invoice = Invoice::from_usage(&tenant_id, month, &usage, now);
-            let existing: Option<Invoice> = self
-                .get(&item::invoice(&invoice.id))
+            let fresh = Invoice::from_usage(&tenant_id, month, &usage, now);
+            let stored: Option<Invoice> = self
+                .get(&item::invoice(&fresh.id))
                 .await?
                 .map(|item| get_json(&item, "body"))
                 .transpose()?;
-            match existing {
-                Some(existing) if existing.same_charges(&invoice) => closed.push(Closed {
-                    invoice: existing,
-                    created: false,
-                }),
-                Some(existing) if existing.created_at >= end + FINAL_AFTER_SECONDS => {
-                    // One for a finished month is never rewritten.
-                    return Err(CloseError::Changed(existing.id));
-                }
-                // New, or closed before its month ended: brought up to date.
-                _ => {
-                    self.put(invoice_item(&invoice)?).await?;
-                    closed.push(Closed {
-                        invoice,
-                        created: true,
-                    });
-                }
+            let invoice = billing::close_invoice(fresh, stored, month)?;
+            if invoice.created {
+                self.put(invoice_item(&invoice.invoice)?).await?;
             }
+            closed.push(invoice);
         }
         Ok(closed)
     }
@@ -1052,147 +1033,56 @@ impl Accounts for DynamoStore {
     }
 
     async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)> {
+        let mut ledger = LedgerBooks::default();
+        let mut tenants: BTreeMap<String, TenantBooks> = BTreeMap::new();
         let mut transactions: Vec<Transaction> = Vec::new();
-        let mut balances: Vec<(String, i64)> = Vec::new();
         let mut usage: Vec<UsageRecord> = Vec::new();
-        let mut tenants: Vec<(String, Option<Billing>)> = Vec::new();
         let mut invoices: Vec<Invoice> = Vec::new();
+        let mut balances: Vec<(String, i64)> = Vec::new();
         for item in self.scan().await? {
             let key = get_text(&item, PARTITION_KEY)?;
             let (kind, id) = key.split_once('#').unwrap_or((key, ""));
             match kind {
                 "TXN" => transactions.push(get_json(&item, "body")?),
                 "ACCOUNT" => {
-                    balances.push((id.to_owned(), get_i64(&item, "balance")?.unwrap_or(0)))
+                    let balance = get_i64(&item, "balance")?.unwrap_or(0);
+                    ledger.account(id, balance);
+                    balances.push((id.to_owned(), balance));
                 }
                 "USAGE" => usage.push(get_json(&item, "body")?),
                 "TENANT" => {
-                    tenants.push((id.to_owned(), Billing::parse(get_text(&item, "billing")?)))
+                    let billing = Billing::parse(get_text(&item, "billing")?);
+                    tenants.insert(id.to_owned(), TenantBooks::new(id, billing));
                 }
                 "INVOICE" => invoices.push(get_json(&item, "body")?),
                 _ => {}
             }
         }
-        let mut entry_totals: HashMap<&str, i64> = HashMap::new();
-        let mut unbalanced = 0;
+        // The scan's order is the table's: tenants are known only once it is done.
         for transaction in &transactions {
-            let mut sum = 0i64;
-            for entry in &transaction.entries {
-                sum += entry.amount_usd.nanos();
-                *entry_totals.entry(&entry.account).or_default() += entry.amount_usd.nanos();
-            }
-            if sum != 0 {
-                unbalanced += 1;
+            ledger.transaction(transaction);
+            if let Some(books) = tenants.get_mut(&transaction.tenant_id) {
+                books.transaction(transaction);
             }
         }
-        let ledger_figures = LedgerFigures {
-            unbalanced_transactions: unbalanced,
-            drifted_accounts: balances
-                .iter()
-                .filter(|(account, balance)| {
-                    entry_totals.get(account.as_str()).copied().unwrap_or(0) != *balance
-                })
-                .count() as u64,
-        };
-        let transaction_ids: BTreeSet<&str> = transactions
-            .iter()
-            .map(|transaction| transaction.id.as_str())
-            .collect();
-        let usage_ids: BTreeSet<&str> = usage
-            .iter()
-            .map(|usage| usage.request_id.as_str())
-            .collect();
-        tenants.sort_by(|a, b| a.0.cmp(&b.0));
-        invoices.sort_by(|a, b| a.period.cmp(&b.period));
-        let mut figures = Vec::new();
-        for (tenant_id, billing) in tenants {
-            let own_usage: Vec<&UsageRecord> = usage
-                .iter()
-                .filter(|usage| usage.tenant_id == tenant_id)
-                .collect();
-            let cost_between = |start: u64, end: u64| {
-                Money::from_nanos(
-                    own_usage
-                        .iter()
-                        .filter(|usage| usage.created_at >= start && usage.created_at < end)
-                        .map(|usage| usage.cost.nanos())
-                        .sum(),
-                )
-            };
-            let revenue = ledger::revenue(&tenant_id);
-            let own_transactions = transactions
-                .iter()
-                .filter(|transaction| transaction.tenant_id == tenant_id);
-            let losses = ledger::losses(&tenant_id);
-            let moved_by = |kinds: &[TransactionKind], account: &str| -> i64 {
-                own_transactions
-                    .clone()
-                    .filter(|transaction| kinds.contains(&transaction.kind))
-                    .flat_map(|transaction| &transaction.entries)
-                    .filter(|entry| entry.account == account)
-                    .map(|entry| entry.amount_usd.nanos())
-                    .sum()
-            };
-            let settled = moved_by(
-                &[TransactionKind::Settle, TransactionKind::Charge],
-                &revenue,
-            );
-            let written_off = moved_by(&[TransactionKind::Loss], &losses);
-            let invoiced = invoices
-                .iter()
-                .filter(|invoice| invoice.tenant_id == tenant_id)
-                .filter_map(|invoice| {
-                    let month = invoice.period.parse::<Month>().ok()?;
-                    let (start, end) = month.bounds_unix();
-                    Some((
-                        invoice.period.clone(),
-                        cost_between(start, end),
-                        invoice.total_usd,
-                    ))
-                })
-                .collect();
-            let unsettled_events = own_usage
-                .iter()
-                .filter(|usage| usage.cost != Money::ZERO)
-                .filter(|usage| {
-                    !transaction_ids.contains(format!("settle:{}", usage.request_id).as_str())
-                        && !transaction_ids
-                            .contains(format!("charge:{}", usage.request_id).as_str())
-                })
-                .count() as u64;
-            let orphan_settlements = own_transactions
-                .filter(|transaction| {
-                    matches!(
-                        transaction.kind,
-                        TransactionKind::Settle
-                            | TransactionKind::Charge
-                            | TransactionKind::Expire
-                            | TransactionKind::Loss
-                    )
-                })
-                .filter(|transaction| {
-                    transaction
-                        .request_id
-                        .as_deref()
-                        .is_none_or(|request_id| !usage_ids.contains(request_id))
-                })
-                .count() as u64;
-            let available = balances
-                .iter()
-                .find(|(account, _)| *account == ledger::available(&tenant_id))
-                .map_or(0, |(_, balance)| *balance);
-            figures.push(TenantFigures {
-                usage: cost_between(0, u64::MAX),
-                settled: Money::from_nanos(settled),
-                written_off: Money::from_nanos(written_off),
-                invoiced,
-                unsettled_events,
-                orphan_settlements,
-                prepaid_available: (billing == Some(Billing::Prepaid))
-                    .then_some(Money::from_nanos(available)),
-                tenant_id,
-            });
+        for record in &usage {
+            if let Some(books) = tenants.get_mut(&record.tenant_id) {
+                books.usage(record);
+            }
         }
-        Ok((ledger_figures, figures))
+        for invoice in &invoices {
+            if let Some(books) = tenants.get_mut(&invoice.tenant_id) {
+                books.invoice(invoice);
+            }
+        }
+        for (account, balance) in &balances {
+            for (tenant_id, books) in tenants.iter_mut() {
+                if *account == ledger::available(tenant_id) {
+                    books.available(Money::from_nanos(*balance));
+                }
+            }
+        }
+        let tenants = tenants.into_values().map(TenantBooks::figures).collect();
+        Ok((ledger.figures(), tenants))
     }
 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use ferry_core::Money;
 use ferry_core::admission::{self, Admission, Grant, Hold, Refusal, SpendCap, SpendCounter};
 use ferry_core::billing::{
-    self, GroupBy, Invoice, LedgerFigures, ReportBuilder, RollupRow, TenantFigures, Totals,
-    UsageRow,
+    self, GroupBy, Invoice, LedgerBooks, LedgerFigures, ReportBuilder, RollupRow, TenantBooks,
+    TenantFigures, Totals, UsageRow,
 };
 use ferry_core::calendar::{Date, Month};
 use ferry_core::ids::{self, IdKind};
@@ -30,11 +30,6 @@ use super::{
     to_sql_int, unavailable, usage_from_row,
 };
 use crate::clock;
-
-/// An invoice made this long after its month ended is final. One made earlier (even just
-/// after midnight, when a call admitted a moment before may still be committing) is brought
-/// up to date by closing again.
-const FINAL_AFTER_SECONDS: u64 = 300;
 
 fn immediate(connection: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
     connection
@@ -799,8 +794,8 @@ impl Accounts for SqliteStore {
                     |row| row.get(0),
                 )
                 .map_err(unavailable)?;
-            if in_flight > 0 {
-                return Ok(Err(CloseError::InFlight(from_sql_int(in_flight))));
+            if let Err(refused) = billing::may_close(from_sql_int(in_flight)) {
+                return Ok(Err(refused));
             }
             let tenants: Vec<String> = {
                 let mut statement = transaction
@@ -824,30 +819,18 @@ impl Accounts for SqliteStore {
                         .collect::<rusqlite::Result<_>>()
                         .map_err(unavailable)?
                 };
-                let invoice = Invoice::from_usage(&tenant_id, month, &usage, now);
-                let existing: Option<String> = row(&transaction, "SELECT body FROM invoices WHERE id = ?1", [&invoice.id], |row| row.get(0))
+                let fresh = Invoice::from_usage(&tenant_id, month, &usage, now);
+                let stored = row(&transaction, "SELECT body FROM invoices WHERE id = ?1", [&fresh.id], |row| json_column::<Invoice>(row, 0))
                     .optional()
                     .map_err(unavailable)?;
-                match existing {
-                    Some(body) => {
-                        let existing: Invoice = serde_json::from_str(&body).map_err(unavailable)?;
-                        if !existing.same_charges(&invoice) {
-                            // An invoice closed before its month ended is brought up to date;
-                            // one for a finished month is never rewritten.
-                            if existing.created_at >= end + FINAL_AFTER_SECONDS {
-                                return Ok(Err(CloseError::Changed(existing.id)));
-                            }
-                            write_invoice(&transaction, &invoice)?;
-                            closed.push(Closed { invoice, created: true });
-                        } else {
-                            closed.push(Closed { invoice: existing, created: false });
-                        }
-                    }
-                    None => {
-                        write_invoice(&transaction, &invoice)?;
-                        closed.push(Closed { invoice, created: true });
-                    }
+                let invoice = match billing::close_invoice(fresh, stored, month) {
+                    Ok(invoice) => invoice,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                if invoice.created {
+                    write_invoice(&transaction, &invoice.invoice)?;
                 }
+                closed.push(invoice);
             }
             transaction.commit().map_err(unavailable)?;
             Ok(Ok(closed))
@@ -871,96 +854,134 @@ impl Accounts for SqliteStore {
 
     async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)> {
         self.with(|connection| {
-            // One read transaction: every figure comes from the same snapshot.
+            // One read transaction: every figure comes from the same snapshot. Records are
+            // streamed into the books a tenant at a time, never all held at once.
             let transaction = connection.transaction().map_err(unavailable)?;
-            let count = |sql: &str, tenant: Option<&str>| -> StoreResult<u64> {
-                let value: i64 = match tenant {
-                    Some(tenant) => row(&transaction, sql, [tenant], |row| row.get(0)),
-                    None => row(&transaction, sql, [], |row| row.get(0)),
-                }
-                .map_err(unavailable)?;
-                Ok(from_sql_int(value))
-            };
-            let sum = |sql: &str, tenant: &str, extra: &str| -> StoreResult<Money> {
-                let value: i64 = row(&transaction, sql, params![tenant, extra], |row| row.get(0))
-                    .map_err(unavailable)?;
-                Ok(Money::from_nanos(value))
-            };
-            let ledger_figures = LedgerFigures {
-                unbalanced_transactions: count(
-                    "SELECT COUNT(*) FROM (SELECT transaction_id FROM ledger_entries GROUP BY transaction_id HAVING SUM(amount_nanos) != 0)",
-                    None,
-                )?,
-                drifted_accounts: count(
-                    "SELECT COUNT(*) FROM accounts a LEFT JOIN (SELECT account, SUM(amount_nanos) AS total FROM ledger_entries GROUP BY account) e
-                     ON e.account = a.id WHERE a.balance_nanos != COALESCE(e.total, 0)",
-                    None,
-                )?,
-            };
+            let mut ledger = LedgerBooks::default();
+            for_each_transaction(&transaction, None, |posted| ledger.transaction(posted))?;
+            for_each_row(
+                &transaction,
+                "SELECT id, balance_nanos FROM accounts",
+                [],
+                |row| {
+                    ledger.account(&row.get::<_, String>(0)?, row.get(1)?);
+                    Ok(())
+                },
+            )?;
             let tenants: Vec<(String, String)> = {
-                let mut statement = transaction.prepare("SELECT id, billing FROM tenants ORDER BY id").map_err(unavailable)?;
+                let mut statement = transaction
+                    .prepare("SELECT id, billing FROM tenants ORDER BY id")
+                    .map_err(unavailable)?;
                 statement
                     .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
                     .map_err(unavailable)?
                     .collect::<rusqlite::Result<_>>()
                     .map_err(unavailable)?
             };
-            let mut figures = Vec::new();
+            let mut figures = Vec::with_capacity(tenants.len());
             for (tenant_id, billing) in tenants {
-                let invoices: Vec<Invoice> = {
-                    let mut statement = transaction.prepare("SELECT body FROM invoices WHERE tenant_id = ?1 ORDER BY period").map_err(unavailable)?;
-                    statement
-                        .query_map([&tenant_id], |row| json_column::<Invoice>(row, 0))
-                        .map_err(unavailable)?
-                        .collect::<rusqlite::Result<_>>()
-                        .map_err(unavailable)?
-                };
-                let mut invoiced = Vec::new();
-                for invoice in invoices {
-                    let Ok(month) = invoice.period.parse::<Month>() else { continue };
-                    let (start, end) = month.bounds_unix();
-                    let value: i64 = row(&transaction,
-                            "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_events WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3",
-                            params![tenant_id, to_sql_int(start), to_sql_int(end)],
-                            |row| row.get(0),
-                        )
-                        .map_err(unavailable)?;
-                    invoiced.push((invoice.period.clone(), Money::from_nanos(value), invoice.total_usd));
-                }
-                let available = account_balance(&transaction, &ledger::available(&tenant_id)).map_err(unavailable)?;
-                figures.push(TenantFigures {
-                    usage: sum("SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_events WHERE tenant_id = ?1 AND ?2 = ?2", &tenant_id, "")?,
-                    settled: sum(
-                        "SELECT COALESCE(SUM(e.amount_nanos), 0) FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
-                         WHERE t.tenant_id = ?1 AND t.kind IN ('settle', 'charge') AND e.account = ?2",
-                        &tenant_id,
-                        &ledger::revenue(&tenant_id),
-                    )?,
-                    written_off: sum(
-                        "SELECT COALESCE(SUM(e.amount_nanos), 0) FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
-                         WHERE t.tenant_id = ?1 AND t.kind = 'loss' AND e.account = ?2",
-                        &tenant_id,
-                        &ledger::losses(&tenant_id),
-                    )?,
-                    invoiced,
-                    unsettled_events: count(
-                        "SELECT COUNT(*) FROM usage_events u WHERE u.tenant_id = ?1 AND u.cost_nanos != 0 AND NOT EXISTS
-                         (SELECT 1 FROM ledger_transactions t WHERE t.id IN ('settle:' || u.request_id, 'charge:' || u.request_id))",
-                        Some(&tenant_id),
-                    )?,
-                    orphan_settlements: count(
-                        "SELECT COUNT(*) FROM ledger_transactions t WHERE t.tenant_id = ?1 AND t.kind IN ('settle', 'charge', 'expire', 'loss') AND NOT EXISTS
-                         (SELECT 1 FROM usage_events u WHERE u.request_id = t.request_id)",
-                        Some(&tenant_id),
-                    )?,
-                    prepaid_available: (Billing::parse(&billing) == Some(Billing::Prepaid)).then_some(available),
-                    tenant_id,
-                });
+                let mut books = TenantBooks::new(&tenant_id, Billing::parse(&billing));
+                for_each_transaction(&transaction, Some(&tenant_id), |posted| {
+                    books.transaction(posted)
+                })?;
+                let usage =
+                    format!("SELECT {USAGE_COLUMNS} FROM usage_events WHERE tenant_id = ?1");
+                for_each_row(&transaction, &usage, [&tenant_id], |row| {
+                    books.usage(&usage_from_row(row)?);
+                    Ok(())
+                })?;
+                for_each_row(
+                    &transaction,
+                    "SELECT body FROM invoices WHERE tenant_id = ?1",
+                    [&tenant_id],
+                    |row| {
+                        books.invoice(&json_column::<Invoice>(row, 0)?);
+                        Ok(())
+                    },
+                )?;
+                books.available(
+                    account_balance(&transaction, &ledger::available(&tenant_id))
+                        .map_err(unavailable)?,
+                );
+                figures.push(books.figures());
             }
-            Ok((ledger_figures, figures))
+            Ok((ledger.figures(), figures))
         })
         .await
     }
+}
+
+/// Runs `each` on every row `sql` finds, one at a time.
+fn for_each_row(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<()>,
+) -> StoreResult<()> {
+    let mut statement = connection.prepare(sql).map_err(unavailable)?;
+    let mut rows = statement.query(params).map_err(unavailable)?;
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        each(row).map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Runs `each` on every ledger transaction (of one tenant, if given), whole, one at a time.
+fn for_each_transaction(
+    connection: &Connection,
+    tenant_id: Option<&str>,
+    mut each: impl FnMut(&Transaction),
+) -> StoreResult<()> {
+    const COLUMNS: &str = "SELECT t.id, t.kind, t.tenant_id, t.request_id, t.memo, t.created_at_ms, e.account, e.amount_nanos
+        FROM ledger_transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id";
+    let (sql, params) = match tenant_id {
+        Some(tenant_id) => (
+            format!("{COLUMNS} WHERE t.tenant_id = ?1 ORDER BY t.id, e.rowid"),
+            vec![tenant_id],
+        ),
+        None => (format!("{COLUMNS} ORDER BY t.id, e.rowid"), Vec::new()),
+    };
+    let mut current: Option<Transaction> = None;
+    for_each_row(
+        connection,
+        &sql,
+        rusqlite::params_from_iter(params),
+        |row| {
+            let id: String = row.get(0)?;
+            if current
+                .as_ref()
+                .is_some_and(|transaction| transaction.id != id)
+                && let Some(done) = current.take()
+            {
+                each(&done);
+            }
+            if current.is_none() {
+                let kind: String = row.get(1)?;
+                current = Some(Transaction {
+                    id,
+                    kind: TransactionKind::parse(&kind).unwrap_or(TransactionKind::Adjustment),
+                    tenant_id: row.get(2)?,
+                    request_id: row.get(3)?,
+                    memo: row.get(4)?,
+                    created_at_ms: from_sql_int(row.get(5)?),
+                    entries: Vec::new(),
+                });
+            }
+            if let (Some(transaction), Some(account)) =
+                (current.as_mut(), row.get::<_, Option<String>>(6)?)
+            {
+                transaction.entries.push(Entry {
+                    account,
+                    amount_usd: Money::from_nanos(row.get(7)?),
+                });
+            }
+            Ok(())
+        },
+    )?;
+    if let Some(done) = current {
+        each(&done);
+    }
+    Ok(())
 }
 
 fn write_invoice(connection: &Connection, invoice: &Invoice) -> StoreResult<()> {

@@ -1,8 +1,15 @@
 //! Billing from metered usage: invoices per tenant and month (a line per model), spend
-//! reports, usage events as CloudEvents, and the reconciliation invariant
-//! usage = settled ledger debits = invoice lines, to the nanodollar.
+//! reports, usage events as CloudEvents; and in [`books`], closing a month and the
+//! reconciliation invariant usage = settled ledger debits = invoice lines, to the nanodollar.
 
 use serde::{Deserialize, Serialize};
+
+mod books;
+
+pub use books::{
+    FINAL_AFTER_SECONDS, LedgerBooks, LedgerFigures, TenantBooks, TenantFigures, close_invoice,
+    discrepancies, may_close,
+};
 
 use crate::calendar::{self, Month};
 use crate::money::Money;
@@ -159,89 +166,6 @@ pub fn cloud_event(usage: &UsageRecord) -> serde_json::Value {
         "datacontenttype": "application/json",
         "data": usage,
     })
-}
-
-/// One tenant's money, as read from each place it is recorded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TenantFigures {
-    pub tenant_id: String,
-    /// Sum of usage event costs.
-    pub usage: Money,
-    /// Sum of settle and charge transactions' revenue entries.
-    pub settled: Money,
-    /// What calls cost beyond what the tenant could pay: the loss transactions, written off
-    /// by the operator (not a discrepancy: served and reported, never charged).
-    #[serde(default)]
-    pub written_off: Money,
-    /// Per closed month: (period, usage events in it, invoice total).
-    pub invoiced: Vec<(String, Money, Money)>,
-    /// Usage events without a settlement, and settlements without a usage event.
-    pub unsettled_events: u64,
-    pub orphan_settlements: u64,
-    /// The tenant's spendable balance, if prepaid (must never be negative).
-    pub prepaid_available: Option<Money>,
-}
-
-/// The ledger as a whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerFigures {
-    pub unbalanced_transactions: u64,
-    /// Accounts whose stored balance differs from the sum of their entries.
-    pub drifted_accounts: u64,
-}
-
-/// Every way the books disagree with themselves; empty when they reconcile.
-pub fn discrepancies(ledger: &LedgerFigures, tenants: &[TenantFigures]) -> Vec<String> {
-    let mut found = Vec::new();
-    if ledger.unbalanced_transactions > 0 {
-        found.push(format!(
-            "{} ledger transactions do not sum to zero",
-            ledger.unbalanced_transactions
-        ));
-    }
-    if ledger.drifted_accounts > 0 {
-        found.push(format!(
-            "{} account balances differ from the sum of their entries",
-            ledger.drifted_accounts
-        ));
-    }
-    for tenant in tenants {
-        let id = &tenant.tenant_id;
-        if tenant.usage != tenant.settled {
-            found.push(format!(
-                "tenant {id}: usage events total {} but settled debits total {} (difference {})",
-                tenant.usage,
-                tenant.settled,
-                Money::from_nanos(tenant.usage.nanos() - tenant.settled.nanos())
-            ));
-        }
-        for (period, usage, invoiced) in &tenant.invoiced {
-            if usage != invoiced {
-                found.push(format!(
-                    "tenant {id}: {period} usage totals {usage} but its invoice totals {invoiced}"
-                ));
-            }
-        }
-        if tenant.unsettled_events > 0 {
-            found.push(format!(
-                "tenant {id}: {} usage events have no settlement",
-                tenant.unsettled_events
-            ));
-        }
-        if tenant.written_off.is_negative() {
-            found.push(format!("tenant {id}: its write-offs total below zero"));
-        }
-        if tenant.orphan_settlements > 0 {
-            found.push(format!(
-                "tenant {id}: {} settlements have no usage event",
-                tenant.orphan_settlements
-            ));
-        }
-        if tenant.prepaid_available.is_some_and(Money::is_negative) {
-            found.push(format!("tenant {id}: prepaid balance is negative"));
-        }
-    }
-    found
 }
 
 /// How a spend report over `[from, to)` is read without scanning every event: whole UTC days
@@ -407,45 +331,6 @@ mod tests {
         assert_eq!(invoice.total_usd, Money::from_nanos(23));
         let again = Invoice::from_usage("t", month, &events, 99);
         assert!(invoice.same_charges(&again));
-    }
-
-    #[test]
-    fn reconciliation_names_every_difference() {
-        let good = TenantFigures {
-            tenant_id: "t".into(),
-            usage: Money::from_nanos(10),
-            settled: Money::from_nanos(10),
-            invoiced: vec![(
-                "2026-11".into(),
-                Money::from_nanos(10),
-                Money::from_nanos(10),
-            )],
-            prepaid_available: Some(Money::ZERO),
-            // Served beyond the balance and written off: reported, not a difference.
-            written_off: Money::from_nanos(3),
-            ..TenantFigures::default()
-        };
-        assert!(discrepancies(&LedgerFigures::default(), std::slice::from_ref(&good)).is_empty());
-        let bad = TenantFigures {
-            settled: Money::from_nanos(9),
-            invoiced: vec![(
-                "2026-11".into(),
-                Money::from_nanos(10),
-                Money::from_nanos(8),
-            )],
-            prepaid_available: Some(Money::from_nanos(-1)),
-            written_off: Money::from_nanos(-1),
-            ..good
-        };
-        let found = discrepancies(
-            &LedgerFigures {
-                unbalanced_transactions: 1,
-                drifted_accounts: 0,
-            },
-            &[bad],
-        );
-        assert_eq!(found.len(), 5, "{found:?}");
-        assert!(found[1].contains("difference 0.000000001"));
     }
 
     #[test]
