@@ -1,5 +1,5 @@
 //! The environment `ferry function` reads: one list, so the deployments (Terraform's Lambda
-//! environment, Knative's Secret) can be checked against it (`functions/aws/tests/iac_contract.rs`).
+//! environment, Knative's Secret) can be checked against it (`stores/aws/tests/iac_contract.rs`).
 //! Only the binary reads the values.
 
 /// The functions a deployment runs, each from the same binary.

@@ -123,7 +123,7 @@ class Emulator:
 def aws():
     """moto, one request at a time (see serial_moto.py), and a table and bucket in it."""
     port = free_port()
-    moto = Process([VENV_BIN / "python", ROOT / "functions/aws/tests/moto/serial_moto.py", "127.0.0.1", port])
+    moto = Process([VENV_BIN / "python", ROOT / "stores/aws/tests/moto/serial_moto.py", "127.0.0.1", port])
     wait_for_port(port)
     endpoint = f"http://127.0.0.1:{port}"
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t")

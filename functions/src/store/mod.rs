@@ -1,9 +1,6 @@
-//! Store adapters: implementations of the [`ferry_core::ports`] storage traits.
+//! The read-through cache in front of any store ([`CachedStore`]); the stores themselves are
+//! crates of their own (`ferry-store-sqlite`, `ferry-aws`).
 
 mod cached;
-mod objects;
-mod sqlite;
 
 pub use cached::CachedStore;
-pub use objects::LocalObjectStore;
-pub use sqlite::{Durability, SqliteOptions, SqliteStore};

@@ -402,7 +402,7 @@ fn disagreements(root: &Path, contract: &Contract) -> Vec<String> {
                 })
                 .unwrap_or_default();
             if let Err(error) =
-                serde_json::from_value::<ferry_functions::jobs::Job>(payload.clone())
+                serde_json::from_value::<ferry_functions::billing::Job>(payload.clone())
             {
                 problems.push(format!(
                     "schedule {rule} sends {payload}, not a job: {error}"
@@ -710,7 +710,7 @@ fn knative_disagreements(dir: &Path, contract: &Contract) -> Vec<String> {
         let data = field(source, &["spec", "data"])
             .and_then(|data| data.as_str())
             .unwrap_or_default();
-        if let Err(error) = serde_json::from_str::<ferry_functions::jobs::Job>(data) {
+        if let Err(error) = serde_json::from_str::<ferry_functions::billing::Job>(data) {
             problems.push(format!(
                 "PingSource {} sends {data}, not a job: {error}",
                 name(source)

@@ -1,7 +1,6 @@
-//! The money store on SQLite: the conformance suite every adapter passes
-//! (`conformance/accounts.rs`), and what only a shared file has: two stores (two gateway
-//! processes) on one file, the write-ahead log starting over, and turning calls away when
-//! the store is overloaded.
+//! SQLite: the conformance suite every store adapter passes (`ferry-store-conformance`), and
+//! what only a shared file has: two stores (two gateway processes) on one file, the write-ahead
+//! log starting over, and turning calls away when the store is overloaded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -11,19 +10,22 @@ use ferry_core::Money;
 use ferry_core::admission::{Admission, Draw, Refusal};
 use ferry_core::ports::{Accounts, Billing, Store, StoreError};
 use ferry_core::ratelimit::{Bucket, Unit};
-use ferry_functions::store::{SqliteOptions, SqliteStore};
+use ferry_store_conformance::Harness;
+use ferry_store_conformance::accounts::*;
+use ferry_store_sqlite::{SqliteOptions, SqliteStore};
 
-#[path = "conformance/accounts.rs"]
-mod conformance;
-#[path = "conformance/store.rs"]
-mod store;
-use conformance::*;
+/// A store in memory for each case.
+struct InMemory;
 
-type TestStore = SqliteStore;
+impl Harness for InMemory {
+    type Store = SqliteStore;
 
-async fn new_store() -> SqliteStore {
-    SqliteStore::in_memory().unwrap()
+    async fn new_store() -> SqliteStore {
+        SqliteStore::in_memory().unwrap()
+    }
 }
+
+ferry_store_conformance::conformance_tests!(InMemory);
 
 /// A fresh directory for a database file, removed when dropped.
 struct TempDir(PathBuf);
@@ -33,7 +35,7 @@ impl TempDir {
         let path = std::env::temp_dir().join(format!(
             "ferry-accounts-{name}-{}-{}",
             std::process::id(),
-            ferry_functions::clock::random_u64()
+            ferry_clock::random_u64()
         ));
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
@@ -106,7 +108,7 @@ async fn two_stores_on_one_file_share_a_rate_bucket() {
     assert_eq!(granted, 10);
     // Either process sees the bucket empty at the same instant.
     for (index, store) in stores.iter().enumerate() {
-        let refused = refusal(store, &call(format!("late-{index}"))).await;
+        let refused = refusal(store.as_ref(), &call(format!("late-{index}"))).await;
         assert!(
             matches!(refused, Refusal::RateLimited { .. }),
             "{refused:?}"
@@ -142,7 +144,7 @@ async fn the_log_starts_over_under_continuous_writes() {
                 while std::time::Instant::now() < until {
                     let id = format!("req-{writer}-{calls}");
                     grant(
-                        &store,
+                        store.as_ref(),
                         &admission(&id, "acme", Billing::Postpaid, Money::ZERO),
                     )
                     .await;
@@ -166,7 +168,7 @@ async fn the_log_starts_over_under_continuous_writes() {
         "the log started over {} times in {calls} calls",
         wal_restarts(&wal)
     );
-    assert_books_reconcile(&store).await;
+    assert_books_reconcile(store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -187,7 +189,7 @@ async fn an_overloaded_store_turns_new_calls_away_and_holds_nothing_for_them() {
         .create_tenant(&tenant("acme", Billing::Prepaid, Vec::new()))
         .await
         .unwrap();
-    top_up(&store, "acme", "1000").await;
+    top_up(store.as_ref(), "acme", "1000").await;
     let hold = usd("0.1");
     let tasks: Vec<_> = (0..CALLS)
         .map(|index| {
@@ -216,5 +218,5 @@ async fn an_overloaded_store_turns_new_calls_away_and_holds_nothing_for_them() {
     let balance = store.balance("acme").await.unwrap();
     assert_eq!(balance.held_usd, Money::from_nanos(hold.nanos() * granted));
     // Settlements are never turned away, however long the queue.
-    assert_books_reconcile(&store).await;
+    assert_books_reconcile(store.as_ref()).await;
 }

@@ -1,4 +1,5 @@
-//! Time and randomness for the pure rules in `ferry-core`, which take both as arguments.
+//! Time and randomness for the functions and the store adapters; the pure rules in
+//! `ferry-core` take both as arguments.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

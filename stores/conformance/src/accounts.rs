@@ -4,13 +4,12 @@
 //! period, and the rules that keep refunds and adjustments honest. Every test ends with the
 //! books reconciling where they should.
 //!
-//! Included (`#[path]`) by each adapter's tests, which define `TestStore` and `new_store()`:
-//! `functions/tests/accounts.rs` (SQLite) and `functions/aws/tests/conformance.rs` (DynamoDB).
+//! Each case is generic over the adapter's [`Harness`]; [`crate::conformance_tests!`] makes
+//! them tests.
 //!
 //! Admission times are fixed (`T0`, in 2100): `settle` stamps ledger times and corrects token
 //! buckets with the wall clock, and a refund never moves a bucket before that clock, so the
 //! admission time must lie ahead of it for the corrections to be observable at `T0`.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 
@@ -31,7 +30,7 @@ use ferry_core::ports::{
 };
 use ferry_core::ratelimit::{Bucket, Unit};
 
-use super::{TestStore, new_store};
+use crate::{Harness, TestedStore};
 
 /// 2100-01-15T12:00:00Z, in unix milliseconds.
 pub const T0: u64 = 4_103_697_600_000;
@@ -57,8 +56,8 @@ pub fn tenant(id: &str, billing: Billing, budgets: Vec<Budget>) -> Tenant {
     }
 }
 
-pub async fn store_with(tenants: &[Tenant]) -> TestStore {
-    let store = new_store().await;
+pub async fn store_with<H: Harness>(tenants: &[Tenant]) -> H::Store {
+    let store = H::new_store().await;
     for tenant in tenants {
         store.create_tenant(tenant).await.unwrap();
     }
@@ -114,14 +113,14 @@ pub fn posting(posting: Posting, idempotency_key: Option<&str>) -> PostRequest {
     }
 }
 
-pub async fn top_up(store: &TestStore, tenant_id: &str, amount: &str) -> Posted {
+pub async fn top_up(store: &impl TestedStore, tenant_id: &str, amount: &str) -> Posted {
     store
         .post(&posting(Posting::top_up(tenant_id, usd(amount)), None))
         .await
         .unwrap()
 }
 
-pub async fn grant(store: &TestStore, admission: &Admission) -> Grant {
+pub async fn grant(store: &impl TestedStore, admission: &Admission) -> Grant {
     store
         .admit(admission)
         .await
@@ -129,7 +128,7 @@ pub async fn grant(store: &TestStore, admission: &Admission) -> Grant {
         .expect("the call should be admitted")
 }
 
-pub async fn refusal(store: &TestStore, admission: &Admission) -> Refusal {
+pub async fn refusal(store: &impl TestedStore, admission: &Admission) -> Refusal {
     store
         .admit(admission)
         .await
@@ -151,7 +150,7 @@ pub fn balance(available: &str, held: &str) -> Balance {
     }
 }
 
-pub async fn transactions(store: &TestStore, tenant_id: &str) -> Vec<Transaction> {
+pub async fn transactions(store: &impl TestedStore, tenant_id: &str) -> Vec<Transaction> {
     store
         .transactions(tenant_id, &PageRequest::first(1000))
         .await
@@ -187,18 +186,18 @@ pub fn moved(transaction: &Transaction, account: &str) -> Money {
     )
 }
 
-pub async fn events(store: &TestStore, tenant_id: &str) -> Vec<UsageRecord> {
+pub async fn events(store: &impl TestedStore, tenant_id: &str) -> Vec<UsageRecord> {
     store
         .usage_events(tenant_id, None, 0, u64::MAX, 1000)
         .await
         .unwrap()
 }
 
-pub async fn figures(store: &TestStore) -> (LedgerFigures, Vec<TenantFigures>) {
+pub async fn figures(store: &impl TestedStore) -> (LedgerFigures, Vec<TenantFigures>) {
     store.figures().await.unwrap()
 }
 
-pub async fn tenant_figures(store: &TestStore, tenant_id: &str) -> TenantFigures {
+pub async fn tenant_figures(store: &impl TestedStore, tenant_id: &str) -> TenantFigures {
     figures(store)
         .await
         .1
@@ -207,7 +206,7 @@ pub async fn tenant_figures(store: &TestStore, tenant_id: &str) -> TenantFigures
         .expect("figures for the tenant")
 }
 
-pub async fn assert_books_reconcile(store: &TestStore) {
+pub async fn assert_books_reconcile(store: &impl TestedStore) {
     let (ledger, tenants) = figures(store).await;
     let found = discrepancies(&ledger, &tenants);
     assert!(found.is_empty(), "the books disagree: {found:?}");
@@ -220,9 +219,8 @@ pub fn daily_caps(tenant: &Tenant) -> Vec<SpendCap> {
 // ---------------------------------------------------------------------------------------------
 // Idempotency.
 
-#[tokio::test]
-async fn settling_the_same_usage_twice_records_and_charges_it_once() {
-    let store = store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
+pub async fn settling_the_same_usage_twice_records_and_charges_it_once<H: Harness>() {
+    let store = store_with::<H>(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
     top_up(&store, "acme", "1").await;
     grant(
         &store,
@@ -264,9 +262,8 @@ async fn settling_the_same_usage_twice_records_and_charges_it_once() {
     assert_books_reconcile(&store).await;
 }
 
-#[tokio::test]
-async fn posting_with_the_same_idempotency_key_twice_posts_once_per_tenant() {
-    let store = store_with(&[
+pub async fn posting_with_the_same_idempotency_key_twice_posts_once_per_tenant<H: Harness>() {
+    let store = store_with::<H>(&[
         tenant("acme", Billing::Prepaid, Vec::new()),
         tenant("beta", Billing::Prepaid, Vec::new()),
     ])
@@ -307,9 +304,8 @@ async fn posting_with_the_same_idempotency_key_twice_posts_once_per_tenant() {
 // ---------------------------------------------------------------------------------------------
 // Prepaid and postpaid calls.
 
-#[tokio::test]
-async fn a_prepaid_hold_settles_to_its_cost_and_returns_the_rest() {
-    let store = store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
+pub async fn a_prepaid_hold_settles_to_its_cost_and_returns_the_rest<H: Harness>() {
+    let store = store_with::<H>(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
     top_up(&store, "acme", "1").await;
 
     let granted = grant(
@@ -356,9 +352,10 @@ async fn a_prepaid_hold_settles_to_its_cost_and_returns_the_rest() {
     assert_books_reconcile(&store).await;
 }
 
-#[tokio::test]
-async fn a_prepaid_cost_above_its_hold_is_drawn_from_the_balance_and_the_rest_written_off() {
-    let store = store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
+pub async fn a_prepaid_cost_above_its_hold_is_drawn_from_the_balance_and_the_rest_written_off<
+    H: Harness,
+>() {
+    let store = store_with::<H>(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
     top_up(&store, "acme", "1").await;
     grant(
         &store,
@@ -414,15 +411,14 @@ async fn a_prepaid_cost_above_its_hold_is_drawn_from_the_balance_and_the_rest_wr
     assert_books_reconcile(&store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_overdrafts_never_take_the_balance_below_zero() {
+pub async fn concurrent_overdrafts_never_take_the_balance_below_zero<H: Harness>() {
     const CALLS: usize = 10;
-    let store = Arc::new(store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await);
-    top_up(&store, "acme", "1").await;
+    let store = Arc::new(store_with::<H>(&[tenant("acme", Billing::Prepaid, Vec::new())]).await);
+    top_up(&*store, "acme", "1").await;
     for call in 0..CALLS {
         let request = format!("r{call}");
         grant(
-            &store,
+            &*store,
             &admission(&request, "acme", Billing::Prepaid, usd("0.05")),
         )
         .await;
@@ -446,15 +442,14 @@ async fn concurrent_overdrafts_never_take_the_balance_below_zero() {
     }
     assert_eq!(charged, usd("1"));
     assert_eq!(store.balance("acme").await.unwrap(), balance("0", "0"));
-    let figures = tenant_figures(&store, "acme").await;
+    let figures = tenant_figures(&*store, "acme").await;
     assert_eq!((figures.usage, figures.settled), (usd("1"), usd("1")));
     assert_eq!(figures.written_off, usd("1"));
-    assert_books_reconcile(&store).await;
+    assert_books_reconcile(&*store).await;
 }
 
-#[tokio::test]
-async fn a_postpaid_call_holds_nothing_and_its_charge_is_owed() {
-    let store = store_with(&[tenant("acme", Billing::Postpaid, Vec::new())]).await;
+pub async fn a_postpaid_call_holds_nothing_and_its_charge_is_owed<H: Harness>() {
+    let store = store_with::<H>(&[tenant("acme", Billing::Postpaid, Vec::new())]).await;
 
     let granted = grant(
         &store,
@@ -494,13 +489,12 @@ async fn a_postpaid_call_holds_nothing_and_its_charge_is_owed() {
 // ---------------------------------------------------------------------------------------------
 // Concurrency.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_admissions_grant_exactly_the_holds_the_credit_covers() {
+pub async fn concurrent_admissions_grant_exactly_the_holds_the_credit_covers<H: Harness>() {
     const COVERED: usize = 7;
     const CALLS: usize = 50;
     let hold = usd("0.1");
-    let store = Arc::new(store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await);
-    top_up(&store, "acme", "0.7").await;
+    let store = Arc::new(store_with::<H>(&[tenant("acme", Billing::Prepaid, Vec::new())]).await);
+    top_up(&*store, "acme", "0.7").await;
 
     let tasks: Vec<_> = (0..CALLS)
         .map(|index| {
@@ -535,7 +529,7 @@ async fn concurrent_admissions_grant_exactly_the_holds_the_credit_covers() {
     assert_eq!(granted.len(), COVERED, "{granted:?}");
     assert_eq!(store.balance("acme").await.unwrap(), balance("0", "0.7"));
     assert_eq!(
-        of_kind(&transactions(&store, "acme").await, TransactionKind::Hold).len(),
+        of_kind(&transactions(&*store, "acme").await, TransactionKind::Hold).len(),
         COVERED
     );
 
@@ -556,18 +550,17 @@ async fn concurrent_admissions_grant_exactly_the_holds_the_credit_covers() {
         );
     }
     assert_eq!(store.balance("acme").await.unwrap(), balance("0.49", "0"));
-    let figures = tenant_figures(&store, "acme").await;
+    let figures = tenant_figures(&*store, "acme").await;
     assert_eq!((figures.usage, figures.settled), (usd("0.21"), usd("0.21")));
     assert_eq!(figures.prepaid_available, Some(usd("0.49")));
-    assert_books_reconcile(&store).await;
+    assert_books_reconcile(&*store).await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Expiry.
 
-#[tokio::test]
-async fn expired_holds_are_released_and_late_settlements_charge_nothing() {
-    let store = store_with(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
+pub async fn expired_holds_are_released_and_late_settlements_charge_nothing<H: Harness>() {
+    let store = store_with::<H>(&[tenant("acme", Billing::Prepaid, Vec::new())]).await;
     top_up(&store, "acme", "1").await;
     let expiring = Admission {
         expires_at_ms: T0 + 60_000,
@@ -626,8 +619,9 @@ async fn expired_holds_are_released_and_late_settlements_charge_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Budgets and alerts.
 
-#[tokio::test]
-async fn a_hard_daily_budget_refuses_once_settled_spend_and_the_hold_would_pass_it() {
+pub async fn a_hard_daily_budget_refuses_once_settled_spend_and_the_hold_would_pass_it<
+    H: Harness,
+>() {
     let acme = tenant(
         "acme",
         Billing::Prepaid,
@@ -637,7 +631,7 @@ async fn a_hard_daily_budget_refuses_once_settled_spend_and_the_hold_would_pass_
             enforcement: Enforcement::Hard,
         }],
     );
-    let store = store_with(std::slice::from_ref(&acme)).await;
+    let store = store_with::<H>(std::slice::from_ref(&acme)).await;
     top_up(&store, "acme", "10").await;
     let call = |request_id: &str, hold: &str| Admission {
         caps: daily_caps(&acme),
@@ -679,8 +673,7 @@ async fn a_hard_daily_budget_refuses_once_settled_spend_and_the_hold_would_pass_
     assert!(store.alerts("acme").await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn a_soft_budget_admits_past_its_cap_and_alerts_once() {
+pub async fn a_soft_budget_admits_past_its_cap_and_alerts_once<H: Harness>() {
     let acme = tenant(
         "acme",
         Billing::Prepaid,
@@ -690,7 +683,7 @@ async fn a_soft_budget_admits_past_its_cap_and_alerts_once() {
             enforcement: Enforcement::Soft,
         }],
     );
-    let store = store_with(std::slice::from_ref(&acme)).await;
+    let store = store_with::<H>(std::slice::from_ref(&acme)).await;
     top_up(&store, "acme", "10").await;
 
     for (index, alerts_after) in [(1, 0), (2, 1), (3, 1), (4, 1)] {
@@ -726,8 +719,7 @@ async fn a_soft_budget_admits_past_its_cap_and_alerts_once() {
 
 /// Admissions and settlements racing on a hard cap that shares its counter with a soft alert:
 /// the cap is never passed, however the reads and writes interleave.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn racing_calls_never_pass_a_hard_cap_shared_with_a_soft_alert() {
+pub async fn racing_calls_never_pass_a_hard_cap_shared_with_a_soft_alert<H: Harness>() {
     const CALLS: usize = 24;
     let acme = tenant(
         "acme",
@@ -745,8 +737,8 @@ async fn racing_calls_never_pass_a_hard_cap_shared_with_a_soft_alert() {
             },
         ],
     );
-    let store = Arc::new(store_with(std::slice::from_ref(&acme)).await);
-    top_up(&store, "acme", "10").await;
+    let store = Arc::new(store_with::<H>(std::slice::from_ref(&acme)).await);
+    top_up(&*store, "acme", "10").await;
     let tasks: Vec<_> = (0..CALLS)
         .map(|index| {
             let (store, caps) = (Arc::clone(&store), daily_caps(&acme));
@@ -782,7 +774,7 @@ async fn racing_calls_never_pass_a_hard_cap_shared_with_a_soft_alert() {
         admitted += usize::from(task.await.unwrap());
     }
     assert_eq!(admitted, 10, "exactly the cap's worth of calls");
-    let figures = tenant_figures(&store, "acme").await;
+    let figures = tenant_figures(&*store, "acme").await;
     assert_eq!(figures.settled, usd("1"));
     assert_eq!(store.balance("acme").await.unwrap(), balance("9", "0"));
     assert_eq!(
@@ -790,11 +782,10 @@ async fn racing_calls_never_pass_a_hard_cap_shared_with_a_soft_alert() {
         1,
         "the soft alert, once"
     );
-    assert_books_reconcile(&store).await;
+    assert_books_reconcile(&*store).await;
 }
 
-#[tokio::test]
-async fn a_soft_alert_below_a_hard_cap_of_the_same_period_counts_spend_once() {
+pub async fn a_soft_alert_below_a_hard_cap_of_the_same_period_counts_spend_once<H: Harness>() {
     let acme = tenant(
         "acme",
         Billing::Prepaid,
@@ -811,7 +802,7 @@ async fn a_soft_alert_below_a_hard_cap_of_the_same_period_counts_spend_once() {
             },
         ],
     );
-    let store = store_with(std::slice::from_ref(&acme)).await;
+    let store = store_with::<H>(std::slice::from_ref(&acme)).await;
     top_up(&store, "acme", "10").await;
     let call = |request_id: &str| Admission {
         caps: daily_caps(&acme),
@@ -837,9 +828,8 @@ async fn a_soft_alert_below_a_hard_cap_of_the_same_period_counts_spend_once() {
 // ---------------------------------------------------------------------------------------------
 // Rate limits.
 
-#[tokio::test]
-async fn token_buckets_drawn_on_the_estimate_are_corrected_to_the_actual_count() {
-    let store = store_with(&[tenant("acme", Billing::Postpaid, Vec::new())]).await;
+pub async fn token_buckets_drawn_on_the_estimate_are_corrected_to_the_actual_count<H: Harness>() {
+    let store = store_with::<H>(&[tenant("acme", Billing::Postpaid, Vec::new())]).await;
     let bucket = Bucket::new("tenant:acme", Unit::Tokens, 1000);
     let call = |request_id: &str, estimate: u64| Admission {
         draws: vec![Draw {
@@ -892,9 +882,8 @@ fn price(per_mtok: &str) -> Price {
     }
 }
 
-#[tokio::test]
-async fn the_price_in_effect_is_the_latest_and_a_deployments_own_price_wins() {
-    let store = store_with(&[]).await;
+pub async fn the_price_in_effect_is_the_latest_and_a_deployments_own_price_wins<H: Harness>() {
+    let store = store_with::<H>(&[]).await;
     let record = |deployment: Option<&str>, effective_from_ms: u64, per_mtok: &str| PriceRecord {
         model: "m".into(),
         deployment: deployment.map(str::to_owned),
@@ -912,7 +901,7 @@ async fn the_price_in_effect_is_the_latest_and_a_deployments_own_price_wins() {
         store.put_price(record).await.unwrap();
     }
     let at = |deployment: &'static str, at_ms: u64| {
-        let store = store.clone();
+        let store = &store;
         async move { store.price_at("m", deployment, at_ms).await.unwrap() }
     };
 
@@ -949,9 +938,8 @@ async fn the_price_in_effect_is_the_latest_and_a_deployments_own_price_wins() {
 // ---------------------------------------------------------------------------------------------
 // Closing a period.
 
-#[tokio::test]
-async fn closing_a_month_makes_one_invoice_per_tenant_once_no_call_is_in_flight() {
-    let store = store_with(&[
+pub async fn closing_a_month_makes_one_invoice_per_tenant_once_no_call_is_in_flight<H: Harness>() {
+    let store = store_with::<H>(&[
         tenant("acme", Billing::Prepaid, Vec::new()),
         tenant("beta", Billing::Postpaid, Vec::new()),
     ])
@@ -1058,9 +1046,8 @@ async fn closing_a_month_makes_one_invoice_per_tenant_once_no_call_is_in_flight(
 // ---------------------------------------------------------------------------------------------
 // Refunds and adjustments.
 
-#[tokio::test]
-async fn refunds_and_debits_cannot_take_more_than_the_tenant_has() {
-    let store = store_with(&[
+pub async fn refunds_and_debits_cannot_take_more_than_the_tenant_has<H: Harness>() {
+    let store = store_with::<H>(&[
         tenant("acme", Billing::Prepaid, Vec::new()),
         tenant("beta", Billing::Postpaid, Vec::new()),
     ])
@@ -1130,7 +1117,7 @@ async fn refunds_and_debits_cannot_take_more_than_the_tenant_has() {
 
 /// What a report must say, summed from the events themselves.
 async fn report_from_events(
-    store: &TestStore,
+    store: &impl TestedStore,
     tenant_id: &str,
     key_id: Option<&str>,
     (from, to): (u64, u64),
@@ -1147,9 +1134,8 @@ async fn report_from_events(
     report.finish()
 }
 
-#[tokio::test]
-async fn usage_reports_from_rollups_agree_with_the_events_at_any_range() {
-    let store = store_with(&[
+pub async fn usage_reports_from_rollups_agree_with_the_events_at_any_range<H: Harness>() {
+    let store = store_with::<H>(&[
         tenant("a", Billing::Postpaid, Vec::new()),
         tenant("b", Billing::Postpaid, Vec::new()),
     ])
@@ -1248,9 +1234,8 @@ async fn usage_reports_from_rollups_agree_with_the_events_at_any_range() {
     );
 }
 
-#[tokio::test]
-async fn a_tenants_ledger_comes_a_page_at_a_time_newest_first() {
-    let store = store_with(&[
+pub async fn a_tenants_ledger_comes_a_page_at_a_time_newest_first<H: Harness>() {
+    let store = store_with::<H>(&[
         tenant("a", Billing::Prepaid, Vec::new()),
         tenant("b", Billing::Prepaid, Vec::new()),
     ])
@@ -1293,9 +1278,8 @@ async fn a_tenants_ledger_comes_a_page_at_a_time_newest_first() {
     );
 }
 
-#[tokio::test]
-async fn spend_by_key_for_a_month_comes_dearest_first_a_page_at_a_time() {
-    let store = store_with(&[
+pub async fn spend_by_key_for_a_month_comes_dearest_first_a_page_at_a_time<H: Harness>() {
+    let store = store_with::<H>(&[
         tenant("a", Billing::Postpaid, Vec::new()),
         tenant("b", Billing::Postpaid, Vec::new()),
     ])
@@ -1371,9 +1355,8 @@ async fn spend_by_key_for_a_month_comes_dearest_first_a_page_at_a_time() {
     assert!(matches!(bad, Err(StoreError::Invalid(_))));
 }
 
-#[tokio::test]
-async fn usage_events_come_a_page_at_a_time_oldest_first() {
-    let store = store_with(&[
+pub async fn usage_events_come_a_page_at_a_time_oldest_first<H: Harness>() {
+    let store = store_with::<H>(&[
         tenant("a", Billing::Postpaid, Vec::new()),
         tenant("b", Billing::Postpaid, Vec::new()),
     ])

@@ -20,7 +20,7 @@ use ferry_core::ports::{StoreError, StoreResult};
 
 use super::DynamoStore;
 use super::item::{Attributes, Key, n, unavailable};
-use crate::clock;
+use ferry_clock as clock;
 
 /// The version attribute.
 pub const VERSION: &str = "v";
@@ -259,7 +259,7 @@ impl DynamoStore {
     /// token, which DynamoDB applies at most once: deciding again instead could apply a
     /// change twice (a posting without an idempotency key).
     async fn send(&self, what: &str, items: Vec<TransactWriteItem>) -> StoreResult<Sent> {
-        let token = clock::request_token();
+        let token = request_token();
         let mut resends = 0;
         loop {
             let sent = self
@@ -302,4 +302,13 @@ impl DynamoStore {
             tokio::time::sleep(Duration::from_millis(50 * u64::from(resends))).await;
         }
     }
+}
+
+/// A token for one `TransactWriteItems` attempt: the SDK's own retries of that attempt reuse
+/// it, so DynamoDB applies the attempt at most once.
+fn request_token() -> String {
+    clock::random_bytes::<16>()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }

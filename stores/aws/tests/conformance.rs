@@ -1,4 +1,4 @@
-//! The store conformance suite (`functions/tests/conformance/`) on DynamoDB, served by moto
+//! The store conformance suite (`ferry-store-conformance`) on DynamoDB, served by moto
 //! (`moto_server`, from pip `moto[server]`) on loopback: each test gets a table of its own, so
 //! the tests run in parallel against one server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -6,17 +6,20 @@
 mod moto;
 
 use ferry_aws::DynamoStore;
+use ferry_store_conformance::Harness;
 
-type TestStore = DynamoStore;
+/// A table of its own for each case.
+struct Moto;
 
-async fn new_store() -> DynamoStore {
-    moto::fresh_store().await
+impl Harness for Moto {
+    type Store = DynamoStore;
+
+    async fn new_store() -> DynamoStore {
+        moto::fresh_store().await
+    }
 }
 
-#[path = "../../tests/conformance/accounts.rs"]
-mod accounts;
-#[path = "../../tests/conformance/store.rs"]
-mod store;
+ferry_store_conformance::conformance_tests!(Moto);
 
 /// `S3ObjectStore` writes whole objects under its prefix and refuses keys that climb out.
 mod objects {

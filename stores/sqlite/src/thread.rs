@@ -15,7 +15,7 @@ use ferry_core::ports::{StoreError, StoreResult};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{from_sql_int, unavailable};
+use crate::{from_sql_int, unavailable};
 
 /// Writes committed together at most; bounds the latency a group adds to its first member.
 const MAX_GROUP: usize = 128;

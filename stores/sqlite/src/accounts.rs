@@ -25,11 +25,11 @@ use ferry_core::ports::{
 use ferry_core::ratelimit;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{
+use crate::{
     ALL_KEYS, SqliteStore, USAGE_COLUMNS, from_sql_int, insert_usage, json_column, row, run,
     to_sql_int, unavailable, usage_from_row,
 };
-use crate::clock;
+use ferry_clock as clock;
 
 fn immediate(connection: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
     connection

@@ -35,8 +35,8 @@ use super::item::{
     self, Attributes, ItemBuilder, Key, get_i64, get_json, get_text, padded, unavailable,
 };
 use super::write::{Attempt, Change, VERSION, Version, Writes};
-use crate::clock;
 use crate::schema::{INDEX_SORT_KEY, PARTITION_KEY};
+use ferry_clock as clock;
 
 /// A closed hold is kept this long (DynamoDB's TTL deletes it after): long past any late or
 /// replayed settlement, which then finds the call's usage event anyway.

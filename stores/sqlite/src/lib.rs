@@ -1,5 +1,8 @@
-//! `SqliteStore`: the embedded store of `ferry serve`. One SQLite file in WAL mode, migrated on
-//! open. Calls run on tokio's blocking pool so a slow disk never stalls the async workers.
+//! `ferry-store-sqlite`: the embedded stores of `ferry serve` and of a function on one
+//! machine. `SqliteStore` keeps everything in one SQLite file in WAL mode, migrated on open; one
+//! connection, on a thread of its own (`thread`), runs every statement and commits the hot
+//! path's writes in groups, so a slow disk never stalls the async workers. `LocalObjectStore`
+//! (`objects`) is the object store: a directory.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +21,10 @@ use ferry_core::principal::Role;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 mod accounts;
+mod objects;
 mod thread;
+
+pub use objects::LocalObjectStore;
 
 use thread::StoreThread;
 
@@ -259,15 +265,15 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-pub(super) fn unavailable(error: impl std::fmt::Display) -> StoreError {
+pub(crate) fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-pub(super) fn to_sql_int(value: u64) -> i64 {
+pub(crate) fn to_sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-pub(super) fn from_sql_int(value: i64) -> u64 {
+pub(crate) fn from_sql_int(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
@@ -319,7 +325,7 @@ impl SqliteStore {
     }
 
     /// Runs `work` alone on the store's thread.
-    pub(super) async fn with<T, F>(&self, work: F) -> StoreResult<T>
+    pub(crate) async fn with<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
@@ -330,7 +336,7 @@ impl SqliteStore {
     /// Runs `work` inside the next group commit (see `thread.rs`); it must not manage
     /// transactions itself.
     /// As `grouped`, for new work that may be turned away when the store is overloaded.
-    pub(super) async fn grouped_unless_busy<T, F>(&self, work: F) -> StoreResult<T>
+    pub(crate) async fn grouped_unless_busy<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -340,7 +346,7 @@ impl SqliteStore {
             .await
     }
 
-    pub(super) async fn grouped<T, F>(&self, work: F) -> StoreResult<T>
+    pub(crate) async fn grouped<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -372,7 +378,7 @@ fn migrate(connection: &mut Connection) -> StoreResult<()> {
 
 /// Runs a statement through the connection's statement cache: the hot paths run the same few
 /// statements thousands of times a second, and parsing SQL each time was most of their cost.
-pub(super) fn run(
+pub(crate) fn run(
     connection: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
@@ -381,7 +387,7 @@ pub(super) fn run(
 }
 
 /// One row, through the statement cache.
-pub(super) fn row<T>(
+pub(crate) fn row<T>(
     connection: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
@@ -402,11 +408,11 @@ fn conflict_or_unavailable(what: &'static str) -> impl Fn(rusqlite::Error) -> St
     }
 }
 
-pub(super) fn is_constraint_violation(error: &rusqlite::Error) -> bool {
+pub(crate) fn is_constraint_violation(error: &rusqlite::Error) -> bool {
     matches!(error, rusqlite::Error::SqliteFailure(failure, _) if failure.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
-pub(super) fn json_column<T: serde::de::DeserializeOwned>(
+pub(crate) fn json_column<T: serde::de::DeserializeOwned>(
     row: &Row<'_>,
     index: usize,
 ) -> rusqlite::Result<T> {
@@ -487,10 +493,10 @@ fn model_from_row(row: &Row<'_>) -> rusqlite::Result<StoredModel> {
     })
 }
 
-pub(super) const USAGE_COLUMNS: &str = "request_id, tenant_id, key_id, model, deployment, endpoint, prompt_tokens, cached_tokens, \
+pub(crate) const USAGE_COLUMNS: &str = "request_id, tenant_id, key_id, model, deployment, endpoint, prompt_tokens, cached_tokens, \
      completion_tokens, cost_nanos, status, latency_ms, ttft_ms, created_at, cache_status, route, attempts";
 
-pub(super) fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
+pub(crate) fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     Ok(UsageRecord {
         request_id: row.get(0)?,
         tenant_id: row.get(1)?,
@@ -949,9 +955,9 @@ impl SharedCache for SqliteStore {
 /// Inserts a usage record; false when its request id is there already (replays are ignored,
 /// never doubled: the request id is the primary key).
 /// The rollup rows of all of a tenant's keys together (no key id is `*`).
-pub(super) const ALL_KEYS: &str = "*";
+pub(crate) const ALL_KEYS: &str = "*";
 
-pub(super) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusqlite::Result<bool> {
+pub(crate) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusqlite::Result<bool> {
     let inserted = run(connection,
         &format!(
             "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)

@@ -1,6 +1,5 @@
 //! The `Store` contract (tenants, keys, models), run against every adapter like
 //! `accounts.rs`: what one tenant or key does never shows through another's.
-#![allow(dead_code)]
 
 use ferry_core::Money;
 use ferry_core::admission::{Budget, BudgetPeriod, Enforcement};
@@ -13,7 +12,7 @@ use ferry_core::ports::{
 use ferry_core::principal::Role;
 use ferry_core::session::{Lifetime, SessionSubject};
 
-use super::new_store;
+use crate::Harness;
 
 fn tenant(id: &str) -> Tenant {
     Tenant {
@@ -70,9 +69,8 @@ fn unbilled_usage(request_id: &str, tenant_id: &str) -> UsageRecord {
     }
 }
 
-#[tokio::test]
-async fn tenants_and_keys_round_trip_and_stay_apart() {
-    let store = new_store().await;
+pub async fn tenants_and_keys_round_trip_and_stay_apart<H: Harness>() {
+    let store = H::new_store().await;
     store.create_tenant(&tenant("a")).await.unwrap();
     store.create_tenant(&tenant("b")).await.unwrap();
     assert_eq!(
@@ -117,9 +115,8 @@ async fn tenants_and_keys_round_trip_and_stay_apart() {
     assert_eq!(tenants, ["a", "b"]);
 }
 
-#[tokio::test]
-async fn a_tenants_policy_changes_alone() {
-    let store = new_store().await;
+pub async fn a_tenants_policy_changes_alone<H: Harness>() {
+    let store = H::new_store().await;
     store.create_tenant(&tenant("a")).await.unwrap();
     let limits = RateLimits {
         rpm: Some(60),
@@ -148,9 +145,8 @@ async fn a_tenants_policy_changes_alone() {
     assert!(listed[0].log_prompts, "listed with its policy too");
 }
 
-#[tokio::test]
-async fn operator_keys_are_listed_live_and_newest_first() {
-    let store = new_store().await;
+pub async fn operator_keys_are_listed_live_and_newest_first<H: Harness>() {
+    let store = H::new_store().await;
     store.create_tenant(&tenant("a")).await.unwrap();
     store.create_key(&key("old", None, 1)).await.unwrap();
     store.create_key(&key("new", None, 5)).await.unwrap();
@@ -170,9 +166,8 @@ async fn operator_keys_are_listed_live_and_newest_first() {
     assert_eq!(listed, ["new", "old"]);
 }
 
-#[tokio::test]
-async fn the_key_set_version_moves_with_every_key_creation_and_revocation() {
-    let store = new_store().await;
+pub async fn the_key_set_version_moves_with_every_key_creation_and_revocation<H: Harness>() {
+    let store = H::new_store().await;
     store.create_tenant(&tenant("a")).await.unwrap();
     let mut seen = vec![store.key_set_version().await.unwrap()];
     let mut expect_moved = |version: u64| {
@@ -194,9 +189,8 @@ async fn the_key_set_version_moves_with_every_key_creation_and_revocation() {
     assert_eq!(store.key_set_version().await.unwrap(), seen[3]);
 }
 
-#[tokio::test]
-async fn live_key_ids_leave_out_revoked_and_expired_keys() {
-    let store = new_store().await;
+pub async fn live_key_ids_leave_out_revoked_and_expired_keys<H: Harness>() {
+    let store = H::new_store().await;
     store.create_tenant(&tenant("a")).await.unwrap();
     store.create_tenant(&tenant("b")).await.unwrap();
     store.create_key(&key("op", None, 1)).await.unwrap();
@@ -216,9 +210,8 @@ async fn live_key_ids_leave_out_revoked_and_expired_keys() {
     assert_eq!(store.live_key_ids(99).await.unwrap(), ["b2"]);
 }
 
-#[tokio::test]
-async fn usage_is_recorded_once_per_request() {
-    let store = new_store().await;
+pub async fn usage_is_recorded_once_per_request<H: Harness>() {
+    let store = H::new_store().await;
     // Unbilled calls (no hold) are recorded as they come, once per request id.
     assert_eq!(
         store.settle(&unbilled_usage("r1", "a")).await.unwrap(),
@@ -244,9 +237,8 @@ async fn usage_is_recorded_once_per_request() {
     );
 }
 
-#[tokio::test]
-async fn models_keep_their_creation_time() {
-    let store = new_store().await;
+pub async fn models_keep_their_creation_time<H: Harness>() {
+    let store = H::new_store().await;
     let spec = |upstream: &str| -> ModelSpec {
         serde_json::from_value(serde_json::json!({
             "id": "m", "deployments": [{"id": "d", "upstream": {"url": "http://x/v1", "model": upstream}}]
@@ -264,9 +256,8 @@ async fn models_keep_their_creation_time() {
     assert!(store.list_models().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn the_shared_cache_keeps_fresh_entries_by_key() {
-    let store = new_store().await;
+pub async fn the_shared_cache_keeps_fresh_entries_by_key<H: Harness>() {
+    let store = H::new_store().await;
     let key = |tenant: &str| {
         CacheKey::of(
             tenant,
@@ -305,9 +296,8 @@ async fn the_shared_cache_keeps_fresh_entries_by_key() {
     assert_eq!(found, Some(newer));
 }
 
-#[tokio::test]
-async fn tenants_come_a_page_at_a_time_by_id_and_can_be_searched() {
-    let store = new_store().await;
+pub async fn tenants_come_a_page_at_a_time_by_id_and_can_be_searched<H: Harness>() {
+    let store = H::new_store().await;
     for id in ["ten_e", "ten_a", "ten_c", "ten_b", "ten_d"] {
         store.create_tenant(&tenant(id)).await.unwrap();
     }
@@ -350,9 +340,8 @@ async fn tenants_come_a_page_at_a_time_by_id_and_can_be_searched() {
     assert!(none.items.is_empty() && none.next.is_none());
 }
 
-#[tokio::test]
-async fn a_tenants_keys_come_a_page_at_a_time_newest_first_and_only_its_own() {
-    let store = new_store().await;
+pub async fn a_tenants_keys_come_a_page_at_a_time_newest_first_and_only_its_own<H: Harness>() {
+    let store = H::new_store().await;
     store.create_tenant(&tenant("a")).await.unwrap();
     store.create_tenant(&tenant("b")).await.unwrap();
     // Two keys share a creation second: the order still holds each once.
@@ -409,9 +398,8 @@ fn session(id_hash: &str, now: u64) -> SessionRecord {
     )
 }
 
-#[tokio::test]
-async fn sessions_are_found_by_hash_touched_forward_and_gone_once_deleted() {
-    let store = new_store().await;
+pub async fn sessions_are_found_by_hash_touched_forward_and_gone_once_deleted<H: Harness>() {
+    let store = H::new_store().await;
     let now = 1_900_000_000;
     store.create_session(&session("h1", now)).await.unwrap();
     store.create_session(&session("h2", now)).await.unwrap();

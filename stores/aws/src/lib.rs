@@ -2,7 +2,6 @@
 //! DynamoDB table, and [`S3ObjectStore`] the object store on a bucket. The table's design is in
 //! `ARCHITECTURE.md`; [`schema`] holds the names the Terraform must agree with.
 
-mod clock;
 mod dynamo;
 mod s3;
 pub mod schema;
