@@ -1,5 +1,5 @@
 //! The edge library against an in-memory store and a loopback origin: the real functions router
-//! (SQLite, a counting backend) served on 127.0.0.1, with an edge secret. Hits are answered at
+//! (SQLite, the test kit's fake backend) served on 127.0.0.1, with an edge secret. Hits are answered at
 //! the edge without the origin, kept per credential, replayed as SSE, and billed once at the
 //! cache-hit price even when a report is sent twice.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -7,55 +7,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use ferry_core::edge::{self, Grant, HitReport};
-use ferry_core::ports::{Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 use ferry_edge::{Edge, EdgeConfig, EdgeError, KeyValue, MemoryKv, Message, Origin, Step};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
-use ferry_functions::auth::{AuthConfig, Authenticator};
-use ferry_functions::cache::{DEFAULT_CAPACITY_BYTES, ResponseCache};
 use ferry_functions::edge::EdgeKeys;
-use ferry_functions::store::SqliteStore;
-use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use ferry_functions::testing::FakeUpstream;
+use ferry_functions::{AppState, RouterConfig};
+use ferry_store_sqlite::SqliteStore;
 use serde_json::{Value, json};
 
 const SECRET: &[u8] = b"the edge secret for these tests, long enough";
-
-/// A backend that answers "Paris is the capital." and counts its calls.
-#[derive(Default)]
-struct CountingUpstream {
-    calls: AtomicUsize,
-}
-
-#[async_trait]
-impl Upstream for CountingUpstream {
-    async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if call.stream {
-            let events = [
-                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up",
-                       "choices": [{"index": 0, "delta": {"content": "streamed"}, "finish_reason": "stop"}]}),
-                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up",
-                       "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9}}),
-            ];
-            let mut frames: Vec<Result<Bytes, UpstreamError>> = events
-                .iter()
-                .map(|event| Ok(Bytes::from(format!("data: {event}\n\n"))))
-                .collect();
-            frames.push(Ok(Bytes::from("data: [DONE]\n\n")));
-            return Ok(UpstreamReply::Stream(Box::pin(futures_util::stream::iter(
-                frames,
-            ))));
-        }
-        Ok(UpstreamReply::Complete(json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris is the capital."},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13},
-        })))
-    }
-}
 
 /// The origin over real HTTP on loopback; counts what reaches it.
 struct Loopback {
@@ -120,7 +81,7 @@ impl Origin for Loopback {
 
 struct World {
     origin: Loopback,
-    upstream: Arc<CountingUpstream>,
+    upstream: Arc<FakeUpstream>,
     edge: Edge<MemoryKv>,
     operator_key: String,
     /// How far the edge's clock is ahead of the real one.
@@ -141,22 +102,11 @@ impl World {
         else {
             unreachable!("a new store has no operator key");
         };
-        let upstream = Arc::new(CountingUpstream::default());
-        let state = AppState {
-            breakers: Default::default(),
-            metrics: Default::default(),
-            store: store.clone(),
-            accounts: store.clone(),
-            upstream: upstream.clone(),
-            auth: Arc::new(
-                Authenticator::new(store, AuthConfig::default(), reqwest::Client::new()).unwrap(),
-            ),
-            money: MoneyConfig::default(),
-            cache: ResponseCache::new(DEFAULT_CAPACITY_BYTES),
-            edge: Some(
-                EdgeKeys::new(SECRET, b"the origin's own grant key, 32 bytes or more").unwrap(),
-            ),
-        };
+        // The test kit's fake: "Paris is the capital." for the model `paris`.
+        let upstream = FakeUpstream::new();
+        let mut state = AppState::for_tests(store, upstream.clone());
+        state.edge =
+            Some(EdgeKeys::new(SECRET, b"the origin's own grant key, 32 bytes or more").unwrap());
         let router = ferry_functions::router(state, &RouterConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -183,7 +133,7 @@ impl World {
         };
         let model = json!({
             "id": "m",
-            "deployments": [{"id": "d", "upstream": {"url": "http://backend.invalid/v1", "model": "up"}}],
+            "deployments": [{"id": "d", "upstream": {"url": "http://backend.invalid/v1", "model": "paris"}}],
             "price": {"input_per_mtok_usd": "1", "output_per_mtok_usd": "2", "per_call_usd": "0.001",
                       "cache_hit_usd": "0.0001"},
         });
@@ -342,7 +292,7 @@ async fn a_hit_is_answered_at_the_edge_and_billed_once_at_the_hit_price() {
         world.origin.requests.load(Ordering::SeqCst),
         origin_requests
     );
-    assert_eq!(world.upstream.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(world.upstream.count(), 1);
 
     // Not yet billed: the hit waits for the report.
     let before = world.balance(&acme).await;

@@ -5,102 +5,31 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use bytes::Bytes;
-use ferry_core::ports::{Upstream, UpstreamCall, UpstreamError, UpstreamReply};
-use ferry_core::sse::SseParser;
-use ferry_functions::admin::{OperatorKey, ensure_operator_key};
-use ferry_functions::auth::{AuthConfig, Authenticator};
+use axum::http::{Method, StatusCode};
 use ferry_functions::cache::{DEFAULT_CAPACITY_BYTES, ResponseCache};
-use ferry_functions::store::SqliteStore;
-use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use ferry_functions::testing::{self, FakeUpstream, TestApp};
+use ferry_functions::{AppState, RouterConfig};
+use ferry_store_sqlite::SqliteStore;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-/// A backend that answers "Paris is the capital." and counts its calls. Prompts starting
-/// with `fail` get a 500; streamed prompts starting with `cut` stop before `[DONE]`; prompts
-/// starting with `uncounted` get an answer without usage.
-#[derive(Default)]
-struct CountingUpstream {
-    calls: AtomicUsize,
+struct Ferry {
+    test: TestApp,
+    cache: Arc<ResponseCache>,
+    store: Arc<SqliteStore>,
+    upstream: Arc<FakeUpstream>,
 }
 
-#[async_trait]
-impl Upstream for CountingUpstream {
-    async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        // Long enough for concurrent identical calls to find this one in flight.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let prompt = call.body["messages"][0]["content"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if prompt.starts_with("fail") {
-            return Err(UpstreamError::Status {
-                status: 500,
-                message: "boom".into(),
-                retry_after_seconds: None,
-            });
-        }
-        let usage = json!({"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13});
-        if prompt.starts_with("uncounted") {
-            return Ok(UpstreamReply::Complete(json!({
-                "id": "chatcmpl-0", "object": "chat.completion", "created": 1, "model": "up",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "?"},
-                             "finish_reason": "stop"}],
-            })));
-        }
-        if !call.stream {
-            return Ok(UpstreamReply::Complete(json!({
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris is the capital."},
-                             "finish_reason": "stop"}],
-                "usage": usage,
-            })));
-        }
-        let chunk = |delta: Value, finish: Value| {
-            json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": "up",
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        };
-        let mut events = vec![
-            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-            chunk(json!({"content": "Paris is "}), Value::Null),
-            chunk(json!({"content": "the capital."}), Value::Null),
-            chunk(json!({}), json!("stop")),
-            json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": "up",
-                   "choices": [], "usage": usage}),
-        ]
-        .into_iter()
-        .map(|event| format!("data: {event}\n\n"))
-        .collect::<Vec<_>>();
-        if prompt.starts_with("cut") {
-            events.truncate(2);
-        } else {
-            events.push("data: [DONE]\n\n".into());
-        }
-        let stream = futures_util::stream::iter(
-            events
-                .into_iter()
-                .map(|event| Ok::<_, UpstreamError>(Bytes::from(event))),
-        );
-        Ok(UpstreamReply::Stream(Box::pin(stream)))
+impl std::ops::Deref for Ferry {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.test
     }
 }
 
-struct Ferry {
-    app: Router,
-    cache: Arc<ResponseCache>,
-    store: Arc<SqliteStore>,
-    upstream: Arc<CountingUpstream>,
-    operator_key: String,
-}
-
+/// What a call came back with, as these tests read it.
 struct Answer {
     status: StatusCode,
     cache: String,
@@ -111,18 +40,43 @@ struct Answer {
     finished: bool,
 }
 
+impl From<testing::Answer> for Answer {
+    fn from(answer: testing::Answer) -> Answer {
+        let streamed = (!answer.events.is_empty()).then(|| {
+            (
+                answer.text(),
+                answer.usage().cloned().unwrap_or(Value::Null),
+            )
+        });
+        Answer {
+            status: answer.status,
+            cache: answer
+                .header("x-ferry-cache")
+                .unwrap_or_default()
+                .to_owned(),
+            body: answer.body,
+            streamed,
+            finished: answer.finished,
+        }
+    }
+}
+
 impl Ferry {
+    /// Ferry before a backend that answers "Paris is the capital.", each answer 100 ms late:
+    /// long enough for identical calls to find one in flight.
     async fn start() -> Ferry {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let OperatorKey::Generated(operator_key) =
-            ensure_operator_key(store.as_ref(), None).await.unwrap()
-        else {
-            unreachable!("a new store has no operator key");
+        let upstream = FakeUpstream::slow(Duration::from_millis(100));
+        let state = Ferry::state(&store, &upstream);
+        let ferry = Ferry {
+            cache: state.cache.clone(),
+            test: TestApp::start(state, &RouterConfig::default()).await,
+            store,
+            upstream,
         };
-        let ferry = Ferry::replica(store, Arc::default(), operator_key);
         let model = json!({
             "id": "m",
-            "deployments": [{"id": "d", "upstream": {"url": "http://backend.invalid/v1", "model": "up"}}],
+            "deployments": [{"id": "d", "upstream": {"url": "http://backend.invalid/v1", "model": "paris"}}],
             "price": {"input_per_mtok_usd": "1", "output_per_mtok_usd": "2", "per_call_usd": "0.001",
                       "cache_hit_usd": "0.0001"},
         });
@@ -133,95 +87,34 @@ impl Ferry {
         ferry
     }
 
+    /// Test state with the shared level of the response cache in the store.
+    fn state(store: &Arc<SqliteStore>, upstream: &Arc<FakeUpstream>) -> AppState {
+        let mut state = AppState::for_tests(store.clone(), upstream.clone());
+        state.cache = ResponseCache::with_shared(DEFAULT_CAPACITY_BYTES, store.clone());
+        state
+    }
+
     /// Another gateway on the same store and backend, with a response cache of its own in
     /// front of the shared level.
     fn replica(
         store: Arc<SqliteStore>,
-        upstream: Arc<CountingUpstream>,
+        upstream: Arc<FakeUpstream>,
         operator_key: String,
     ) -> Ferry {
-        let state = AppState {
-            breakers: Default::default(),
-            metrics: Default::default(),
-            store: store.clone(),
-            accounts: store.clone(),
-            upstream: upstream.clone(),
-            auth: Arc::new(
-                Authenticator::new(store.clone(), AuthConfig::default(), reqwest::Client::new())
-                    .unwrap(),
-            ),
-            money: MoneyConfig::default(),
-            cache: ResponseCache::with_shared(DEFAULT_CAPACITY_BYTES, store.clone()),
-            edge: None,
-        };
+        let state = Ferry::state(&store, &upstream);
         Ferry {
             cache: state.cache.clone(),
-            app: ferry_functions::router(state, &RouterConfig::default()),
+            test: TestApp::over(state, &RouterConfig::default(), operator_key),
             store,
             upstream,
-            operator_key,
         }
     }
 
     async fn send(&self, path: &str, key: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
-        let mut request = Request::post(path)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::AUTHORIZATION, format!("Bearer {key}"));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        self.test
+            .call(Method::POST, path, Some(key), body, headers)
             .await
-            .unwrap();
-        let status = response.status();
-        let cache = response
-            .headers()
-            .get("x-ferry-cache")
-            .map(|value| value.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let is_stream = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|value| value == "text/event-stream");
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        if is_stream {
-            let mut parser = SseParser::new();
-            let events = parser.feed(&bytes);
-            let finished = events.last().is_some_and(|event| event.is_done());
-            let chunks: Vec<Value> = events
-                .iter()
-                .filter(|event| !event.is_done())
-                .map(|event| serde_json::from_str(&event.data).unwrap())
-                .collect();
-            let text: String = chunks
-                .iter()
-                .filter_map(|chunk| chunk.pointer("/choices/0/delta/content"))
-                .filter_map(Value::as_str)
-                .collect();
-            let usage = chunks
-                .iter()
-                .find_map(|chunk| chunk.get("usage").cloned())
-                .unwrap_or(Value::Null);
-            return Answer {
-                status,
-                cache,
-                body: Value::Null,
-                streamed: Some((text, usage)),
-                finished,
-            };
-        }
-        Answer {
-            status,
-            cache,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            streamed: None,
-            finished: false,
-        }
+            .into()
     }
 
     /// A tenant with credit and a member key.
@@ -259,31 +152,13 @@ impl Ferry {
     }
 
     async fn events(&self, tenant: &str) -> Vec<Value> {
-        let response = self
-            .app
-            .clone()
-            .oneshot(
-                Request::get(format!("/admin/v1/tenants/{tenant}/usage/events"))
-                    .header(
-                        header::AUTHORIZATION,
-                        format!("Bearer {}", self.operator_key),
-                    )
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        serde_json::from_slice::<Value>(&bytes).unwrap()["data"]
-            .as_array()
-            .unwrap()
-            .clone()
+        let path = format!("/admin/v1/tenants/{tenant}/usage/events");
+        let answer = self.test.get(&path, Some(&self.operator_key)).await;
+        answer.body["data"].as_array().unwrap().clone()
     }
 
     fn upstream_calls(&self) -> usize {
-        self.upstream.calls.load(Ordering::SeqCst)
+        self.upstream.count()
     }
 }
 
@@ -535,7 +410,7 @@ async fn a_replica_answers_from_what_another_kept_in_the_shared_level() {
     let second = two.ask(&key, "shared?", json!({})).await;
     assert_eq!(second.cache, "HIT");
     assert_eq!(second.body["choices"], first.body["choices"]);
-    assert_eq!(one.upstream.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(one.upstream.count(), 1);
     // Billed on the second replica at the hit price.
     let events = one.events(&tenant).await;
     let statuses: Vec<&str> = events

@@ -8,22 +8,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use ferry_core::ledger::Posting;
 use ferry_core::model::ModelSpec;
-use ferry_core::ports::{
-    Accounts, Billing, PostRequest, Store, Tenant, Upstream, UpstreamCall, UpstreamError,
-    UpstreamReply,
-};
+use ferry_core::ports::{Accounts, Billing, PostRequest, Store, Tenant};
 use ferry_core::principal::Credential;
 use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
-use ferry_functions::store::SqliteStore;
-use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use ferry_functions::testing::{Answer, FakeUpstream, TestApp};
+use ferry_functions::{AppState, RouterConfig};
+use ferry_store_sqlite::SqliteStore;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::elliptic_curve::Generate;
 use p256::elliptic_curve::sec1::ToSec1Point;
@@ -31,7 +27,6 @@ use p256::pkcs8::EncodePrivateKey;
 use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const ISSUER: &str = "https://idp.example.test/";
 const AUDIENCE: &str = "ferry-gateway";
@@ -210,32 +205,18 @@ impl IdentityProvider {
 // ---------------------------------------------------------------------------------------------
 // Ferry, with OIDC enabled and one tenant that has a model.
 
-/// A backend that answers every chat call with the same short answer.
-struct HelloBackend;
-
-#[async_trait]
-impl Upstream for HelloBackend {
-    async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
-        Ok(UpstreamReply::Complete(json!({
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
-            "created": 1,
-            "model": call.body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-        })))
-    }
-}
-
 struct Ferry {
-    app: Router,
+    test: TestApp,
     idp: IdentityProvider,
     store: Arc<SqliteStore>,
 }
 
-struct Answer {
-    status: StatusCode,
-    body: Value,
+impl std::ops::Deref for Ferry {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.test
+    }
 }
 
 impl Ferry {
@@ -290,52 +271,17 @@ impl Ferry {
             reqwest::Client::builder().no_proxy().build().unwrap(),
         )
         .unwrap();
-        let state = AppState {
-            breakers: Default::default(),
-            metrics: Default::default(),
-            store: store.clone(),
-            accounts: store.clone(),
-            upstream: Arc::new(HelloBackend),
-            auth: Arc::new(auth),
-            money: MoneyConfig::default(),
-            cache: ferry_functions::cache::ResponseCache::new(
-                ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
-            ),
-            edge: None,
-        };
+        let mut state = AppState::for_tests(store.clone(), FakeUpstream::new());
+        state.auth = Arc::new(auth);
         Ferry {
-            app: ferry_functions::router(state, &RouterConfig::default()),
+            test: TestApp::start(state, &RouterConfig::default()).await,
             idp,
             store,
         }
     }
 
     async fn get(&self, path: &str, token: &str) -> Answer {
-        let request = Request::get(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Body::empty())
-            .unwrap();
-        self.send(request).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: &Value) -> Answer {
-        let request = Request::post(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        self.send(request).await
-    }
-
-    async fn send(&self, request: Request<Body>) -> Answer {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Answer { status, body }
+        self.test.get(path, Some(token)).await
     }
 
     /// The probe: `GET /v1/models`, which needs an authenticated caller.

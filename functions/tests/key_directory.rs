@@ -17,7 +17,7 @@ use ferry_core::ports::{
 };
 use ferry_core::principal::Role;
 use ferry_functions::auth::{AuthConfig, Authenticator};
-use ferry_functions::store::SqliteStore;
+use ferry_store_sqlite::SqliteStore;
 
 /// A real SQLite store that counts the reads the authenticator may make.
 struct Counting {

@@ -6,20 +6,17 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use ferry_core::Money;
-use ferry_core::ports::{Accounts, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
-use ferry_functions::admin::{OperatorKey, ensure_operator_key};
+use ferry_core::ports::Accounts;
 use ferry_functions::auth::{AuthConfig, Authenticator};
-use ferry_functions::store::SqliteStore;
+use ferry_functions::testing::{Answer, FakeUpstream, TestApp};
 use ferry_functions::{AppState, MoneyConfig, RouterConfig};
-use futures_util::StreamExt as _;
+use ferry_store_sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -27,78 +24,20 @@ use tower::ServiceExt;
 const ALLOWED_UPSTREAM_MODEL: &str = "org/allowed-7b-instruct";
 
 // ---------------------------------------------------------------------------------------------
-// A fake model backend that remembers what it was asked.
-
-#[derive(Default)]
-struct RecordingUpstream {
-    calls: Mutex<Vec<UpstreamCall>>,
-}
-
-impl RecordingUpstream {
-    fn calls(&self) -> Vec<UpstreamCall> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-#[async_trait]
-impl Upstream for RecordingUpstream {
-    async fn call(&self, call: UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
-        let model = call.body["model"].clone();
-        let stream = call.body["stream"] == true;
-        let endless = call.body["user"] == "endless-stream";
-        self.calls.lock().unwrap().push(call);
-        if stream && endless {
-            // Chunks as fast as they are taken, never a last one.
-            let chunk = format!(
-                "data: {}\n\n",
-                json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
-                    "choices": [{"index": 0, "delta": {"content": "la "}, "finish_reason": null}]})
-            );
-            return Ok(UpstreamReply::Stream(Box::pin(
-                futures_util::stream::repeat_with(move || Ok(bytes::Bytes::from(chunk.clone()))),
-            )));
-        }
-        if stream {
-            // One chunk, then a stream that stays open until its reader goes.
-            let chunk = format!(
-                "data: {}\n\n",
-                json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]})
-            );
-            let first = futures_util::stream::once(async move { Ok(bytes::Bytes::from(chunk)) });
-            return Ok(UpstreamReply::Stream(Box::pin(
-                first.chain(futures_util::stream::pending()),
-            )));
-        }
-        Ok(UpstreamReply::Complete(json!({
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
-            "created": 1_700_000_000,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": "Hello!"},
-                "finish_reason": "stop",
-            }],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-        })))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Ferry, its operator, and one tenant with a member key.
 
 struct Ferry {
-    app: Router,
+    test: TestApp,
     store: Arc<SqliteStore>,
-    upstream: Arc<RecordingUpstream>,
-    operator_key: String,
+    upstream: Arc<FakeUpstream>,
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
+impl std::ops::Deref for Ferry {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.test
+    }
 }
 
 impl Ferry {
@@ -112,91 +51,35 @@ impl Ferry {
 
     async fn start_configured(config: RouterConfig, money: MoneyConfig) -> Ferry {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let OperatorKey::Generated(operator_key) =
-            ensure_operator_key(store.as_ref(), None).await.unwrap()
-        else {
-            unreachable!("a new store has no operator key yet");
-        };
+        let upstream = FakeUpstream::new();
+        let mut state = AppState::for_tests(store.clone(), upstream.clone());
         // A long cache: revocation must take effect through `forget_key`, not by expiry.
-        let auth = Authenticator::new(
-            store.clone(),
-            AuthConfig {
-                key_cache_ttl: Duration::from_secs(300),
-                ..AuthConfig::default()
-            },
-            reqwest::Client::new(),
-        )
-        .unwrap();
-        let upstream = Arc::new(RecordingUpstream::default());
-        let state = AppState {
-            breakers: Default::default(),
-            metrics: Default::default(),
-            store: store.clone(),
-            accounts: store.clone(),
-            upstream: upstream.clone(),
-            auth: Arc::new(auth),
-            money,
-            cache: ferry_functions::cache::ResponseCache::new(
-                ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
-            ),
-            edge: None,
-        };
+        state.auth = Arc::new(
+            Authenticator::new(
+                store.clone(),
+                AuthConfig {
+                    key_cache_ttl: Duration::from_secs(300),
+                    ..AuthConfig::default()
+                },
+                reqwest::Client::new(),
+            )
+            .unwrap(),
+        );
+        state.money = money;
         Ferry {
-            app: ferry_functions::router(state, &config),
+            test: TestApp::start(state, &config).await,
             store,
             upstream,
-            operator_key,
         }
-    }
-
-    async fn send(&self, request: Request<Body>) -> Answer {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Body) -> Answer {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::CONTENT_TYPE, "application/json");
-        if let Some(key) = key {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
-        }
-        self.send(request.body(body).unwrap()).await
-    }
-
-    async fn get(&self, path: &str, key: Option<&str>) -> Answer {
-        self.call(Method::GET, path, key, Body::empty()).await
-    }
-
-    async fn post(&self, path: &str, key: &str, body: &Value) -> Answer {
-        self.post_raw(path, key, serde_json::to_vec(body).unwrap())
-            .await
     }
 
     async fn post_raw(&self, path: &str, key: &str, bytes: Vec<u8>) -> Answer {
-        self.call(Method::POST, path, Some(key), Body::from(bytes))
-            .await
-    }
-
-    async fn delete(&self, path: &str, key: &str) -> Answer {
-        self.call(Method::DELETE, path, Some(key), Body::empty())
-            .await
+        let request = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .body(Body::from(bytes))
+            .unwrap();
+        self.send(request).await
     }
 
     /// The operator's setup: tenant `Acme`, models `allowed` (priced) and `other`, and a member
@@ -862,7 +745,7 @@ async fn the_wrong_method_on_a_known_route_is_a_json_405() {
     ];
     for (method, path) in wrong {
         let answer = ferry
-            .call(method, path, Some(&ferry.operator_key), Body::empty())
+            .call(method, path, Some(&ferry.operator_key), &Value::Null, &[])
             .await;
         let error = assert_openai_error(&answer, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(error["type"], "invalid_request_error", "{path}");

@@ -7,68 +7,31 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{Request, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use axum::http::{Method, StatusCode};
 use ferry_core::Money;
-use ferry_core::sse::SseParser;
-use ferry_functions::admin::{OperatorKey, ensure_operator_key};
-use ferry_functions::auth::{AuthConfig, Authenticator};
-use ferry_functions::cache::{DEFAULT_CAPACITY_BYTES, ResponseCache};
-use ferry_functions::store::SqliteStore;
+use ferry_functions::testing::{self, FakeUpstream, Fault, TestApp};
 use ferry_functions::upstream::{HttpUpstream, UpstreamConfig};
-use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use ferry_functions::{AppState, RouterConfig};
+use ferry_store_sqlite::SqliteStore;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 // ---------------------------------------------------------------------------------------------
-// Backends that fail on cue.
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    None,
-    Status(u16),
-    TooMany {
-        retry_after_seconds: u64,
-    },
-    /// The answer (or a stream's first event) comes this late.
-    SlowFirstByte(Duration),
-    /// A stream that breaks off after two content events.
-    CutStream,
-}
+// Backends that fail on cue: the test kit's fake, served over HTTP, answering "from <name>".
 
 struct Backend {
     name: &'static str,
     url: String,
-    /// Faults for the next calls, in order; then `otherwise`.
-    script: Mutex<VecDeque<Fault>>,
-    otherwise: Mutex<Fault>,
-    calls: AtomicUsize,
+    fake: Arc<FakeUpstream>,
 }
 
 impl Backend {
     async fn start(name: &'static str) -> Arc<Backend> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend = Arc::new(Backend {
-            name,
-            url: format!("http://{}/v1", listener.local_addr().unwrap()),
-            script: Mutex::default(),
-            otherwise: Mutex::new(Fault::None),
-            calls: AtomicUsize::new(0),
-        });
-        let app = Router::new()
-            .route("/v1/chat/completions", axum::routing::post(answer))
-            .with_state(backend.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        backend
+        let fake = FakeUpstream::named(name);
+        let url = fake.serve().await;
+        Arc::new(Backend { name, url, fake })
     }
 
     /// A backend address nothing listens on: connections are refused.
@@ -79,104 +42,21 @@ impl Backend {
         Arc::new(Backend {
             name,
             url,
-            script: Mutex::default(),
-            otherwise: Mutex::new(Fault::None),
-            calls: AtomicUsize::new(0),
+            fake: FakeUpstream::named(name),
         })
     }
 
     fn then(&self, faults: &[Fault]) {
-        self.script.lock().unwrap().extend(faults);
+        self.fake.then(faults);
     }
 
     fn always(&self, fault: Fault) {
-        *self.otherwise.lock().unwrap() = fault;
+        self.fake.always(fault);
     }
 
     fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+        self.fake.count()
     }
-}
-
-async fn answer(State(backend): State<Arc<Backend>>, body: axum::Json<Value>) -> Response {
-    backend.calls.fetch_add(1, Ordering::SeqCst);
-    let fault = backend
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or(*backend.otherwise.lock().unwrap());
-    let stream = body["stream"].as_bool().unwrap_or(false);
-    let error = |status: u16| {
-        (
-            StatusCode::from_u16(status).unwrap(),
-            axum::Json(json!({"error": {"message": format!("{} failed", backend.name), "type": "server_error"}})),
-        )
-            .into_response()
-    };
-    match fault {
-        Fault::Status(status) => return error(status),
-        Fault::TooMany {
-            retry_after_seconds,
-        } => {
-            let mut response = error(429);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, retry_after_seconds.into());
-            return response;
-        }
-        Fault::SlowFirstByte(delay) if !stream => tokio::time::sleep(delay).await,
-        _ => {}
-    }
-    let text = ["from ", backend.name];
-    let usage = json!({"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10});
-    if !stream {
-        return axum::Json(json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text.concat()},
-                         "finish_reason": "stop"}],
-            "usage": usage,
-        }))
-        .into_response();
-    }
-    let chunk = |delta: Value, finish: Value| {
-        Bytes::from(format!(
-            "data: {}\n\n",
-            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "up",
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        ))
-    };
-    let mut events: Vec<Result<Bytes, std::io::Error>> = text
-        .iter()
-        .map(|piece| Ok(chunk(json!({"content": piece}), Value::Null)))
-        .collect();
-    if fault == Fault::CutStream {
-        events.push(Err(std::io::Error::other("the backend died")));
-    } else {
-        events.push(Ok(chunk(json!({}), json!("stop"))));
-        events.push(Ok(Bytes::from(format!(
-            "data: {}\n\ndata: [DONE]\n\n",
-            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
-                   "model": "up", "choices": [], "usage": usage})
-        ))));
-    }
-    let delay = match fault {
-        Fault::SlowFirstByte(delay) => delay,
-        _ => Duration::ZERO,
-    };
-    let body = futures_util::stream::unfold(
-        (events.into_iter(), delay),
-        |(mut events, delay)| async move {
-            tokio::time::sleep(delay).await;
-            // Each event on its own, a little apart, as a generating backend sends them.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            events.next().map(|event| (event, (events, Duration::ZERO)))
-        },
-    );
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .body(Body::from_stream(body))
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,12 +65,20 @@ async fn answer(State(backend): State<Arc<Backend>>, body: axum::Json<Value>) ->
 const METRICS_TOKEN: &str = "scraper-token-0123456789";
 
 struct Ferry {
-    app: Router,
-    operator_key: String,
+    test: TestApp,
     tenant: String,
     key: String,
 }
 
+impl std::ops::Deref for Ferry {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.test
+    }
+}
+
+/// What a call came back with, as these tests read it.
 struct Answer {
     status: StatusCode,
     retry_after: Option<String>,
@@ -199,37 +87,31 @@ struct Answer {
     streamed: Option<(String, bool, Value)>,
 }
 
+impl From<testing::Answer> for Answer {
+    fn from(answer: testing::Answer) -> Answer {
+        let streamed = (!answer.events.is_empty()).then(|| {
+            let last = answer.events.last().cloned().unwrap_or(Value::Null);
+            (answer.text(), answer.finished, last)
+        });
+        Answer {
+            status: answer.status,
+            retry_after: answer.header("retry-after").map(str::to_owned),
+            body: answer.body,
+            streamed,
+        }
+    }
+}
+
 impl Ferry {
     async fn start() -> Ferry {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let OperatorKey::Generated(operator_key) =
-            ensure_operator_key(store.as_ref(), None).await.unwrap()
-        else {
-            unreachable!("a new store has no operator key");
-        };
-        let state = AppState {
-            breakers: Default::default(),
-            metrics: Default::default(),
-            store: store.clone(),
-            accounts: store.clone(),
-            upstream: Arc::new(HttpUpstream::new(UpstreamConfig::default()).unwrap()),
-            auth: Arc::new(
-                Authenticator::new(store.clone(), AuthConfig::default(), reqwest::Client::new())
-                    .unwrap(),
-            ),
-            money: MoneyConfig::default(),
-            cache: ResponseCache::new(DEFAULT_CAPACITY_BYTES),
-            edge: None,
+        let upstream = Arc::new(HttpUpstream::new(UpstreamConfig::default()).unwrap());
+        let config = RouterConfig {
+            metrics_token: Some(METRICS_TOKEN.into()),
+            ..RouterConfig::default()
         };
         let mut ferry = Ferry {
-            app: ferry_functions::router(
-                state,
-                &RouterConfig {
-                    metrics_token: Some(METRICS_TOKEN.into()),
-                    ..RouterConfig::default()
-                },
-            ),
-            operator_key,
+            test: TestApp::start(AppState::for_tests(store, upstream), &config).await,
             tenant: String::new(),
             key: String::new(),
         };
@@ -291,59 +173,12 @@ impl Ferry {
         body: Value,
         cache_control: &str,
     ) -> Answer {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::AUTHORIZATION, format!("Bearer {key}"))
-            .header(header::CACHE_CONTROL, cache_control)
-            .body(if body.is_null() {
-                Body::empty()
-            } else {
-                Body::from(body.to_string())
-            })
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .map(|value| value.to_str().unwrap().to_owned());
-        let is_stream = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|value| value == "text/event-stream");
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let headers = [("cache-control", cache_control)];
+        self.test
+            .call(method, path, Some(key), &body, &headers)
             .await
-            .unwrap();
-        if is_stream {
-            let events = SseParser::new().feed(&bytes);
-            let done = events.last().is_some_and(|event| event.is_done());
-            let chunks: Vec<Value> = events
-                .iter()
-                .filter(|event| !event.is_done())
-                .map(|event| serde_json::from_str(&event.data).unwrap())
-                .collect();
-            let text = chunks
-                .iter()
-                .filter_map(|chunk| chunk.pointer("/choices/0/delta/content"))
-                .filter_map(Value::as_str)
-                .collect();
-            let last = chunks.last().cloned().unwrap_or(Value::Null);
-            return Answer {
-                status,
-                retry_after,
-                body: Value::Null,
-                streamed: Some((text, done, last)),
-            };
-        }
-        Answer {
-            status,
-            retry_after,
-            body: serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
-            streamed: None,
-        }
+            .into()
     }
 
     async fn chat(&self, model: &str, stream: bool) -> Answer {

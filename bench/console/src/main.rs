@@ -24,8 +24,8 @@ use ferry_core::ports::{
 };
 use ferry_core::principal::Role;
 use ferry_functions::auth::{AuthConfig, Authenticator};
-use ferry_functions::store::{SqliteOptions, SqliteStore};
-use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use ferry_functions::{AppState, RouterConfig};
+use ferry_store_sqlite::{SqliteOptions, SqliteStore};
 use futures_util::StreamExt as _;
 
 const TENANT: &str = "ten_bench";
@@ -320,19 +320,8 @@ async fn main() -> anyhow::Result<()> {
     let (admin_key, key_ids) = seed(&store, &args, now).await?;
 
     let auth = Authenticator::new(store.clone(), AuthConfig::default(), reqwest::Client::new())?;
-    let state = AppState {
-        breakers: Default::default(),
-        metrics: Default::default(),
-        store: store.clone(),
-        accounts: store.clone(),
-        upstream: Arc::new(NoBackend),
-        auth: Arc::new(auth),
-        money: MoneyConfig::default(),
-        cache: ferry_functions::cache::ResponseCache::new(
-            ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
-        ),
-        edge: None,
-    };
+    let mut state = AppState::for_tests(store.clone(), Arc::new(NoBackend));
+    state.auth = Arc::new(auth);
     let app = ferry_functions::router(state, &RouterConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

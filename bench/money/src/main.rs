@@ -19,8 +19,8 @@ use ferry_core::billing;
 use ferry_core::ports::{Accounts, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator};
-use ferry_functions::store::{Durability, SqliteOptions, SqliteStore};
-use ferry_functions::{AppState, MoneyConfig, RouterConfig};
+use ferry_functions::{AppState, RouterConfig};
+use ferry_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -119,19 +119,8 @@ async fn set_up(
         },
         reqwest::Client::new(),
     )?;
-    let state = AppState {
-        breakers: Default::default(),
-        metrics: Default::default(),
-        store: store.clone(),
-        accounts: store.clone(),
-        upstream: Arc::new(InstantBackend),
-        auth: Arc::new(auth),
-        money: MoneyConfig::default(),
-        cache: ferry_functions::cache::ResponseCache::new(
-            ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
-        ),
-        edge: None,
-    };
+    let mut state = AppState::for_tests(store.clone(), Arc::new(InstantBackend));
+    state.auth = Arc::new(auth);
     let app = ferry_functions::router(state, &RouterConfig::default());
     let model = json!({
         "id": "bench-model",
