@@ -1,6 +1,6 @@
-//! The origin's side of the edge (see `ferry_core::edge`): grants on answers an edge may keep,
-//! and `POST /v1/edge/hits`, where edges report the answers they served so each is billed,
-//! once, at the cache-hit price.
+//! The origin's side of the edge (see `ferry_core::edge`): its secrets, and `POST /v1/edge/hits`,
+//! where edges report the answers they served so each is billed, once, at the cache-hit price.
+//! (The grants on answers an edge may keep are the gateway's: `gateway::grants`.)
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,11 +8,11 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use ferry_core::admission::TokenEstimate;
 use ferry_core::api_key;
 use ferry_core::edge::{
-    self, Grant, Hit, HitReport, MAX_EDGE_TTL_MS, MAX_HITS_PER_REPORT, RejectedHit, ReportOutcome,
+    self, Grant, Hit, HitReport, MAX_HITS_PER_REPORT, RejectedHit, ReportOutcome,
 };
 use ferry_core::openai::{PromptTokensDetails, Usage};
 use ferry_core::ports::{Endpoint, Settled, UsageRecord};
@@ -22,7 +22,7 @@ use ferry_core::{ApiError, ErrorKind, Money};
 use crate::app::AppState;
 use crate::clock;
 use crate::error::HandlerResult;
-use crate::gateway::{AdmissionInput, admit};
+use crate::gateway::{Admission, admit};
 
 /// How far ahead of the origin's clock an edge's hit time may be.
 const CLOCK_SKEW_MS: u64 = 60_000;
@@ -57,7 +57,7 @@ impl EdgeKeys {
         &self.shared
     }
 
-    fn grant(&self) -> &[u8] {
+    pub(crate) fn grant(&self) -> &[u8] {
         &self.grant
     }
 }
@@ -66,44 +66,6 @@ impl fmt::Debug for EdgeKeys {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("EdgeKeys(..)")
     }
-}
-
-/// What the gateway knows when it answers a call an edge may keep.
-pub struct Served<'a> {
-    pub principal: &'a Principal,
-    pub model: &'a str,
-    pub deployment: &'a str,
-    pub endpoint: Endpoint,
-}
-
-/// The grant header for an answer with `usage` that the origin keeps until `expires_at_ms`,
-/// when edges are configured and the caller is a tenant's (the operator's own calls are not
-/// billed, so an edge has nothing to report for them).
-pub fn grant_header(
-    state: &AppState,
-    served: &Served<'_>,
-    usage: &Usage,
-    expires_at_ms: u64,
-) -> Option<HeaderValue> {
-    let keys = state.edge.as_ref()?;
-    let tenant_id = served.principal.tenant_id.clone()?;
-    let (key_public_id, token_caller) = match &served.principal.credential {
-        Credential::ApiKey { key_id } => (Some(api_key::public_id_of(key_id)?.to_owned()), None),
-        token @ Credential::Jwt { .. } => (None, Some(token.caller_id())),
-    };
-    let grant = Grant {
-        tenant_id,
-        key_public_id,
-        token_caller,
-        model: served.model.to_owned(),
-        deployment: served.deployment.to_owned(),
-        endpoint: served.endpoint.name().to_owned(),
-        prompt_tokens: usage.prompt_tokens,
-        cached_tokens: usage.cached_tokens(),
-        completion_tokens: usage.completion_tokens,
-        expires_at_ms: expires_at_ms.min(clock::unix_millis().saturating_add(MAX_EDGE_TTL_MS)),
-    };
-    HeaderValue::from_str(&grant.sign(keys.grant())).ok()
 }
 
 /// Bills the hits an edge reports. The body must carry the edge's signature; each hit is billed
@@ -241,7 +203,7 @@ async fn bill(state: &AppState, keys: &EdgeKeys, hit: &Hit) -> Result<Billed, Re
     // Admitted like any hit: it counts against rate limits and holds its exact cost.
     let admitted = admit(
         state,
-        AdmissionInput {
+        Admission {
             request_id: &request_id,
             principal: &principal,
             caller: &caller,
@@ -264,13 +226,18 @@ async fn bill(state: &AppState, keys: &EdgeKeys, hit: &Hit) -> Result<Billed, Re
     match admitted {
         Ok(_) => {}
         // Admitted by an earlier report: settling below finishes it if that report did not.
-        Err(failure) if failure.0.kind == ErrorKind::Conflict => {}
-        Err(failure) if matches!(failure.0.kind, ErrorKind::Internal | ErrorKind::NoCapacity) => {
-            return Err(Rejected::ForNow(failure.0));
+        Err(failure) if failure.error.kind == ErrorKind::Conflict => {}
+        Err(failure)
+            if matches!(
+                failure.error.kind,
+                ErrorKind::Internal | ErrorKind::NoCapacity
+            ) =>
+        {
+            return Err(Rejected::ForNow(failure.error));
         }
         Err(failure) => {
-            tracing::warn!(request_id, error = %failure.0.message, "edge hit refused");
-            return Err(Rejected::Permanently(refusal_code(&failure.0)));
+            tracing::warn!(request_id, error = %failure.error.message, "edge hit refused");
+            return Err(Rejected::Permanently(refusal_code(&failure.error)));
         }
     }
     let record = UsageRecord {

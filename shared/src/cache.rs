@@ -102,6 +102,17 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// What a call this decision applied to reports (`x-ferry-cache`) when it was not a hit:
+    /// BYPASS when the cache took no part, MISS when it looked or will keep the answer.
+    pub fn status(&self) -> CacheStatus {
+        match self {
+            Decision::Bypass(_) => CacheStatus::Bypass,
+            Decision::Use { .. } => CacheStatus::Miss,
+        }
+    }
+}
+
 /// Deterministic calls only: an embedding, or a generation at temperature 0 or with a seed.
 /// Anything else would replay one sample as if it were the only answer.
 pub fn decide(endpoint: Endpoint, body: &Value, directives: &Directives) -> Decision {

@@ -12,6 +12,7 @@ pub mod bloom;
 pub mod body;
 pub mod cache;
 pub mod calendar;
+pub mod call;
 pub mod edge;
 pub mod error;
 pub mod ids;

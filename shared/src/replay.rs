@@ -78,163 +78,253 @@ pub fn replay(
     capacity: Capacity,
     limits: ActivatorLimits,
 ) -> Outcome {
-    let mut scaler = Autoscaler::new(config);
-    let mut replicas: Vec<Replica> = Vec::new();
-    let mut retired_gpu_ms: u64 = 0;
-    let mut cold_starts = 0u32;
-    let mut most_replicas = 0u32;
-    let mut queue: VecDeque<&TraceRequest> = VecDeque::new();
-    let mut waits: Vec<u64> = Vec::new();
-    let mut dropped = 0usize;
-    let mut next_arrival = 0usize;
-    let mut now_ms = 0u64;
-    // Sequence completions, soonest first, so the clock can jump to the next event.
-    let mut completions: BinaryHeap<Reverse<u64>> = BinaryHeap::new();
-    for _ in 0..config.min_replicas {
-        replicas.push(Replica {
-            started_ms: 0,
-            ready_at_ms: 0,
-            running: Vec::new(),
-            draining: false,
-        });
-    }
-    let mut next_tick = 0u64;
+    let mut run = Simulation::new(trace, config, capacity, limits);
     loop {
-        let done = next_arrival >= trace.len()
-            && queue.is_empty()
-            && replicas.iter().all(|replica| replica.running.is_empty());
         // Run on after the trace until the policy has scaled in as far as it will.
-        if done && replicas.len() as u32 <= config.min_replicas {
+        if run.is_over() {
             break;
         }
-        // The next event: an arrival, a completion, a replica becoming ready, or a tick.
-        let mut next = next_tick;
-        if let Some(request) = trace.get(next_arrival) {
+        run.now_ms = run.next_event().max(run.now_ms);
+        run.finish_due();
+        run.arrive();
+        run.expire_waiting();
+        run.dispatch();
+        if run.now_ms >= run.next_tick {
+            run.tick();
+        }
+    }
+    run.outcome()
+}
+
+/// The simulated pool, its queue and clock, and what has happened so far.
+struct Simulation<'t> {
+    trace: &'t [TraceRequest],
+    config: ScalingConfig,
+    capacity: Capacity,
+    limits: ActivatorLimits,
+    scaler: Autoscaler,
+    replicas: Vec<Replica>,
+    retired_gpu_ms: u64,
+    cold_starts: u32,
+    most_replicas: u32,
+    queue: VecDeque<&'t TraceRequest>,
+    waits: Vec<u64>,
+    dropped: usize,
+    next_arrival: usize,
+    now_ms: u64,
+    next_tick: u64,
+    /// Sequence completions, soonest first, so the clock can jump to the next event.
+    completions: BinaryHeap<Reverse<u64>>,
+}
+
+impl<'t> Simulation<'t> {
+    fn new(
+        trace: &'t [TraceRequest],
+        config: ScalingConfig,
+        capacity: Capacity,
+        limits: ActivatorLimits,
+    ) -> Simulation<'t> {
+        let replicas = (0..config.min_replicas)
+            .map(|_| Replica {
+                started_ms: 0,
+                ready_at_ms: 0,
+                running: Vec::new(),
+                draining: false,
+            })
+            .collect();
+        Simulation {
+            trace,
+            config,
+            capacity,
+            limits,
+            scaler: Autoscaler::new(config),
+            replicas,
+            retired_gpu_ms: 0,
+            cold_starts: 0,
+            most_replicas: 0,
+            queue: VecDeque::new(),
+            waits: Vec::new(),
+            dropped: 0,
+            next_arrival: 0,
+            now_ms: 0,
+            next_tick: 0,
+            completions: BinaryHeap::new(),
+        }
+    }
+
+    /// Every request is done and the pool is as small as the policy keeps it.
+    fn is_over(&self) -> bool {
+        let done = self.next_arrival >= self.trace.len()
+            && self.queue.is_empty()
+            && self
+                .replicas
+                .iter()
+                .all(|replica| replica.running.is_empty());
+        done && self.replicas.len() as u32 <= self.config.min_replicas
+    }
+
+    /// The next event: an arrival, a completion, a replica becoming ready, or a tick.
+    fn next_event(&self) -> u64 {
+        let mut next = self.next_tick;
+        if let Some(request) = self.trace.get(self.next_arrival) {
             next = next.min(request.arrival_ms);
         }
-        if let Some(Reverse(at)) = completions.peek() {
+        if let Some(Reverse(at)) = self.completions.peek() {
             next = next.min(*at);
         }
-        for replica in &replicas {
-            if replica.ready_at_ms > now_ms {
+        for replica in &self.replicas {
+            if replica.ready_at_ms > self.now_ms {
                 next = next.min(replica.ready_at_ms);
             }
         }
-        now_ms = next.max(now_ms);
-        while completions.peek().is_some_and(|Reverse(at)| *at <= now_ms) {
-            completions.pop();
+        next
+    }
+
+    /// Sequences end; drained replicas go, their GPU time counted.
+    fn finish_due(&mut self) {
+        let now_ms = self.now_ms;
+        while self
+            .completions
+            .peek()
+            .is_some_and(|Reverse(at)| *at <= now_ms)
+        {
+            self.completions.pop();
         }
-        for replica in &mut replicas {
+        for replica in &mut self.replicas {
             replica.running.retain(|(finish, _)| *finish > now_ms);
         }
-        // Drained replicas go; their GPU time is counted.
-        replicas.retain(|replica| {
+        let retired = &mut self.retired_gpu_ms;
+        self.replicas.retain(|replica| {
             let gone = replica.draining && replica.running.is_empty();
             if gone {
-                retired_gpu_ms += now_ms - replica.started_ms;
+                *retired += now_ms - replica.started_ms;
             }
             !gone
         });
-        while trace
-            .get(next_arrival)
-            .is_some_and(|request| request.arrival_ms <= now_ms)
+    }
+
+    /// Requests arrive: queued, or dropped when the queue is full.
+    fn arrive(&mut self) {
+        while self
+            .trace
+            .get(self.next_arrival)
+            .is_some_and(|request| request.arrival_ms <= self.now_ms)
         {
-            if queue.len() >= limits.max_queue {
-                dropped += 1;
+            if self.queue.len() >= self.limits.max_queue {
+                self.dropped += 1;
             } else {
-                queue.push_back(&trace[next_arrival]);
+                self.queue.push_back(&self.trace[self.next_arrival]);
             }
-            next_arrival += 1;
+            self.next_arrival += 1;
         }
-        // Deadlines pass in the queue.
-        while queue
+    }
+
+    /// Deadlines pass in the queue.
+    fn expire_waiting(&mut self) {
+        while self
+            .queue
             .front()
-            .is_some_and(|request| now_ms - request.arrival_ms >= limits.deadline_ms)
+            .is_some_and(|request| self.now_ms - request.arrival_ms >= self.limits.deadline_ms)
         {
-            queue.pop_front();
-            dropped += 1;
+            self.queue.pop_front();
+            self.dropped += 1;
         }
-        // Fill free slots, least-loaded ready replica first.
-        while let Some(request) = queue.front() {
-            let Some(replica) = replicas
+    }
+
+    /// Fills free slots, least-loaded ready replica first.
+    fn dispatch(&mut self) {
+        let now_ms = self.now_ms;
+        while let Some(request) = self.queue.front() {
+            let max_batch = self.capacity.max_batch as usize;
+            let Some(replica) = self
+                .replicas
                 .iter_mut()
-                .filter(|replica| {
-                    replica.ready(now_ms) && replica.running.len() < capacity.max_batch as usize
-                })
+                .filter(|replica| replica.ready(now_ms) && replica.running.len() < max_batch)
                 .min_by_key(|replica| replica.running.len())
             else {
                 break;
             };
-            let finish = now_ms + service_ms(request, &capacity);
+            let finish = now_ms + service_ms(request, &self.capacity);
             replica
                 .running
                 .push((finish, request.prompt_tokens + request.output_tokens));
-            completions.push(Reverse(finish));
-            waits.push(now_ms - request.arrival_ms);
-            queue.pop_front();
-        }
-        if now_ms >= next_tick {
-            next_tick = now_ms + TICK_MS;
-            let ready = replicas.iter().filter(|r| r.ready(now_ms)).count() as u32;
-            let load = Load {
-                queued: queue.len() as u32,
-                running: replicas.iter().map(|r| r.running.len() as u32).sum(),
-                kv_use: replicas
-                    .iter()
-                    .filter(|r| r.ready(now_ms))
-                    .map(|r| {
-                        r.running.iter().map(|(_, tokens)| *tokens).sum::<u64>() as f64
-                            / capacity.kv_tokens.max(1) as f64
-                    })
-                    .fold(0.0, f64::max),
-            };
-            let desired = scaler.observe(now_ms, ready, load).replicas;
-            let live = replicas.iter().filter(|r| !r.draining).count() as u32;
-            for _ in live..desired {
-                cold_starts += 1;
-                replicas.push(Replica {
-                    started_ms: now_ms,
-                    ready_at_ms: now_ms + capacity.cold_start_ms,
-                    running: Vec::new(),
-                    draining: false,
-                });
-            }
-            // Scale in: the emptiest first; a replica with streams drains before it goes.
-            let mut surplus = live.saturating_sub(desired);
-            while surplus > 0 {
-                let Some(replica) = replicas
-                    .iter_mut()
-                    .filter(|r| !r.draining)
-                    .min_by_key(|r| (r.running.len(), Reverse(r.ready_at_ms)))
-                else {
-                    break;
-                };
-                replica.draining = true;
-                surplus -= 1;
-            }
-            most_replicas = most_replicas.max(replicas.len() as u32);
+            self.completions.push(Reverse(finish));
+            self.waits.push(now_ms - request.arrival_ms);
+            self.queue.pop_front();
         }
     }
-    let gpu_ms = retired_gpu_ms
-        + replicas
-            .iter()
-            .map(|replica| now_ms - replica.started_ms)
-            .sum::<u64>();
-    waits.sort_unstable();
-    let percentile = |p: f64| -> u64 {
-        if waits.is_empty() {
-            return 0;
+
+    /// The autoscaler looks at the load and the pool follows: replicas start (cold) or drain.
+    fn tick(&mut self) {
+        let now_ms = self.now_ms;
+        self.next_tick = now_ms + TICK_MS;
+        let ready = self.replicas.iter().filter(|r| r.ready(now_ms)).count() as u32;
+        let load = Load {
+            queued: self.queue.len() as u32,
+            running: self.replicas.iter().map(|r| r.running.len() as u32).sum(),
+            kv_use: self
+                .replicas
+                .iter()
+                .filter(|r| r.ready(now_ms))
+                .map(|r| {
+                    r.running.iter().map(|(_, tokens)| *tokens).sum::<u64>() as f64
+                        / self.capacity.kv_tokens.max(1) as f64
+                })
+                .fold(0.0, f64::max),
+        };
+        let desired = self.scaler.observe(now_ms, ready, load).replicas;
+        let live = self.replicas.iter().filter(|r| !r.draining).count() as u32;
+        for _ in live..desired {
+            self.cold_starts += 1;
+            self.replicas.push(Replica {
+                started_ms: now_ms,
+                ready_at_ms: now_ms + self.capacity.cold_start_ms,
+                running: Vec::new(),
+                draining: false,
+            });
         }
-        waits[((p / 100.0) * (waits.len() - 1) as f64).round() as usize]
-    };
-    Outcome {
-        gpu_seconds: gpu_ms as f64 / 1000.0,
-        cold_starts,
-        most_replicas,
-        served: waits.len(),
-        dropped,
-        queue_p50_ms: percentile(50.0),
-        queue_p99_ms: percentile(99.0),
+        // Scale in: the emptiest first; a replica with streams drains before it goes.
+        let mut surplus = live.saturating_sub(desired);
+        while surplus > 0 {
+            let Some(replica) = self
+                .replicas
+                .iter_mut()
+                .filter(|r| !r.draining)
+                .min_by_key(|r| (r.running.len(), Reverse(r.ready_at_ms)))
+            else {
+                break;
+            };
+            replica.draining = true;
+            surplus -= 1;
+        }
+        self.most_replicas = self.most_replicas.max(self.replicas.len() as u32);
+    }
+
+    fn outcome(mut self) -> Outcome {
+        let now_ms = self.now_ms;
+        let gpu_ms = self.retired_gpu_ms
+            + self
+                .replicas
+                .iter()
+                .map(|replica| now_ms - replica.started_ms)
+                .sum::<u64>();
+        self.waits.sort_unstable();
+        let waits = &self.waits;
+        let percentile = |p: f64| -> u64 {
+            if waits.is_empty() {
+                return 0;
+            }
+            waits[((p / 100.0) * (waits.len() - 1) as f64).round() as usize]
+        };
+        Outcome {
+            gpu_seconds: gpu_ms as f64 / 1000.0,
+            cold_starts: self.cold_starts,
+            most_replicas: self.most_replicas,
+            served: self.waits.len(),
+            dropped: self.dropped,
+            queue_p50_ms: percentile(50.0),
+            queue_p99_ms: percentile(99.0),
+        }
     }
 }
 

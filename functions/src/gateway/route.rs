@@ -13,7 +13,7 @@ use bytes::Bytes;
 use ferry_core::model::{Deployment, ModelSpec};
 use ferry_core::ports::{Endpoint, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 use ferry_core::route::{
-    Availability, Breaker, BreakerPolicy, BreakerState, Failure, Next, Permit, Reason, Route,
+    Availability, Breaker, BreakerPolicy, BreakerState, Next, Permit, Reason, Recovery, Route,
 };
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -187,7 +187,7 @@ pub async fn call<'a>(
         let refused = request
             .breakers
             .acquire(model, deployment, clock::unix_millis());
-        let (error, failure) = match refused {
+        let (error, recovery) = match refused {
             // Another call took the half-open breaker's probe since the plan was made: no
             // backend was called; another deployment may take the call.
             Err(open_ms) => (
@@ -196,7 +196,7 @@ pub async fn call<'a>(
                     message: "the deployment's circuit breaker is open".into(),
                     retry_after_seconds: Some(open_ms.div_ceil(1000)),
                 },
-                Failure::Elsewhere,
+                Recovery::Elsewhere,
             ),
             Ok(permit) => match attempt(deployment, route, &mut request).await {
                 Ok(reply) => {
@@ -216,15 +216,15 @@ pub async fn call<'a>(
                     });
                 }
                 Err(error) => {
-                    let failure = error.failure();
-                    permit.finish(failure == Failure::Final);
-                    let outcome = match failure {
-                        Failure::Retryable { .. } => "retryable",
-                        Failure::Elsewhere => "elsewhere",
-                        Failure::Final => "final",
+                    let recovery = error.recovery();
+                    permit.finish(recovery == Recovery::Final);
+                    let outcome = match recovery {
+                        Recovery::Retryable { .. } => "retryable",
+                        Recovery::Elsewhere => "elsewhere",
+                        Recovery::Final => "final",
                     };
                     count_attempt(request.metrics, model, deployment, outcome);
-                    (error, failure)
+                    (error, recovery)
                 }
             },
         };
@@ -241,7 +241,7 @@ pub async fn call<'a>(
         let deadline_ms =
             now_ms.saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
         let next = route.after_failure(
-            failure,
+            recovery,
             now_ms,
             deadline_ms,
             clock::random_u64(),

@@ -22,14 +22,17 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::meter::{CLIENT_CLOSED, Meter};
+use super::route::BreakerPermit;
 use crate::cache::Keeper;
-use crate::meter::{CLIENT_CLOSED, Meter};
 
 /// Relays `upstream` to the caller; `keep`, if given, receives the whole answer once the
 /// stream has finished and been settled.
+/// `permit`, the answering deployment's breaker permit, is judged by how the stream ends.
 pub fn relay(
     upstream: ByteStream,
     meter: Meter,
+    permit: Option<BreakerPermit>,
     include_usage: bool,
     keep: Option<Keeper>,
     write_timeout: Duration,
@@ -40,7 +43,14 @@ pub fn relay(
         write_timeout,
     };
     // The call's span lasts until the stream ends (its usage is recorded on it).
-    tokio::spawn(pump(upstream, sender, meter, include_usage, keep).in_current_span());
+    let stream = Stream {
+        upstream,
+        meter,
+        permit,
+        include_usage,
+        keep,
+    };
+    tokio::spawn(pump(stream, sender).in_current_span());
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver
             .recv()
@@ -104,13 +114,23 @@ enum Relayed {
     Drop,
 }
 
-async fn pump(
-    mut upstream: ByteStream,
-    sender: Caller,
-    mut meter: Meter,
+/// What a relayed stream carries along.
+struct Stream {
+    upstream: ByteStream,
+    meter: Meter,
+    permit: Option<BreakerPermit>,
     include_usage: bool,
     keep: Option<Keeper>,
-) {
+}
+
+async fn pump(stream: Stream, sender: Caller) {
+    let Stream {
+        mut upstream,
+        mut meter,
+        permit,
+        include_usage,
+        keep,
+    } = stream;
     let mut parser = SseParser::new();
     let mut progress = Progress {
         usage: None,
@@ -171,7 +191,31 @@ async fn pump(
         }
     };
     meter.upstream_ends();
-    let usage = match progress.usage {
+    if let Some(permit) = permit {
+        match status {
+            // The caller left: no verdict on the backend.
+            CLIENT_CLOSED => drop(permit),
+            _ => permit.finish(status < 500),
+        }
+    }
+    let end = settle(meter, progress, keep, status, failure).await;
+    // The caller may have left after the last chunk; there is no one to tell then.
+    if let Some(end) = end {
+        sender.send(Bytes::from(end)).await;
+    }
+}
+
+/// Settles the stream for what it delivered, and what the caller is sent to end it: the
+/// held-back usage chunk with the cost that was charged, then `[DONE]`, or the error event;
+/// nothing to a caller who left.
+async fn settle(
+    meter: Meter,
+    mut progress: Progress,
+    keep: Option<Keeper>,
+    status: u16,
+    failure: Option<ferry_core::ApiError>,
+) -> Option<String> {
+    let usage = match progress.usage.take() {
         Some(usage) => usage,
         None => {
             // The upstream never reported usage (the caller left, or it broke): charge for
@@ -189,7 +233,7 @@ async fn pump(
         .record(&usage, status, progress.first_token_after)
         .await;
     if status == CLIENT_CLOSED {
-        return;
+        return None;
     }
     let mut end = String::new();
     if let (Some(mut chunk), Ok(charged)) = (progress.usage_chunk.take(), &settled) {
@@ -213,10 +257,7 @@ async fn pump(
             end.push_str(&error_event(&model_id, &not_settled.to_api_error()));
         }
     }
-    // The caller may have left after the last chunk; there is no one to tell then.
-    if !end.is_empty() {
-        sender.send(Bytes::from(end)).await;
-    }
+    (!end.is_empty()).then_some(end)
 }
 
 /// The one error event a failed stream ends with.
