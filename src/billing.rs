@@ -9,9 +9,9 @@ use ferry_core::Money;
 use ferry_core::billing::{self, Invoice};
 use ferry_core::calendar::Month;
 use ferry_core::ports::{Accounts, Store};
+use ferry_functions::billing::{Books, Outcome};
 use ferry_functions::clock;
-use ferry_functions::jobs::{Books, Outcome};
-use ferry_functions::store::{LocalObjectStore, SqliteStore};
+use ferry_store_sqlite::{LocalObjectStore, SqliteStore};
 
 #[derive(clap::Subcommand)]
 pub enum BillingCommand {

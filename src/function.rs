@@ -12,14 +12,15 @@ use anyhow::Context as _;
 use ferry_core::ports::{Accounts, ObjectStore, SharedCache, Store};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator, JwtConfig};
+use ferry_functions::billing::Books;
 use ferry_functions::edge::EdgeKeys;
 use ferry_functions::environment::{self as env, Function, Variable};
-use ferry_functions::jobs::Books;
 use ferry_functions::metrics::Metrics;
 use ferry_functions::server::{ConnectionLimits, Server};
-use ferry_functions::store::{CachedStore, LocalObjectStore, SqliteStore};
+use ferry_functions::store::CachedStore;
 use ferry_functions::upstream::{HttpUpstream, UpstreamConfig};
 use ferry_functions::{AppState, MoneyConfig, RouterConfig, Surface};
+use ferry_store_sqlite::{LocalObjectStore, SqliteStore};
 use tokio::net::TcpListener;
 
 #[derive(clap::Args)]
@@ -80,7 +81,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         return if on_lambda() {
             run_billing_on_lambda(books).await
         } else {
-            serve(args.addr, ferry_functions::jobs::router(books), None).await
+            serve(args.addr, ferry_functions::billing::router(books), None).await
         };
     }
     if function == Function::Admin {
@@ -359,7 +360,7 @@ async fn run_billing_on_lambda(books: Books) -> anyhow::Result<()> {
     let handler = service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let books = books.clone();
         async move {
-            let job: ferry_functions::jobs::Job = serde_json::from_value(event.payload)?;
+            let job: ferry_functions::billing::Job = serde_json::from_value(event.payload)?;
             let outcome = books
                 .run_logged(&job, ferry_functions::clock::unix_millis())
                 .await?;

@@ -23,10 +23,10 @@ use crate::auth::{self, Authenticator};
 use crate::body::HoldingBody;
 use crate::cache::ResponseCache;
 use crate::edge::EdgeKeys;
-use crate::error::{ErrorKindTag, Failure};
+use crate::error::{ErrorResponse, ErrorTag};
+use crate::gateway::route::Breakers;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels, status_class};
-use crate::route::Breakers;
-use crate::{admin, billing, clock, console, gateway, openapi, pool, session};
+use crate::{admin, clock, console, gateway, openapi, pool, session};
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -135,7 +135,7 @@ pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> R
             .nest(
                 "/admin/v1",
                 admin::routes()
-                    .merge(billing::routes())
+                    .merge(admin::money::routes())
                     .merge(session::routes())
                     .merge(pool::routes(config.pool_url.clone())),
             )
@@ -184,7 +184,7 @@ async fn shed_when_full(
                 _held: permit,
             })
         }),
-        Err(_) => Failure(
+        Err(_) => ErrorResponse::from(
             ApiError::new(
                 ErrorKind::NoCapacity,
                 "The service is overloaded; try again shortly.",
@@ -211,7 +211,7 @@ async fn refuse_declared_oversize(
         .and_then(|value| value.trim().parse::<u64>().ok());
     match declared {
         Some(length) if length > u64::try_from(limit).unwrap_or(u64::MAX) => {
-            let mut response = Failure(
+            let mut response = ErrorResponse::from(
                 ApiError::new(
                     ErrorKind::PayloadTooLarge,
                     format!("The request body is larger than the {limit} bytes allowed."),
@@ -323,12 +323,14 @@ async fn request_context(
         .http_duration
         .get_or_create(&RouteLabels { route })
         .observe(started.elapsed().as_secs_f64());
-    let error_type = response.extensions().get::<ErrorKindTag>().map(|tag| tag.0);
+    let tag = response.extensions().get::<ErrorTag>();
+    let error_type = tag.map(|tag| tag.kind);
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let LogFields { tenant, model } = log.fields().clone();
     // The route template, not the path: a path is the caller's to fill with anything.
     if status >= 500 {
-        tracing::warn!(%request_id, %method, route = %logged_route, status, latency_ms, tenant, model, error_type, "request failed");
+        let detail = tag.and_then(|tag| tag.detail.as_deref());
+        tracing::warn!(%request_id, %method, route = %logged_route, status, latency_ms, tenant, model, error_type, detail, "request failed");
     } else {
         tracing::info!(%request_id, %method, route = %logged_route, status, latency_ms, tenant, model, error_type, "request");
     }
@@ -339,10 +341,15 @@ async fn request_context(
 pub struct Caller(pub Principal);
 
 impl FromRequestParts<AppState> for Caller {
-    type Rejection = Failure;
+    type Rejection = ErrorResponse;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Failure> {
-        let principal = authenticate(parts, state).await.map_err(Failure)?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Caller, ErrorResponse> {
+        let principal = authenticate(parts, state)
+            .await
+            .map_err(ErrorResponse::from)?;
         if let Some(log) = parts.extensions.get::<RequestLog>() {
             log.set_tenant(principal.billing_subject());
         }
@@ -383,7 +390,8 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the store answers; the pool joins this check when it lands.
+/// Ready when the store answers. The GPU pool is not part of it: a pool at zero replicas still
+/// takes calls (they wait for a replica), and `/admin/v1/pool` shows its state.
 async fn readyz(State(state): State<AppState>) -> Response {
     store_readiness(state.store.as_ref()).await
 }
@@ -394,7 +402,7 @@ pub(crate) async fn store_readiness(store: &dyn Store) -> Response {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(error) => {
             tracing::warn!(%error, "not ready: store");
-            Failure(
+            ErrorResponse::from(
                 ApiError::new(ErrorKind::NoCapacity, "not ready: the store is unavailable")
                     .retry_after(1),
             )
@@ -403,8 +411,8 @@ pub(crate) async fn store_readiness(store: &dyn Store) -> Response {
     }
 }
 
-async fn not_found(request: Request) -> Failure {
-    Failure(
+async fn not_found(request: Request) -> ErrorResponse {
+    ErrorResponse::from(
         ApiError::new(
             ErrorKind::NotFound,
             format!(
@@ -417,8 +425,8 @@ async fn not_found(request: Request) -> Failure {
     )
 }
 
-async fn method_not_allowed(request: Request) -> Failure {
-    Failure(ApiError::new(
+async fn method_not_allowed(request: Request) -> ErrorResponse {
+    ErrorResponse::from(ApiError::new(
         ErrorKind::MethodNotAllowed,
         format!(
             "Method {} is not allowed on {}",

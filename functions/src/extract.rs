@@ -8,7 +8,7 @@ use ferry_core::{ApiError, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::error::Failure;
+use crate::error::ErrorResponse;
 
 /// A JSON body checked against `T` by [`ferry_core::body::parse`], keeping the caller's own
 /// JSON for forwarding. A body over the limit is refused with 413 before it is read whole.
@@ -21,9 +21,9 @@ pub struct JsonBody<T> {
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = Failure;
+    type Rejection = ErrorResponse;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Failure> {
+    async fn from_request(request: Request, state: &S) -> Result<Self, ErrorResponse> {
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -55,9 +55,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 pub struct Query<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
-    type Rejection = Failure;
+    type Rejection = ErrorResponse;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Failure> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ErrorResponse> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Query(value)),
             Err(rejection) => {
@@ -74,7 +74,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
                             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
                     })
                     .unwrap_or("query");
-                Err(Failure(ApiError::invalid(
+                Err(ErrorResponse::from(ApiError::invalid(
                     param,
                     format!("invalid query parameters: {detail}"),
                 )))
@@ -101,12 +101,12 @@ mod tests {
             .body(Body::new(MinRateBody::new(stalled, BodyRate::default())))
             .unwrap();
         let rejected = JsonBody::<Value>::from_request(request, &()).await;
-        let Err(Failure(error)) = rejected else {
+        let Err(ErrorResponse { error, .. }) = rejected else {
             unreachable!("a stalled body cannot be read");
         };
         assert_eq!(error.kind, ErrorKind::RequestTimeout);
         assert_eq!(error.code.as_deref(), Some("request_timeout"));
-        let response = Failure(error).into_response();
+        let response = ErrorResponse::from(error).into_response();
         assert_eq!(response.status(), 408);
     }
 }

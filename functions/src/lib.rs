@@ -7,31 +7,30 @@
 pub mod admin;
 mod app;
 pub mod auth;
-mod billing;
+pub mod billing;
 mod body;
 pub mod cache;
-pub mod clock;
 mod console;
 pub mod edge;
 pub mod environment;
 mod error;
 mod extract;
 mod gateway;
-pub mod jobs;
-mod meter;
 pub mod metrics;
 mod openapi;
 mod pool;
-mod relay;
-pub mod route;
 pub mod server;
 mod session;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod ttl_cache;
 pub mod upstream;
 
 pub use app::{AppState, MoneyConfig, RouterConfig, Surface, router, router_for};
 pub use body::BodyRate;
-pub use error::Failure;
+pub use error::ErrorResponse;
+pub use ferry_clock as clock;
+pub use gateway::route;
 pub use openapi::{ApiDoc, openapi_json};

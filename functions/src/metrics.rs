@@ -23,8 +23,8 @@ use prometheus_client::registry::Registry;
 use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
-use crate::error::Failure;
-use crate::route::Breakers;
+use crate::error::ErrorResponse;
+use crate::gateway::route::Breakers;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -69,7 +69,7 @@ pub struct ResultLabels {
 pub struct AttemptLabels {
     pub model: String,
     pub deployment: String,
-    /// `ok`, `retryable`, `elsewhere` or `final` (`ferry_core::route::Failure`).
+    /// `ok`, `retryable`, `elsewhere` or `final` (`ferry_core::route::Recovery`).
     pub outcome: &'static str,
 }
 
@@ -322,13 +322,13 @@ pub async fn serve(
         match crate::app::authenticate_request(&axum::http::Method::GET, &headers, &state).await {
             Ok(principal) if principal.is_operator() => {}
             Ok(_) => {
-                return Failure(ApiError::new(
+                return ErrorResponse::from(ApiError::new(
                     ErrorKind::PermissionDenied,
                     "Metrics are for the operator (or the metrics token).",
                 ))
                 .into_response();
             }
-            Err(error) => return Failure(error).into_response(),
+            Err(error) => return ErrorResponse::from(error).into_response(),
         }
     }
     let mut response = state.metrics.encode().into_response();

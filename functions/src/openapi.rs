@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, billing, gateway, pool, session};
+use crate::{admin, gateway, pool, session};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,17 +27,17 @@ use crate::{admin, billing, gateway, pool, session};
         admin::get_model,
         admin::update_model,
         admin::delete_model,
-        billing::add_credit,
-        billing::refund,
-        billing::adjust,
-        billing::ledger,
-        billing::usage_report,
-        billing::usage_events,
-        billing::key_spend,
-        billing::invoices,
-        billing::alerts,
-        billing::add_price,
-        billing::list_prices,
+        admin::money::add_credit,
+        admin::money::refund,
+        admin::money::adjust,
+        admin::money::ledger,
+        admin::money::usage_report,
+        admin::money::usage_events,
+        admin::money::key_spend,
+        admin::money::invoices,
+        admin::money::alerts,
+        admin::money::add_price,
+        admin::money::list_prices,
         session::methods,
         session::sign_in,
         session::current,

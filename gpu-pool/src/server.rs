@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,6 +17,7 @@ use ferry_core::openai::{
 };
 use ferry_core::sse::{DONE_EVENT, data_event};
 use ferry_core::{ApiError, ErrorKind};
+use ferry_http::ErrorResponse;
 use serde_json::{Value, json};
 
 use crate::embed::{EmbedError, EmbeddingEngine, EmbeddingInput};
@@ -53,32 +54,9 @@ pub fn router(models: WorkerModels) -> Router {
         .with_state(models)
 }
 
-/// A failure rendered with the OpenAI error body.
-struct Failure(ApiError);
-
-impl From<ApiError> for Failure {
-    fn from(error: ApiError) -> Failure {
-        Failure(error)
-    }
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, Json(self.0.body())).into_response();
-        if let Some(seconds) = self.0.retry_after_seconds {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
-}
-
 /// An engine refusal as the caller sees it; `prompt_param` names the field holding the prompt.
-fn engine_failure(error: EngineError, prompt_param: &str) -> Failure {
-    Failure(match error {
+fn engine_failure(error: EngineError, prompt_param: &str) -> ErrorResponse {
+    ErrorResponse::from(match error {
         EngineError::Invalid(message) => ApiError::invalid(prompt_param, message),
         EngineError::ContextExceeded(message) => {
             ApiError::invalid("max_tokens", message).with_code("context_length_exceeded")
@@ -166,7 +144,7 @@ struct Reply {
 async fn chat_completions(
     State(models): State<WorkerModels>,
     body: Bytes,
-) -> Result<Response, Failure> {
+) -> Result<Response, ErrorResponse> {
     let parsed = ferry_core::body::parse::<ChatCompletionRequest>(&body)?;
     let request = parsed.typed;
     request.validate()?;
@@ -209,7 +187,10 @@ async fn chat_completions(
     .await
 }
 
-async fn completions(State(models): State<WorkerModels>, body: Bytes) -> Result<Response, Failure> {
+async fn completions(
+    State(models): State<WorkerModels>,
+    body: Bytes,
+) -> Result<Response, ErrorResponse> {
     let parsed = ferry_core::body::parse::<CompletionRequest>(&body)?;
     let request = parsed.typed;
     request.validate()?;
@@ -256,7 +237,7 @@ async fn respond(
     shape: Shape,
     stream_options: &Option<StreamOptions>,
     streamed: bool,
-) -> Result<Response, Failure> {
+) -> Result<Response, ErrorResponse> {
     let n = generate.n;
     let prompt_param = match shape {
         Shape::Chat => "messages",
@@ -301,7 +282,7 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Usage {
     }
 }
 
-async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, Failure> {
+async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorResponse> {
     let mut texts = vec![String::new(); reply.n];
     let mut reasons = vec![None; reply.n];
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
@@ -500,7 +481,10 @@ fn stream(events: EventStream, reply: Reply) -> Response {
     response
 }
 
-async fn embeddings(State(models): State<WorkerModels>, body: Bytes) -> Result<Response, Failure> {
+async fn embeddings(
+    State(models): State<WorkerModels>,
+    body: Bytes,
+) -> Result<Response, ErrorResponse> {
     let request = ferry_core::body::parse::<EmbeddingRequest>(&body)?.typed;
     request.validate()?;
     let model = models

@@ -63,17 +63,6 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "timeout_error",
         }
     }
-
-    /// Whether the same request may succeed if retried later (drives `Retry-After` and retries).
-    pub fn is_transient(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::RateLimited
-                | ErrorKind::NoCapacity
-                | ErrorKind::UpstreamTimeout
-                | ErrorKind::UpstreamFailed
-        )
-    }
 }
 
 /// A failure to show the caller. The message must never carry another tenant's data or a secret.

@@ -18,7 +18,7 @@ use crate::model::Price;
 use crate::model::{ModelSpec, UpstreamTarget};
 use crate::money::Money;
 use crate::principal::Role;
-use crate::route::Failure;
+use crate::route::Recovery;
 pub use crate::session::SessionRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -668,15 +668,15 @@ impl UpstreamError {
     /// know the model or path (404, 405), answered with no error status, or broke the
     /// protocol; waiting would not mend those. Not worth any: the request itself is invalid
     /// (any other 4xx), and would be everywhere.
-    pub fn failure(&self) -> Failure {
+    pub fn recovery(&self) -> Recovery {
         match self {
-            UpstreamError::Connect(_) | UpstreamError::Timeout => Failure::Retryable {
+            UpstreamError::Connect(_) | UpstreamError::Timeout => Recovery::Retryable {
                 retry_after_ms: None,
             },
             UpstreamError::Status { status, .. }
                 if *status == 408 || *status == 429 || *status >= 500 =>
             {
-                Failure::Retryable {
+                Recovery::Retryable {
                     retry_after_ms: self.retry_after_ms(),
                 }
             }
@@ -684,18 +684,18 @@ impl UpstreamError {
                 status: 401 | 403 | 404 | 405 | 407,
                 ..
             }
-            | UpstreamError::Protocol(_) => Failure::Elsewhere,
+            | UpstreamError::Protocol(_) => Recovery::Elsewhere,
             // Not an error status at all (a redirect it was not allowed to follow): the
             // deployment is misconfigured.
-            UpstreamError::Status { status, .. } if *status < 400 => Failure::Elsewhere,
-            UpstreamError::Status { .. } => Failure::Final,
+            UpstreamError::Status { status, .. } if *status < 400 => Recovery::Elsewhere,
+            UpstreamError::Status { .. } => Recovery::Final,
         }
     }
 
     /// Counts against the deployment's circuit breaker: every failure but an invalid request,
     /// which is the caller's doing.
     pub fn is_backend_fault(&self) -> bool {
-        self.failure() != Failure::Final
+        self.recovery() != Recovery::Final
     }
 
     /// A short, bounded name for the failure (traces' `error.type`).
@@ -739,7 +739,7 @@ impl UpstreamError {
                 "the model backend did not answer in time",
             ),
             // The backend judged the request itself invalid (`failure()` says `Final`).
-            UpstreamError::Status { message, .. } if self.failure() == Failure::Final => {
+            UpstreamError::Status { message, .. } if self.recovery() == Recovery::Final => {
                 ApiError::new(
                     ErrorKind::InvalidRequest,
                     format!("the model backend rejected the request: {message}"),
@@ -850,27 +850,27 @@ mod tests {
             message: "m".into(),
             retry_after_seconds: Some(2),
         };
-        let anywhere = |retry_after_ms| Failure::Retryable { retry_after_ms };
+        let anywhere = |retry_after_ms| Recovery::Retryable { retry_after_ms };
         let cases = [
             (UpstreamError::Connect("refused".into()), anywhere(None)),
             (UpstreamError::Timeout, anywhere(None)),
             (status(429), anywhere(Some(2_000))),
             (status(502), anywhere(Some(2_000))),
             (status(408), anywhere(Some(2_000))),
-            (status(401), Failure::Elsewhere),
-            (status(404), Failure::Elsewhere),
+            (status(401), Recovery::Elsewhere),
+            (status(404), Recovery::Elsewhere),
             (
                 UpstreamError::Protocol("not JSON".into()),
-                Failure::Elsewhere,
+                Recovery::Elsewhere,
             ),
-            (status(400), Failure::Final),
-            (status(422), Failure::Final),
+            (status(400), Recovery::Final),
+            (status(422), Recovery::Final),
         ];
         for (error, expected) in cases {
-            assert_eq!(error.failure(), expected, "{error:?}");
+            assert_eq!(error.recovery(), expected, "{error:?}");
             assert_eq!(
                 error.is_backend_fault(),
-                expected != Failure::Final,
+                expected != Recovery::Final,
                 "{error:?}"
             );
         }

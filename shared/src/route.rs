@@ -224,9 +224,10 @@ pub enum Next<'a> {
     GiveUp,
 }
 
-/// An attempt's failure, as the retry rule sees it.
+/// What may recover a failed attempt, as the retry rule sees it: another try, a try elsewhere,
+/// or nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub enum Recovery {
     /// Worth another attempt; a 429 may say how long this deployment wants left alone.
     Retryable { retry_after_ms: Option<u64> },
     /// Worth an attempt at another deployment, never this one again.
@@ -318,6 +319,23 @@ impl<'a> Route<'a> {
         })
     }
 
+    /// The route of a call that a kept answer of `deployment` will serve while none of the
+    /// model's deployments takes calls: planned as if that one alone were taking them, so it
+    /// is recorded as routed there. No backend is called on it.
+    pub fn onto(
+        spec: &'a ModelSpec,
+        deployment: &str,
+        roll: u64,
+    ) -> Result<Route<'a>, Unavailable> {
+        Route::plan(spec, roll, |candidate| {
+            if candidate.id == deployment {
+                Availability::Available
+            } else {
+                Availability::OpenFor(1)
+            }
+        })
+    }
+
     pub fn policy(&self) -> &RoutePolicy {
         &self.policy
     }
@@ -345,19 +363,19 @@ impl<'a> Route<'a> {
     /// `deadline_ms` is when the whole call must be over.
     pub fn after_failure(
         &mut self,
-        failure: Failure,
+        failure: Recovery,
         now_ms: u64,
         deadline_ms: u64,
         roll: u64,
         available: impl Fn(&Deployment) -> bool,
     ) -> Next<'a> {
         match failure {
-            Failure::Final => return Next::GiveUp,
-            Failure::Elsewhere => self.given_up[self.current] = true,
-            Failure::Retryable {
+            Recovery::Final => return Next::GiveUp,
+            Recovery::Elsewhere => self.given_up[self.current] = true,
+            Recovery::Retryable {
                 retry_after_ms: Some(wait),
             } => self.not_before_ms[self.current] = now_ms.saturating_add(wait),
-            Failure::Retryable {
+            Recovery::Retryable {
                 retry_after_ms: None,
             } => {}
         }
@@ -586,7 +604,7 @@ mod tests {
         route.candidates().iter().map(|d| d.id.clone()).collect()
     }
 
-    const RETRYABLE: Failure = Failure::Retryable {
+    const RETRYABLE: Recovery = Recovery::Retryable {
         retry_after_ms: None,
     };
 
@@ -691,7 +709,7 @@ mod tests {
         );
         let mut route = Route::plan(&model, 0, all_available).unwrap();
         route.first();
-        let next = route.after_failure(Failure::Elsewhere, 0, 60_000, 0, |_| true);
+        let next = route.after_failure(Recovery::Elsewhere, 0, 60_000, 0, |_| true);
         assert!(matches!(next, Next::Try { deployment, .. } if deployment.id == "b"));
         // b fails too (retryably): it is retried, a never again.
         for _ in 0..4 {
@@ -729,7 +747,7 @@ mod tests {
         let mut route = Route::plan(&model, 0, all_available).unwrap();
         route.first();
         assert_eq!(
-            route.after_failure(Failure::Final, 0, 60_000, 0, |_| true),
+            route.after_failure(Recovery::Final, 0, 60_000, 0, |_| true),
             Next::GiveUp
         );
     }
@@ -744,7 +762,7 @@ mod tests {
             let mut route = Route::plan(&model, 0, all_available).unwrap();
             route.first();
             route.after_failure(
-                Failure::Retryable {
+                Recovery::Retryable {
                     retry_after_ms: Some(retry_after_ms),
                 },
                 1_000,

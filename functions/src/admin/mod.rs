@@ -1,5 +1,7 @@
-//! The admin API under `/admin/v1`: tenants, API keys and models. A stable public contract
-//! (product.md §1): extend it, never rename it.
+//! The admin API under `/admin/v1`: tenants, API keys and models here, the money side in
+//! [`money`]. A stable public contract (product.md §1): extend it, never rename it.
+
+pub mod money;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
