@@ -22,7 +22,8 @@ use ferry_core::{ApiError, ErrorKind, Money};
 use crate::app::AppState;
 use crate::clock;
 use crate::error::HandlerResult;
-use crate::gateway::{Admission, admit};
+use crate::gateway::admit;
+use ferry_core::call::AdmissionAsk;
 
 /// How far ahead of the origin's clock an edge's hit time may be.
 const CLOCK_SKEW_MS: u64 = 60_000;
@@ -203,7 +204,7 @@ async fn bill(state: &AppState, keys: &EdgeKeys, hit: &Hit) -> Result<Billed, Re
     // Admitted like any hit: it counts against rate limits and holds its exact cost.
     let admitted = admit(
         state,
-        Admission {
+        AdmissionAsk {
             request_id: &request_id,
             principal: &principal,
             caller: &caller,

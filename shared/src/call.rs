@@ -111,36 +111,35 @@ pub fn hold(estimate: &TokenEstimate, prices: &[Option<Price>]) -> Money {
         .unwrap_or(Money::ZERO)
 }
 
-/// What admission needs to decide a call.
+/// A call to admit, as the gateway (or the billing of an edge hit) knows it.
 #[derive(Debug, Clone)]
 pub struct AdmissionAsk<'a> {
     pub request_id: &'a str,
     pub principal: &'a Principal,
     /// Whom the call's usage is attributed to ([`Credential::caller_id`]).
     pub caller: &'a str,
-    pub tenant: &'a Tenant,
+    pub tenant_id: &'a str,
     pub model: &'a ModelSpec,
     pub deployment: &'a str,
     pub endpoint: Endpoint,
     pub estimate: TokenEstimate,
     pub hold: Money,
     pub now_ms: u64,
-    /// How long the hold waits for its settlement.
-    pub hold_ttl_ms: u64,
     /// False for calls already served (edge hits, reported after the fact): billed, but no
     /// rate limit can refuse what was delivered.
     pub rate_limited: bool,
 }
 
 /// The admission a call asks of the store: a draw from every rate-limit bucket that applies
-/// (the tenant's, the key's, the model's), its hold, and every spend cap it counts against.
-pub fn admission(ask: &AdmissionAsk<'_>) -> Admission {
+/// (the tenant's, the key's, the model's), its hold (waiting `hold_ttl_ms` for its
+/// settlement), and every spend cap it counts against. `tenant` is the call's, as read now.
+pub fn admission(ask: &AdmissionAsk<'_>, tenant: &Tenant, hold_ttl_ms: u64) -> Admission {
     let key_id = match &ask.principal.credential {
         Credential::ApiKey { key_id } => Some(key_id.as_str()),
         Credential::Jwt { .. } => None,
     };
     let policy = &ask.principal.key_policy;
-    let mut scopes = vec![(format!("tenant:{}", ask.tenant.id), ask.tenant.limits)];
+    let mut scopes = vec![(format!("tenant:{}", tenant.id), tenant.limits)];
     if let Some(key_id) = key_id {
         scopes.push((format!("key:{key_id}"), policy.limits));
     }
@@ -160,24 +159,24 @@ pub fn admission(ask: &AdmissionAsk<'_>) -> Admission {
         })
         .collect();
     let caps = spend_caps(
-        &ask.tenant.id,
-        &ask.tenant.budgets,
+        &tenant.id,
+        &tenant.budgets,
         key_id.map(|key_id| (key_id, policy.budgets.as_slice(), policy.credit_cap)),
         ask.now_ms / 1000,
     );
     Admission {
         request_id: ask.request_id.to_owned(),
-        tenant_id: ask.tenant.id.clone(),
+        tenant_id: tenant.id.clone(),
         key_id: Some(ask.caller.to_owned()),
         model: ask.model.id.clone(),
         deployment: ask.deployment.to_owned(),
         endpoint: ask.endpoint.name().to_owned(),
-        billing: ask.tenant.billing,
+        billing: tenant.billing,
         hold: ask.hold,
         draws,
         caps,
         now_ms: ask.now_ms,
-        expires_at_ms: ask.now_ms.saturating_add(ask.hold_ttl_ms),
+        expires_at_ms: ask.now_ms.saturating_add(hold_ttl_ms),
     }
 }
 
@@ -338,7 +337,6 @@ mod tests {
         let spec = model(None);
         fn ask<'a>(
             principal: &'a Principal,
-            tenant: &'a Tenant,
             spec: &'a ModelSpec,
             rate_limited: bool,
         ) -> AdmissionAsk<'a> {
@@ -346,14 +344,13 @@ mod tests {
                 request_id: "r",
                 principal,
                 caller: "caller",
-                tenant,
+                tenant_id: "t",
                 model: spec,
                 deployment: "d",
                 endpoint: Endpoint::ChatCompletions,
                 estimate: TokenEstimate::new(400, 0, 100, 50),
                 hold: "0.5".parse().unwrap(),
                 now_ms: 1_795_600_000_000,
-                hold_ttl_ms: 900_000,
                 rate_limited,
             }
         }
@@ -364,7 +361,7 @@ mod tests {
                 .map(|draw| draw.bucket.id.clone())
                 .collect()
         };
-        let by_key = admission(&ask(&key, &tenant, &spec, true));
+        let by_key = admission(&ask(&key, &spec, true), &tenant, 900_000);
         assert_eq!(
             by_key.draws.len(),
             4,
@@ -378,10 +375,10 @@ mod tests {
         );
         assert_eq!(by_key.key_id.as_deref(), Some("caller"));
         assert_eq!(by_key.expires_at_ms, 1_795_600_900_000);
-        let by_token = admission(&ask(&token, &tenant, &spec, true));
+        let by_token = admission(&ask(&token, &spec, true), &tenant, 900_000);
         assert_eq!(by_token.draws.len(), 3, "a token has no key buckets");
         assert_eq!(by_token.caps.len(), 1);
-        let already_served = admission(&ask(&key, &tenant, &spec, false));
+        let already_served = admission(&ask(&key, &spec, false), &tenant, 900_000);
         assert!(
             already_served.draws.is_empty(),
             "no rate limit refuses an edge hit"

@@ -3,35 +3,15 @@
 //! or 402. What it takes is the core's rule (`ferry_core::call::admission`); shared by the
 //! gateway's calls and the billing of edge hits.
 
-use ferry_core::admission::{RateStatus, Refusal, TokenEstimate};
+use ferry_core::admission::{RateStatus, Refusal};
 use ferry_core::call::{self, AdmissionAsk};
-use ferry_core::model::ModelSpec;
-use ferry_core::ports::{Endpoint, Tenant};
-use ferry_core::principal::Principal;
+use ferry_core::ports::Tenant;
 use ferry_core::ratelimit::Unit;
-use ferry_core::{ApiError, ErrorKind, Money};
+use ferry_core::{ApiError, ErrorKind};
 
 use crate::app::AppState;
 use crate::error::HandlerResult;
 use crate::metrics::ResultLabels;
-
-/// A call to admit.
-pub(crate) struct Admission<'a> {
-    pub request_id: &'a str,
-    pub principal: &'a Principal,
-    /// Whom the call's usage is attributed to (`Credential::caller_id`).
-    pub caller: &'a str,
-    pub tenant_id: &'a str,
-    pub model: &'a ModelSpec,
-    pub deployment: &'a str,
-    pub endpoint: Endpoint,
-    pub estimate: TokenEstimate,
-    pub hold: Money,
-    pub now_ms: u64,
-    /// False for calls already served (edge hits, reported after the fact): billed, but no
-    /// rate limit can refuse what was delivered.
-    pub rate_limited: bool,
-}
 
 /// An admitted call: its rate-limit status, and the tenant as admission read it.
 pub(crate) struct Admitted {
@@ -39,7 +19,7 @@ pub(crate) struct Admitted {
     pub tenant: Tenant,
 }
 
-pub(crate) async fn admit(state: &AppState, call: Admission<'_>) -> HandlerResult<Admitted> {
+pub(crate) async fn admit(state: &AppState, call: AdmissionAsk<'_>) -> HandlerResult<Admitted> {
     let tenant = state
         .store
         .get_tenant(call.tenant_id)
@@ -50,20 +30,7 @@ pub(crate) async fn admit(state: &AppState, call: Admission<'_>) -> HandlerResul
                 "This key's tenant no longer exists.",
             )
         })?;
-    let admission = call::admission(&AdmissionAsk {
-        request_id: call.request_id,
-        principal: call.principal,
-        caller: call.caller,
-        tenant: &tenant,
-        model: call.model,
-        deployment: call.deployment,
-        endpoint: call.endpoint,
-        estimate: call.estimate,
-        hold: call.hold,
-        now_ms: call.now_ms,
-        hold_ttl_ms: state.money.hold_ttl_ms(),
-        rate_limited: call.rate_limited,
-    });
+    let admission = call::admission(&call, &tenant, state.money.hold_ttl_ms());
     let decided = state.accounts.admit(&admission).await?;
     let result = match &decided {
         Ok(_) => "admitted",

@@ -16,16 +16,17 @@ use ferry_core::{ApiError, ErrorKind};
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::admit;
 use super::cached::{self, Found};
 use super::grants::{Served, add_grant};
 use super::meter::{Meter, MeterParams};
 use super::relay::relay;
 use super::route::{self, Answered};
-use super::{Admission, admit};
 use crate::app::{AppState, RequestId, RequestLog};
 use crate::cache::Keeper;
 use crate::clock;
 use crate::error::{ErrorResponse, HandlerResult, add_headers};
+use ferry_core::call::AdmissionAsk;
 
 /// Who is calling, as the handler knows them, and when the call began.
 pub(super) struct Caller<'a> {
@@ -343,7 +344,7 @@ async fn admit_call(
     };
     let admitted = admit(
         caller.state,
-        Admission {
+        AdmissionAsk {
             request_id: &caller.request_id.0,
             principal: caller.principal,
             caller: &caller.principal.credential.caller_id(),

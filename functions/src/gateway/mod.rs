@@ -29,7 +29,7 @@ use ferry_core::openai::{
 };
 use ferry_core::ports::{Endpoint, StoredModel};
 
-pub(crate) use admit::{Admission, admit};
+pub(crate) use admit::admit;
 
 use crate::app::{self, AppState, RequestId, RequestLog};
 use crate::error::HandlerResult;
