@@ -606,14 +606,37 @@ impl Crossing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettlePlan {
     /// What the tenant pays, and so what its usage event and its answer say: the cost, drawn
-    /// from a prepaid hold and, beyond it, from the available balance as far as that goes.
+    /// from a prepaid hold and, beyond it, from the available balance as far as that and the
+    /// hard caps allow.
     pub charged: Money,
-    /// The part of the cost a prepaid balance could not cover, written off as the operator's.
+    /// The part of the cost that could not be charged, written off as the operator's.
     pub loss: Money,
     /// The settlement (or release, or postpaid charge), then the loss if there is one.
     pub postings: Vec<Posting>,
     /// Caps this charge carried past their limit, for alerts.
     pub crossings: Vec<Crossing>,
+}
+
+/// What the call's hard caps have room for: each one's cap, less what is settled against it
+/// and what other calls in flight hold (this call's own hold is room it keeps).
+fn cap_room(hold: &Hold, counters: &[SpendCounter]) -> i64 {
+    hold.caps
+        .iter()
+        .zip(counters)
+        .filter(|(cap, _)| cap.enforcement == Enforcement::Hard)
+        .map(|(cap, counter)| {
+            let others = counter
+                .held
+                .nanos()
+                .saturating_sub(hold.amount.nanos())
+                .max(0);
+            cap.cap
+                .nanos()
+                .saturating_sub(counter.settled.nanos())
+                .saturating_sub(others)
+        })
+        .min()
+        .unwrap_or(i64::MAX)
 }
 
 impl Hold {
@@ -628,8 +651,9 @@ impl Hold {
 /// settlement (read only when [`Hold::overdrawn_by`] says it matters), `counters` the caps'
 /// counters. An expired hold (`cost` = none) is released in full and charges nothing.
 ///
-/// A prepaid charge never takes `available` below zero, and is never quietly smaller than
-/// the cost: what the balance cannot pay is the loss.
+/// A charge never takes a prepaid `available` below zero nor passes a hard cap beyond what the
+/// hold already had room for, and is never quietly smaller than the cost: what the balance or
+/// the caps cannot take is the loss. A cost within the hold is always charged whole.
 pub fn settle_plan(
     hold: &Hold,
     cost: Option<Money>,
@@ -637,17 +661,24 @@ pub fn settle_plan(
     counters: &[SpendCounter],
 ) -> SettlePlan {
     let cost = cost.map(|cost| cost.max(Money::ZERO));
-    let (charged, loss) = match (cost, hold.billing) {
-        (None, _) => (Money::ZERO, Money::ZERO),
-        (Some(cost), Billing::Prepaid) if cost > hold.amount => {
-            let beyond = cost.nanos() - hold.amount.nanos();
-            let drawn = beyond.min(available.nanos().max(0));
+    let (charged, loss) = match cost {
+        None => (Money::ZERO, Money::ZERO),
+        Some(cost) => {
+            // The most this call may be charged: what a prepaid balance can pay (its hold,
+            // and beyond it the available balance), and what every hard cap has room for.
+            let mut most = cap_room(hold, counters);
+            if hold.billing == Billing::Prepaid {
+                let payable = hold.amount.nanos().saturating_add(available.nanos().max(0));
+                most = most.min(payable);
+            }
+            let charged = cost
+                .nanos()
+                .min(most.max(hold.amount.nanos().min(cost.nanos())));
             (
-                Money::from_nanos(hold.amount.nanos() + drawn),
-                Money::from_nanos(beyond - drawn),
+                Money::from_nanos(charged),
+                Money::from_nanos(cost.nanos() - charged),
             )
         }
-        (Some(cost), _) => (cost, Money::ZERO),
     };
     let posting = match (cost, hold.billing) {
         (None, Billing::Prepaid) => Some(Posting::expire(&hold.tenant_id, hold.amount)),
@@ -936,6 +967,50 @@ mod tests {
             // Never more than the balance had, beyond the hold.
             assert!(taken <= usd(available).nanos().max(0), "{cost} {available}");
         }
+    }
+
+    #[test]
+    fn a_charge_beyond_the_hold_never_passes_a_hard_cap() {
+        let cap = |amount: &str, enforcement: Enforcement| SpendCap {
+            counter: format!("spend:key:k:{amount}"),
+            cap: usd(amount),
+            enforcement,
+            source: LimitSource::KeyCreditCap,
+            resets_at: None,
+        };
+        let mut hold = Hold::of(&admission(
+            Billing::Prepaid,
+            "1",
+            vec![],
+            vec![cap("3", Enforcement::Hard), cap("2", Enforcement::Soft)],
+        ));
+        // Settled 1.5 against the hard cap; this hold (1) and another call's (0.25) in flight.
+        let counters = [
+            SpendCounter {
+                settled: usd("1.5"),
+                held: usd("1.25"),
+            },
+            SpendCounter {
+                settled: usd("1.5"),
+                held: usd("1.25"),
+            },
+        ];
+        // Room under the hard cap: 3 - 1.5 - 0.25 = 1.25; the soft cap limits nothing.
+        let plan = settle_plan(&hold, Some(usd("4")), usd("100"), &counters);
+        assert_eq!((plan.charged, plan.loss), (usd("1.25"), usd("2.75")));
+        assert_eq!(plan.crossings.len(), 1, "the soft cap's alert");
+        // A cost within the hold is charged whole, whatever the counters say.
+        let within = settle_plan(&hold, Some(usd("0.75")), Money::ZERO, &counters);
+        assert_eq!((within.charged, within.loss), (usd("0.75"), Money::ZERO));
+        // Postpaid alike: the hard cap bounds the charge, the rest is written off.
+        hold.billing = Billing::Postpaid;
+        let postpaid = settle_plan(&hold, Some(usd("4")), Money::ZERO, &counters);
+        assert_eq!(
+            (postpaid.charged, postpaid.loss),
+            (usd("1.25"), usd("2.75"))
+        );
+        assert_eq!(postpaid.postings.len(), 2);
+        assert!(postpaid.postings.iter().all(Posting::is_balanced));
     }
 
     #[test]
