@@ -52,7 +52,8 @@ pub struct ServerSection {
     pub max_connections: Option<usize>,
     /// From the first byte of a request head to its last. Default 10.
     pub header_read_timeout_seconds: Option<u64>,
-    /// How long a connection with no call in flight waits for its next request. Default 60.
+    /// How long a connection with no call in flight waits for its next request; keep it above
+    /// the keep-alive of any proxy in front. Default 75.
     pub idle_timeout_seconds: Option<u64>,
     /// The longest pause in a request body (and the time before its rate is judged). Default 10.
     pub body_read_timeout_seconds: Option<u64>,

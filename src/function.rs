@@ -184,7 +184,13 @@ async fn serve(
         .await
         .with_context(|| format!("binding {addr}"))?;
     println!("listening on http://{}", listener.local_addr()?);
-    let mut server = Server::new(listener, router, ConnectionLimits::default());
+    // Behind Knative's queue-proxy (or another proxy), whose idle connections live 90 s: the
+    // server lets go later than its proxy does.
+    let limits = ConnectionLimits {
+        idle_timeout: Duration::from_secs(120),
+        ..ConnectionLimits::default()
+    };
+    let mut server = Server::new(listener, router, limits);
     if let Some(metrics) = metrics {
         server = server.with_metrics(metrics);
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use ferry_functions::server::{ConnectionLimits, Server};
@@ -125,11 +126,13 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     pool.spawn();
     println!("scaler listening on http://{}", listener.local_addr()?);
-    let server = Server::new(
-        listener,
-        ferry_scaler::proxy::router(pool.clone()),
-        ConnectionLimits::default(),
-    );
+    // Behind the pool's load balancer (`iac/terraform/modules/gpu_pool`: idle connections kept
+    // 900 s), and its calls wait for cold starts: the server lets go later than its proxy.
+    let limits = ConnectionLimits {
+        idle_timeout: Duration::from_secs(960),
+        ..ConnectionLimits::default()
+    };
+    let server = Server::new(listener, ferry_scaler::proxy::router(pool.clone()), limits);
     crate::serve::serve_until_signal(server, Some(pool)).await
 }
 

@@ -55,7 +55,10 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
+            // Longer than the keep-alive of the proxies most often in front (nginx's and AWS
+            // load balancers' 60 s): a proxy must let go of a connection before the server
+            // does, or it may send a request down one just closed.
+            idle_timeout: Duration::from_secs(75),
             body_rate: BodyRate::default(),
             max_header_bytes: 64 * 1024,
             http2_max_concurrent_streams: 256,
@@ -132,7 +135,7 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-                refuse(&stream);
+                refuse(stream);
                 if let Some(metrics) = &metrics {
                     metrics.connections_refused.inc();
                 }
@@ -159,8 +162,20 @@ impl Server {
 }
 
 /// Answers a connection past the cap without reading from it, and closes it.
-fn refuse(stream: &TcpStream) {
+fn refuse(stream: TcpStream) {
+    // What the client has already sent is read first: closing a socket with unread data
+    // resets it, and a reset can destroy the answer before the client reads it.
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.try_read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
     let _ = stream.try_write(&REFUSED);
+    if let Ok(stream) = stream.into_std() {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
 }
 
 /// An accept that failed: the listener is fine unless the process is out of descriptors (or
@@ -189,14 +204,11 @@ impl Connection {
     async fn serve(mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let open = self.metrics.clone();
-        if let Some(metrics) = &open {
-            metrics.connections_open.inc();
-        }
+        let open = OpenConnection::count(self.metrics.clone());
         let io = TokioIo::new(Watched {
             io: stream,
             activity: Arc::clone(&activity),
-            sniffed: false,
+            preface_matched: Some(0),
         });
         let service = {
             let (router, activity, rate) = (
@@ -269,7 +281,7 @@ impl Connection {
                 }
             }
         }
-        if let (Some(metrics), Some((reason, _))) = (&open, closing)
+        if let (Some(metrics), Some((reason, _))) = (&open.0, closing)
             && reason != "shutdown"
         {
             metrics
@@ -277,7 +289,24 @@ impl Connection {
                 .get_or_create(&ConnectionLabels { reason })
                 .inc();
         }
-        if let Some(metrics) = &open {
+    }
+}
+
+/// A connection counted as open until this is dropped, however its task ends.
+struct OpenConnection(Option<Arc<Metrics>>);
+
+impl OpenConnection {
+    fn count(metrics: Option<Arc<Metrics>>) -> OpenConnection {
+        if let Some(metrics) = &metrics {
+            metrics.connections_open.inc();
+        }
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.0 {
             metrics.connections_open.dec();
         }
     }
@@ -313,10 +342,17 @@ impl Activity {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The connection turned out to speak HTTP/2: only its idleness is timed from now on.
+    fn is_http2(&self) {
+        self.http2.store(true, Ordering::Release);
+        self.reading_head.store(false, Ordering::Release);
+        self.changed.notify_one();
+    }
+
     /// Bytes arrived: on an idle HTTP/1 connection, the next request head has begun.
     fn on_read(&self) {
         if self.in_flight.load(Ordering::Acquire) == 0
-            && !self.http2.load(Ordering::Relaxed)
+            && !self.http2.load(Ordering::Acquire)
             && !self.reading_head.swap(true, Ordering::AcqRel)
         {
             self.since_ms.store(self.now_ms(), Ordering::Release);
@@ -380,12 +416,12 @@ impl Drop for InFlight {
 struct Watched {
     io: TcpStream,
     activity: Arc<Activity>,
-    /// The first bytes have been looked at (HTTP/2's preface or not).
-    sniffed: bool,
+    /// How many of the first bytes have matched HTTP/2's preface; `None` once decided.
+    preface_matched: Option<usize>,
 }
 
 /// How every HTTP/2 connection begins (RFC 9113, 3.4).
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl AsyncRead for Watched {
     fn poll_read(
@@ -397,12 +433,19 @@ impl AsyncRead for Watched {
         let polled = Pin::new(&mut self.io).poll_read(context, buffer);
         let read = &buffer.filled()[before..];
         if matches!(polled, Poll::Ready(Ok(()))) && !read.is_empty() {
-            if !self.sniffed {
-                self.sniffed = true;
-                let prefix = read.len().min(HTTP2_PREFACE.len());
-                if read[..prefix] == HTTP2_PREFACE[..prefix] {
-                    self.activity.http2.store(true, Ordering::Relaxed);
-                }
+            // HTTP/2 or not is decided on the whole preface, however it is split into reads:
+            // a client cannot pass for HTTP/2 (which has no head timeout) with one byte.
+            if let Some(matched) = self.preface_matched {
+                let expected = &HTTP2_PREFACE[matched..];
+                let compared = read.len().min(expected.len());
+                self.preface_matched = if read[..compared] != expected[..compared] {
+                    None
+                } else if matched + compared == HTTP2_PREFACE.len() {
+                    self.activity.is_http2();
+                    None
+                } else {
+                    Some(matched + compared)
+                };
             }
             self.activity.on_read();
         }
