@@ -328,9 +328,12 @@ async fn request_context(
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let LogFields { tenant, model } = log.fields().clone();
     // The route template, not the path: a path is the caller's to fill with anything.
-    if status >= 500 {
-        let detail = tag.and_then(|tag| tag.detail.as_deref());
-        tracing::warn!(%request_id, %method, route = %logged_route, status, latency_ms, tenant, model, error_type, detail, "request failed");
+    let detail = tag.and_then(|tag| tag.detail.as_deref());
+    if let Some(detail) = detail {
+        // What went wrong underneath (a store's failure): for whoever is paged.
+        tracing::error!(%request_id, %method, route = %logged_route, status, latency_ms, tenant, model, error_type, detail, "request failed");
+    } else if status >= 500 {
+        tracing::warn!(%request_id, %method, route = %logged_route, status, latency_ms, tenant, model, error_type, "request failed");
     } else {
         tracing::info!(%request_id, %method, route = %logged_route, status, latency_ms, tenant, model, error_type, "request");
     }

@@ -21,7 +21,7 @@ use ferry_core::{ApiError, ErrorKind, Money};
 
 use crate::app::AppState;
 use crate::clock;
-use crate::error::HandlerResult;
+use crate::error::{ErrorResponse, HandlerResult};
 use crate::gateway::admit;
 use ferry_core::call::AdmissionAsk;
 
@@ -114,8 +114,15 @@ pub async fn report_hits(
                 code: code.into(),
             }),
             // The store failed: the edge keeps the hit and sends it again; the others stand.
-            Err(Rejected::ForNow(error)) => {
-                tracing::warn!(hit = %hit.id, error = %error.message, "edge hit not billed yet");
+            Err(Rejected::ForNow(failure)) => {
+                match &failure.detail {
+                    Some(detail) => {
+                        tracing::error!(hit = %hit.id, %detail, "edge hit not billed yet: the store failed");
+                    }
+                    None => {
+                        tracing::warn!(hit = %hit.id, error = %failure.error.message, "edge hit not billed yet");
+                    }
+                }
                 outcome.retry.push(hit.id.clone());
             }
         }
@@ -138,12 +145,13 @@ enum Billed {
 
 enum Rejected {
     Permanently(&'static str),
-    ForNow(ApiError),
+    /// The store failed; what went wrong underneath is logged once, with the hit.
+    ForNow(ErrorResponse),
 }
 
 impl From<ferry_core::ports::StoreError> for Rejected {
     fn from(error: ferry_core::ports::StoreError) -> Rejected {
-        Rejected::ForNow(error.into())
+        Rejected::ForNow(ErrorResponse::from(error))
     }
 }
 
@@ -234,7 +242,7 @@ async fn bill(state: &AppState, keys: &EdgeKeys, hit: &Hit) -> Result<Billed, Re
                 ErrorKind::Internal | ErrorKind::NoCapacity
             ) =>
         {
-            return Err(Rejected::ForNow(failure.error));
+            return Err(Rejected::ForNow(failure));
         }
         Err(failure) => {
             tracing::warn!(request_id, error = %failure.error.message, "edge hit refused");

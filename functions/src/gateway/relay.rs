@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
+use ferry_core::Money;
 use ferry_core::cache::assemble_chat;
 use ferry_core::openai::Usage;
 use ferry_core::ports::{ByteStream, UpstreamError};
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::meter::{CLIENT_CLOSED, Meter};
+use super::meter::{CLIENT_CLOSED, Meter, NotSettled};
 use super::route::BreakerPermit;
 use crate::cache::Keeper;
 
@@ -104,6 +105,8 @@ struct Progress {
     /// The latest chunk with usage for the caller, held back until the next event: the last
     /// one is sent after settlement, with the cost that was charged.
     usage_chunk: Option<Value>,
+    /// A chunk with usage that had to go before the stream ended (more followed it), as sent.
+    sent_usage_chunk: Option<Value>,
 }
 
 /// What one upstream event becomes for the caller.
@@ -139,6 +142,7 @@ async fn pump(stream: Stream, sender: Caller) {
         upstream_failed: false,
         chunks: keep.as_ref().map(|_| Vec::new()),
         usage_chunk: None,
+        sent_usage_chunk: None,
     };
     let mut saw_done = false;
     // How the stream ended, and the error event to end it with (sent after settlement).
@@ -176,6 +180,7 @@ async fn pump(stream: Stream, sender: Caller) {
             }
             if let Some(earlier) = progress.usage_chunk.take() {
                 out.push_str(&data_event(&earlier.to_string()));
+                progress.sent_usage_chunk = Some(earlier);
             }
             match relayed {
                 Relayed::Send(data) => out.push_str(&data_event(&data)),
@@ -236,10 +241,7 @@ async fn settle(
         return None;
     }
     let mut end = String::new();
-    if let (Some(mut chunk), Ok(charged)) = (progress.usage_chunk.take(), &settled) {
-        if let Some(usage) = chunk.get_mut("usage").and_then(Value::as_object_mut) {
-            usage.insert("cost".into(), Value::String(charged.to_string()));
-        }
+    if let Some(chunk) = charged_usage_chunk(&mut progress, &usage, &settled) {
         end.push_str(&data_event(&chunk.to_string()));
     }
     if let (Some(keep), Some(chunks), Ok(_)) = (keep, &progress.chunks, &settled)
@@ -258,6 +260,43 @@ async fn settle(
         }
     }
     (!end.is_empty()).then_some(end)
+}
+
+/// The last chunk with usage, as it should reach the caller once the call is settled: with
+/// the cost that was charged; or, if the charge could not be written, without its usage (its
+/// text still belongs to the answer). If the chunk with usage had to go before the end and
+/// the charge differs from what it said, a usage chunk of its own says what was charged.
+fn charged_usage_chunk(
+    progress: &mut Progress,
+    usage: &Usage,
+    settled: &Result<Money, NotSettled>,
+) -> Option<Value> {
+    let set_cost = |chunk: &mut Value, charged: &Money| {
+        if let Some(usage) = chunk.get_mut("usage").and_then(Value::as_object_mut) {
+            usage.insert("cost".into(), Value::String(charged.to_string()));
+        }
+    };
+    match (progress.usage_chunk.take(), settled) {
+        (Some(mut chunk), Ok(charged)) => {
+            set_cost(&mut chunk, charged);
+            Some(chunk)
+        }
+        (Some(mut chunk), Err(_)) => {
+            let has_text = chunk
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(|choices| !choices.is_empty());
+            chunk.as_object_mut()?.remove("usage");
+            has_text.then_some(chunk)
+        }
+        (None, Ok(charged)) if usage.cost != Some(*charged) => {
+            let mut chunk = progress.sent_usage_chunk.take()?;
+            chunk["choices"] = Value::Array(Vec::new());
+            set_cost(&mut chunk, charged);
+            Some(chunk)
+        }
+        (None, _) => None,
+    }
 }
 
 /// The one error event a failed stream ends with.

@@ -932,52 +932,57 @@ fn for_each_transaction(
     tenant_id: Option<&str>,
     mut each: impl FnMut(&Transaction),
 ) -> StoreResult<()> {
-    const COLUMNS: &str = "SELECT t.id, t.kind, t.tenant_id, t.request_id, t.memo, t.created_at_ms, e.account, e.amount_nanos
-        FROM ledger_transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id";
+    // A tenant's: its transactions with their entries. All: every entry with its transaction
+    // (an entry whose transaction is missing still counts, as an unbalanced one).
     let (sql, params) = match tenant_id {
         Some(tenant_id) => (
-            format!("{COLUMNS} WHERE t.tenant_id = ?1 ORDER BY t.id, e.rowid"),
+            "SELECT t.id, t.kind, t.tenant_id, t.request_id, t.memo, t.created_at_ms, e.account, e.amount_nanos
+             FROM ledger_transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id
+             WHERE t.tenant_id = ?1 ORDER BY t.id, e.rowid",
             vec![tenant_id],
         ),
-        None => (format!("{COLUMNS} ORDER BY t.id, e.rowid"), Vec::new()),
+        None => (
+            "SELECT e.transaction_id, t.kind, t.tenant_id, t.request_id, t.memo, t.created_at_ms, e.account, e.amount_nanos
+             FROM ledger_entries e LEFT JOIN ledger_transactions t ON t.id = e.transaction_id
+             ORDER BY e.transaction_id, e.rowid",
+            Vec::new(),
+        ),
     };
     let mut current: Option<Transaction> = None;
-    for_each_row(
-        connection,
-        &sql,
-        rusqlite::params_from_iter(params),
-        |row| {
-            let id: String = row.get(0)?;
-            if current
-                .as_ref()
-                .is_some_and(|transaction| transaction.id != id)
-                && let Some(done) = current.take()
-            {
-                each(&done);
-            }
-            if current.is_none() {
-                let kind: String = row.get(1)?;
-                current = Some(Transaction {
-                    id,
-                    kind: TransactionKind::parse(&kind).unwrap_or(TransactionKind::Adjustment),
-                    tenant_id: row.get(2)?,
-                    request_id: row.get(3)?,
-                    memo: row.get(4)?,
-                    created_at_ms: from_sql_int(row.get(5)?),
-                    entries: Vec::new(),
-                });
-            }
-            if let (Some(transaction), Some(account)) =
-                (current.as_mut(), row.get::<_, Option<String>>(6)?)
-            {
-                transaction.entries.push(Entry {
-                    account,
-                    amount_usd: Money::from_nanos(row.get(7)?),
-                });
-            }
-            Ok(())
-        },
-    )?;
+    for_each_row(connection, sql, rusqlite::params_from_iter(params), |row| {
+        let id: String = row.get(0)?;
+        if current
+            .as_ref()
+            .is_some_and(|transaction| transaction.id != id)
+            && let Some(done) = current.take()
+        {
+            each(&done);
+        }
+        if current.is_none() {
+            let kind: Option<String> = row.get(1)?;
+            current = Some(Transaction {
+                id,
+                kind: kind
+                    .as_deref()
+                    .and_then(TransactionKind::parse)
+                    .unwrap_or(TransactionKind::Adjustment),
+                tenant_id: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                request_id: row.get(3)?,
+                memo: row.get(4)?,
+                created_at_ms: from_sql_int(row.get::<_, Option<i64>>(5)?.unwrap_or(0)),
+                entries: Vec::new(),
+            });
+        }
+        if let (Some(transaction), Some(account)) =
+            (current.as_mut(), row.get::<_, Option<String>>(6)?)
+        {
+            transaction.entries.push(Entry {
+                account,
+                amount_usd: Money::from_nanos(row.get(7)?),
+            });
+        }
+        Ok(())
+    })?;
     if let Some(done) = current {
         each(&done);
     }
