@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use ferry_core::admission::TokenEstimate;
@@ -22,6 +21,7 @@ use ferry_core::{ApiError, ErrorKind, Money};
 use crate::app::AppState;
 use crate::clock;
 use crate::error::{ErrorResponse, HandlerResult};
+use crate::extract::RawBody;
 use crate::gateway::admit;
 use ferry_core::call::AdmissionAsk;
 
@@ -74,7 +74,7 @@ impl fmt::Debug for EdgeKeys {
 pub async fn report_hits(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> HandlerResult<Json<ReportOutcome>> {
     let Some(keys) = state.edge.clone() else {
         return Err(
