@@ -11,13 +11,6 @@ mod telemetry;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc gives memory back to the system once it is free: with the system allocator a
-/// burst of connections (a client's pool grown through a moment's stall) left the process
-/// holding its peak for good, so resident memory rose step by step over a long run
-/// (BENCHMARKS.md, "Soak").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "ferry",
