@@ -526,6 +526,10 @@ pub struct Hold {
     pub token_draws: Vec<Draw>,
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
+    /// Set when this hold is a replica's credit lease (`crate::lease`): every draw it took,
+    /// for calls it admits in memory; the unused part is given back when it is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_draws: Option<Vec<Draw>>,
 }
 
 /// Usage status recorded for a call whose hold expired: the gateway died before it finished.
@@ -575,6 +579,7 @@ impl Hold {
                 .collect(),
             created_at_ms: admission.now_ms,
             expires_at_ms: admission.expires_at_ms,
+            lease_draws: None,
         }
     }
 }
@@ -647,6 +652,20 @@ impl Hold {
     }
 }
 
+/// The caps that settling `charged` more against `counters` carries past their limit.
+pub fn crossings(caps: &[SpendCap], counters: &[SpendCounter], charged: Money) -> Vec<Crossing> {
+    caps.iter()
+        .zip(counters)
+        .filter_map(|(cap, counter)| {
+            let spent = counter.settled.checked_add(charged)?;
+            (counter.settled <= cap.cap && spent > cap.cap).then(|| Crossing {
+                cap: cap.clone(),
+                spent,
+            })
+        })
+        .collect()
+}
+
 /// Settles `hold` at `cost`; `available` is the tenant's spendable balance before this
 /// settlement (read only when [`Hold::overdrawn_by`] says it matters), `counters` the caps'
 /// counters. An expired hold (`cost` = none) is released in full and charges nothing.
@@ -692,18 +711,7 @@ pub fn settle_plan(
         .chain(written_off)
         .filter(|posting| !posting.entries.is_empty())
         .collect();
-    let crossings = hold
-        .caps
-        .iter()
-        .zip(counters)
-        .filter_map(|(cap, counter)| {
-            let spent = counter.settled.checked_add(charged)?;
-            (counter.settled <= cap.cap && spent > cap.cap).then(|| Crossing {
-                cap: cap.clone(),
-                spent,
-            })
-        })
-        .collect();
+    let crossings = crossings(&hold.caps, counters, charged);
     SettlePlan {
         charged,
         loss,

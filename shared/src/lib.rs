@@ -16,6 +16,7 @@ pub mod call;
 pub mod edge;
 pub mod error;
 pub mod ids;
+pub mod lease;
 pub mod ledger;
 pub mod model;
 pub mod money;

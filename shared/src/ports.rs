@@ -472,6 +472,17 @@ pub enum Settled {
     Duplicate,
 }
 
+/// A call's usage, settled against a credit lease (`crate::lease`) by the replica holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasedUsage {
+    pub lease_id: String,
+    /// Its `cost` is what the replica charged the call from its lease (and the lease's
+    /// extensions): what the call's answer said it was charged.
+    pub usage: UsageRecord,
+    /// What the call cost beyond that: written off.
+    pub loss: Money,
+}
+
 /// What closing a period did for one tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
@@ -504,6 +515,45 @@ pub trait Accounts: Send + Sync {
     /// what the call cost; what the tenant is charged (and the record keeps) never exceeds the
     /// prepaid hold.
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled>;
+    /// Takes a credit lease `lease_id` with room for as many calls like `call` as its limits
+    /// allow to share (`ferry_core::lease::calls`), in one atomic operation like [`admit`]:
+    /// the lease's admission and grant, or none when a limit is too small to lease or refuses
+    /// (the call is then admitted alone). A store without leases takes none.
+    ///
+    /// [`admit`]: Accounts::admit
+    async fn lease(
+        &self,
+        call: &Admission,
+        lease_id: &str,
+    ) -> StoreResult<Option<(Admission, Grant)>> {
+        let _ = (call, lease_id);
+        Ok(None)
+    }
+    /// Draws up to `amount` more into an open lease from the tenant's balance, as far as the
+    /// balance and the lease's hard caps allow: what it drew.
+    async fn extend_lease(&self, lease_id: &str, amount: Money) -> StoreResult<Money> {
+        let _ = amount;
+        Err(StoreError::Invalid(format!("no lease {lease_id} here")))
+    }
+    /// Records leased calls' usage, once per request id, charging their leases' holds: a
+    /// call whose lease is closed already is charged from the balance (never below zero; the
+    /// rest written off). One answer per usage, in order.
+    async fn settle_leased(&self, batch: &[LeasedUsage]) -> StoreResult<Vec<Settled>> {
+        match batch.first() {
+            None => Ok(Vec::new()),
+            Some(first) => Err(StoreError::Invalid(format!(
+                "no lease {} here",
+                first.lease_id
+            ))),
+        }
+    }
+    /// Gives a lease back once its calls are settled: its unspent credit to the balance and,
+    /// per draw, what its calls did not use (`used`, aligned with its draws) to the bucket.
+    /// Releasing a closed lease changes nothing.
+    async fn release_lease(&self, lease_id: &str, used: &[u64]) -> StoreResult<()> {
+        let _ = used;
+        Err(StoreError::Invalid(format!("no lease {lease_id} here")))
+    }
     /// Releases holds whose calls never settled (the gateway died), charging nothing.
     async fn expire_holds(&self, now_ms: u64) -> StoreResult<u64>;
     /// Posts a top-up, refund or adjustment, once per idempotency key.

@@ -132,6 +132,13 @@ pub fn take(bucket: &Bucket, tat: Option<i64>, amount: u64, now: i64) -> Taken {
     }
 }
 
+/// How much `bucket` could give at `now` before it refuses: what is left of its window.
+pub fn room(bucket: &Bucket, tat: Option<i64>, now: i64) -> u64 {
+    let now = i128::from(now);
+    let start = i128::from(tat.unwrap_or(i64::MIN)).max(now);
+    clamp_u64((now + WINDOW_NANOS - start) * i128::from(bucket.per_minute) / WINDOW_NANOS)
+}
+
 /// Corrects a bucket once the real amount is known (`delta` = actual − estimated). A refund
 /// never pushes the TAT before `now`; an overrun may push it past the window, so the next calls
 /// wait it out.

@@ -205,7 +205,12 @@ impl TenantBooks {
                 | TransactionKind::Charge
                 | TransactionKind::Expire
                 | TransactionKind::Loss
-        ) {
+        ) && !transaction
+            .request_id
+            .as_deref()
+            .is_some_and(crate::lease::is_lease_id)
+        {
+            // A lease's own closings (the unspent part returned) close no call.
             self.closings.push(transaction.request_id.clone());
         }
     }
