@@ -20,6 +20,7 @@ use std::future::Future;
 use ferry_core::ports::{Accounts, SharedCache, Store};
 
 pub mod accounts;
+pub mod leases;
 pub mod store;
 
 /// What the suite tests: a store with both ports and the shared cache.
@@ -161,6 +162,45 @@ macro_rules! conformance_tests {
         #[tokio::test]
         async fn usage_events_come_a_page_at_a_time_oldest_first() {
             $crate::accounts::usage_events_come_a_page_at_a_time_oldest_first::<$harness>().await;
+        }
+    };
+}
+
+/// One `#[tokio::test]` per credit-lease case, for adapters that take leases.
+#[macro_export]
+macro_rules! lease_conformance_tests {
+    ($harness:ty) => {
+        #[tokio::test]
+        async fn a_lease_holds_a_share_and_settles_its_calls_in_batches_once() {
+            $crate::leases::a_lease_holds_a_share_and_settles_its_calls_in_batches_once::<$harness>().await;
+        }
+        #[tokio::test]
+        async fn a_balance_too_small_to_share_is_not_leased() {
+            $crate::leases::a_balance_too_small_to_share_is_not_leased::<$harness>().await;
+        }
+        #[tokio::test]
+        async fn leases_taken_at_once_never_hold_more_than_the_balance() {
+            $crate::leases::leases_taken_at_once_never_hold_more_than_the_balance::<$harness>().await;
+        }
+        #[tokio::test]
+        async fn an_expired_lease_returns_the_rest_and_its_late_calls_charge_the_balance() {
+            $crate::leases::an_expired_lease_returns_the_rest_and_its_late_calls_charge_the_balance::<$harness>().await;
+        }
+        #[tokio::test]
+        async fn a_late_call_beyond_the_balance_is_charged_to_zero_and_the_rest_written_off() {
+            $crate::leases::a_late_call_beyond_the_balance_is_charged_to_zero_and_the_rest_written_off::<$harness>().await;
+        }
+        #[tokio::test]
+        async fn an_extension_draws_from_the_balance_as_far_as_it_goes() {
+            $crate::leases::an_extension_draws_from_the_balance_as_far_as_it_goes::<$harness>().await;
+        }
+        #[tokio::test]
+        async fn a_lease_draws_from_buckets_and_gives_back_what_its_calls_did_not_use() {
+            $crate::leases::a_lease_draws_from_buckets_and_gives_back_what_its_calls_did_not_use::<$harness>().await;
+        }
+        #[tokio::test]
+        async fn batches_move_the_caps_and_a_soft_cap_passed_alerts_once() {
+            $crate::leases::batches_move_the_caps_and_a_soft_cap_passed_alerts_once::<$harness>().await;
         }
     };
 }

@@ -18,9 +18,9 @@ use ferry_core::ids::{self, IdKind};
 use ferry_core::ledger::{self, Entry, Posting, TransactionKind};
 use ferry_core::model::Price;
 use ferry_core::ports::{
-    Accounts, Alert, Balance, Billing, CloseError, Closed, KeySpend, Page, PageRequest,
-    PostRequest, Posted, PriceRecord, Settled, StoreError, StoreResult, Transaction, UsageRecord,
-    split_cursor,
+    Accounts, Alert, Balance, Billing, CloseError, Closed, KeySpend, LeasedUsage, Page,
+    PageRequest, PostRequest, Posted, PriceRecord, Settled, StoreError, StoreResult, Transaction,
+    UsageRecord, split_cursor,
 };
 use ferry_core::ratelimit;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -37,7 +37,7 @@ fn immediate(connection: &mut Connection) -> StoreResult<rusqlite::Transaction<'
         .map_err(unavailable)
 }
 
-fn account_balance(connection: &Connection, account: &str) -> rusqlite::Result<Money> {
+pub(crate) fn account_balance(connection: &Connection, account: &str) -> rusqlite::Result<Money> {
     let nanos: Option<i64> = row(
         connection,
         "SELECT balance_nanos FROM accounts WHERE id = ?1",
@@ -48,14 +48,14 @@ fn account_balance(connection: &Connection, account: &str) -> rusqlite::Result<M
     Ok(Money::from_nanos(nanos.unwrap_or(0)))
 }
 
-fn read_balance(connection: &Connection, tenant_id: &str) -> rusqlite::Result<Balance> {
+pub(crate) fn read_balance(connection: &Connection, tenant_id: &str) -> rusqlite::Result<Balance> {
     Ok(Balance {
         available_usd: account_balance(connection, &ledger::available(tenant_id))?,
         held_usd: account_balance(connection, &ledger::held(tenant_id))?,
     })
 }
 
-fn read_counter(connection: &Connection, id: &str) -> rusqlite::Result<SpendCounter> {
+pub(crate) fn read_counter(connection: &Connection, id: &str) -> rusqlite::Result<SpendCounter> {
     let counter = row(
         connection,
         "SELECT settled_nanos, held_nanos FROM spend_counters WHERE id = ?1",
@@ -71,7 +71,7 @@ fn read_counter(connection: &Connection, id: &str) -> rusqlite::Result<SpendCoun
     Ok(counter.unwrap_or_default())
 }
 
-fn bump_counter(
+pub(crate) fn bump_counter(
     connection: &Connection,
     id: &str,
     settled: i64,
@@ -87,14 +87,14 @@ fn bump_counter(
 
 /// Each counter once: two budgets for the same period (a soft alert under a hard cap) share
 /// one counter, and a call must count against it once.
-fn distinct_counters(caps: &[SpendCap]) -> Vec<&str> {
+pub(crate) fn distinct_counters(caps: &[SpendCap]) -> Vec<&str> {
     let mut counters: Vec<&str> = caps.iter().map(|cap| cap.counter.as_str()).collect();
     counters.sort_unstable();
     counters.dedup();
     counters
 }
 
-fn read_tat(connection: &Connection, bucket: &str) -> rusqlite::Result<Option<i64>> {
+pub(crate) fn read_tat(connection: &Connection, bucket: &str) -> rusqlite::Result<Option<i64>> {
     row(
         connection,
         "SELECT tat_nanos FROM rate_buckets WHERE id = ?1",
@@ -104,7 +104,7 @@ fn read_tat(connection: &Connection, bucket: &str) -> rusqlite::Result<Option<i6
     .optional()
 }
 
-fn write_tat(connection: &Connection, bucket: &str, tat: i64) -> rusqlite::Result<()> {
+pub(crate) fn write_tat(connection: &Connection, bucket: &str, tat: i64) -> rusqlite::Result<()> {
     run(
         connection,
         "INSERT INTO rate_buckets (id, tat_nanos) VALUES (?1, ?2)
@@ -115,7 +115,7 @@ fn write_tat(connection: &Connection, bucket: &str, tat: i64) -> rusqlite::Resul
 }
 
 /// Posts one balanced transaction and moves the account projections with it.
-fn post_in(
+pub(crate) fn post_in(
     connection: &Connection,
     id: &str,
     posting: &Posting,
@@ -188,7 +188,7 @@ fn load_transaction(connection: &Connection, id: &str) -> rusqlite::Result<Optio
     Ok(Some(transaction))
 }
 
-fn load_hold(
+pub(crate) fn load_hold(
     connection: &Connection,
     request_id: &str,
 ) -> rusqlite::Result<Option<(Hold, String)>> {
@@ -246,18 +246,7 @@ fn close_hold(
         )
         .map_err(unavailable)?;
     }
-    for crossing in &plan.crossings {
-        let alert = crossing.alert(&hold.tenant_id, now_ms);
-        let body = serde_json::to_string(&alert).map_err(unavailable)?;
-        run(
-            connection,
-            "INSERT INTO alerts (id, tenant_id, body, created_at_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO NOTHING",
-            params![alert.id, alert.tenant_id, body, to_sql_int(now_ms)],
-        )
-        .map_err(unavailable)?;
-        tracing::warn!(tenant = %hold.tenant_id, counter = %crossing.cap.counter, cap = %crossing.cap.cap, spent = %crossing.spent, "spend passed a budget");
-    }
+    write_alerts(connection, &hold.tenant_id, &plan.crossings, now_ms)?;
     if cost.is_some() {
         // Token buckets drew the estimate at admission; now they take the actual count.
         let now_nanos = ratelimit::nanos_from_millis(now_ms);
@@ -279,6 +268,136 @@ fn close_hold(
     Ok(plan.charged)
 }
 
+/// A request id already admitted is a conflict, whatever the buckets and balance say now (a
+/// retried report of edge hits relies on it).
+pub(crate) fn refuse_if_admitted(connection: &Connection, request_id: &str) -> StoreResult<()> {
+    let admitted: Option<i64> = row(
+        connection,
+        "SELECT 1 FROM holds WHERE request_id = ?1",
+        [request_id],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(unavailable)?;
+    match admitted {
+        Some(_) => Err(StoreError::Conflict(format!("request {request_id}"))),
+        None => Ok(()),
+    }
+}
+
+/// What admission decides on: the buckets, the balance and the caps' counters.
+pub(crate) fn read_admission_state(
+    connection: &Connection,
+    admission: &Admission,
+) -> rusqlite::Result<admission::AdmissionState> {
+    let balance = read_balance(connection, &admission.tenant_id)?;
+    Ok(admission::AdmissionState {
+        tats: admission
+            .draws
+            .iter()
+            .map(|draw| read_tat(connection, &draw.bucket.id))
+            .collect::<rusqlite::Result<_>>()?,
+        available: balance.available_usd,
+        held: balance.held_usd,
+        counters: admission
+            .caps
+            .iter()
+            .map(|cap| read_counter(connection, &cap.counter))
+            .collect::<rusqlite::Result<_>>()?,
+    })
+}
+
+/// Writes what a grant takes: the buckets, the hold, its posting, the caps' held amounts.
+pub(crate) fn write_admitted(
+    connection: &Connection,
+    admission: &Admission,
+    grant: &Grant,
+    hold: &Hold,
+) -> StoreResult<()> {
+    for (draw, tat) in admission.draws.iter().zip(&grant.tats) {
+        write_tat(connection, &draw.bucket.id, *tat).map_err(unavailable)?;
+    }
+    let inserted = write_hold(connection, hold, "open", true)?;
+    if !inserted {
+        return Err(StoreError::Conflict(format!(
+            "request {}",
+            admission.request_id
+        )));
+    }
+    if let Some(posting) = &grant.hold_posting {
+        let id = format!("hold:{}", admission.request_id);
+        post_in(
+            connection,
+            &id,
+            posting,
+            Some(&admission.request_id),
+            None,
+            None,
+            admission.now_ms,
+        )?;
+    }
+    for counter in distinct_counters(&admission.caps) {
+        bump_counter(connection, counter, 0, admission.hold.nanos()).map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Inserts a hold (`new`) or rewrites its detail and state; false when a new one's request id
+/// is taken.
+pub(crate) fn write_hold(
+    connection: &Connection,
+    hold: &Hold,
+    state: &str,
+    new: bool,
+) -> StoreResult<bool> {
+    let detail = serde_json::to_string(hold).map_err(unavailable)?;
+    let changed = if new {
+        run(
+            connection,
+            "INSERT INTO holds (request_id, tenant_id, state, detail, created_at_ms, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (request_id) DO NOTHING",
+            params![
+                hold.request_id,
+                hold.tenant_id,
+                state,
+                detail,
+                to_sql_int(hold.created_at_ms),
+                to_sql_int(hold.expires_at_ms)
+            ],
+        )
+    } else {
+        run(
+            connection,
+            "UPDATE holds SET detail = ?2, state = ?3 WHERE request_id = ?1",
+            params![hold.request_id, detail, state],
+        )
+    }
+    .map_err(unavailable)?;
+    Ok(changed == 1)
+}
+
+/// Records an alert per cap a charge carried past its limit (once per counter and cap).
+pub(crate) fn write_alerts(
+    connection: &Connection,
+    tenant_id: &str,
+    crossings: &[admission::Crossing],
+    now_ms: u64,
+) -> StoreResult<()> {
+    for crossing in crossings {
+        let alert = crossing.alert(tenant_id, now_ms);
+        let body = serde_json::to_string(&alert).map_err(unavailable)?;
+        run(
+            connection,
+            "INSERT INTO alerts (id, tenant_id, body, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO NOTHING",
+            params![alert.id, alert.tenant_id, body, to_sql_int(now_ms)],
+        )
+        .map_err(unavailable)?;
+        tracing::warn!(tenant = %tenant_id, counter = %crossing.cap.counter, cap = %crossing.cap.cap, spent = %crossing.spent, "spend passed a budget");
+    }
+    Ok(())
+}
+
 fn price_from_text(text: &str) -> StoreResult<Price> {
     serde_json::from_str(text).map_err(unavailable)
 }
@@ -288,73 +407,37 @@ impl Accounts for SqliteStore {
     async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
         let admission = admission.clone();
         self.grouped_unless_busy(move |connection| {
-            let read = || -> rusqlite::Result<admission::AdmissionState> {
-                let balance = read_balance(connection, &admission.tenant_id)?;
-                Ok(admission::AdmissionState {
-                    tats: admission
-                        .draws
-                        .iter()
-                        .map(|draw| read_tat(connection, &draw.bucket.id))
-                        .collect::<rusqlite::Result<_>>()?,
-                    available: balance.available_usd,
-                    held: balance.held_usd,
-                    counters: admission
-                        .caps
-                        .iter()
-                        .map(|cap| read_counter(connection, &cap.counter))
-                        .collect::<rusqlite::Result<_>>()?,
-                })
-            };
-            // A request id already admitted is a conflict, whatever the buckets and balance say
-            // now (a retried report of edge hits relies on it).
-            let admitted: Option<i64> = row(
-                connection,
-                "SELECT 1 FROM holds WHERE request_id = ?1",
-                [&admission.request_id],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(unavailable)?;
-            if admitted.is_some() {
-                return Err(StoreError::Conflict(format!("request {}", admission.request_id)));
-            }
-            let state = read().map_err(unavailable)?;
+            refuse_if_admitted(connection, &admission.request_id)?;
+            let state = read_admission_state(connection, &admission).map_err(unavailable)?;
             let grant = match admission::decide(&admission, &state) {
                 Ok(grant) => grant,
                 // Nothing has been written yet: a refusal takes nothing.
                 Err(refusal) => return Ok(Err(refusal)),
             };
-            for (draw, tat) in admission.draws.iter().zip(&grant.tats) {
-                write_tat(connection, &draw.bucket.id, *tat).map_err(unavailable)?;
-            }
-            let hold = Hold::of(&admission);
-            let detail = serde_json::to_string(&hold).map_err(unavailable)?;
-            let inserted = run(connection,
-                    "INSERT INTO holds (request_id, tenant_id, state, detail, created_at_ms, expires_at_ms)
-                     VALUES (?1, ?2, 'open', ?3, ?4, ?5) ON CONFLICT (request_id) DO NOTHING",
-                    params![
-                        admission.request_id,
-                        admission.tenant_id,
-                        detail,
-                        to_sql_int(admission.now_ms),
-                        to_sql_int(admission.expires_at_ms)
-                    ],
-                )
-                .map_err(unavailable)?;
-            if inserted == 0 {
-                return Err(StoreError::Conflict(format!("request {}", admission.request_id)));
-            }
-            if let Some(posting) = &grant.hold_posting {
-                let id = format!("hold:{}", admission.request_id);
-                post_in(connection, &id, posting, Some(&admission.request_id), None, None, admission.now_ms)?;
-            }
-            for counter in distinct_counters(&admission.caps) {
-                bump_counter(connection, counter, 0, admission.hold.nanos())
-                    .map_err(unavailable)?;
-            }
+            write_admitted(connection, &admission, &grant, &Hold::of(&admission))?;
             Ok(Ok(grant))
         })
         .await
+    }
+
+    async fn lease(
+        &self,
+        call: &Admission,
+        lease_id: &str,
+    ) -> StoreResult<Option<(Admission, Grant)>> {
+        self.take_lease(call, lease_id).await
+    }
+
+    async fn extend_lease(&self, lease_id: &str, amount: Money) -> StoreResult<Money> {
+        self.extend_lease_by(lease_id, amount).await
+    }
+
+    async fn settle_leased(&self, batch: &[LeasedUsage]) -> StoreResult<Vec<Settled>> {
+        self.settle_lease_batch(batch).await
+    }
+
+    async fn release_lease(&self, lease_id: &str, used: &[u64]) -> StoreResult<()> {
+        self.give_back_lease(lease_id, used).await
     }
 
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
@@ -408,8 +491,11 @@ impl Accounts for SqliteStore {
             };
             for hold in &holds {
                 close_hold(&transaction, hold, None, 0, now_ms)?;
-                let usage = hold.expired_usage(now_ms);
-                insert_usage(&transaction, &usage).map_err(unavailable)?;
+                // A lease is no call: its calls' usage is their own.
+                if hold.lease_draws.is_none() {
+                    let usage = hold.expired_usage(now_ms);
+                    insert_usage(&transaction, &usage).map_err(unavailable)?;
+                }
             }
             transaction.commit().map_err(unavailable)?;
             Ok(holds.len() as u64)

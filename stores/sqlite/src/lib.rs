@@ -21,6 +21,7 @@ use ferry_core::principal::Role;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 mod accounts;
+mod leases;
 mod objects;
 mod thread;
 

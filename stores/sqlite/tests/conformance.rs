@@ -26,6 +26,7 @@ impl Harness for InMemory {
 }
 
 ferry_store_conformance::conformance_tests!(InMemory);
+ferry_store_conformance::lease_conformance_tests!(InMemory);
 
 /// A fresh directory for a database file, removed when dropped.
 struct TempDir(PathBuf);
