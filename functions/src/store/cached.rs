@@ -11,14 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ferry_core::Money;
 use ferry_core::admission::{Admission, Grant, Refusal};
 use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow};
 use ferry_core::calendar::Month;
 use ferry_core::model::{ModelSpec, Price};
 use ferry_core::ports::{
-    Accounts, Alert, Balance, CloseError, Closed, KeyRecord, KeySpend, Page, PageRequest,
-    PostRequest, Posted, PriceRecord, SessionRecord, Settled, Store, StoreResult, StoredModel,
-    Tenant, TenantPolicy, Transaction, UsageRecord,
+    Accounts, Alert, Balance, CloseError, Closed, KeyRecord, KeySpend, LeasedUsage, Page,
+    PageRequest, PostRequest, Posted, PriceRecord, SessionRecord, Settled, Store, StoreResult,
+    StoredModel, Tenant, TenantPolicy, Transaction, UsageRecord,
 };
 
 use crate::ttl_cache::TtlCache;
@@ -179,6 +180,26 @@ impl Accounts for CachedStore {
 
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
         self.accounts.settle(usage).await
+    }
+
+    async fn lease(
+        &self,
+        call: &Admission,
+        lease_id: &str,
+    ) -> StoreResult<Option<(Admission, Grant)>> {
+        self.accounts.lease(call, lease_id).await
+    }
+
+    async fn extend_lease(&self, lease_id: &str, amount: Money) -> StoreResult<Money> {
+        self.accounts.extend_lease(lease_id, amount).await
+    }
+
+    async fn settle_leased(&self, batch: &[LeasedUsage]) -> StoreResult<Vec<Settled>> {
+        self.accounts.settle_leased(batch).await
+    }
+
+    async fn release_lease(&self, lease_id: &str, used: &[u64]) -> StoreResult<()> {
+        self.accounts.release_lease(lease_id, used).await
     }
 
     async fn expire_holds(&self, now_ms: u64) -> StoreResult<u64> {

@@ -2,5 +2,7 @@
 //! crates of their own (`ferry-store-sqlite`, `ferry-aws`).
 
 mod cached;
+mod leased;
 
 pub use cached::CachedStore;
+pub use leased::{LeaseSetupError, LeasedAccounts};

@@ -1,0 +1,524 @@
+//! `LeasedAccounts`: the store's `Accounts`, with calls admitted and settled in memory against
+//! credit leases (`ferry_core::lease`) where their limits are large enough to share.
+//!
+//! A call's admission takes from this replica's lease for its scope (tenant, key, buckets,
+//! caps), taking a new lease from the store when that one is spent or gone; where the store
+//! leases nothing (small balances and limits, or a store without leases) the call is admitted
+//! by the store alone, as without leases. A leased call's settlement is decided here; its usage
+//! is appended to the journal (group-committed) before the answer is final, and a drain task
+//! writes the journal to the store in batches, idempotently by request id. Without a journal
+//! (no disk outlives the process), each leased call's usage is written to the store before its
+//! answer is final: one write per call, the same idempotence.
+//!
+//! At start the journal is replayed: its usage written again (a duplicate changes nothing) and
+//! the leases it took and never gave back released, their draws all counted as used.
+//! Every other `Accounts` operation goes to the store as it is.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_core::Money;
+use ferry_core::admission::{Admission, Grant, Refusal};
+use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow};
+use ferry_core::calendar::Month;
+use ferry_core::lease::{self, Lease, Taken};
+use ferry_core::model::Price;
+use ferry_core::ports::{
+    Accounts, Alert, Balance, CloseError, Closed, KeySpend, LeasedUsage, Page, PageRequest,
+    PostRequest, Posted, PriceRecord, Settled, StoreResult, Transaction, UsageRecord,
+};
+use ferry_journal::{Durability, Journal};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::clock;
+
+/// Leased calls written to the store in one batch at most.
+const MOST_PER_BATCH: usize = 1024;
+/// How often spent leases are looked for and given back.
+const REAP_EVERY: Duration = Duration::from_millis(200);
+
+/// What the journal keeps.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Record {
+    /// A lease taken, and what it drew from each bucket.
+    Lease { id: String, draws: Vec<u64> },
+    /// A leased call's usage, as charged.
+    Usage(Box<LeasedUsage>),
+    /// A lease given back.
+    Released { id: String },
+}
+
+/// The leases this replica holds and the calls admitted against them.
+#[derive(Default)]
+struct Book {
+    /// The lease each scope's calls take from now.
+    current: HashMap<String, String>,
+    leases: HashMap<String, Lease>,
+    /// Per lease: its calls settled here and not yet written to the store.
+    undrained: HashMap<String, u64>,
+    calls: HashMap<String, (String, Taken)>,
+}
+
+impl Book {
+    fn take(&mut self, scope: &str, call: &Admission) -> Option<Taken> {
+        let lease_id = self.current.get(scope)?.clone();
+        let taken = self.leases.get_mut(&lease_id)?.take(call)?;
+        self.calls
+            .insert(call.request_id.clone(), (lease_id, taken.clone()));
+        Some(taken)
+    }
+}
+
+/// A leased call's usage on its way to the store, with its journal sequence number.
+struct Pending {
+    usage: LeasedUsage,
+    sequence: Option<u64>,
+}
+
+/// Why leases could not start: the journal could not be opened, or its replay written.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseSetupError {
+    #[error(transparent)]
+    Journal(#[from] ferry_journal::JournalError),
+    #[error("replaying the usage journal: {0}")]
+    Replay(#[from] ferry_core::ports::StoreError),
+}
+
+pub struct LeasedAccounts {
+    inner: Arc<dyn Accounts>,
+    book: Arc<Mutex<Book>>,
+    /// One lease is taken at a time: a burst of calls finding none takes one, not one each.
+    taking: tokio::sync::Mutex<()>,
+    journal: Option<Journal>,
+    pending: mpsc::UnboundedSender<Pending>,
+    /// Makes lease ids unique to this replica.
+    replica: String,
+    next_lease: AtomicU64,
+}
+
+fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
+    book.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl LeasedAccounts {
+    /// Leases over `inner`, journaled in `journal` (none: each leased call written to the
+    /// store before its answer). Replays what a previous process left in the journal first.
+    pub async fn open(
+        inner: Arc<dyn Accounts>,
+        journal: Option<(&Path, Durability)>,
+    ) -> Result<Arc<LeasedAccounts>, LeaseSetupError> {
+        let (journal, replayed) = match journal {
+            Some((directory, durability)) => {
+                let (journal, replayed) = Journal::open(directory, durability)?;
+                (Some(journal), replayed)
+            }
+            None => (None, Vec::new()),
+        };
+        if let (Some(journal), Some(last)) = (&journal, replayed.last()) {
+            replay(inner.as_ref(), &replayed).await?;
+            journal.drained(last.sequence)?;
+        }
+        let (pending, receiver) = mpsc::unbounded_channel();
+        let random: [u8; 6] = ferry_clock::random_bytes();
+        let leased = Arc::new(LeasedAccounts {
+            inner,
+            book: Arc::default(),
+            taking: tokio::sync::Mutex::new(()),
+            journal,
+            pending,
+            replica: random.iter().map(|byte| format!("{byte:02x}")).collect(),
+            next_lease: AtomicU64::new(1),
+        });
+        tokio::spawn(drain(Arc::downgrade(&leased), receiver));
+        Ok(leased)
+    }
+
+    async fn append(&self, record: &Record) -> Option<u64> {
+        let journal = self.journal.as_ref()?;
+        let bytes = serde_json::to_vec(record).ok()?;
+        match journal.append(bytes).await {
+            Ok(sequence) => Some(sequence),
+            Err(error) => {
+                tracing::error!(%error, "the usage journal could not be written");
+                None
+            }
+        }
+    }
+
+    /// Takes a lease for `call`'s scope and admits `call` from it, or says the store leases
+    /// none.
+    async fn lease_for(&self, scope: &str, call: &Admission) -> StoreResult<Option<Taken>> {
+        let _one_at_a_time = self.taking.lock().await;
+        if let Some(taken) = lock(&self.book).take(scope, call) {
+            return Ok(Some(taken));
+        }
+        let number = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        let lease_id = format!("{}{}:{number}", lease::ID_PREFIX, self.replica);
+        let Some((leased, grant)) = self.inner.lease(call, &lease_id).await? else {
+            return Ok(None);
+        };
+        let draws = leased.draws.iter().map(|draw| draw.amount).collect();
+        if self.journal.is_some()
+            && self
+                .append(&Record::Lease {
+                    id: lease_id.clone(),
+                    draws,
+                })
+                .await
+                .is_none()
+        {
+            // Unjournaled, a crash would leave it to expiry; give it back now instead.
+            let used: Vec<u64> = leased.draws.iter().map(|draw| draw.amount).collect();
+            self.inner.release_lease(&lease_id, &used).await?;
+            return Ok(None);
+        }
+        let mut book = lock(&self.book);
+        book.leases
+            .insert(lease_id.clone(), Lease::new(&leased, grant.rate));
+        book.current.insert(scope.to_owned(), lease_id);
+        Ok(book.take(scope, call))
+    }
+
+    /// Writes a leased call's usage: journaled and drained, or straight to the store.
+    async fn persist(&self, usage: LeasedUsage) -> StoreResult<()> {
+        if self.journal.is_some() {
+            let sequence = self.append(&Record::Usage(Box::new(usage.clone()))).await;
+            if sequence.is_some() {
+                let _ = self.pending.send(Pending { usage, sequence });
+                return Ok(());
+            }
+        }
+        self.write_now(usage).await
+    }
+
+    async fn write_now(&self, usage: LeasedUsage) -> StoreResult<()> {
+        let lease_id = usage.lease_id.clone();
+        let written = self.inner.settle_leased(std::slice::from_ref(&usage)).await;
+        self.drained(&lease_id, 1);
+        written.map(|_| ())
+    }
+
+    fn drained(&self, lease_id: &str, count: u64) {
+        let mut book = lock(&self.book);
+        if let Some(undrained) = book.undrained.get_mut(lease_id) {
+            *undrained = undrained.saturating_sub(count);
+        }
+    }
+
+    /// Gives back every lease that admits no more and whose calls are all in the store.
+    async fn reap(&self) {
+        let now_ms = clock::unix_millis();
+        let spent: Vec<(String, Vec<u64>)> = {
+            let mut book = lock(&self.book);
+            let spent: Vec<String> = book
+                .leases
+                .iter()
+                .filter(|(id, lease)| {
+                    lease.is_spent(now_ms)
+                        && book.undrained.get(*id).is_none_or(|count| *count == 0)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            book.current.retain(|_, id| !spent.contains(id));
+            spent
+                .into_iter()
+                .filter_map(|id| {
+                    book.undrained.remove(&id);
+                    let lease = book.leases.remove(&id)?;
+                    Some((id, lease.used().to_vec()))
+                })
+                .collect()
+        };
+        for (lease_id, used) in spent {
+            match self.inner.release_lease(&lease_id, &used).await {
+                Ok(()) => {
+                    self.append(&Record::Released { id: lease_id }).await;
+                }
+                Err(error) => {
+                    // Its hold expires and the store returns it then.
+                    tracing::warn!(lease = %lease_id, %error, "a lease could not be given back");
+                }
+            }
+        }
+    }
+}
+
+/// Writes replayed usage to the store and gives back the leases it names that were never
+/// given back, counting all they drew as used.
+async fn replay(
+    inner: &dyn Accounts,
+    replayed: &[ferry_journal::Replayed],
+) -> Result<(), LeaseSetupError> {
+    let mut usage = Vec::new();
+    let mut leases: Vec<(String, Vec<u64>)> = Vec::new();
+    for record in replayed {
+        match serde_json::from_slice::<Record>(&record.payload) {
+            Ok(Record::Usage(leased)) => usage.push(*leased),
+            Ok(Record::Lease { id, draws }) => leases.push((id, draws)),
+            Ok(Record::Released { id }) => leases.retain(|(lease_id, _)| *lease_id != id),
+            Err(error) => {
+                tracing::error!(sequence = record.sequence, %error, "a journal record could not be read")
+            }
+        }
+    }
+    for batch in usage.chunks(MOST_PER_BATCH) {
+        inner.settle_leased(batch).await?;
+    }
+    for (lease_id, used) in leases {
+        inner.release_lease(&lease_id, &used).await?;
+    }
+    if !usage.is_empty() {
+        tracing::info!(
+            calls = usage.len(),
+            "the usage journal was replayed into the store"
+        );
+    }
+    Ok(())
+}
+
+/// Writes journaled usage to the store in batches, retrying until it is written (it is safe
+/// in the journal meanwhile), and gives back spent leases.
+async fn drain(
+    leased: std::sync::Weak<LeasedAccounts>,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+) {
+    let mut reap = tokio::time::interval(REAP_EVERY);
+    loop {
+        let first = tokio::select! {
+            first = pending.recv() => match first {
+                Some(first) => Some(first),
+                None => return,
+            },
+            _ = reap.tick() => None,
+        };
+        let Some(accounts) = leased.upgrade() else {
+            return;
+        };
+        let Some(first) = first else {
+            accounts.reap().await;
+            continue;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MOST_PER_BATCH {
+            match pending.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let usage: Vec<LeasedUsage> = batch.iter().map(|pending| pending.usage.clone()).collect();
+        let mut backoff = Duration::from_millis(20);
+        while let Err(error) = accounts.inner.settle_leased(&usage).await {
+            tracing::warn!(%error, calls = usage.len(), "leased usage not written; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        for pending in &batch {
+            accounts.drained(&pending.usage.lease_id, 1);
+        }
+        if let (Some(journal), Some(last)) = (
+            &accounts.journal,
+            batch.iter().filter_map(|pending| pending.sequence).max(),
+        ) && let Err(error) = journal.drained(last)
+        {
+            tracing::warn!(%error, "drained journal segments could not be deleted");
+        }
+    }
+}
+
+#[async_trait]
+impl Accounts for LeasedAccounts {
+    async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
+        let scope = lease::scope(admission);
+        let from_current = lock(&self.book).take(&scope, admission);
+        let taken = match from_current {
+            Some(taken) => Some(taken),
+            None => self.lease_for(&scope, admission).await?,
+        };
+        match taken {
+            Some(taken) => Ok(Ok(Grant {
+                tats: Vec::new(),
+                rate: taken.rate,
+                hold_posting: None,
+            })),
+            None => self.inner.admit(admission).await,
+        }
+    }
+
+    async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
+        let charge = {
+            let mut book = lock(&self.book);
+            match book.calls.remove(&usage.request_id) {
+                None => None,
+                Some((lease_id, taken)) => {
+                    let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+                    let charge = book
+                        .leases
+                        .get_mut(&lease_id)
+                        .map(|lease| lease.settle(&taken, Some(usage.cost), actual));
+                    *book.undrained.entry(lease_id.clone()).or_default() += 1;
+                    charge.map(|charge| (lease_id, charge))
+                }
+            }
+        };
+        let Some((lease_id, charge)) = charge else {
+            return self.inner.settle(usage).await;
+        };
+        let mut charged = charge.charged;
+        let mut loss = charge.short;
+        if charge.short > Money::ZERO {
+            // It cost more than the lease had left: drawn from the balance as far as it goes.
+            let drawn = self
+                .inner
+                .extend_lease(&lease_id, charge.short)
+                .await
+                .unwrap_or(Money::ZERO);
+            charged = Money::from_nanos(charged.nanos() + drawn.nanos());
+            loss = Money::from_nanos(loss.nanos() - drawn.nanos());
+        }
+        let record = LeasedUsage {
+            lease_id,
+            usage: UsageRecord {
+                cost: charged,
+                ..usage.clone()
+            },
+            loss,
+        };
+        self.persist(record).await?;
+        Ok(Settled::Recorded { charged })
+    }
+
+    async fn lease(
+        &self,
+        call: &Admission,
+        lease_id: &str,
+    ) -> StoreResult<Option<(Admission, Grant)>> {
+        self.inner.lease(call, lease_id).await
+    }
+
+    async fn extend_lease(&self, lease_id: &str, amount: Money) -> StoreResult<Money> {
+        self.inner.extend_lease(lease_id, amount).await
+    }
+
+    async fn settle_leased(&self, batch: &[LeasedUsage]) -> StoreResult<Vec<Settled>> {
+        self.inner.settle_leased(batch).await
+    }
+
+    async fn release_lease(&self, lease_id: &str, used: &[u64]) -> StoreResult<()> {
+        self.inner.release_lease(lease_id, used).await
+    }
+
+    async fn expire_holds(&self, now_ms: u64) -> StoreResult<u64> {
+        self.inner.expire_holds(now_ms).await
+    }
+
+    async fn post(&self, request: &PostRequest) -> StoreResult<Posted> {
+        self.inner.post(request).await
+    }
+
+    async fn balance(&self, tenant_id: &str) -> StoreResult<Balance> {
+        self.inner.balance(tenant_id).await
+    }
+
+    async fn transactions(
+        &self,
+        tenant_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Transaction>> {
+        self.inner.transactions(tenant_id, page).await
+    }
+
+    async fn put_price(&self, price: &PriceRecord) -> StoreResult<()> {
+        self.inner.put_price(price).await
+    }
+
+    async fn list_prices(&self, model: &str) -> StoreResult<Vec<PriceRecord>> {
+        self.inner.list_prices(model).await
+    }
+
+    async fn price_at(
+        &self,
+        model: &str,
+        deployment: &str,
+        at_ms: u64,
+    ) -> StoreResult<Option<Price>> {
+        self.inner.price_at(model, deployment, at_ms).await
+    }
+
+    async fn usage_events(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        from: u64,
+        to: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UsageRecord>> {
+        self.inner
+            .usage_events(tenant_id, key_id, from, to, limit)
+            .await
+    }
+
+    async fn usage_events_page(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        range: (u64, u64),
+        page: &PageRequest,
+    ) -> StoreResult<Page<UsageRecord>> {
+        self.inner
+            .usage_events_page(tenant_id, key_id, range, page)
+            .await
+    }
+
+    async fn usage_report(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        from: u64,
+        to: u64,
+        group: GroupBy,
+    ) -> StoreResult<Vec<UsageRow>> {
+        self.inner
+            .usage_report(tenant_id, key_id, from, to, group)
+            .await
+    }
+
+    async fn key_spend(
+        &self,
+        tenant_id: &str,
+        month: Month,
+        page: &PageRequest,
+    ) -> StoreResult<Page<KeySpend>> {
+        self.inner.key_spend(tenant_id, month, page).await
+    }
+
+    async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>> {
+        self.inner.alerts(tenant_id).await
+    }
+
+    async fn close_period(&self, month: Month, now: u64) -> Result<Vec<Closed>, CloseError> {
+        self.inner.close_period(month, now).await
+    }
+
+    async fn invoices(&self, tenant_id: &str) -> StoreResult<Vec<Invoice>> {
+        self.inner.invoices(tenant_id).await
+    }
+
+    async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)> {
+        self.inner.figures().await
+    }
+}
+
+impl std::fmt::Debug for LeasedAccounts {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("LeasedAccounts")
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}

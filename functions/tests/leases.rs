@@ -1,0 +1,205 @@
+//! Calls admitted and settled against credit leases, through the real router on a SQLite file:
+//! every answer's cost is what the tenant paid, nothing more is spent than the balance, the
+//! journal drains into the store, leases are given back, and the books reconcile.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use ferry_core::Money;
+use ferry_core::billing::discrepancies;
+use ferry_core::ledger::TransactionKind;
+use ferry_core::ports::{Accounts, PageRequest};
+use ferry_functions::store::LeasedAccounts;
+use ferry_functions::testing::{FakeUpstream, TestApp};
+use ferry_functions::{AppState, RouterConfig};
+use ferry_journal::Durability;
+use ferry_store_sqlite::SqliteStore;
+use serde_json::{Value, json};
+
+struct Leased {
+    test: TestApp,
+    store: Arc<SqliteStore>,
+    key: String,
+    tenant_id: String,
+}
+
+async fn start(directory: &std::path::Path, credit: &str) -> Leased {
+    let store = Arc::new(SqliteStore::open(&directory.join("ferry.db")).unwrap());
+    let mut state = AppState::for_tests(store.clone(), FakeUpstream::new());
+    state.accounts = LeasedAccounts::open(
+        store.clone(),
+        Some((&directory.join("journal"), Durability::ProcessCrash)),
+    )
+    .await
+    .unwrap();
+    let test = TestApp::start(state, &RouterConfig::default()).await;
+    let operator = test.operator_key.clone();
+    let tenant = test
+        .post("/admin/v1/tenants", &operator, &json!({"name": "Acme"}))
+        .await;
+    let tenant_id = tenant.body["id"].as_str().unwrap().to_owned();
+    let credited = test
+        .post(
+            &format!("/admin/v1/tenants/{tenant_id}/credits"),
+            &operator,
+            &json!({"amount_usd": credit}),
+        )
+        .await;
+    assert_eq!(credited.status, StatusCode::CREATED, "{}", credited.body);
+    let model = json!({
+        "id": "m",
+        "deployments": [{"id": "m-1", "upstream": {"url": "http://upstream.invalid/v1", "model": "org/m"}}],
+        "price": {"input_per_mtok_usd": "1", "output_per_mtok_usd": "2", "per_call_usd": "0.001"},
+        "max_output_tokens": 64,
+    });
+    let registered = test.post("/admin/v1/models", &operator, &model).await;
+    assert_eq!(registered.status, StatusCode::OK, "{}", registered.body);
+    let key = test
+        .post(
+            &format!("/admin/v1/tenants/{tenant_id}/keys"),
+            &operator,
+            &json!({"name": "ci", "role": "member"}),
+        )
+        .await;
+    Leased {
+        test,
+        store,
+        key: key.body["key"].as_str().unwrap().to_owned(),
+        tenant_id,
+    }
+}
+
+fn chat() -> Value {
+    json!({"model": "m", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16})
+}
+
+/// Calls `count` at once; the costs their answers state, and how many were refused.
+async fn call_many(ferry: &Leased, count: usize) -> (Vec<Money>, usize) {
+    let body = chat();
+    let calls = (0..count).map(|_| ferry.test.post("/v1/chat/completions", &ferry.key, &body));
+    let answers = futures_util::future::join_all(calls).await;
+    let mut costs = Vec::new();
+    let mut refused = 0;
+    for answer in answers {
+        match answer.status {
+            StatusCode::OK => costs.push(
+                answer.body["usage"]["cost"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            ),
+            StatusCode::PAYMENT_REQUIRED | StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    (costs, refused)
+}
+
+/// Waits until every answered call's usage is in the store and every lease is given back.
+async fn settle_down(ferry: &Leased, calls: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = ferry
+            .store
+            .usage_events(&ferry.tenant_id, None, 0, u64::MAX, 100_000)
+            .await
+            .unwrap();
+        let balance = ferry.store.balance(&ferry.tenant_id).await.unwrap();
+        if events.len() == calls && balance.held_usd == Money::ZERO {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {calls} calls in the store, {} still held",
+            events.len(),
+            balance.held_usd
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn assert_reconciles(store: &SqliteStore) {
+    let (ledger, tenants) = store.figures().await.unwrap();
+    let found = discrepancies(&ledger, &tenants);
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_calls_are_charged_what_their_answers_say_and_the_books_reconcile() {
+    let directory = tempfile::tempdir().unwrap();
+    let ferry = start(directory.path(), "100").await;
+    let (costs, refused) = call_many(&ferry, 300).await;
+    assert_eq!(refused, 0);
+    settle_down(&ferry, 300).await;
+    let stated: i64 = costs.iter().map(|cost| cost.nanos()).sum();
+    let balance = ferry.store.balance(&ferry.tenant_id).await.unwrap();
+    assert_eq!(
+        Money::from_nanos(100_000_000_000 - stated),
+        balance.available_usd,
+        "the tenant paid exactly what its answers said"
+    );
+    let ledger = ferry
+        .store
+        .transactions(
+            &ferry.tenant_id,
+            &PageRequest {
+                limit: 1000,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    let holds = ledger
+        .items
+        .iter()
+        .filter(|transaction| transaction.kind == TransactionKind::Hold)
+        .count();
+    assert!(
+        holds <= 10,
+        "{holds} holds: the calls took from leases, not one each"
+    );
+    assert_reconciles(&ferry.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_for_a_few_calls_gets_exactly_those_few_leased_or_not() {
+    let directory = tempfile::tempdir().unwrap();
+    // A call's worst case: 0.001 per call, ~100 prompt and 16 completion tokens: about
+    // 0.00114; 0.0035 covers three.
+    let ferry = start(directory.path(), "0.0035").await;
+    let (costs, refused) = call_many(&ferry, 10).await;
+    assert_eq!(costs.len(), 3, "{refused} refused");
+    settle_down(&ferry, 3).await;
+    let balance = ferry.store.balance(&ferry.tenant_id).await.unwrap();
+    assert!(!balance.available_usd.is_negative());
+    assert_reconciles(&ferry.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_over_the_same_journal_replays_nothing_twice() {
+    let directory = tempfile::tempdir().unwrap();
+    let ferry = start(directory.path(), "100").await;
+    let (costs, _) = call_many(&ferry, 50).await;
+    settle_down(&ferry, 50).await;
+    let tenant_id = ferry.tenant_id.clone();
+    drop(ferry);
+    // The journal's records were drained; reopening it writes nothing again.
+    let store = Arc::new(SqliteStore::open(&directory.path().join("ferry.db")).unwrap());
+    let _reopened = LeasedAccounts::open(
+        store.clone(),
+        Some((&directory.path().join("journal"), Durability::ProcessCrash)),
+    )
+    .await
+    .unwrap();
+    let (_, tenants) = store.figures().await.unwrap();
+    let stated: i64 = costs.iter().map(|cost| cost.nanos()).sum();
+    let acme = tenants
+        .iter()
+        .find(|figures| figures.tenant_id == tenant_id)
+        .unwrap();
+    assert_eq!(acme.usage.nanos(), stated);
+    assert_reconciles(&store).await;
+}
