@@ -69,6 +69,11 @@ pub struct ServeArgs {
         default_value = "process-crash"
     )]
     durability: DurabilityArg,
+    /// Admit and settle calls in memory against credit leases, journaling their usage under
+    /// the data directory (`journal/`) and writing it to the store in batches. Limits too small
+    /// to share are still admitted call by call.
+    #[arg(long, env = "FERRY_LEASES")]
+    leases: bool,
     #[command(flatten)]
     models: ModelChoiceArgs,
     #[command(flatten)]
@@ -127,11 +132,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store,
         config.read_cache_ttl,
     ));
+    let accounts: Arc<dyn ferry_core::ports::Accounts> = if args.leases {
+        let durability = match args.durability {
+            DurabilityArg::ProcessCrash => ferry_journal::Durability::ProcessCrash,
+            DurabilityArg::PowerLoss => ferry_journal::Durability::PowerLoss,
+        };
+        let journal = config.data_dir.join("journal");
+        ferry_functions::store::LeasedAccounts::open(cached.clone(), Some((&journal, durability)))
+            .await
+            .context("opening the usage journal")?
+    } else {
+        cached.clone()
+    };
     let state = AppState {
         breakers: Default::default(),
         metrics: Default::default(),
         store: cached.clone(),
-        accounts: cached.clone(),
+        accounts,
         upstream: Arc::new(HttpUpstream::new(config.upstream.clone()).context("upstream client")?),
         auth: Arc::new(Authenticator::new(cached, config.auth.clone(), http)?),
         money,
