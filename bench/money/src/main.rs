@@ -19,6 +19,7 @@ use ferry_core::billing;
 use ferry_core::ports::{Accounts, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator};
+use ferry_functions::store::LeasedAccounts;
 use ferry_functions::{AppState, RouterConfig};
 use ferry_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 use serde_json::{Value, json};
@@ -59,6 +60,10 @@ enum Scenario {
     Prepaid,
     /// As prepaid, with key rate limits and a daily budget checked in the same transaction.
     PrepaidWithLimits,
+    /// As prepaid with limits, admitted and settled against credit leases, usage journaled
+    /// and written to the store in batches (`ferry serve --leases`). Timed until the last
+    /// call's usage is in the store and every lease is given back.
+    Leased,
 }
 
 impl Scenario {
@@ -67,6 +72,7 @@ impl Scenario {
             Scenario::Unbilled => "unbilled (usage record only)",
             Scenario::Prepaid => "prepaid (hold + settle)",
             Scenario::PrepaidWithLimits => "prepaid + rpm/tpm + budget",
+            Scenario::Leased => "leased (prepaid + limits)",
         }
     }
 }
@@ -75,6 +81,7 @@ struct Setup {
     app: Router,
     store: Arc<SqliteStore>,
     key: String,
+    tenant_id: Option<String>,
 }
 
 async fn send(
@@ -121,6 +128,17 @@ async fn set_up(
     )?;
     let mut state = AppState::for_tests(store.clone(), Arc::new(InstantBackend));
     state.auth = Arc::new(auth);
+    if scenario == Scenario::Leased {
+        let durability = match options.durability {
+            Durability::ProcessCrash => ferry_journal::Durability::ProcessCrash,
+            Durability::PowerLoss => ferry_journal::Durability::PowerLoss,
+        };
+        state.accounts = LeasedAccounts::open(
+            store.clone(),
+            Some((&directory.join("journal"), durability)),
+        )
+        .await?;
+    }
     let app = ferry_functions::router(state, &RouterConfig::default());
     let model = json!({
         "id": "bench-model",
@@ -135,6 +153,7 @@ async fn set_up(
             app,
             store,
             key: operator,
+            tenant_id: None,
         });
     }
     let (_, tenant) = send(
@@ -156,7 +175,7 @@ async fn set_up(
     )
     .await?;
     let mut key = json!({"name": "bench", "role": "member"});
-    if scenario == Scenario::PrepaidWithLimits {
+    if matches!(scenario, Scenario::PrepaidWithLimits | Scenario::Leased) {
         key["limits"] = json!({"rpm": 10_000_000, "tpm": 1_000_000_000});
         key["budgets"] = json!([{"period": "day", "amount_usd": "100000"}]);
     }
@@ -169,7 +188,12 @@ async fn set_up(
     )
     .await?;
     let key = created["key"].as_str().context("key")?.to_owned();
-    Ok(Setup { app, store, key })
+    Ok(Setup {
+        app,
+        store,
+        key,
+        tenant_id: Some(tenant_id),
+    })
 }
 
 /// Calls as fast as `CALLERS` concurrent callers can for `duration()`; returns calls per second.
@@ -206,6 +230,16 @@ async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> 
         .collect();
     for caller in callers {
         caller.await??;
+    }
+    if scenario == Scenario::Leased {
+        // Settled means in the store: wait for the journal to drain and the leases to go back.
+        let tenant = setup
+            .tenant_id
+            .clone()
+            .context("a leased run has a tenant")?;
+        while setup.store.balance(&tenant).await?.held_usd != ferry_core::Money::ZERO {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     let calls = done.load(Ordering::Relaxed);
@@ -249,10 +283,12 @@ async fn main() -> anyhow::Result<()> {
         (Scenario::Unbilled, options(normal, true)),
         (Scenario::Prepaid, options(normal, true)),
         (Scenario::PrepaidWithLimits, options(normal, true)),
+        (Scenario::Leased, options(normal, true)),
         (Scenario::Unbilled, options(normal, false)),
         (Scenario::Prepaid, options(normal, false)),
         (Scenario::Unbilled, options(full, true)),
         (Scenario::Prepaid, options(full, true)),
+        (Scenario::Leased, options(full, true)),
         (Scenario::Unbilled, options(full, false)),
         (Scenario::Prepaid, options(full, false)),
     ] {
