@@ -304,12 +304,14 @@ pub fn batch_posting(lease: &Hold, charged: Money) -> Option<Posting> {
     })
 }
 
-/// The hold a call of a lease that is already closed (expired, or released before its usage
-/// was written) settles against: none, so it is charged from the balance as far as that and
-/// the caps allow, and the rest written off.
-pub fn late(lease: &Hold) -> Hold {
+/// The hold call `request_id` of a lease that is already closed (expired, or released before
+/// its usage was written) settles against: one of nothing, so it is charged from the balance as
+/// far as that and the caps allow, and the rest written off, like any call's overdraw.
+pub fn late(lease: &Hold, request_id: &str) -> Hold {
     Hold {
+        request_id: request_id.to_owned(),
         amount: Money::ZERO,
+        token_draws: Vec::new(),
         lease_draws: None,
         ..lease.clone()
     }
@@ -647,8 +649,8 @@ mod tests {
     fn a_late_call_settles_against_no_hold() {
         let one = call(Billing::Prepaid, "0.01", vec![], None);
         let stored = hold(&admission(&one, "lease:a:1", 16));
-        let late = late(&stored);
-        assert_eq!(late.amount, Money::ZERO);
+        let late = late(&stored, "r7");
+        assert_eq!((late.amount, late.request_id.as_str()), (Money::ZERO, "r7"));
         let plan = crate::admission::settle_plan(&late, Some(usd("0.05")), usd("0.02"), &[]);
         assert_eq!((plan.charged, plan.loss), (usd("0.02"), usd("0.03")));
     }

@@ -71,6 +71,18 @@ pub(crate) fn read_counter(connection: &Connection, id: &str) -> rusqlite::Resul
     Ok(counter.unwrap_or_default())
 }
 
+/// The counters of a hold's caps, in the caps' order.
+pub(crate) fn read_counters(
+    connection: &Connection,
+    hold: &Hold,
+) -> StoreResult<Vec<SpendCounter>> {
+    hold.caps
+        .iter()
+        .map(|cap| read_counter(connection, &cap.counter))
+        .collect::<rusqlite::Result<_>>()
+        .map_err(unavailable)
+}
+
 pub(crate) fn bump_counter(
     connection: &Connection,
     id: &str,
@@ -124,6 +136,32 @@ pub(crate) fn post_in(
     memo: Option<&str>,
     now_ms: u64,
 ) -> StoreResult<()> {
+    record_transaction(
+        connection,
+        id,
+        posting,
+        request_id,
+        idempotency_key,
+        memo,
+        now_ms,
+    )?;
+    for entry in &posting.entries {
+        move_account(connection, &entry.account, entry.amount_usd.nanos())?;
+    }
+    Ok(())
+}
+
+/// Writes one balanced transaction and its entries; the account projections are the caller's
+/// to move ([`move_account`]), at once or summed over a batch.
+pub(crate) fn record_transaction(
+    connection: &Connection,
+    id: &str,
+    posting: &Posting,
+    request_id: Option<&str>,
+    idempotency_key: Option<&str>,
+    memo: Option<&str>,
+    now_ms: u64,
+) -> StoreResult<()> {
     if !posting.is_balanced() {
         return Err(StoreError::Invalid(format!(
             "refusing an unbalanced {} transaction",
@@ -142,14 +180,19 @@ pub(crate) fn post_in(
                 params![id, entry.account, entry.amount_usd.nanos()],
             )
             .map_err(unavailable)?;
-        run(
-            connection,
-            "INSERT INTO accounts (id, balance_nanos) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET balance_nanos = balance_nanos + ?2",
-            params![entry.account, entry.amount_usd.nanos()],
-        )
-        .map_err(unavailable)?;
     }
+    Ok(())
+}
+
+/// Moves an account's stored balance by `delta` nanodollars.
+pub(crate) fn move_account(connection: &Connection, account: &str, delta: i64) -> StoreResult<()> {
+    run(
+        connection,
+        "INSERT INTO accounts (id, balance_nanos) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET balance_nanos = balance_nanos + ?2",
+        params![account, delta],
+    )
+    .map_err(unavailable)?;
     Ok(())
 }
 
@@ -203,19 +246,14 @@ pub(crate) fn load_hold(
 
 /// Settles (or, with no cost, expires) an open hold; the caller has checked the usage record
 /// is new and writes it.
-fn close_hold(
+pub(crate) fn close_hold(
     connection: &Connection,
     hold: &Hold,
     cost: Option<Money>,
     actual_tokens: u64,
     now_ms: u64,
 ) -> StoreResult<Money> {
-    let counters = hold
-        .caps
-        .iter()
-        .map(|cap| read_counter(connection, &cap.counter))
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(unavailable)?;
+    let counters = read_counters(connection, hold)?;
     let available = if hold.overdrawn_by(cost) {
         account_balance(connection, &ledger::available(&hold.tenant_id)).map_err(unavailable)?
     } else {

@@ -13,14 +13,14 @@ use ferry_core::lease;
 use ferry_core::ledger::Posting;
 use ferry_core::ports::{LeasedUsage, Settled, StoreError, StoreResult};
 use ferry_core::ratelimit;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::accounts::{
-    account_balance, bump_counter, distinct_counters, load_hold, read_admission_state,
-    read_counter, read_tat, refuse_if_admitted, write_admitted, write_alerts, write_hold,
-    write_tat,
+    account_balance, bump_counter, close_hold, distinct_counters, load_hold, move_account, post_in,
+    read_admission_state, read_counters, read_tat, record_transaction, refuse_if_admitted,
+    write_admitted, write_alerts, write_hold, write_tat,
 };
-use crate::{SqliteStore, insert_usage, row, run, to_sql_int, unavailable};
+use crate::{SqliteStore, insert_usage, row, unavailable};
 use ferry_clock as clock;
 
 const OPEN: &str = "open";
@@ -76,7 +76,7 @@ impl SqliteStore {
                 )
                 .map_err(unavailable)?;
                 let id = format!("hold:{lease_id}:{posted}");
-                crate::accounts::post_in(
+                post_in(
                     connection,
                     &id,
                     &Posting::hold(&hold.tenant_id, drawn),
@@ -127,7 +127,7 @@ impl SqliteStore {
             let release = lease::release(&hold, &used);
             if let Some(posting) = &release.posting {
                 let id = format!("expire:{lease_id}");
-                crate::accounts::post_in(
+                post_in(
                     connection,
                     &id,
                     posting,
@@ -161,17 +161,6 @@ fn open_lease(connection: &Connection, lease_id: &str) -> StoreResult<Hold> {
     }
 }
 
-fn read_counters(
-    connection: &Connection,
-    hold: &Hold,
-) -> StoreResult<Vec<admission::SpendCounter>> {
-    hold.caps
-        .iter()
-        .map(|cap| read_counter(connection, &cap.counter))
-        .collect::<rusqlite::Result<_>>()
-        .map_err(unavailable)
-}
-
 /// A batch's writes: per call as it comes, per lease and per account at the end.
 #[derive(Default)]
 struct BatchWriter {
@@ -198,86 +187,53 @@ impl BatchWriter {
             return Ok(Settled::Duplicate);
         }
         let now_ms = clock::unix_millis();
-        let open = self.lease(connection, &leased.lease_id)?;
-        let (postings, charged) = match open {
-            Some(hold) => {
-                let charged = usage.cost.max(Money::ZERO);
-                self.leases
-                    .entry(leased.lease_id.clone())
-                    .and_modify(|(_, total)| {
-                        *total = Money::from_nanos(total.nanos() + charged.nanos())
-                    });
-                let loss = (leased.loss > Money::ZERO)
-                    .then(|| Posting::loss(&hold.tenant_id, leased.loss));
-                let postings: Vec<Posting> = lease::batch_posting(&hold, charged)
-                    .into_iter()
-                    .chain(loss)
-                    .collect();
-                (postings, charged)
+        self.load(connection, &leased.lease_id)?;
+        let charged = if let Some((hold, total)) = self.leases.get_mut(&leased.lease_id) {
+            let charged = usage.cost.max(Money::ZERO);
+            *total = Money::from_nanos(total.nanos() + charged.nanos());
+            let loss =
+                (leased.loss > Money::ZERO).then(|| Posting::loss(&hold.tenant_id, leased.loss));
+            let postings: Vec<Posting> = lease::batch_posting(hold, charged)
+                .into_iter()
+                .chain(loss)
+                .collect();
+            for posting in &postings {
+                let id = format!("{}:{}", posting.kind.as_str(), usage.request_id);
+                self.post(connection, &id, posting, &usage.request_id, now_ms)?;
             }
-            None => {
-                // Its lease closed before this call's usage was written (its replica was gone
-                // past the lease's expiry): charged from the balance, like any overdraw.
-                let hold = lease::late(&self.closed[&leased.lease_id]);
-                let counters = read_counters(connection, &hold)?;
-                let available =
-                    account_balance(connection, &ferry_core::ledger::available(&hold.tenant_id))
-                        .map_err(unavailable)?;
-                let cost = Money::from_nanos(usage.cost.nanos() + leased.loss.nanos());
-                let plan = admission::settle_plan(&hold, Some(cost), available, &counters);
-                // Late calls are rare: their balances and counters move at once, so the next
-                // late call of the batch reads them.
-                for posting in &plan.postings {
-                    let id = format!("{}:{}", posting.kind.as_str(), usage.request_id);
-                    crate::accounts::post_in(
-                        connection,
-                        &id,
-                        posting,
-                        Some(&usage.request_id),
-                        None,
-                        None,
-                        now_ms,
-                    )?;
-                }
-                for counter in distinct_counters(&hold.caps) {
-                    bump_counter(connection, counter, plan.charged.nanos(), 0)
-                        .map_err(unavailable)?;
-                }
-                write_alerts(connection, &hold.tenant_id, &plan.crossings, now_ms)?;
-                (Vec::new(), plan.charged)
-            }
+            charged
+        } else if let Some(hold) = self.closed.get(&leased.lease_id) {
+            // Its lease closed before this call's usage was written (its replica was gone
+            // past the lease's expiry): charged from the balance, like any overdraw.
+            let late = lease::late(hold, &usage.request_id);
+            let cost = Money::from_nanos(usage.cost.nanos() + leased.loss.nanos());
+            close_hold(connection, &late, Some(cost), 0, now_ms)?
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "usage names lease {}, which was never taken",
+                leased.lease_id
+            )));
         };
-        for posting in &postings {
-            let id = format!("{}:{}", posting.kind.as_str(), usage.request_id);
-            self.post(connection, &id, posting, &usage.request_id, now_ms)?;
-        }
         usage.cost = charged;
         insert_usage(connection, &usage).map_err(unavailable)?;
         Ok(Settled::Recorded { charged })
     }
 
-    /// The lease's hold if it is open (loaded once per batch); none if it is closed.
-    fn lease(&mut self, connection: &Connection, lease_id: &str) -> StoreResult<Option<Hold>> {
-        if let Some((hold, _)) = self.leases.get(lease_id) {
-            return Ok(Some(hold.clone()));
-        }
-        if self.closed.contains_key(lease_id) {
-            return Ok(None);
+    /// Reads a lease's hold, once per batch, into the open or the closed ones.
+    fn load(&mut self, connection: &Connection, lease_id: &str) -> StoreResult<()> {
+        if self.leases.contains_key(lease_id) || self.closed.contains_key(lease_id) {
+            return Ok(());
         }
         match load_hold(connection, lease_id).map_err(unavailable)? {
             Some((hold, state)) if state == OPEN => {
-                self.leases
-                    .insert(lease_id.to_owned(), (hold.clone(), Money::ZERO));
-                Ok(Some(hold))
+                self.leases.insert(lease_id.to_owned(), (hold, Money::ZERO));
             }
             Some((hold, _)) => {
                 self.closed.insert(lease_id.to_owned(), hold);
-                Ok(None)
             }
-            None => Err(StoreError::Invalid(format!(
-                "usage names lease {lease_id}, which was never taken"
-            ))),
+            None => {}
         }
+        Ok(())
     }
 
     /// Writes a transaction and its entries; the accounts move in [`BatchWriter::finish`].
@@ -289,24 +245,16 @@ impl BatchWriter {
         request_id: &str,
         now_ms: u64,
     ) -> StoreResult<()> {
-        if !posting.is_balanced() {
-            return Err(StoreError::Invalid(format!(
-                "refusing an unbalanced {} transaction",
-                posting.kind.as_str()
-            )));
-        }
-        run(connection,
-            "INSERT INTO ledger_transactions (id, kind, tenant_id, request_id, idempotency_key, memo, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5)",
-            params![id, posting.kind.as_str(), posting.tenant_id, request_id, to_sql_int(now_ms)],
-        )
-        .map_err(unavailable)?;
+        record_transaction(
+            connection,
+            id,
+            posting,
+            Some(request_id),
+            None,
+            None,
+            now_ms,
+        )?;
         for entry in &posting.entries {
-            run(connection,
-                "INSERT INTO ledger_entries (transaction_id, account, amount_nanos) VALUES (?1, ?2, ?3)",
-                params![id, entry.account, entry.amount_usd.nanos()],
-            )
-            .map_err(unavailable)?;
             *self.accounts.entry(entry.account.clone()).or_default() += entry.amount_usd.nanos();
         }
         Ok(())
@@ -315,13 +263,7 @@ impl BatchWriter {
     /// Moves the accounts, the leases' holds and their caps' counters by the batch's totals.
     fn finish(self, connection: &Connection) -> StoreResult<()> {
         for (account, delta) in &self.accounts {
-            run(
-                connection,
-                "INSERT INTO accounts (id, balance_nanos) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET balance_nanos = balance_nanos + ?2",
-                params![account, delta],
-            )
-            .map_err(unavailable)?;
+            move_account(connection, account, *delta)?;
         }
         let now_ms = clock::unix_millis();
         for (mut hold, charged) in self.leases.into_values() {
