@@ -11,7 +11,7 @@ use ferry_core::Money;
 use ferry_core::billing::discrepancies;
 use ferry_core::ledger::TransactionKind;
 use ferry_core::ports::{Accounts, PageRequest};
-use ferry_functions::store::LeasedAccounts;
+use ferry_functions::store::{CachedStore, LeasedAccounts};
 use ferry_functions::testing::{FakeUpstream, TestApp};
 use ferry_functions::{AppState, RouterConfig};
 use ferry_journal::Durability;
@@ -28,8 +28,16 @@ struct Leased {
 async fn start(directory: &std::path::Path, credit: &str) -> Leased {
     let store = Arc::new(SqliteStore::open(&directory.join("ferry.db")).unwrap());
     let mut state = AppState::for_tests(store.clone(), FakeUpstream::new());
-    state.accounts = LeasedAccounts::open(
+    // As `ferry serve` runs: tenants, models and prices read through a cache, so 300 calls at
+    // once do not queue 300 reads each on the store's thread.
+    let cached = Arc::new(CachedStore::new(
         store.clone(),
+        store.clone(),
+        Duration::from_secs(5),
+    ));
+    state.store = cached.clone();
+    state.accounts = LeasedAccounts::open(
+        cached,
         Some((&directory.join("journal"), Durability::ProcessCrash)),
     )
     .await
@@ -202,4 +210,66 @@ async fn a_second_process_over_the_same_journal_replays_nothing_twice() {
         .unwrap();
     assert_eq!(acme.usage.nanos(), stated);
     assert_reconciles(&store).await;
+}
+
+/// A process that dies after answering leased calls and before its drain wrote them: the next
+/// one over the same journal writes them, once, and gives back the lease it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_drain_is_made_good_by_the_next_process() {
+    use ferry_core::ports::{Billing, Settled, Store};
+    use ferry_store_conformance::accounts::{
+        admission, assert_books_reconcile, tenant, top_up, usage, usd,
+    };
+
+    let directory = tempfile::tempdir().unwrap();
+    let journal = Some((directory.path().join("journal"), Durability::ProcessCrash));
+    let journal = journal
+        .as_ref()
+        .map(|(path, durability)| (path.as_path(), *durability));
+    let store = Arc::new(SqliteStore::open(&directory.path().join("ferry.db")).unwrap());
+    store
+        .create_tenant(&tenant("acme", Billing::Prepaid, Vec::new()))
+        .await
+        .unwrap();
+    top_up(store.as_ref(), "acme", "1000").await;
+
+    let dying = LeasedAccounts::open_without_drain(store.clone(), journal)
+        .await
+        .unwrap();
+    for request_id in ["r1", "r2", "r3"] {
+        let call = admission(request_id, "acme", Billing::Prepaid, usd("0.01"));
+        dying.admit(&call).await.unwrap().unwrap();
+        let settled = dying
+            .settle(&usage(request_id, "acme", usd("0.004")))
+            .await
+            .unwrap();
+        assert_eq!(
+            settled,
+            Settled::Recorded {
+                charged: usd("0.004")
+            }
+        );
+    }
+    drop(dying);
+    // The answers were given; the store has none of them, and the lease still holds credit.
+    let events = store
+        .usage_events("acme", None, 0, u64::MAX, 10)
+        .await
+        .unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    assert!(store.balance("acme").await.unwrap().held_usd > Money::ZERO);
+
+    LeasedAccounts::open(store.clone(), journal).await.unwrap();
+    let events = store
+        .usage_events("acme", None, 0, u64::MAX, 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 3);
+    let balance = store.balance("acme").await.unwrap();
+    assert_eq!(
+        (balance.available_usd, balance.held_usd),
+        (usd("999.988"), Money::ZERO),
+        "each call charged once, the lease given back"
+    );
+    assert_books_reconcile(store.as_ref()).await;
 }

@@ -11,15 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::Money;
 use ferry_core::admission::{Admission, Grant, Refusal};
-use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow};
-use ferry_core::calendar::Month;
 use ferry_core::model::{ModelSpec, Price};
 use ferry_core::ports::{
-    Accounts, Alert, Balance, CloseError, Closed, KeyRecord, KeySpend, LeasedUsage, Page,
-    PageRequest, PostRequest, Posted, PriceRecord, SessionRecord, Settled, Store, StoreResult,
-    StoredModel, Tenant, TenantPolicy, Transaction, UsageRecord,
+    Accounts, KeyRecord, Page, PageRequest, PriceRecord, SessionRecord, Settled, Store,
+    StoreResult, StoredModel, Tenant, TenantPolicy, UsageRecord,
 };
 
 use crate::ttl_cache::TtlCache;
@@ -172,8 +168,7 @@ impl Store for CachedStore {
     }
 }
 
-#[async_trait]
-impl Accounts for CachedStore {
+super::accounts_passing_to!(CachedStore, accounts, {
     async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
         self.accounts.admit(admission).await
     }
@@ -182,54 +177,10 @@ impl Accounts for CachedStore {
         self.accounts.settle(usage).await
     }
 
-    async fn lease(
-        &self,
-        call: &Admission,
-        lease_id: &str,
-    ) -> StoreResult<Option<(Admission, Grant)>> {
-        self.accounts.lease(call, lease_id).await
-    }
-
-    async fn extend_lease(&self, lease_id: &str, amount: Money) -> StoreResult<Money> {
-        self.accounts.extend_lease(lease_id, amount).await
-    }
-
-    async fn settle_leased(&self, batch: &[LeasedUsage]) -> StoreResult<Vec<Settled>> {
-        self.accounts.settle_leased(batch).await
-    }
-
-    async fn release_lease(&self, lease_id: &str, used: &[u64]) -> StoreResult<()> {
-        self.accounts.release_lease(lease_id, used).await
-    }
-
-    async fn expire_holds(&self, now_ms: u64) -> StoreResult<u64> {
-        self.accounts.expire_holds(now_ms).await
-    }
-
-    async fn post(&self, request: &PostRequest) -> StoreResult<Posted> {
-        self.accounts.post(request).await
-    }
-
-    async fn balance(&self, tenant_id: &str) -> StoreResult<Balance> {
-        self.accounts.balance(tenant_id).await
-    }
-
-    async fn transactions(
-        &self,
-        tenant_id: &str,
-        page: &PageRequest,
-    ) -> StoreResult<Page<Transaction>> {
-        self.accounts.transactions(tenant_id, page).await
-    }
-
     async fn put_price(&self, price: &PriceRecord) -> StoreResult<()> {
         let put = self.accounts.put_price(price).await;
         self.prices.forget(&price.model);
         put
-    }
-
-    async fn list_prices(&self, model: &str) -> StoreResult<Vec<PriceRecord>> {
-        self.accounts.list_prices(model).await
     }
 
     async fn price_at(
@@ -242,67 +193,4 @@ impl Accounts for CachedStore {
         let schedule = read_through(&self.prices, model, load).await?;
         Ok(PriceRecord::in_effect(&schedule, deployment, at_ms).cloned())
     }
-
-    async fn usage_events(
-        &self,
-        tenant_id: &str,
-        key_id: Option<&str>,
-        from: u64,
-        to: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<UsageRecord>> {
-        self.accounts
-            .usage_events(tenant_id, key_id, from, to, limit)
-            .await
-    }
-
-    async fn usage_report(
-        &self,
-        tenant_id: &str,
-        key_id: Option<&str>,
-        from: u64,
-        to: u64,
-        group: GroupBy,
-    ) -> StoreResult<Vec<UsageRow>> {
-        self.accounts
-            .usage_report(tenant_id, key_id, from, to, group)
-            .await
-    }
-
-    async fn usage_events_page(
-        &self,
-        tenant_id: &str,
-        key_id: Option<&str>,
-        range: (u64, u64),
-        page: &PageRequest,
-    ) -> StoreResult<Page<UsageRecord>> {
-        self.accounts
-            .usage_events_page(tenant_id, key_id, range, page)
-            .await
-    }
-
-    async fn key_spend(
-        &self,
-        tenant_id: &str,
-        month: Month,
-        page: &PageRequest,
-    ) -> StoreResult<Page<KeySpend>> {
-        self.accounts.key_spend(tenant_id, month, page).await
-    }
-
-    async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>> {
-        self.accounts.alerts(tenant_id).await
-    }
-
-    async fn close_period(&self, month: Month, now: u64) -> Result<Vec<Closed>, CloseError> {
-        self.accounts.close_period(month, now).await
-    }
-
-    async fn invoices(&self, tenant_id: &str) -> StoreResult<Vec<Invoice>> {
-        self.accounts.invoices(tenant_id).await
-    }
-
-    async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)> {
-        self.accounts.figures().await
-    }
-}
+});

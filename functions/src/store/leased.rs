@@ -20,17 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use ferry_core::Money;
 use ferry_core::admission::{Admission, Grant, Refusal};
-use ferry_core::billing::{GroupBy, Invoice, LedgerFigures, TenantFigures, UsageRow};
-use ferry_core::calendar::Month;
-use ferry_core::lease::{self, Lease, Taken};
+use ferry_core::lease::{self, Lease, LeasedCharge, Taken};
 use ferry_core::model::Price;
-use ferry_core::ports::{
-    Accounts, Alert, Balance, CloseError, Closed, KeySpend, LeasedUsage, Page, PageRequest,
-    PostRequest, Posted, PriceRecord, Settled, StoreResult, Transaction, UsageRecord,
-};
+use ferry_core::ports::{Accounts, LeasedUsage, PriceRecord, Settled, StoreResult, UsageRecord};
 use ferry_journal::{Durability, Journal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -66,6 +60,7 @@ struct Book {
 }
 
 impl Book {
+    /// Admits `call` from its scope's current lease, if that has room.
     fn take(&mut self, scope: &str, call: &Admission) -> Option<Taken> {
         let lease_id = self.current.get(scope)?.clone();
         let taken = self.leases.get_mut(&lease_id)?.take(call)?;
@@ -73,12 +68,26 @@ impl Book {
             .insert(call.request_id.clone(), (lease_id, taken.clone()));
         Some(taken)
     }
+
+    /// Settles a call this replica admitted from a lease: the lease, and what the call is
+    /// charged from it; none for a call the store admitted. (A lease is given back only once
+    /// every call it admitted is settled, so a call's lease is always here.)
+    fn settle(&mut self, usage: &UsageRecord) -> Option<(String, LeasedCharge)> {
+        let (lease_id, taken) = self.calls.remove(&usage.request_id)?;
+        let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        let charge = self
+            .leases
+            .get_mut(&lease_id)?
+            .settle(&taken, Some(usage.cost), actual);
+        *self.undrained.entry(lease_id.clone()).or_default() += 1;
+        Some((lease_id, charge))
+    }
 }
 
-/// A leased call's usage on its way to the store, with its journal sequence number.
+/// A journaled call's usage on its way to the store, with its journal sequence number.
 struct Pending {
     usage: LeasedUsage,
-    sequence: Option<u64>,
+    sequence: u64,
 }
 
 /// Why leases could not start: the journal could not be opened, or its replay written.
@@ -113,6 +122,26 @@ impl LeasedAccounts {
         inner: Arc<dyn Accounts>,
         journal: Option<(&Path, Durability)>,
     ) -> Result<Arc<LeasedAccounts>, LeaseSetupError> {
+        let (leased, receiver) = LeasedAccounts::open_quiet(inner, journal).await?;
+        tokio::spawn(drain(Arc::downgrade(&leased), receiver));
+        Ok(leased)
+    }
+
+    /// As [`LeasedAccounts::open`], but its drain never runs: a replica that dies right after
+    /// answering, its calls' usage only in the journal and its leases never given back. For
+    /// crash tests.
+    #[cfg(feature = "test-util")]
+    pub async fn open_without_drain(
+        inner: Arc<dyn Accounts>,
+        journal: Option<(&Path, Durability)>,
+    ) -> Result<Arc<LeasedAccounts>, LeaseSetupError> {
+        Ok(LeasedAccounts::open_quiet(inner, journal).await?.0)
+    }
+
+    async fn open_quiet(
+        inner: Arc<dyn Accounts>,
+        journal: Option<(&Path, Durability)>,
+    ) -> Result<(Arc<LeasedAccounts>, mpsc::UnboundedReceiver<Pending>), LeaseSetupError> {
         let (journal, replayed) = match journal {
             Some((directory, durability)) => {
                 let (journal, replayed) = Journal::open(directory, durability)?;
@@ -135,8 +164,7 @@ impl LeasedAccounts {
             replica: random.iter().map(|byte| format!("{byte:02x}")).collect(),
             next_lease: AtomicU64::new(1),
         });
-        tokio::spawn(drain(Arc::downgrade(&leased), receiver));
-        Ok(leased)
+        Ok((leased, receiver))
     }
 
     async fn append(&self, record: &Record) -> Option<u64> {
@@ -188,8 +216,8 @@ impl LeasedAccounts {
     /// Writes a leased call's usage: journaled and drained, or straight to the store.
     async fn persist(&self, usage: LeasedUsage) -> StoreResult<()> {
         if self.journal.is_some() {
-            let sequence = self.append(&Record::Usage(Box::new(usage.clone()))).await;
-            if sequence.is_some() {
+            let journaled = self.append(&Record::Usage(Box::new(usage.clone()))).await;
+            if let Some(sequence) = journaled {
                 let _ = self.pending.send(Pending { usage, sequence });
                 return Ok(());
             }
@@ -311,28 +339,28 @@ async fn drain(
                 Err(_) => break,
             }
         }
-        let usage: Vec<LeasedUsage> = batch.iter().map(|pending| pending.usage.clone()).collect();
+        let (usage, sequences): (Vec<LeasedUsage>, Vec<u64>) = batch
+            .into_iter()
+            .map(|pending| (pending.usage, pending.sequence))
+            .unzip();
         let mut backoff = Duration::from_millis(20);
         while let Err(error) = accounts.inner.settle_leased(&usage).await {
             tracing::warn!(%error, calls = usage.len(), "leased usage not written; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
-        for pending in &batch {
-            accounts.drained(&pending.usage.lease_id, 1);
+        for written in &usage {
+            accounts.drained(&written.lease_id, 1);
         }
-        if let (Some(journal), Some(last)) = (
-            &accounts.journal,
-            batch.iter().filter_map(|pending| pending.sequence).max(),
-        ) && let Err(error) = journal.drained(last)
+        if let (Some(journal), Some(last)) = (&accounts.journal, sequences.into_iter().max())
+            && let Err(error) = journal.drained(last)
         {
             tracing::warn!(%error, "drained journal segments could not be deleted");
         }
     }
 }
 
-#[async_trait]
-impl Accounts for LeasedAccounts {
+super::accounts_passing_to!(LeasedAccounts, inner, {
     async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
         let scope = lease::scope(admission);
         let from_current = lock(&self.book).take(&scope, admission);
@@ -351,21 +379,7 @@ impl Accounts for LeasedAccounts {
     }
 
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
-        let charge = {
-            let mut book = lock(&self.book);
-            match book.calls.remove(&usage.request_id) {
-                None => None,
-                Some((lease_id, taken)) => {
-                    let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
-                    let charge = book
-                        .leases
-                        .get_mut(&lease_id)
-                        .map(|lease| lease.settle(&taken, Some(usage.cost), actual));
-                    *book.undrained.entry(lease_id.clone()).or_default() += 1;
-                    charge.map(|charge| (lease_id, charge))
-                }
-            }
-        };
+        let charge = lock(&self.book).settle(usage);
         let Some((lease_id, charge)) = charge else {
             return self.inner.settle(usage).await;
         };
@@ -393,52 +407,8 @@ impl Accounts for LeasedAccounts {
         Ok(Settled::Recorded { charged })
     }
 
-    async fn lease(
-        &self,
-        call: &Admission,
-        lease_id: &str,
-    ) -> StoreResult<Option<(Admission, Grant)>> {
-        self.inner.lease(call, lease_id).await
-    }
-
-    async fn extend_lease(&self, lease_id: &str, amount: Money) -> StoreResult<Money> {
-        self.inner.extend_lease(lease_id, amount).await
-    }
-
-    async fn settle_leased(&self, batch: &[LeasedUsage]) -> StoreResult<Vec<Settled>> {
-        self.inner.settle_leased(batch).await
-    }
-
-    async fn release_lease(&self, lease_id: &str, used: &[u64]) -> StoreResult<()> {
-        self.inner.release_lease(lease_id, used).await
-    }
-
-    async fn expire_holds(&self, now_ms: u64) -> StoreResult<u64> {
-        self.inner.expire_holds(now_ms).await
-    }
-
-    async fn post(&self, request: &PostRequest) -> StoreResult<Posted> {
-        self.inner.post(request).await
-    }
-
-    async fn balance(&self, tenant_id: &str) -> StoreResult<Balance> {
-        self.inner.balance(tenant_id).await
-    }
-
-    async fn transactions(
-        &self,
-        tenant_id: &str,
-        page: &PageRequest,
-    ) -> StoreResult<Page<Transaction>> {
-        self.inner.transactions(tenant_id, page).await
-    }
-
     async fn put_price(&self, price: &PriceRecord) -> StoreResult<()> {
         self.inner.put_price(price).await
-    }
-
-    async fn list_prices(&self, model: &str) -> StoreResult<Vec<PriceRecord>> {
-        self.inner.list_prices(model).await
     }
 
     async fn price_at(
@@ -449,70 +419,7 @@ impl Accounts for LeasedAccounts {
     ) -> StoreResult<Option<Price>> {
         self.inner.price_at(model, deployment, at_ms).await
     }
-
-    async fn usage_events(
-        &self,
-        tenant_id: &str,
-        key_id: Option<&str>,
-        from: u64,
-        to: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<UsageRecord>> {
-        self.inner
-            .usage_events(tenant_id, key_id, from, to, limit)
-            .await
-    }
-
-    async fn usage_events_page(
-        &self,
-        tenant_id: &str,
-        key_id: Option<&str>,
-        range: (u64, u64),
-        page: &PageRequest,
-    ) -> StoreResult<Page<UsageRecord>> {
-        self.inner
-            .usage_events_page(tenant_id, key_id, range, page)
-            .await
-    }
-
-    async fn usage_report(
-        &self,
-        tenant_id: &str,
-        key_id: Option<&str>,
-        from: u64,
-        to: u64,
-        group: GroupBy,
-    ) -> StoreResult<Vec<UsageRow>> {
-        self.inner
-            .usage_report(tenant_id, key_id, from, to, group)
-            .await
-    }
-
-    async fn key_spend(
-        &self,
-        tenant_id: &str,
-        month: Month,
-        page: &PageRequest,
-    ) -> StoreResult<Page<KeySpend>> {
-        self.inner.key_spend(tenant_id, month, page).await
-    }
-
-    async fn alerts(&self, tenant_id: &str) -> StoreResult<Vec<Alert>> {
-        self.inner.alerts(tenant_id).await
-    }
-
-    async fn close_period(&self, month: Month, now: u64) -> Result<Vec<Closed>, CloseError> {
-        self.inner.close_period(month, now).await
-    }
-
-    async fn invoices(&self, tenant_id: &str) -> StoreResult<Vec<Invoice>> {
-        self.inner.invoices(tenant_id).await
-    }
-
-    async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)> {
-        self.inner.figures().await
-    }
-}
+});
 
 impl std::fmt::Debug for LeasedAccounts {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
