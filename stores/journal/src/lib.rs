@@ -293,7 +293,7 @@ impl Writer {
         for append in group {
             frame(&append.payload, &mut bytes);
         }
-        self.rotate_if_full()?;
+        self.rotate_if_full();
         let (file, _, length) = match &mut self.current {
             Some(current) => current,
             None => {
@@ -320,7 +320,7 @@ impl Writer {
     }
 
     /// Closes the current segment once it is full, so that draining can delete it.
-    fn rotate_if_full(&mut self) -> io::Result<()> {
+    fn rotate_if_full(&mut self) {
         if self
             .current
             .as_ref()
@@ -335,7 +335,6 @@ impl Writer {
                     last: self.next - 1,
                 });
         }
-        Ok(())
     }
 
     /// Truncates the current segment back to its last whole group.
