@@ -35,6 +35,47 @@ pub const SHARE: u64 = 8;
 /// other replicas' reach until it is given back.
 pub const ADMITS_FOR_MS: u64 = 1_000;
 
+/// A scope is leased for once it makes this many calls in a window ([`Demand`]).
+pub const BUSY_CALLS: u64 = 16;
+/// The window calls are counted over.
+pub const DEMAND_WINDOW_MS: u64 = 1_000;
+
+/// How often a scope is called, counted per window: leases are for scopes called often enough
+/// to share a store write among many calls. One called now and then is admitted call by call,
+/// as without leases: a lease would only keep credit from other replicas for a while, and its
+/// calls' charges would reach the store a little after their answers instead of before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demand {
+    window_start_ms: u64,
+    calls: u64,
+    previous_window_calls: u64,
+}
+
+impl Demand {
+    /// Counts a call at `now_ms`: whether the scope is busy, this window or the last.
+    pub fn note(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.window_start_ms);
+        if elapsed >= DEMAND_WINDOW_MS {
+            *self = Demand {
+                window_start_ms: now_ms,
+                calls: 0,
+                previous_window_calls: if elapsed < 2 * DEMAND_WINDOW_MS {
+                    self.calls
+                } else {
+                    0
+                },
+            };
+        }
+        self.calls += 1;
+        self.calls.max(self.previous_window_calls) >= BUSY_CALLS
+    }
+
+    /// Whether nothing was counted in the last two windows: the count may be forgotten.
+    pub fn is_stale(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.window_start_ms) >= 2 * DEMAND_WINDOW_MS
+    }
+}
+
 /// Lease ids begin so, and no call's request id does.
 pub const ID_PREFIX: &str = "lease:";
 
@@ -643,6 +684,21 @@ mod tests {
                 "{amount} {available} {settled} {held}"
             );
         }
+    }
+
+    #[test]
+    fn a_scope_is_busy_from_its_sixteenth_call_in_a_second_and_stays_so_a_second_more() {
+        let mut demand = Demand::default();
+        let start = 1_000_000;
+        let busy: Vec<bool> = (0..16).map(|call| demand.note(start + call)).collect();
+        assert_eq!(busy.iter().filter(|busy| **busy).count(), 1, "{busy:?}");
+        assert!(busy[15]);
+        // The next window: busy from its first call, on the strength of the last.
+        assert!(demand.note(start + DEMAND_WINDOW_MS));
+        // A quiet window later, the count starts over.
+        assert!(!demand.note(start + 3 * DEMAND_WINDOW_MS));
+        assert!(!demand.is_stale(start + 3 * DEMAND_WINDOW_MS));
+        assert!(demand.is_stale(start + 5 * DEMAND_WINDOW_MS));
     }
 
     #[test]
