@@ -2,9 +2,10 @@
 //! credit leases (`ferry_core::lease`) where their limits are large enough to share.
 //!
 //! A call's admission takes from this replica's lease for its scope (tenant, key, buckets,
-//! caps), taking a new lease from the store when that one is spent or gone; where the store
-//! leases nothing (small balances and limits, or a store without leases) the call is admitted
-//! by the store alone, as without leases. A leased call's settlement is decided here; its usage
+//! caps), taking a new lease from the store when that one is spent or gone and the scope is
+//! busy (`lease::Demand`); where the scope is quiet or the store leases nothing (small balances
+//! and limits, or a store without leases) the call is admitted by the store alone, as without
+//! leases. A leased call's settlement is decided here; its usage
 //! is appended to the journal (group-committed) before the answer is final, and a drain task
 //! writes the journal to the store in batches, idempotently by request id. Without a journal
 //! (no disk outlives the process), each leased call's usage is written to the store before its
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use ferry_core::Money;
 use ferry_core::admission::{Admission, Grant, Refusal};
-use ferry_core::lease::{self, Lease, LeasedCharge, Taken};
+use ferry_core::lease::{self, Demand, Lease, LeasedCharge, Taken};
 use ferry_core::model::Price;
 use ferry_core::ports::{Accounts, LeasedUsage, PriceRecord, Settled, StoreResult, UsageRecord};
 use ferry_journal::{Durability, Journal};
@@ -57,9 +58,22 @@ struct Book {
     /// Per lease: its calls settled here and not yet written to the store.
     undrained: HashMap<String, u64>,
     calls: HashMap<String, (String, Taken)>,
+    /// How often each scope is called: only busy ones are leased for.
+    demand: HashMap<String, Demand>,
 }
 
 impl Book {
+    /// Counts `call` against its scope's demand: whether the scope is busy enough to lease.
+    fn busy(&mut self, scope: &str, call: &Admission) -> bool {
+        if let Some(demand) = self.demand.get_mut(scope) {
+            return demand.note(call.now_ms);
+        }
+        let mut demand = Demand::default();
+        let busy = demand.note(call.now_ms);
+        self.demand.insert(scope.to_owned(), demand);
+        busy
+    }
+
     /// Admits `call` from its scope's current lease, if that has room.
     fn take(&mut self, scope: &str, call: &Admission) -> Option<Taken> {
         let lease_id = self.current.get(scope)?.clone();
@@ -239,6 +253,26 @@ impl LeasedAccounts {
         }
     }
 
+    /// Stops leasing and gives every lease back once its calls are settled and in the store,
+    /// waiting at most `grace`: for a replica shutting down, after its calls in flight ended.
+    /// (What is not given back by then expires, or is given back by the next process over
+    /// the same journal.)
+    pub async fn close(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        {
+            let mut book = lock(&self.book);
+            book.current.clear();
+            book.demand.clear();
+            for lease in book.leases.values_mut() {
+                lease.admits_until_ms = 0;
+            }
+        }
+        while !lock(&self.book).leases.is_empty() && tokio::time::Instant::now() < deadline {
+            self.reap().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Gives back every lease that admits no more and whose calls are all in the store.
     async fn reap(&self) {
         let now_ms = clock::unix_millis();
@@ -254,6 +288,7 @@ impl LeasedAccounts {
                 .map(|(id, _)| id.clone())
                 .collect();
             book.current.retain(|_, id| !spent.contains(id));
+            book.demand.retain(|_, demand| !demand.is_stale(now_ms));
             spent
                 .into_iter()
                 .filter_map(|id| {
@@ -357,16 +392,23 @@ async fn drain(
         {
             tracing::warn!(%error, "drained journal segments could not be deleted");
         }
+        // A lease waiting only on these calls' usage may go back now, not at the next tick.
+        accounts.reap().await;
     }
 }
 
 super::accounts_passing_to!(LeasedAccounts, inner, {
     async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
         let scope = lease::scope(admission);
-        let from_current = lock(&self.book).take(&scope, admission);
+        let (from_current, busy) = {
+            let mut book = lock(&self.book);
+            let busy = book.busy(&scope, admission);
+            (book.take(&scope, admission), busy)
+        };
         let taken = match from_current {
             Some(taken) => Some(taken),
-            None => self.lease_for(&scope, admission).await?,
+            None if busy => self.lease_for(&scope, admission).await?,
+            None => None,
         };
         match taken {
             Some(taken) => Ok(Ok(Grant {
