@@ -69,10 +69,19 @@ pub struct ServeArgs {
         default_value = "process-crash"
     )]
     durability: DurabilityArg,
-    /// Admit and settle calls in memory against credit leases, journaling their usage under
-    /// the data directory (`journal/`) and writing it to the store in batches. Limits too small
-    /// to share are still admitted call by call.
-    #[arg(long, env = "FERRY_LEASES")]
+    /// Admit and settle a busy tenant's calls in memory against credit leases, journaling
+    /// their usage under the data directory (`journal/`) and writing it to the store in
+    /// batches. Quiet tenants, and limits too small to share, are admitted call by call.
+    /// `--leases false` (or FERRY_LEASES=0) admits every call by the store.
+    #[arg(
+        long,
+        env = "FERRY_LEASES",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     leases: bool,
     #[command(flatten)]
     models: ModelChoiceArgs,
@@ -132,17 +141,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store,
         config.read_cache_ttl,
     ));
-    let accounts: Arc<dyn ferry_core::ports::Accounts> = if args.leases {
+    let leased = if args.leases {
         let durability = match args.durability {
             DurabilityArg::ProcessCrash => ferry_journal::Durability::ProcessCrash,
             DurabilityArg::PowerLoss => ferry_journal::Durability::PowerLoss,
         };
         let journal = config.data_dir.join("journal");
-        ferry_functions::store::LeasedAccounts::open(cached.clone(), Some((&journal, durability)))
+        Some(
+            ferry_functions::store::LeasedAccounts::open(
+                cached.clone(),
+                Some((&journal, durability)),
+            )
             .await
-            .context("opening the usage journal")?
+            .context("opening the usage journal")?,
+        )
     } else {
-        cached.clone()
+        None
+    };
+    let accounts: Arc<dyn ferry_core::ports::Accounts> = match &leased {
+        Some(leased) => leased.clone(),
+        None => cached.clone(),
     };
     let state = AppState {
         breakers: Default::default(),
@@ -200,6 +218,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     let server = Server::new(listener, router, config.connections.clone()).with_metrics(metrics);
     serve_until_signal(server, pool).await?;
+    if let Some(leased) = leased {
+        // The calls have ended: their usage reaches the store and the leases go back.
+        leased.close(Duration::from_secs(5)).await;
+    }
     // Answers kept in the last moments still reach the store.
     let _ = tokio::time::timeout(Duration::from_secs(5), answers.flush()).await;
     tracing::info!("stopped");
