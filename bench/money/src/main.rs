@@ -19,7 +19,7 @@ use ferry_core::billing;
 use ferry_core::ports::{Accounts, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator};
-use ferry_functions::store::LeasedAccounts;
+use ferry_functions::store::{CachedStore, LeasedAccounts};
 use ferry_functions::{AppState, RouterConfig};
 use ferry_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 use serde_json::{Value, json};
@@ -128,16 +128,22 @@ async fn set_up(
     )?;
     let mut state = AppState::for_tests(store.clone(), Arc::new(InstantBackend));
     state.auth = Arc::new(auth);
+    // As `ferry serve` runs: tenants, models and prices read through a cache, so the store's
+    // thread does the money and nothing else.
+    let cached = Arc::new(CachedStore::new(
+        store.clone(),
+        store.clone(),
+        Duration::from_secs(5),
+    ));
+    state.store = cached.clone();
+    state.accounts = cached.clone();
     if scenario == Scenario::Leased {
         let durability = match options.durability {
             Durability::ProcessCrash => ferry_journal::Durability::ProcessCrash,
             Durability::PowerLoss => ferry_journal::Durability::PowerLoss,
         };
-        state.accounts = LeasedAccounts::open(
-            store.clone(),
-            Some((&directory.join("journal"), durability)),
-        )
-        .await?;
+        state.accounts =
+            LeasedAccounts::open(cached, Some((&directory.join("journal"), durability))).await?;
     }
     let app = ferry_functions::router(state, &RouterConfig::default());
     let model = json!({
@@ -260,6 +266,15 @@ async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> 
     Ok(calls as f64 / seconds)
 }
 
+/// `--only WORD`: run only the rows whose scenario name contains it (e.g. `leased`, to profile
+/// one path); else every row.
+fn only() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|pair| pair[0] == "--only")
+        .map(|pair| pair[1].clone())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     println!(
@@ -292,6 +307,9 @@ async fn main() -> anyhow::Result<()> {
         (Scenario::Unbilled, options(full, false)),
         (Scenario::Prepaid, options(full, false)),
     ] {
+        if only().is_some_and(|word| !scenario.name().contains(&word)) {
+            continue;
+        }
         let rate = run(scenario, options).await?;
         if scenario == Scenario::Unbilled {
             baseline = Some(rate);
