@@ -20,6 +20,7 @@ impl Harness for Moto {
 }
 
 ferry_store_conformance::conformance_tests!(Moto);
+ferry_store_conformance::lease_conformance_tests!(Moto);
 
 /// `S3ObjectStore` writes whole objects under its prefix and refuses keys that climb out.
 mod objects {

@@ -21,11 +21,12 @@ use ferry_core::billing::{
 };
 use ferry_core::calendar::{Date, Month};
 use ferry_core::ids::{self, IdKind};
+use ferry_core::lease;
 use ferry_core::ledger::{self, Posting, TransactionKind};
 use ferry_core::ports::{
-    Accounts, Alert, Balance, Billing, CloseError, Closed, KeySpend, Page, PageRequest,
-    PostRequest, Posted, PriceRecord, Settled, StoreError, StoreResult, Transaction, UsageRecord,
-    split_cursor,
+    Accounts, Alert, Balance, Billing, CloseError, Closed, KeySpend, LeasedUsage, Page,
+    PageRequest, PostRequest, Posted, PriceRecord, Settled, StoreError, StoreResult, Transaction,
+    UsageRecord, split_cursor,
 };
 use ferry_core::ratelimit;
 use futures_util::future::try_join_all;
@@ -44,9 +45,9 @@ const CLOSED_HOLD_RETENTION_SECONDS: u64 = 35 * 24 * 3600;
 /// A rate-limit bucket is deleted this long after it has refilled (absent means full).
 const BUCKET_RETENTION_SECONDS: u64 = 3600;
 
-const OPEN: &str = "open";
+pub(super) const OPEN: &str = "open";
 
-fn version_of(item: Option<&Attributes>) -> StoreResult<Version> {
+pub(super) fn version_of(item: Option<&Attributes>) -> StoreResult<Version> {
     match item {
         None => Ok(None),
         Some(item) => Ok(Some(get_i64(item, VERSION)?.unwrap_or(0))),
@@ -75,7 +76,7 @@ fn transaction_item(
     Ok(builder.build())
 }
 
-fn usage_item(usage: &UsageRecord) -> StoreResult<Attributes> {
+pub(super) fn usage_item(usage: &UsageRecord) -> StoreResult<Attributes> {
     Ok(ItemBuilder::new(&item::usage(&usage.request_id))
         .indexed(
             item::tenant_usage(&usage.tenant_id),
@@ -85,58 +86,118 @@ fn usage_item(usage: &UsageRecord) -> StoreResult<Attributes> {
         .build())
 }
 
-/// Adds an event's usage to its day's rollup, in the event's own transaction. Not read by
+/// Adds an event's usage to its day's rollups, in the event's own transaction. Not read by
 /// any decision about money, so not versioned: a concurrent settlement of the same rollup
 /// only makes one of the two transactions start over.
 fn add_to_rollup(writes: &mut Writes, table: &str, usage: &UsageRecord) -> StoreResult<()> {
-    let day = Date::of_unix(usage.created_at).to_string();
-    let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-    let change = || {
-        Change::default()
-            .set(ROLLUP_DAY, item::s(&day))
-            .set(ROLLUP_MODEL, item::s(&usage.model))
-            .add("requests", 1)
-            .add("prompt_tokens", signed(usage.prompt_tokens))
-            .add("cached_tokens", signed(usage.cached_tokens))
-            .add("completion_tokens", signed(usage.completion_tokens))
-            .add("cost_nanos", usage.cost.nanos())
-    };
-    writes.update(
-        table,
-        &item::rollup_all_keys(&usage.tenant_id, &day, &usage.model),
-        None,
-        change(),
-    )?;
-    let per_key = || match &usage.key_id {
-        Some(key_id) => change().set(ROLLUP_KEY, item::s(key_id)),
-        None => change(),
-    };
-    writes.update(
-        table,
-        &item::key_month(
-            &usage.tenant_id,
-            &Month::of_unix(usage.created_at).to_string(),
-            usage.key_id.as_deref(),
-        ),
-        None,
-        per_key(),
-    )?;
-    writes.update(
-        table,
-        &item::rollup(
-            &usage.tenant_id,
-            &day,
-            &usage.model,
-            usage.key_id.as_deref(),
-        ),
-        None,
-        per_key(),
-    )
+    let mut adds = RollupAdds::default();
+    adds.add(usage);
+    adds.write(writes, table)
+}
+
+/// Usage to add to the rollup items (the day's for all keys and per key, the key's month),
+/// summed per item: a transaction may write each item once, and a batch of calls writes each
+/// of its rollups once.
+#[derive(Clone, Default)]
+pub(super) struct RollupAdds {
+    items: BTreeMap<(String, String), RollupItem>,
+}
+
+/// One rollup item's part of a batch.
+#[derive(Clone)]
+struct RollupItem {
+    /// The attributes it names (its day, model, key).
+    named: Vec<(&'static str, String)>,
+    /// Requests, prompt, cached and completion tokens, cost.
+    totals: [i64; 5],
+}
+
+impl RollupAdds {
+    pub(super) fn add(&mut self, usage: &UsageRecord) {
+        let day = Date::of_unix(usage.created_at).to_string();
+        let month = Month::of_unix(usage.created_at).to_string();
+        let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        let sums = [
+            1,
+            signed(usage.prompt_tokens),
+            signed(usage.cached_tokens),
+            signed(usage.completion_tokens),
+            usage.cost.nanos(),
+        ];
+        let mut named = vec![
+            (ROLLUP_DAY, day.clone()),
+            (ROLLUP_MODEL, usage.model.clone()),
+        ];
+        let all_keys = item::rollup_all_keys(&usage.tenant_id, &day, &usage.model);
+        self.sum(all_keys, named.clone(), sums);
+        if let Some(key_id) = &usage.key_id {
+            named.push((ROLLUP_KEY, key_id.clone()));
+        }
+        let key = usage.key_id.as_deref();
+        self.sum(
+            item::key_month(&usage.tenant_id, &month, key),
+            named.clone(),
+            sums,
+        );
+        self.sum(
+            item::rollup(&usage.tenant_id, &day, &usage.model, key),
+            named,
+            sums,
+        );
+    }
+
+    fn sum(&mut self, key: Key, named: Vec<(&'static str, String)>, sums: [i64; 5]) {
+        let item = self
+            .items
+            .entry((key.pk, key.sk))
+            .or_insert_with(|| RollupItem {
+                named,
+                totals: [0; 5],
+            });
+        for (total, add) in item.totals.iter_mut().zip(sums) {
+            *total = total.saturating_add(add);
+        }
+    }
+
+    /// How many items [`RollupAdds::write`] writes.
+    pub(super) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub(super) fn write(self, writes: &mut Writes, table: &str) -> StoreResult<()> {
+        for ((pk, sk), RollupItem { named, totals }) in self.items {
+            let mut change = Change::default();
+            for (name, value) in named {
+                change = change.set(name, item::s(&value));
+            }
+            for (name, total) in [
+                "requests",
+                "prompt_tokens",
+                "cached_tokens",
+                "completion_tokens",
+                "cost_nanos",
+            ]
+            .into_iter()
+            .zip(totals)
+            {
+                change = change.add(name, total);
+            }
+            writes.update(table, &Key::new(pk, sk), None, change)?;
+        }
+        Ok(())
+    }
 }
 
 const ROLLUP_DAY: &str = "day";
 const ROLLUP_MODEL: &str = "model";
 const ROLLUP_KEY: &str = "key_id";
+
+/// Adds a posting's entries to per-account sums.
+pub(super) fn add_moves(moves: &mut BTreeMap<String, i64>, posting: &Posting) {
+    for entry in &posting.entries {
+        *moves.entry(entry.account.clone()).or_default() += entry.amount_usd.nanos();
+    }
+}
 
 fn key_spend_from_item(found: &Attributes) -> StoreResult<KeySpend> {
     Ok(KeySpend {
@@ -188,7 +249,7 @@ fn time_range(from: u64, to: u64) -> Option<(String, String)> {
 }
 
 impl DynamoStore {
-    async fn read_number(
+    pub(super) async fn read_number(
         &self,
         key: Key,
         name: &'static str,
@@ -202,7 +263,7 @@ impl DynamoStore {
         Ok((value, version_of(item.as_ref())?))
     }
 
-    async fn read_account(&self, account: &str) -> StoreResult<(Money, Version)> {
+    pub(super) async fn read_account(&self, account: &str) -> StoreResult<(Money, Version)> {
         let (nanos, version) = self.read_number(item::account(account), "balance").await?;
         Ok((Money::from_nanos(nanos.unwrap_or(0)), version))
     }
@@ -227,7 +288,7 @@ impl DynamoStore {
 
     /// Each distinct counter of `caps`, read once: two budgets of one period share a counter,
     /// and a decision must see (and its commit check) one version of it.
-    async fn read_counters(
+    pub(super) async fn read_counters(
         &self,
         caps: &[SpendCap],
     ) -> StoreResult<HashMap<String, (SpendCounter, Version)>> {
@@ -237,7 +298,7 @@ impl DynamoStore {
     }
 
     /// Each distinct bucket of `draws`, read once.
-    async fn read_tats(
+    pub(super) async fn read_tats(
         &self,
         draws: &[Draw],
     ) -> StoreResult<HashMap<String, (Option<i64>, Version)>> {
@@ -250,7 +311,7 @@ impl DynamoStore {
         self.read_number(item::bucket(bucket), "tat").await
     }
 
-    fn write_tat(
+    pub(super) fn write_tat(
         &self,
         writes: &mut Writes,
         bucket: &str,
@@ -272,7 +333,7 @@ impl DynamoStore {
     /// Writes one balanced transaction and moves its accounts' balances. `read` holds the
     /// versions of the accounts the caller's decision read; the others move unconditionally.
     #[allow(clippy::too_many_arguments)]
-    fn post_in(
+    pub(super) fn post_in(
         &self,
         writes: &mut Writes,
         id: &str,
@@ -282,6 +343,34 @@ impl DynamoStore {
         memo: Option<&str>,
         now_ms: u64,
         read: &HashMap<String, Version>,
+    ) -> StoreResult<Transaction> {
+        let transaction = self.record_transaction(
+            writes,
+            id,
+            posting,
+            request_id,
+            idempotency_key,
+            memo,
+            now_ms,
+        )?;
+        let mut moves = BTreeMap::new();
+        add_moves(&mut moves, posting);
+        self.move_accounts(writes, moves, read)?;
+        Ok(transaction)
+    }
+
+    /// Writes one balanced transaction; its accounts are the caller's to move
+    /// ([`add_moves`], [`DynamoStore::move_accounts`]), at once or summed over a batch.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_transaction(
+        &self,
+        writes: &mut Writes,
+        id: &str,
+        posting: &Posting,
+        request_id: Option<&str>,
+        idempotency_key: Option<&str>,
+        memo: Option<&str>,
+        now_ms: u64,
     ) -> StoreResult<Transaction> {
         if !posting.is_balanced() {
             return Err(StoreError::Invalid(format!(
@@ -302,24 +391,101 @@ impl DynamoStore {
             &self.table,
             transaction_item(&transaction, idempotency_key)?,
         )?;
-        let mut moves: BTreeMap<&str, i64> = BTreeMap::new();
-        for entry in &posting.entries {
-            *moves.entry(&entry.account).or_default() += entry.amount_usd.nanos();
-        }
+        Ok(transaction)
+    }
+
+    /// Moves each account by its summed amount, once.
+    pub(super) fn move_accounts(
+        &self,
+        writes: &mut Writes,
+        moves: BTreeMap<String, i64>,
+        read: &HashMap<String, Version>,
+    ) -> StoreResult<()> {
         for (account, amount) in moves {
             writes.update(
                 &self.table,
-                &item::account(account),
-                read.get(account).copied(),
+                &item::account(&account),
+                read.get(&account).copied(),
                 Change::default().add("balance", amount),
             )?;
         }
-        Ok(transaction)
+        Ok(())
     }
 
     /// Adds to `writes` the closing of an open `hold`: settled at `cost`, or (no cost) expired.
     /// Returns what the tenant is charged.
-    async fn close_hold(
+    pub(super) async fn close_hold(
+        &self,
+        writes: &mut Writes,
+        hold: &Hold,
+        cost: Option<Money>,
+        actual_tokens: u64,
+        now_ms: u64,
+    ) -> StoreResult<Money> {
+        let charged = self
+            .settle_hold(writes, hold, cost, actual_tokens, now_ms)
+            .await?;
+        let state = if cost.is_some() { "settled" } else { "expired" };
+        self.close_hold_item(writes, &hold.request_id, None, state, now_ms)?;
+        Ok(charged)
+    }
+
+    /// Marks an open hold's item closed (`state`), out of the open holds' index, kept a while;
+    /// with `read`, only if its version is still that.
+    pub(super) fn close_hold_item(
+        &self,
+        writes: &mut Writes,
+        request_id: &str,
+        read: Option<Version>,
+        state: &str,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        writes.update(
+            &self.table,
+            &item::hold(request_id),
+            read,
+            Change::default()
+                .set("state", item::s(state))
+                .set(
+                    crate::schema::TTL_ATTRIBUTE,
+                    item::n(now_ms / 1000 + CLOSED_HOLD_RETENTION_SECONDS),
+                )
+                .remove(crate::schema::INDEX_PARTITION_KEY)
+                .remove(crate::schema::INDEX_SORT_KEY)
+                .only_if_equal("state", item::s(OPEN)),
+        )
+    }
+
+    /// Records an alert per cap a charge carried past its limit (once per counter and cap).
+    pub(super) fn write_alerts(
+        &self,
+        writes: &mut Writes,
+        tenant_id: &str,
+        crossings: &[admission::Crossing],
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        let mut alerted = BTreeSet::new();
+        for crossing in crossings {
+            let alert = crossing.alert(tenant_id, now_ms);
+            if !alerted.insert(alert.id.clone()) {
+                continue;
+            }
+            let item = ItemBuilder::new(&item::alert(&alert.id))
+                .indexed(
+                    item::tenant_alerts(&alert.tenant_id),
+                    format!("{}#{}", padded(now_ms), alert.id),
+                )
+                .json("body", &alert)?
+                .build();
+            writes.put(&self.table, item)?;
+            tracing::warn!(tenant = %tenant_id, counter = %crossing.cap.counter, cap = %crossing.cap.cap, spent = %crossing.spent, "spend passed a budget");
+        }
+        Ok(())
+    }
+
+    /// Adds to `writes` what settling `hold` at `cost` (or, with none, expiring it) does to
+    /// the money: postings, counters, alerts, token buckets. What the tenant is charged.
+    pub(super) async fn settle_hold(
         &self,
         writes: &mut Writes,
         hold: &Hold,
@@ -374,22 +540,7 @@ impl DynamoStore {
                     .add("held", -hold.amount.nanos()),
             )?;
         }
-        let mut alerted = BTreeSet::new();
-        for crossing in &plan.crossings {
-            let alert = crossing.alert(&hold.tenant_id, now_ms);
-            if !alerted.insert(alert.id.clone()) {
-                continue;
-            }
-            let item = ItemBuilder::new(&item::alert(&alert.id))
-                .indexed(
-                    item::tenant_alerts(&alert.tenant_id),
-                    format!("{}#{}", padded(now_ms), alert.id),
-                )
-                .json("body", &alert)?
-                .build();
-            writes.put(&self.table, item)?;
-            tracing::warn!(tenant = %hold.tenant_id, counter = %crossing.cap.counter, cap = %crossing.cap.cap, spent = %crossing.spent, "spend passed a budget");
-        }
+        self.write_alerts(writes, &hold.tenant_id, &plan.crossings, now_ms)?;
         if cost.is_some() {
             // Token buckets drew the estimate at admission; now they take the actual count.
             let now_nanos = ratelimit::nanos_from_millis(now_ms);
@@ -405,21 +556,6 @@ impl DynamoStore {
                 self.write_tat(writes, &draw.bucket.id, adjusted, *version)?;
             }
         }
-        let state = if cost.is_some() { "settled" } else { "expired" };
-        writes.update(
-            &self.table,
-            &item::hold(&hold.request_id),
-            None,
-            Change::default()
-                .set("state", item::s(state))
-                .set(
-                    crate::schema::TTL_ATTRIBUTE,
-                    item::n(now_ms / 1000 + CLOSED_HOLD_RETENTION_SECONDS),
-                )
-                .remove(crate::schema::INDEX_PARTITION_KEY)
-                .remove(crate::schema::INDEX_SORT_KEY)
-                .only_if_equal("state", item::s(OPEN)),
-        )?;
         Ok(plan.charged)
     }
 
@@ -459,69 +595,59 @@ impl DynamoStore {
         self.usage_events(tenant_id, None, from, to, u32::MAX).await
     }
 
-    /// Expires one hold if it is still open and due; true when it did.
-    async fn expire_hold(&self, request_id: &str, now_ms: u64) -> StoreResult<bool> {
-        self.atomically("expire a hold", || async {
-            let Some(Some(hold)) = self.open_hold(request_id).await? else {
-                return Ok(Attempt::Done(false));
-            };
-            if hold.expires_at_ms > now_ms {
-                return Ok(Attempt::Done(false));
-            }
-            let mut writes = Writes::default();
-            self.close_hold(&mut writes, &hold, None, 0, now_ms).await?;
-            // A usage record may already be there (the hold's idempotency guard was swept by
-            // its TTL and the request replayed): the hold closes without a second one, rather
-            // than failing its condition on every sweep.
-            let usage = hold.expired_usage(now_ms);
-            if self.get(&item::usage(request_id)).await?.is_none() {
-                writes.create(&self.table, usage_item(&usage)?)?;
-                add_to_rollup(&mut writes, &self.table, &usage)?;
-            }
-            Ok(Attempt::Write(writes, true))
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl Accounts for DynamoStore {
-    async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
-        let available_account = ledger::available(&admission.tenant_id);
-        let held_account = ledger::held(&admission.tenant_id);
+    /// Admits `call`, or with `lease_id` takes a lease sized for calls like it
+    /// (`ferry_core::lease::calls`): the admission decided (the lease's, scaled) and the
+    /// decision, or none when a lease would be too small. One atomic write either way.
+    pub(super) async fn admit_as(
+        &self,
+        call: &Admission,
+        lease_id: Option<&str>,
+    ) -> StoreResult<Option<(Admission, Result<Grant, Refusal>)>> {
+        let request_id = lease_id.unwrap_or(&call.request_id);
+        let available_account = ledger::available(&call.tenant_id);
+        let held_account = ledger::held(&call.tenant_id);
         self.atomically("admit", || async {
-            let hold_key = item::hold(&admission.request_id);
+            let hold_key = item::hold(request_id);
             let (existing, available, held, tats, counters) = futures_util::try_join!(
                 self.get(&hold_key),
                 self.read_account(&available_account),
                 self.read_account(&held_account),
-                self.read_tats(&admission.draws),
-                self.read_counters(&admission.caps),
+                self.read_tats(&call.draws),
+                self.read_counters(&call.caps),
             )?;
             if existing.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "request {}",
-                    admission.request_id
-                )));
+                return Err(StoreError::Conflict(format!("request {request_id}")));
             }
             let state = AdmissionState {
-                tats: admission
+                tats: call
                     .draws
                     .iter()
                     .map(|draw| tats[draw.bucket.id.as_str()].0)
                     .collect(),
                 available: available.0,
                 held: held.0,
-                counters: admission
+                counters: call
                     .caps
                     .iter()
                     .map(|cap| counters[cap.counter.as_str()].0)
                     .collect(),
             };
+            let (admission, hold) = match lease_id {
+                None => (call.clone(), Hold::of(call)),
+                Some(lease_id) => {
+                    let Some(calls) = lease::calls(call, &state) else {
+                        return Ok(Attempt::Done(None));
+                    };
+                    let leased = lease::admission(call, lease_id, calls);
+                    let hold = lease::hold(&leased);
+                    (leased, hold)
+                }
+            };
+            let admission = &admission;
             let grant = match admission::decide(admission, &state) {
                 Ok(grant) => grant,
                 // Nothing is written: a refusal takes nothing.
-                Err(refusal) => return Ok(Attempt::Done(Err(refusal))),
+                Err(refusal) => return Ok(Attempt::Done(Some((admission.clone(), Err(refusal))))),
             };
             let mut writes = Writes::default();
             let mut drawn = BTreeSet::new();
@@ -531,7 +657,6 @@ impl Accounts for DynamoStore {
                     self.write_tat(&mut writes, &draw.bucket.id, *tat, version)?;
                 }
             }
-            let hold = Hold::of(admission);
             let hold_item = ItemBuilder::new(&hold_key)
                 .indexed(
                     item::OPEN_HOLDS,
@@ -585,9 +710,69 @@ impl Accounts for DynamoStore {
                     Change::default().add("held", admission.hold.nanos()),
                 )?;
             }
-            Ok(Attempt::Write(writes, Ok(grant)))
+            Ok(Attempt::Write(writes, Some((admission.clone(), Ok(grant)))))
         })
         .await
+    }
+
+    /// Expires one hold if it is still open and due; true when it did.
+    async fn expire_hold(&self, request_id: &str, now_ms: u64) -> StoreResult<bool> {
+        self.atomically("expire a hold", || async {
+            let Some(Some(hold)) = self.open_hold(request_id).await? else {
+                return Ok(Attempt::Done(false));
+            };
+            if hold.expires_at_ms > now_ms {
+                return Ok(Attempt::Done(false));
+            }
+            let mut writes = Writes::default();
+            self.close_hold(&mut writes, &hold, None, 0, now_ms).await?;
+            // A usage record may already be there (the hold's idempotency guard was swept by
+            // its TTL and the request replayed): the hold closes without a second one, rather
+            // than failing its condition on every sweep.
+            let usage = hold.expired_usage(now_ms);
+            // A lease is no call: its calls' usage is their own.
+            if hold.lease_draws.is_none() && self.get(&item::usage(request_id)).await?.is_none() {
+                writes.create(&self.table, usage_item(&usage)?)?;
+                add_to_rollup(&mut writes, &self.table, &usage)?;
+            }
+            Ok(Attempt::Write(writes, true))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Accounts for DynamoStore {
+    async fn admit(&self, admission: &Admission) -> StoreResult<Result<Grant, Refusal>> {
+        match self.admit_as(admission, None).await? {
+            Some((_, decided)) => Ok(decided),
+            None => Err(StoreError::Unavailable(
+                "an admission was not decided".into(),
+            )),
+        }
+    }
+
+    async fn lease(
+        &self,
+        call: &Admission,
+        lease_id: &str,
+    ) -> StoreResult<Option<(Admission, Grant)>> {
+        Ok(match self.admit_as(call, Some(lease_id)).await? {
+            Some((lease, Ok(grant))) => Some((lease, grant)),
+            Some((_, Err(_))) | None => None,
+        })
+    }
+
+    async fn extend_lease(&self, lease_id: &str, amount: Money) -> StoreResult<Money> {
+        self.extend_lease_by(lease_id, amount).await
+    }
+
+    async fn settle_leased(&self, batch: &[LeasedUsage]) -> StoreResult<Vec<Settled>> {
+        self.settle_lease_batch(batch).await
+    }
+
+    async fn release_lease(&self, lease_id: &str, used: &[u64]) -> StoreResult<()> {
+        self.give_back_lease(lease_id, used).await
     }
 
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 mod accounts;
 mod item;
+mod leases;
 mod write;
 
 use item::{Attributes, ItemBuilder, Key, get_json, get_u64, padded, unavailable};

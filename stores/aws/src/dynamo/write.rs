@@ -121,7 +121,7 @@ impl Writes {
             Some(None) => condition.push("attribute_not_exists(pk)".to_owned()),
             Some(Some(version)) => {
                 values.insert(":read".to_owned(), n(version));
-                condition.push("#v = :read".to_owned());
+                condition.push(version_condition(version).to_owned());
             }
         }
         for (name, value) in change.condition_values {
@@ -147,7 +147,7 @@ impl Writes {
         let (condition, values) = match version {
             None => ("attribute_not_exists(pk)".to_owned(), None),
             Some(version) => (
-                "#v = :read".to_owned(),
+                version_condition(version).to_owned(),
                 Some(HashMap::from([(":read".to_owned(), n(version))])),
             ),
         };
@@ -163,6 +163,16 @@ impl Writes {
         self.items
             .push(TransactWriteItem::builder().condition_check(check).build());
         Ok(())
+    }
+}
+
+/// The condition that an item is still at `version`. An item written whole (`create`, `put`)
+/// has no version attribute until it is first updated: it reads as version 0.
+fn version_condition(version: i64) -> &'static str {
+    if version == 0 {
+        "(attribute_not_exists(#v) OR #v = :read)"
+    } else {
+        "#v = :read"
     }
 }
 
