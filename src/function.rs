@@ -17,7 +17,7 @@ use ferry_functions::edge::EdgeKeys;
 use ferry_functions::environment::{self as env, Function, Variable};
 use ferry_functions::metrics::Metrics;
 use ferry_functions::server::{ConnectionLimits, Server};
-use ferry_functions::store::CachedStore;
+use ferry_functions::store::{CachedStore, LeasedAccounts};
 use ferry_functions::upstream::{HttpUpstream, UpstreamConfig};
 use ferry_functions::{AppState, MoneyConfig, RouterConfig, Surface};
 use ferry_store_sqlite::{LocalObjectStore, SqliteStore};
@@ -108,11 +108,16 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         jwt: jwt_from_env()?,
         ..AuthConfig::default()
     };
+    let leased = leases(function, cached.clone()).await?;
+    let accounts: Arc<dyn Accounts> = match &leased {
+        Some(leased) => leased.clone(),
+        None => cached.clone(),
+    };
     let state = AppState {
         breakers: Default::default(),
         metrics: Default::default(),
         store: cached.clone(),
-        accounts: cached.clone(),
+        accounts,
         upstream: Arc::new(
             HttpUpstream::new(UpstreamConfig::default()).context("upstream client")?,
         ),
@@ -158,10 +163,41 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         run_http_on_lambda(router).await
     } else {
         serve(args.addr, router, Some(metrics)).await?;
+        if let Some(leased) = leased {
+            // The calls have ended: their usage reaches the store and the leases go back.
+            leased.close(Duration::from_secs(5)).await;
+        }
         // Answers kept in the last moments still reach the shared level.
         let _ = tokio::time::timeout(Duration::from_secs(5), answers.flush()).await;
         Ok(())
     }
+}
+
+/// The gateway's credit leases, when `FERRY_LEASES` asks for them (never on Lambda), with a
+/// journal where `FERRY_JOURNAL_DIR` names one.
+async fn leases(
+    function: Function,
+    accounts: Arc<dyn Accounts>,
+) -> anyhow::Result<Option<Arc<LeasedAccounts>>> {
+    if function != Function::Gateway || !flag(env::LEASES) {
+        return Ok(None);
+    }
+    if on_lambda() {
+        tracing::warn!(
+            "{} is ignored on Lambda: a frozen instance could not give its leases back",
+            env::LEASES.name
+        );
+        return Ok(None);
+    }
+    let journal = value(env::JOURNAL_DIR).map(PathBuf::from);
+    let journal = journal
+        .as_deref()
+        .map(|directory| (directory, ferry_journal::Durability::ProcessCrash));
+    Ok(Some(
+        LeasedAccounts::open(accounts, journal)
+            .await
+            .context("opening the usage journal")?,
+    ))
 }
 
 /// Off Lambda: `$PORT` on every interface, draining calls in flight at SIGTERM.

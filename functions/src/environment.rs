@@ -134,6 +134,22 @@ pub const POOL_URL: Variable = Variable {
     read_by: &[Function::Admin],
     required_by: NONE,
 };
+/// Admit and settle a busy tenant's calls against credit leases (`true`): the gateway, off
+/// Lambda (a frozen Lambda instance could not give its leases back; they would wait for their
+/// hold to expire).
+pub const LEASES: Variable = Variable {
+    name: "FERRY_LEASES",
+    read_by: &[Function::Gateway],
+    required_by: NONE,
+};
+/// With leases, a directory whose disk outlives the process (a persistent volume) for the
+/// usage journal: leased calls' usage is then written to the store in batches. Without it,
+/// each leased call's usage is written to the store before its answer.
+pub const JOURNAL_DIR: Variable = Variable {
+    name: "FERRY_JOURNAL_DIR",
+    read_by: &[Function::Gateway],
+    required_by: NONE,
+};
 /// Log JSON lines (`true`) rather than text.
 pub const LOG_JSON: Variable = Variable {
     name: "FERRY_LOG_JSON",
@@ -148,6 +164,8 @@ pub const PORT: Variable = Variable {
 };
 
 pub const VARIABLES: &[Variable] = &[
+    LEASES,
+    JOURNAL_DIR,
     STORE,
     DYNAMODB_TABLE,
     S3_BUCKET,
