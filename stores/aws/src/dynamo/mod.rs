@@ -1,5 +1,8 @@
 //! `DynamoStore`: the store ports on one DynamoDB table (see ARCHITECTURE.md for its design).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -57,6 +60,15 @@ const SESSION_SEEN: &str = "last_seen_at";
 pub struct DynamoStore {
     client: Client,
     table: String,
+    sent: Arc<SentCounts>,
+}
+
+/// The atomic writes (`TransactWriteItems`) this store has committed, and their items: what
+/// DynamoDB bills twice the write units of an item for.
+#[derive(Debug, Default)]
+pub struct SentCounts {
+    pub transactions: AtomicU64,
+    pub items: AtomicU64,
 }
 
 impl DynamoStore {
@@ -64,7 +76,16 @@ impl DynamoStore {
         DynamoStore {
             client,
             table: table.into(),
+            sent: Arc::default(),
         }
+    }
+
+    /// The atomic writes committed so far (by this handle and its clones), and their items.
+    pub fn writes_committed(&self) -> (u64, u64) {
+        (
+            self.sent.transactions.load(Ordering::Relaxed),
+            self.sent.items.load(Ordering::Relaxed),
+        )
     }
 
     /// On `table`, with the AWS configuration given (see [`crate::sdk_config`]).

@@ -9,6 +9,7 @@
 //! a condition, so concurrent readers of them still notice.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -280,7 +281,13 @@ impl DynamoStore {
                 .send()
                 .await;
             let error = match sent {
-                Ok(_) => return Ok(Sent::Committed),
+                Ok(_) => {
+                    let counts = &self.sent;
+                    counts.transactions.fetch_add(1, Ordering::Relaxed);
+                    let items = u64::try_from(items.len()).unwrap_or(u64::MAX);
+                    counts.items.fetch_add(items, Ordering::Relaxed);
+                    return Ok(Sent::Committed);
+                }
                 Err(error) => error,
             };
             let unknown = match error.as_service_error() {
