@@ -52,8 +52,9 @@ pub struct Demand {
 }
 
 impl Demand {
-    /// Counts a call at `now_ms`: whether the scope is busy, this window or the last.
-    pub fn note(&mut self, now_ms: u64) -> bool {
+    /// Counts a call at `now_ms`: whether the scope made `busy_calls` calls (usually
+    /// [`BUSY_CALLS`]) this window or the last.
+    pub fn note(&mut self, now_ms: u64, busy_calls: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.window_start_ms);
         if elapsed >= DEMAND_WINDOW_MS {
             *self = Demand {
@@ -67,7 +68,7 @@ impl Demand {
             };
         }
         self.calls += 1;
-        self.calls.max(self.previous_window_calls) >= BUSY_CALLS
+        self.calls.max(self.previous_window_calls) >= busy_calls
     }
 
     /// Whether nothing was counted in the last two windows: the count may be forgotten.
@@ -690,13 +691,15 @@ mod tests {
     fn a_scope_is_busy_from_its_sixteenth_call_in_a_second_and_stays_so_a_second_more() {
         let mut demand = Demand::default();
         let start = 1_000_000;
-        let busy: Vec<bool> = (0..16).map(|call| demand.note(start + call)).collect();
+        let busy: Vec<bool> = (0..16)
+            .map(|call| demand.note(start + call, BUSY_CALLS))
+            .collect();
         assert_eq!(busy.iter().filter(|busy| **busy).count(), 1, "{busy:?}");
         assert!(busy[15]);
         // The next window: busy from its first call, on the strength of the last.
-        assert!(demand.note(start + DEMAND_WINDOW_MS));
+        assert!(demand.note(start + DEMAND_WINDOW_MS, BUSY_CALLS));
         // A quiet window later, the count starts over.
-        assert!(!demand.note(start + 3 * DEMAND_WINDOW_MS));
+        assert!(!demand.note(start + 3 * DEMAND_WINDOW_MS, BUSY_CALLS));
         assert!(!demand.is_stale(start + 3 * DEMAND_WINDOW_MS));
         assert!(demand.is_stale(start + 5 * DEMAND_WINDOW_MS));
     }
