@@ -22,3 +22,14 @@ if [[ -d ${FERRY_TRACES:-../shared/data/traces} ]]; then
 else
     echo "bench/replay: no traces beside this checkout; tests/e2e/test_pool.py replays a synthetic one"
 fi
+# DynamoDB writes per call, on moto served one request at a time (as the AWS adapter's tests do).
+moto_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+.venv/bin/python stores/aws/tests/moto/serial_moto.py 127.0.0.1 "$moto_port" >/dev/null 2>&1 &
+moto=$!
+for _ in $(seq 150); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $moto_port))" 2>/dev/null && break
+    sleep 0.2
+done
+AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=bench \
+    AWS_SECRET_ACCESS_KEY=bench target/debug/ferry-bench-money --dynamodb 20
+kill "$moto"

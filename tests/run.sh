@@ -37,7 +37,7 @@ step "rustup: wasm targets" rustup target add wasm32-wasip1 wasm32-wasip2
 # examples), with the AWS runtime (an optional feature, so `ferry serve`'s own build stays
 # quick) so that the AWS adapters are tested against moto.
 step "cargo build: workspace, all targets, aws" \
-    cargo build --workspace --all-targets --locked --features ferry/aws
+    cargo build --workspace --all-targets --locked --features ferry/aws,ferry-bench-money/aws
 models=${FERRY_MODELS_DIR:-target/ferry-models}
 pull_models() {
     for model in smollm2-135m-instruct all-minilm-l6-v2; do
@@ -81,7 +81,7 @@ step_bg "console: lint, unit tests, build" console_checks
 wait_step "venv: tests/e2e/requirements.txt"
 wait_step "models: pull"
 step "cargo test" env MOTO_SERVER="$PWD/.venv/bin/moto_server" \
-    cargo test --workspace --locked --features ferry/aws
+    cargo test --workspace --locked --features ferry/aws,ferry-bench-money/aws
 
 # In parallel: a file whose tests share its servers stays on one worker, the others are spread
 # test by test (conftest.py); the slowest are shown.

@@ -6,6 +6,7 @@
 //! and the store's own cost per call. Each scenario runs on a fresh SQLite file and is
 //! reconciled afterwards: a fast run that lost money would fail here.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +17,9 @@ use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
 use ferry_core::billing;
-use ferry_core::ports::{Accounts, Upstream, UpstreamCall, UpstreamError, UpstreamReply};
+use ferry_core::ports::{
+    Accounts, SharedCache, Store, Upstream, UpstreamCall, UpstreamError, UpstreamReply,
+};
 use ferry_functions::admin::{OperatorKey, ensure_operator_key};
 use ferry_functions::auth::{AuthConfig, Authenticator};
 use ferry_functions::store::{CachedStore, LeasedAccounts};
@@ -79,7 +82,9 @@ impl Scenario {
 
 struct Setup {
     app: Router,
-    store: Arc<SqliteStore>,
+    accounts: Arc<dyn Accounts>,
+    /// The leases, in a leased scenario.
+    leased: Option<Arc<LeasedAccounts>>,
     key: String,
     tenant_id: Option<String>,
 }
@@ -106,15 +111,18 @@ async fn send(
     ))
 }
 
-async fn set_up(
+/// Where a leased run journals its usage (none: each leased call written before its answer).
+type JournalAt<'a> = Option<(&'a Path, ferry_journal::Durability)>;
+
+/// Ferry's router over `store`, a tenant with credit and a key for `scenario`.
+async fn set_up<S>(
     scenario: Scenario,
-    options: SqliteOptions,
-    directory: &std::path::Path,
-) -> anyhow::Result<Setup> {
-    let store = Arc::new(SqliteStore::open_with(
-        &directory.join("ferry.db"),
-        options,
-    )?);
+    store: Arc<S>,
+    journal: JournalAt<'_>,
+) -> anyhow::Result<Setup>
+where
+    S: Store + Accounts + SharedCache + 'static,
+{
     let OperatorKey::Generated(operator) = ensure_operator_key(store.as_ref(), None).await? else {
         anyhow::bail!("a fresh store has no operator key");
     };
@@ -137,14 +145,14 @@ async fn set_up(
     ));
     state.store = cached.clone();
     state.accounts = cached.clone();
-    if scenario == Scenario::Leased {
-        let durability = match options.durability {
-            Durability::ProcessCrash => ferry_journal::Durability::ProcessCrash,
-            Durability::PowerLoss => ferry_journal::Durability::PowerLoss,
-        };
-        state.accounts =
-            LeasedAccounts::open(cached, Some((&directory.join("journal"), durability))).await?;
+    let leased = match scenario {
+        Scenario::Leased => Some(LeasedAccounts::open(cached, journal).await?),
+        _ => None,
+    };
+    if let Some(leased) = &leased {
+        state.accounts = leased.clone();
     }
+    let accounts = state.accounts.clone();
     let app = ferry_functions::router(state, &RouterConfig::default());
     let model = json!({
         "id": "bench-model",
@@ -157,7 +165,8 @@ async fn set_up(
     if scenario == Scenario::Unbilled {
         return Ok(Setup {
             app,
-            store,
+            accounts,
+            leased,
             key: operator,
             tenant_id: None,
         });
@@ -196,10 +205,56 @@ async fn set_up(
     let key = created["key"].as_str().context("key")?.to_owned();
     Ok(Setup {
         app,
-        store,
+        accounts,
+        leased,
         key,
         tenant_id: Some(tenant_id),
     })
+}
+
+/// Waits until every answered call is settled in the store: the journal drained and every
+/// lease given back (nothing held).
+async fn settled_in_store(setup: &Setup) -> anyhow::Result<()> {
+    if let Some(tenant) = &setup.tenant_id {
+        while setup.accounts.balance(tenant).await?.held_usd != ferry_core::Money::ZERO {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `calls` calls, `callers` at a time; how many were answered (all must be).
+async fn call_n(setup: &Setup, calls: usize, callers: usize) -> anyhow::Result<u64> {
+    let body = json!({"model": "bench-model", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16});
+    let left = Arc::new(AtomicU64::new(u64::try_from(calls)?));
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (app, key, body, left) = (
+                setup.app.clone(),
+                setup.key.clone(),
+                body.clone(),
+                left.clone(),
+            );
+            tokio::spawn(async move {
+                let mut answered = 0u64;
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let (status, answer) =
+                        send(&app, "POST", "/v1/chat/completions", &key, &body).await?;
+                    ensure!(status == StatusCode::OK, "call failed: {status} {answer}");
+                    answered += 1;
+                }
+                anyhow::Ok(answered)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        answered += task.await??;
+    }
+    Ok(answered)
 }
 
 /// Calls as fast as `CALLERS` concurrent callers can for `duration()`; returns calls per second.
@@ -210,7 +265,16 @@ async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> 
         Instant::now().elapsed().as_nanos()
     ));
     std::fs::create_dir_all(&directory)?;
-    let setup = set_up(scenario, options, &directory).await?;
+    let store = Arc::new(SqliteStore::open_with(
+        &directory.join("ferry.db"),
+        options,
+    )?);
+    let durability = match options.durability {
+        Durability::ProcessCrash => ferry_journal::Durability::ProcessCrash,
+        Durability::PowerLoss => ferry_journal::Durability::PowerLoss,
+    };
+    let journal = directory.join("journal");
+    let setup = set_up(scenario, store, Some((&journal, durability))).await?;
     let body = json!({"model": "bench-model", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16});
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -237,20 +301,11 @@ async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> 
     for caller in callers {
         caller.await??;
     }
-    if scenario == Scenario::Leased {
-        // Settled means in the store: wait for the journal to drain and the leases to go back.
-        let tenant = setup
-            .tenant_id
-            .clone()
-            .context("a leased run has a tenant")?;
-        while setup.store.balance(&tenant).await?.held_usd != ferry_core::Money::ZERO {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
+    settled_in_store(&setup).await?;
     let seconds = started.elapsed().as_secs_f64();
     let calls = done.load(Ordering::Relaxed);
     // Every call must be in the books, and the books must balance.
-    let (ledger, tenants) = setup.store.figures().await?;
+    let (ledger, tenants) = setup.accounts.figures().await?;
     let problems = billing::discrepancies(&ledger, &tenants);
     ensure!(problems.is_empty(), "books do not reconcile: {problems:?}");
     let settled: u64 = tenants
@@ -275,8 +330,25 @@ fn only() -> Option<String> {
         .map(|pair| pair[1].clone())
 }
 
+#[cfg(feature = "aws")]
+mod dynamodb;
+
+/// `--dynamodb N`: DynamoDB writes per call instead (built with `--features aws`).
+fn dynamodb_calls() -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|pair| pair[0] == "--dynamodb")
+        .and_then(|pair| pair[1].parse().ok())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Some(calls) = dynamodb_calls() {
+        #[cfg(feature = "aws")]
+        return dynamodb::writes_per_call(calls).await;
+        #[cfg(not(feature = "aws"))]
+        anyhow::bail!("--dynamodb {calls}: build with `--features aws`");
+    }
     println!(
         "bench/money: {CALLERS} concurrent callers, {} s per scenario, instant backend, one SQLite file",
         duration().as_secs_f64()
