@@ -6,8 +6,10 @@
 
 use ferry_core::Money;
 use ferry_core::admission::{Admission, Budget, BudgetPeriod, Draw, Enforcement};
+use ferry_core::billing::GroupBy;
+use ferry_core::calendar::Month;
 use ferry_core::ledger::TransactionKind;
-use ferry_core::ports::{Accounts, Billing, LeasedUsage, Settled};
+use ferry_core::ports::{Accounts, Billing, LeasedUsage, PageRequest, Settled};
 use ferry_core::ratelimit::{Bucket, Unit};
 
 use crate::Harness;
@@ -31,6 +33,13 @@ fn leased(lease_id: &str, request_id: &str, tenant_id: &str, cost: &str) -> Leas
         lease_id: lease_id.into(),
         usage: usage(request_id, tenant_id, usd(cost)),
         loss: Money::ZERO,
+    }
+}
+
+fn first_page() -> PageRequest {
+    PageRequest {
+        limit: 100,
+        after: None,
     }
 }
 
@@ -74,6 +83,27 @@ pub async fn a_lease_holds_a_share_and_settles_its_calls_in_batches_once<H: Harn
         balance("997.44", "2.55")
     );
     assert_eq!(events(&store, "acme").await.len(), 3);
+    // The rollups reports read moved with the batch, once per call.
+    let day = T0 / 1000;
+    let report = store
+        .usage_report("acme", None, day - 86_400, day + 86_400, GroupBy::default())
+        .await
+        .unwrap();
+    let totals: Vec<(u64, Money)> = report
+        .iter()
+        .map(|row| (row.totals.requests, row.totals.cost_usd))
+        .collect();
+    assert_eq!(totals, [(3, usd("0.01"))]);
+    let spend = store
+        .key_spend("acme", Month::of_unix(day), &first_page())
+        .await
+        .unwrap();
+    let spent: Vec<(u64, Money)> = spend
+        .items
+        .iter()
+        .map(|key| (key.totals.requests, key.totals.cost_usd))
+        .collect();
+    assert_eq!(spent, [(3, usd("0.01"))]);
     let ledger = transactions(&store, "acme").await;
     let settled = of_kind(&ledger, TransactionKind::Settle);
     assert_eq!(settled.len(), 3, "each call's charge names its request");

@@ -20,7 +20,7 @@ use crate::accounts::{
     read_admission_state, read_counters, read_tat, record_transaction, refuse_if_admitted,
     write_admitted, write_alerts, write_hold, write_tat,
 };
-use crate::{SqliteStore, insert_usage, row, unavailable};
+use crate::{SqliteStore, UsageRollups, insert_usage_event, row, unavailable};
 use ferry_clock as clock;
 
 const OPEN: &str = "open";
@@ -170,6 +170,8 @@ struct BatchWriter {
     closed: BTreeMap<String, Hold>,
     /// Account balance changes, applied once at the end.
     accounts: BTreeMap<String, i64>,
+    /// The leased calls' usage rollups, moved once at the end.
+    rollups: UsageRollups,
 }
 
 impl BatchWriter {
@@ -215,7 +217,9 @@ impl BatchWriter {
             )));
         };
         usage.cost = charged;
-        insert_usage(connection, &usage).map_err(unavailable)?;
+        if insert_usage_event(connection, &usage).map_err(unavailable)? {
+            self.rollups.add(&usage);
+        }
         Ok(Settled::Recorded { charged })
     }
 
@@ -265,6 +269,7 @@ impl BatchWriter {
         for (account, delta) in &self.accounts {
             move_account(connection, account, *delta)?;
         }
+        self.rollups.write(connection).map_err(unavailable)?;
         let now_ms = clock::unix_millis();
         for (mut hold, charged) in self.leases.into_values() {
             if charged <= Money::ZERO {

@@ -4,6 +4,7 @@
 //! path's writes in groups, so a slow disk never stalls the async workers. `LocalObjectStore`
 //! (`objects`) is the object store: a directory.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -959,6 +960,23 @@ impl SharedCache for SqliteStore {
 pub(crate) const ALL_KEYS: &str = "*";
 
 pub(crate) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusqlite::Result<bool> {
+    let inserted = insert_usage_event(connection, usage)?;
+    if inserted {
+        // The day's rollups move with the event, in the same transaction: reports read
+        // rollups, never a scan of the events.
+        let mut rollups = UsageRollups::default();
+        rollups.add(usage);
+        rollups.write(connection)?;
+    }
+    Ok(inserted)
+}
+
+/// Writes a usage event alone, once per request id (false: it was there); its rollups are
+/// the caller's to move ([`UsageRollups`]).
+pub(crate) fn insert_usage_event(
+    connection: &Connection,
+    usage: &UsageRecord,
+) -> rusqlite::Result<bool> {
     let inserted = run(connection,
         &format!(
             "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
@@ -984,54 +1002,89 @@ pub(crate) fn insert_usage(connection: &Connection, usage: &UsageRecord) -> rusq
             i64::from(usage.attempts),
         ],
     )?;
-    if inserted == 1 {
-        // The day's rollups move with the event, in the same transaction: reports read
-        // rollups, never a scan of the events. One row per key, and one (`*`) for all of the
-        // tenant's keys, which is what reports not broken down by key read.
-        for key in [usage.key_id.as_deref().unwrap_or(""), ALL_KEYS] {
+    Ok(inserted == 1)
+}
+
+/// Requests, prompt, cached and completion tokens, and cost, summed.
+type UsageSums = [i64; 5];
+
+/// Usage events' additions to the rollups, summed per row: a batch of events moves each row
+/// once. Per day and model, one row per key and one (`*`) for all of the tenant's keys (what
+/// reports not broken down by key read); per month, one row per key.
+#[derive(Default)]
+pub(crate) struct UsageRollups {
+    days: BTreeMap<(String, String, String, String), UsageSums>,
+    key_months: BTreeMap<(String, String, String), UsageSums>,
+}
+
+impl UsageRollups {
+    pub(crate) fn add(&mut self, usage: &UsageRecord) {
+        let sums = [
+            1,
+            to_sql_int(usage.prompt_tokens),
+            to_sql_int(usage.cached_tokens),
+            to_sql_int(usage.completion_tokens),
+            usage.cost.nanos(),
+        ];
+        let add = |totals: &mut UsageSums| {
+            for (total, add) in totals.iter_mut().zip(sums) {
+                *total = total.saturating_add(add);
+            }
+        };
+        let day = Date::of_unix(usage.created_at).to_string();
+        let key = usage.key_id.as_deref().unwrap_or("");
+        for key in [key, ALL_KEYS] {
+            let row = (
+                usage.tenant_id.clone(),
+                day.clone(),
+                usage.model.clone(),
+                key.to_owned(),
+            );
+            add(self.days.entry(row).or_default());
+        }
+        let month = Month::of_unix(usage.created_at).to_string();
+        add(self
+            .key_months
+            .entry((usage.tenant_id.clone(), month, key.to_owned()))
+            .or_default());
+    }
+
+    pub(crate) fn write(self, connection: &Connection) -> rusqlite::Result<()> {
+        for ((tenant_id, day, model, key), [requests, prompt, cached, completion, cost]) in
+            self.days
+        {
             run(
                 connection,
                 "INSERT INTO usage_rollups (tenant_id, day, model, key_id, requests, prompt_tokens,
-                cached_tokens, completion_tokens, cost_nanos) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)
+                cached_tokens, completion_tokens, cost_nanos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (tenant_id, key_id, day, model) DO UPDATE SET
-                requests = requests + 1,
+                requests = requests + excluded.requests,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                cached_tokens = cached_tokens + excluded.cached_tokens,
+                completion_tokens = completion_tokens + excluded.completion_tokens,
+                cost_nanos = cost_nanos + excluded.cost_nanos",
+                params![tenant_id, day, model, key, requests, prompt, cached, completion, cost],
+            )?;
+        }
+        for ((tenant_id, month, key), [requests, prompt, cached, completion, cost]) in
+            self.key_months
+        {
+            run(
+                connection,
+                "INSERT INTO usage_key_months VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (tenant_id, month, key_id) DO UPDATE SET
+                requests = requests + excluded.requests,
                 prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                 cached_tokens = cached_tokens + excluded.cached_tokens,
                 completion_tokens = completion_tokens + excluded.completion_tokens,
                 cost_nanos = cost_nanos + excluded.cost_nanos",
                 params![
-                    usage.tenant_id,
-                    Date::of_unix(usage.created_at).to_string(),
-                    usage.model,
-                    key,
-                    to_sql_int(usage.prompt_tokens),
-                    to_sql_int(usage.cached_tokens),
-                    to_sql_int(usage.completion_tokens),
-                    usage.cost.nanos(),
+                    tenant_id, month, key, requests, prompt, cached, completion, cost
                 ],
             )?;
         }
-        run(
-            connection,
-            "INSERT INTO usage_key_months VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7)
-             ON CONFLICT (tenant_id, month, key_id) DO UPDATE SET
-                requests = requests + 1,
-                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-                cached_tokens = cached_tokens + excluded.cached_tokens,
-                completion_tokens = completion_tokens + excluded.completion_tokens,
-                cost_nanos = cost_nanos + excluded.cost_nanos",
-            params![
-                usage.tenant_id,
-                Month::of_unix(usage.created_at).to_string(),
-                usage.key_id.as_deref().unwrap_or(""),
-                to_sql_int(usage.prompt_tokens),
-                to_sql_int(usage.cached_tokens),
-                to_sql_int(usage.completion_tokens),
-                usage.cost.nanos(),
-            ],
-        )?;
+        Ok(())
     }
-    Ok(inserted == 1)
 }
 
 #[cfg(test)]
