@@ -84,6 +84,7 @@ struct Setup {
     app: Router,
     accounts: Arc<dyn Accounts>,
     /// The leases, in a leased scenario.
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     leased: Option<Arc<LeasedAccounts>>,
     key: String,
     tenant_id: Option<String>,
@@ -221,40 +222,6 @@ async fn settled_in_store(setup: &Setup) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Makes `calls` calls, `callers` at a time; how many were answered (all must be).
-async fn call_n(setup: &Setup, calls: usize, callers: usize) -> anyhow::Result<u64> {
-    let body = json!({"model": "bench-model", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16});
-    let left = Arc::new(AtomicU64::new(u64::try_from(calls)?));
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let (app, key, body, left) = (
-                setup.app.clone(),
-                setup.key.clone(),
-                body.clone(),
-                left.clone(),
-            );
-            tokio::spawn(async move {
-                let mut answered = 0u64;
-                while left
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    let (status, answer) =
-                        send(&app, "POST", "/v1/chat/completions", &key, &body).await?;
-                    ensure!(status == StatusCode::OK, "call failed: {status} {answer}");
-                    answered += 1;
-                }
-                anyhow::Ok(answered)
-            })
-        })
-        .collect();
-    let mut answered = 0;
-    for task in tasks {
-        answered += task.await??;
-    }
-    Ok(answered)
 }
 
 /// Calls as fast as `CALLERS` concurrent callers can for `duration()`; returns calls per second.
