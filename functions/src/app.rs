@@ -184,16 +184,29 @@ async fn shed_when_full(
                 _held: permit,
             })
         }),
-        Err(_) => ErrorResponse::from(
-            ApiError::new(
-                ErrorKind::NoCapacity,
-                "The service is overloaded; try again shortly.",
+        // Its body is not read: the connection cannot carry another request after it.
+        Err(_) => closing(
+            ErrorResponse::from(
+                ApiError::new(
+                    ErrorKind::NoCapacity,
+                    "The service is overloaded; try again shortly.",
+                )
+                .with_code("overloaded")
+                .retry_after(1),
             )
-            .with_code("overloaded")
-            .retry_after(1),
-        )
-        .into_response(),
+            .into_response(),
+        ),
     }
+}
+
+/// Says the connection closes after `response`: its request's body was left unread, so the
+/// server cannot read another request after it, and a client that reused the connection
+/// would find it gone.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// A body that says up front it is larger than the limit (`Content-Length`) is refused at
@@ -210,21 +223,16 @@ async fn refuse_declared_oversize(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
     match declared {
-        Some(length) if length > u64::try_from(limit).unwrap_or(u64::MAX) => {
-            let mut response = ErrorResponse::from(
+        Some(length) if length > u64::try_from(limit).unwrap_or(u64::MAX) => closing(
+            ErrorResponse::from(
                 ApiError::new(
                     ErrorKind::PayloadTooLarge,
                     format!("The request body is larger than the {limit} bytes allowed."),
                 )
                 .with_code("request_too_large"),
             )
-            .into_response();
-            // The body is not read: the connection cannot carry another request after it.
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
-        }
+            .into_response(),
+        ),
         _ => next.run(request).await,
     }
 }

@@ -614,6 +614,11 @@ async fn a_stream_holds_its_in_flight_slot_until_its_body_is_gone() {
         "service_unavailable_error",
         "overloaded",
     );
+    assert_eq!(
+        refused.header("connection"),
+        Some("close"),
+        "its body was not read: the connection is not reused"
+    );
     // The reader goes: the slot is free again.
     drop(open);
     let answered = ferry
