@@ -165,6 +165,101 @@ impl Journal {
     }
 }
 
+/// A journal directory shared by processes (replicas over one data directory): each writes a
+/// journal of its own, in a subdirectory it holds locked for as long as it lives. The lock
+/// goes with the process however it ends, so a subdirectory no process holds is an orphan: a
+/// process that died before draining it. A live process adopts orphans ([`orphans`]), writes
+/// their records to the store and removes them.
+#[derive(Debug)]
+pub struct Owned {
+    directory: PathBuf,
+    /// Held locked while this process lives.
+    _lock: File,
+}
+
+const LOCK_FILE: &str = "lock";
+
+impl Owned {
+    /// Where this process's journal goes.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// Removes this process's journal: every record in it is in the store.
+    pub fn remove(self) -> io::Result<()> {
+        fs::remove_dir_all(&self.directory)
+    }
+}
+
+/// Makes and locks a journal directory of this process's own under `root`. It is made under a
+/// hidden name and renamed once locked, so no other process can take it for an orphan.
+pub fn claim(root: &Path, name: &str) -> io::Result<Owned> {
+    fs::create_dir_all(root)?;
+    let making = root.join(format!(".{name}"));
+    fs::create_dir_all(&making)?;
+    let lock = File::create(making.join(LOCK_FILE))?;
+    lock.lock()?;
+    let directory = root.join(name);
+    fs::rename(&making, &directory)?;
+    Ok(Owned {
+        directory,
+        _lock: lock,
+    })
+}
+
+/// A journal directory whose process is gone, locked by this one until it is removed.
+#[derive(Debug)]
+pub struct Orphan {
+    directory: PathBuf,
+    _lock: File,
+}
+
+impl Orphan {
+    /// Its whole records, oldest first (a torn tail cut off).
+    pub fn records(&self) -> io::Result<Vec<Vec<u8>>> {
+        let mut records = Vec::new();
+        for (_, path) in segments(&self.directory)? {
+            records.extend(read_segment(&path)?);
+        }
+        Ok(records)
+    }
+
+    /// Removes it: its records are in the store.
+    pub fn remove(self) -> io::Result<()> {
+        fs::remove_dir_all(&self.directory)
+    }
+}
+
+/// The journal directories under `root` that no live process holds (none of them `own`).
+pub fn orphans(root: &Path, own: &Owned) -> io::Result<Vec<Orphan>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let directory = entry?.path();
+        let hidden = directory
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_none_or(|name| name.starts_with('.'));
+        if hidden || directory == own.directory || !directory.is_dir() {
+            continue;
+        }
+        let lock = match File::open(directory.join(LOCK_FILE)) {
+            Ok(lock) => lock,
+            // Removed meanwhile by the process that adopted it.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        match lock.try_lock() {
+            Ok(()) => found.push(Orphan {
+                directory,
+                _lock: lock,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(error)) => return Err(error),
+        }
+    }
+    Ok(found)
+}
+
 /// The segment files of `directory`, by their first sequence number.
 fn segments(directory: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();

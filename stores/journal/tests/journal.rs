@@ -175,3 +175,36 @@ async fn a_record_past_the_limit_is_refused_before_it_is_written() {
     assert!(error.to_string().contains("at most"), "{error}");
     assert_eq!(journal.append(b"fine".to_vec()).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_dead_process_journal_is_an_orphan_and_a_live_one_is_not() {
+    let root = tempfile::tempdir().unwrap();
+    let alive = ferry_journal::claim(root.path(), "alive").unwrap();
+    let dying = ferry_journal::claim(root.path(), "dying").unwrap();
+    let (journal, _) = Journal::open(dying.directory(), Durability::ProcessCrash).unwrap();
+    journal.append(b"answered".to_vec()).await.unwrap();
+    drop(journal);
+    assert!(
+        ferry_journal::orphans(root.path(), &alive)
+            .unwrap()
+            .is_empty(),
+        "a journal whose process holds it is no orphan"
+    );
+    // Its process dies: its lock goes with it.
+    drop(dying);
+    let [orphan] = ferry_journal::orphans(root.path(), &alive)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert!(
+        ferry_journal::orphans(root.path(), &alive)
+            .unwrap()
+            .is_empty(),
+        "an orphan is adopted once"
+    );
+    assert_eq!(orphan.records().unwrap(), [b"answered".to_vec()]);
+    orphan.remove().unwrap();
+    assert_eq!(segment_files(root.path()), [root.path().join("alive")]);
+    alive.remove().unwrap();
+    assert!(segment_files(root.path()).is_empty());
+}
