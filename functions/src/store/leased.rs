@@ -16,7 +16,7 @@
 //! Every other `Accounts` operation goes to the store as it is.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use ferry_core::admission::{Admission, Grant, Refusal};
 use ferry_core::lease::{self, Demand, Lease, LeasedCharge, Taken};
 use ferry_core::model::Price;
 use ferry_core::ports::{Accounts, LeasedUsage, PriceRecord, Settled, StoreResult, UsageRecord};
-use ferry_journal::{Durability, Journal};
+use ferry_journal::{Durability, Journal, Owned};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -36,6 +36,8 @@ use crate::clock;
 const MOST_PER_BATCH: usize = 1024;
 /// How often spent leases are looked for and given back.
 const REAP_EVERY: Duration = Duration::from_millis(200);
+/// How often the journals of replicas that died are looked for, and written to the store.
+const ADOPT_EVERY: Duration = Duration::from_secs(5);
 
 /// What the journal keeps.
 #[derive(Debug, Serialize, Deserialize)]
@@ -110,6 +112,8 @@ struct Pending {
 pub enum LeaseSetupError {
     #[error(transparent)]
     Journal(#[from] ferry_journal::JournalError),
+    #[error("the usage journal's directory: {0}")]
+    Directory(#[from] std::io::Error),
     #[error("replaying the usage journal: {0}")]
     Replay(#[from] ferry_core::ports::StoreError),
 }
@@ -120,6 +124,9 @@ pub struct LeasedAccounts {
     /// One lease is taken at a time: a burst of calls finding none takes one, not one each.
     taking: tokio::sync::Mutex<()>,
     journal: Option<Journal>,
+    /// The journal directory shared with the other replicas over the same data directory, and
+    /// this replica's own in it (locked while this process lives).
+    journals: Option<(PathBuf, Mutex<Option<Owned>>)>,
     pending: mpsc::UnboundedSender<Pending>,
     /// Makes lease ids unique to this replica.
     replica: String,
@@ -157,19 +164,21 @@ impl LeasedAccounts {
         inner: Arc<dyn Accounts>,
         journal: Option<(&Path, Durability)>,
     ) -> Result<(Arc<LeasedAccounts>, mpsc::UnboundedReceiver<Pending>), LeaseSetupError> {
-        let (journal, replayed) = match journal {
-            Some((directory, durability)) => {
-                let (journal, replayed) = Journal::open(directory, durability)?;
-                (Some(journal), replayed)
-            }
-            None => (None, Vec::new()),
-        };
-        if let (Some(journal), Some(last)) = (&journal, replayed.last()) {
-            replay(inner.as_ref(), &replayed).await?;
-            journal.drained(last.sequence)?;
-        }
-        let (pending, receiver) = mpsc::unbounded_channel();
         let random: [u8; 6] = ferry_clock::random_bytes();
+        let replica: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+        let (journal, journals) = match journal {
+            Some((root, durability)) => {
+                let owned = ferry_journal::claim(root, &replica)?;
+                let (journal, _) = Journal::open(owned.directory(), durability)?;
+                adopt_orphans(inner.as_ref(), root, &owned).await?;
+                (
+                    Some(journal),
+                    Some((root.to_owned(), Mutex::new(Some(owned)))),
+                )
+            }
+            None => (None, None),
+        };
+        let (pending, receiver) = mpsc::unbounded_channel();
         let leased = Arc::new(LeasedAccounts {
             inner,
             book: Arc::new(Mutex::new(Book {
@@ -182,11 +191,27 @@ impl LeasedAccounts {
             })),
             taking: tokio::sync::Mutex::new(()),
             journal,
+            journals,
             pending,
-            replica: random.iter().map(|byte| format!("{byte:02x}")).collect(),
+            replica,
             next_lease: AtomicU64::new(1),
         });
         Ok((leased, receiver))
+    }
+
+    /// Writes to the store what replicas that died left in their journals.
+    async fn adopt_orphans(&self) {
+        let Some((root, owned)) = &self.journals else {
+            return;
+        };
+        let held = owned.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(held) = held else {
+            return;
+        };
+        if let Err(error) = adopt_orphans(self.inner.as_ref(), root, &held).await {
+            tracing::warn!(%error, "a dead replica's journal could not be written to the store yet");
+        }
+        *owned.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
     }
 
     async fn append(&self, record: &Record) -> Option<u64> {
@@ -285,6 +310,17 @@ impl LeasedAccounts {
             self.reap().await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let drained = {
+            let book = lock(&self.book);
+            book.leases.is_empty() && book.undrained.values().all(|count| *count == 0)
+        };
+        if drained && let Some((_, owned)) = &self.journals {
+            // Every record is in the store: this replica's journal goes with it.
+            let held = owned.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(Err(error)) = held.map(Owned::remove) {
+                tracing::warn!(%error, "the usage journal could not be removed");
+            }
+        }
     }
 
     /// Gives back every lease that admits no more and whose calls are all in the store.
@@ -328,20 +364,30 @@ impl LeasedAccounts {
 
 /// Writes replayed usage to the store and gives back the leases it names that were never
 /// given back, counting all they drew as used.
-async fn replay(
+/// Writes to the store the journals under `root` whose replicas are gone (a crash, a
+/// `kill -9`): their calls' usage (a duplicate changes nothing) and the leases they never
+/// gave back, all they drew counted as used. Then removes them.
+async fn adopt_orphans(
     inner: &dyn Accounts,
-    replayed: &[ferry_journal::Replayed],
+    root: &Path,
+    own: &Owned,
 ) -> Result<(), LeaseSetupError> {
+    for orphan in ferry_journal::orphans(root, own)? {
+        replay(inner, &orphan.records()?).await?;
+        orphan.remove()?;
+    }
+    Ok(())
+}
+
+async fn replay(inner: &dyn Accounts, records: &[Vec<u8>]) -> Result<(), LeaseSetupError> {
     let mut usage = Vec::new();
     let mut leases: Vec<(String, Vec<u64>)> = Vec::new();
-    for record in replayed {
-        match serde_json::from_slice::<Record>(&record.payload) {
+    for record in records {
+        match serde_json::from_slice::<Record>(record) {
             Ok(Record::Usage(leased)) => usage.push(*leased),
             Ok(Record::Lease { id, draws }) => leases.push((id, draws)),
             Ok(Record::Released { id }) => leases.retain(|(lease_id, _)| *lease_id != id),
-            Err(error) => {
-                tracing::error!(sequence = record.sequence, %error, "a journal record could not be read")
-            }
+            Err(error) => tracing::error!(%error, "a journal record could not be read"),
         }
     }
     for batch in usage.chunks(MOST_PER_BATCH) {
@@ -353,7 +399,7 @@ async fn replay(
     if !usage.is_empty() {
         tracing::info!(
             calls = usage.len(),
-            "the usage journal was replayed into the store"
+            "a journal left by a replica that died was written to the store"
         );
     }
     Ok(())
@@ -366,17 +412,23 @@ async fn drain(
     mut pending: mpsc::UnboundedReceiver<Pending>,
 ) {
     let mut reap = tokio::time::interval(REAP_EVERY);
+    let mut adopt = tokio::time::interval(ADOPT_EVERY);
     loop {
-        let first = tokio::select! {
+        let (first, adopting) = tokio::select! {
             first = pending.recv() => match first {
-                Some(first) => Some(first),
+                Some(first) => (Some(first), false),
                 None => return,
             },
-            _ = reap.tick() => None,
+            _ = reap.tick() => (None, false),
+            _ = adopt.tick() => (None, true),
         };
         let Some(accounts) = leased.upgrade() else {
             return;
         };
+        if adopting {
+            accounts.adopt_orphans().await;
+            continue;
+        }
         let Some(first) = first else {
             accounts.reap().await;
             continue;
