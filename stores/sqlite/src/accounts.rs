@@ -306,6 +306,19 @@ pub(crate) fn close_hold(
     Ok(plan.charged)
 }
 
+/// Whether a usage event is recorded for `request_id`.
+pub(crate) fn usage_recorded(connection: &Connection, request_id: &str) -> StoreResult<bool> {
+    let seen: Option<i64> = row(
+        connection,
+        "SELECT 1 FROM usage_events WHERE request_id = ?1",
+        [request_id],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(unavailable)?;
+    Ok(seen.is_some())
+}
+
 /// A request id already admitted is a conflict, whatever the buckets and balance say now (a
 /// retried report of edge hits relies on it).
 pub(crate) fn refuse_if_admitted(connection: &Connection, request_id: &str) -> StoreResult<()> {
@@ -481,15 +494,7 @@ impl Accounts for SqliteStore {
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
         let mut usage = usage.clone();
         self.grouped(move |connection| {
-            let seen: Option<i64> = row(
-                connection,
-                "SELECT 1 FROM usage_events WHERE request_id = ?1",
-                [&usage.request_id],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(unavailable)?;
-            if seen.is_some() {
+            if usage_recorded(connection, &usage.request_id)? {
                 return Ok(Settled::Duplicate);
             }
             let now_ms = clock::unix_millis();

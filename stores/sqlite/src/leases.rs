@@ -13,12 +13,12 @@ use ferry_core::lease;
 use ferry_core::ledger::Posting;
 use ferry_core::ports::{LeasedUsage, Settled, StoreError, StoreResult};
 use ferry_core::ratelimit;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use crate::accounts::{
     account_balance, bump_counter, close_hold, distinct_counters, load_hold, move_account, post_in,
     read_admission_state, read_counters, read_tat, record_transaction, refuse_if_admitted,
-    write_admitted, write_alerts, write_hold, write_tat,
+    usage_recorded, write_admitted, write_alerts, write_hold, write_tat,
 };
 use crate::{SqliteStore, UsageRollups, insert_usage_event, row, unavailable};
 use ferry_clock as clock;
@@ -177,15 +177,7 @@ struct BatchWriter {
 impl BatchWriter {
     fn settle(&mut self, connection: &Connection, leased: &LeasedUsage) -> StoreResult<Settled> {
         let mut usage = leased.usage.clone();
-        let seen: Option<i64> = row(
-            connection,
-            "SELECT 1 FROM usage_events WHERE request_id = ?1",
-            [&usage.request_id],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(unavailable)?;
-        if seen.is_some() {
+        if usage_recorded(connection, &usage.request_id)? {
             return Ok(Settled::Duplicate);
         }
         let now_ms = clock::unix_millis();

@@ -412,6 +412,26 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Moves each counter read (by `read_counters`) by `settled` and `held` nanodollars, if it
+    /// is still at the version read.
+    pub(super) fn move_counters(
+        &self,
+        writes: &mut Writes,
+        counters: &HashMap<String, (SpendCounter, Version)>,
+        settled: i64,
+        held: i64,
+    ) -> StoreResult<()> {
+        for (counter, (_, version)) in counters {
+            writes.update(
+                &self.table,
+                &item::counter(counter),
+                Some(*version),
+                Change::default().add("settled", settled).add("held", held),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Adds to `writes` the closing of an open `hold`: settled at `cost`, or (no cost) expired.
     /// Returns what the tenant is charged.
     pub(super) async fn close_hold(
@@ -530,16 +550,12 @@ impl DynamoStore {
                 &read,
             )?;
         }
-        for (counter, (_, version)) in &counters {
-            writes.update(
-                &self.table,
-                &item::counter(counter),
-                Some(*version),
-                Change::default()
-                    .add("settled", plan.charged.nanos())
-                    .add("held", -hold.amount.nanos()),
-            )?;
-        }
+        self.move_counters(
+            writes,
+            &counters,
+            plan.charged.nanos(),
+            -hold.amount.nanos(),
+        )?;
         self.write_alerts(writes, &hold.tenant_id, &plan.crossings, now_ms)?;
         if cost.is_some() {
             // Token buckets drew the estimate at admission; now they take the actual count.
@@ -702,14 +718,7 @@ impl DynamoStore {
                     writes.unchanged(&self.table, &item::account(&held_account), held.1)?;
                 }
             }
-            for (counter, (_, version)) in &counters {
-                writes.update(
-                    &self.table,
-                    &item::counter(counter),
-                    Some(*version),
-                    Change::default().add("held", admission.hold.nanos()),
-                )?;
-            }
+            self.move_counters(&mut writes, &counters, 0, admission.hold.nanos())?;
             Ok(Attempt::Write(writes, Some((admission.clone(), Ok(grant)))))
         })
         .await

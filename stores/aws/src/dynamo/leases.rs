@@ -113,14 +113,7 @@ impl DynamoStore {
                     &read,
                 )?;
             }
-            for (counter, (_, counter_version)) in &counters {
-                writes.update(
-                    &self.table,
-                    &item::counter(counter),
-                    Some(*counter_version),
-                    Change::default().add("held", drawn.nanos()),
-                )?;
-            }
+            self.move_counters(&mut writes, &counters, 0, drawn.nanos())?;
             hold.amount = Money::from_nanos(hold.amount.nanos() + drawn.nanos());
             self.rewrite_lease(&mut writes, &hold, version)?;
             Ok(Attempt::Write(writes, drawn))
@@ -162,14 +155,7 @@ impl DynamoStore {
                     &HashMap::new(),
                 )?;
             }
-            for (counter, (_, version)) in &counters {
-                writes.update(
-                    &self.table,
-                    &item::counter(counter),
-                    Some(*version),
-                    Change::default().add("held", -hold.amount.nanos()),
-                )?;
-            }
+            self.move_counters(&mut writes, &counters, 0, -hold.amount.nanos())?;
             let now_nanos = ratelimit::nanos_from_millis(now_ms);
             for (draw, delta) in &release.corrections {
                 let (tat, version) = &tats[draw.bucket.id.as_str()];
@@ -280,16 +266,7 @@ impl DynamoStore {
             rollups.write(&mut writes, &self.table)?;
             if total > Money::ZERO {
                 let (values, counters) = self.lease_counters(&hold).await?;
-                for (counter, (_, counter_version)) in &counters {
-                    writes.update(
-                        &self.table,
-                        &item::counter(counter),
-                        Some(*counter_version),
-                        Change::default()
-                            .add("settled", total.nanos())
-                            .add("held", -total.nanos()),
-                    )?;
-                }
+                self.move_counters(&mut writes, &counters, total.nanos(), -total.nanos())?;
                 let crossings = admission::crossings(&hold.caps, &values, total);
                 self.write_alerts(&mut writes, &hold.tenant_id, &crossings, now_ms)?;
                 hold.amount = Money::from_nanos(hold.amount.nanos() - total.nanos());
