@@ -65,6 +65,24 @@ fn on_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
 }
 
+fn money_config() -> anyhow::Result<MoneyConfig> {
+    let mut money = MoneyConfig::default();
+    if let Some(seconds) = value(env::HOLD_TTL_SECONDS) {
+        let seconds: u64 = seconds
+            .parse()
+            .ok()
+            .filter(|seconds| *seconds > 0)
+            .with_context(|| {
+                format!(
+                    "{} must be a whole number of seconds above 0, not {seconds:?}",
+                    env::HOLD_TTL_SECONDS.name
+                )
+            })?;
+        money.hold_ttl = Duration::from_secs(seconds);
+    }
+    Ok(money)
+}
+
 /// How long the read-mostly data (tenants, models, prices, keys) is trusted on one replica.
 const READ_CACHE_TTL: Duration = Duration::from_secs(5);
 
@@ -126,7 +144,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
             auth,
             reqwest::Client::builder().build().context("HTTP client")?,
         )?),
-        money: MoneyConfig::default(),
+        money: money_config()?,
         cache: ferry_functions::cache::ResponseCache::with_shared(
             ferry_functions::cache::DEFAULT_CAPACITY_BYTES,
             stores.answers,

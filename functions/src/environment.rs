@@ -150,6 +150,14 @@ pub const JOURNAL_DIR: Variable = Variable {
     read_by: &[Function::Gateway],
     required_by: NONE,
 };
+/// How long a hold (or a credit lease) waits for its settlement before the billing job's
+/// `expire_holds` releases it, in seconds (default 900). Longer than any call may take: a call
+/// is cut off a little before its hold would expire.
+pub const HOLD_TTL_SECONDS: Variable = Variable {
+    name: "FERRY_HOLD_TTL_SECONDS",
+    read_by: &[Function::Gateway],
+    required_by: NONE,
+};
 /// Log JSON lines (`true`) rather than text.
 pub const LOG_JSON: Variable = Variable {
     name: "FERRY_LOG_JSON",
@@ -166,6 +174,7 @@ pub const PORT: Variable = Variable {
 pub const VARIABLES: &[Variable] = &[
     LEASES,
     JOURNAL_DIR,
+    HOLD_TTL_SECONDS,
     STORE,
     DYNAMODB_TABLE,
     S3_BUCKET,
