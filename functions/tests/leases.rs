@@ -177,6 +177,44 @@ async fn leased_calls_are_charged_what_their_answers_say_and_the_books_reconcile
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_crowding_the_store_are_leased_for_before_the_scope_is_counted_busy() {
+    let directory = tempfile::tempdir().unwrap();
+    let ferry = start(directory.path(), "100").await;
+    // Never busy by the count of calls: only the crowd at the store can make it lease.
+    ferry.leased.set_busy_calls(u64::MAX);
+    let (costs, refused) = call_many(&ferry, 200).await;
+    assert_eq!((costs.len(), refused), (200, 0));
+    settle_down(&ferry, 200).await;
+    let holds = ferry
+        .store
+        .transactions(
+            &ferry.tenant_id,
+            &PageRequest {
+                limit: 1000,
+                after: None,
+            },
+        )
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|transaction| transaction.kind == TransactionKind::Hold)
+        .count();
+    assert!(
+        holds < 50,
+        "{holds} holds: calls waiting behind {} others at the store took from a lease",
+        lease::BUSY_AT_STORE
+    );
+    let stated: i64 = costs.iter().map(|cost| cost.nanos()).sum();
+    let balance = ferry.store.balance(&ferry.tenant_id).await.unwrap();
+    assert_eq!(
+        Money::from_nanos(100_000_000_000 - stated),
+        balance.available_usd
+    );
+    assert_reconciles(&ferry.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_balance_for_a_few_calls_gets_exactly_those_few_leased_or_not() {
     let directory = tempfile::tempdir().unwrap();
     // A call costs about 0.00102 (0.001 per call and a few tokens): 0.0035 pays for three.

@@ -37,8 +37,18 @@ pub const ADMITS_FOR_MS: u64 = 1_000;
 
 /// A scope is leased for once it makes this many calls in a window ([`Demand`]).
 pub const BUSY_CALLS: u64 = 16;
+/// A scope is leased for, too, once this many of its tenant's calls are being admitted or
+/// settled by the store at once: one by one they race each other for the same items (the
+/// tenant's balance), and on a store with optimistic transactions (DynamoDB) each race lost is
+/// another round trip.
+pub const BUSY_AT_STORE: u64 = 4;
 /// The window calls are counted over.
 pub const DEMAND_WINDOW_MS: u64 = 1_000;
+
+/// A scope leased for stays leased while it makes this share of the calls that made it busy
+/// (a quarter): a little less traffic than the threshold does not send every call back to the
+/// store, to race the others there, and a lease taken and given back every window.
+pub const STAYS_BUSY_DIVISOR: u64 = 4;
 
 /// How often a scope is called, counted per window: leases are for scopes called often enough
 /// to share a store write among many calls. One called now and then is admitted call by call,
@@ -49,26 +59,38 @@ pub struct Demand {
     window_start_ms: u64,
     calls: u64,
     previous_window_calls: u64,
+    /// A lease was taken for the scope, and it has stayed busy enough since.
+    leased: bool,
 }
 
 impl Demand {
     /// Counts a call at `now_ms`: whether the scope made `busy_calls` calls (usually
-    /// [`BUSY_CALLS`]) this window or the last.
+    /// [`BUSY_CALLS`]) this window or the last, or, once leased for, a [`STAYS_BUSY_DIVISOR`]th
+    /// of them.
     pub fn note(&mut self, now_ms: u64, busy_calls: u64) -> bool {
+        let stays_busy = (busy_calls / STAYS_BUSY_DIVISOR).max(1);
         let elapsed = now_ms.saturating_sub(self.window_start_ms);
         if elapsed >= DEMAND_WINDOW_MS {
+            let previous_window_calls = if elapsed < 2 * DEMAND_WINDOW_MS {
+                self.calls
+            } else {
+                0
+            };
             *self = Demand {
                 window_start_ms: now_ms,
                 calls: 0,
-                previous_window_calls: if elapsed < 2 * DEMAND_WINDOW_MS {
-                    self.calls
-                } else {
-                    0
-                },
+                previous_window_calls,
+                leased: self.leased && previous_window_calls >= stays_busy,
             };
         }
         self.calls += 1;
-        self.calls.max(self.previous_window_calls) >= busy_calls
+        let threshold = if self.leased { stays_busy } else { busy_calls };
+        self.calls.max(self.previous_window_calls) >= threshold
+    }
+
+    /// Notes that a lease was taken for the scope.
+    pub fn leased(&mut self) {
+        self.leased = true;
     }
 
     /// Whether nothing was counted in the last two windows: the count may be forgotten.
@@ -702,6 +724,34 @@ mod tests {
         assert!(!demand.note(start + 3 * DEMAND_WINDOW_MS, BUSY_CALLS));
         assert!(!demand.is_stale(start + 3 * DEMAND_WINDOW_MS));
         assert!(demand.is_stale(start + 5 * DEMAND_WINDOW_MS));
+    }
+
+    #[test]
+    fn a_leased_scope_stays_busy_down_to_a_quarter_of_the_calls_that_made_it_so() {
+        let mut demand = Demand::default();
+        let start = 1_000_000;
+        let quarter = BUSY_CALLS / STAYS_BUSY_DIVISOR;
+        // Not leased for: a quarter of the threshold is quiet.
+        for call in 0..quarter {
+            assert!(!demand.note(start + call, BUSY_CALLS));
+        }
+        demand.leased();
+        assert!(demand.note(start + quarter, BUSY_CALLS));
+        // A window later with a quarter of the calls: still busy.
+        let next = start + DEMAND_WINDOW_MS;
+        let busy: Vec<bool> = (0..quarter)
+            .map(|call| demand.note(next + call, BUSY_CALLS))
+            .collect();
+        assert!(busy.iter().all(|busy| *busy), "{busy:?}");
+        // A window with fewer, then one more: no longer leased for, the full threshold again.
+        let sparse = next + DEMAND_WINDOW_MS;
+        assert!(
+            demand.note(sparse, BUSY_CALLS),
+            "the last window had a quarter"
+        );
+        let after = sparse + DEMAND_WINDOW_MS;
+        assert!(!demand.note(after, BUSY_CALLS));
+        assert!(!demand.note(after + 1, BUSY_CALLS));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! is appended to the journal (group-committed) before the answer is final, and a drain task
 //! writes the journal to the store in batches, idempotently by request id. Without a journal
 //! (no disk outlives the process), each leased call's usage is written to the store before its
-//! answer is final: one write per call, the same idempotence.
+//! answer is final, the same idempotence; calls finishing together share one write (the
+//! store's group commit: while one batch is written the next gathers), so a busy replica's
+//! calls do not race each other for the lease's item.
 //!
 //! At start the journal is replayed: its usage written again (a duplicate changes nothing) and
 //! the leases it took and never gave back released, their draws all counted as used.
@@ -25,10 +27,12 @@ use ferry_core::Money;
 use ferry_core::admission::{Admission, Grant, Refusal};
 use ferry_core::lease::{self, Demand, Lease, LeasedCharge, Taken};
 use ferry_core::model::Price;
-use ferry_core::ports::{Accounts, LeasedUsage, PriceRecord, Settled, StoreResult, UsageRecord};
+use ferry_core::ports::{
+    Accounts, LeasedUsage, PriceRecord, Settled, StoreError, StoreResult, UsageRecord,
+};
 use ferry_journal::{Durability, Journal, Owned};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock;
 
@@ -63,18 +67,23 @@ struct Book {
     demand: HashMap<String, Demand>,
     /// Calls a window that make a scope busy (`lease::BUSY_CALLS` unless set).
     busy_calls: u64,
+    /// Per tenant: its calls being admitted or settled by the store now (none: no entry).
+    at_store: HashMap<String, u64>,
 }
 
 impl Book {
-    /// Counts `call` against its scope's demand: whether the scope is busy enough to lease.
+    /// Counts `call` against its scope's demand: whether the scope is busy enough to lease
+    /// (called often, or with its tenant's calls crowding the store already).
     fn busy(&mut self, scope: &str, call: &Admission) -> bool {
+        let at_store = self.at_store.get(&call.tenant_id).copied().unwrap_or(0);
+        let crowded = at_store >= lease::BUSY_AT_STORE;
         if let Some(demand) = self.demand.get_mut(scope) {
-            return demand.note(call.now_ms, self.busy_calls);
+            return demand.note(call.now_ms, self.busy_calls) || crowded;
         }
         let mut demand = Demand::default();
         let busy = demand.note(call.now_ms, self.busy_calls);
         self.demand.insert(scope.to_owned(), demand);
-        busy
+        busy || crowded
     }
 
     /// Admits `call` from its scope's current lease, if that has room.
@@ -98,6 +107,32 @@ impl Book {
             .settle(&taken, Some(usage.cost), actual);
         *self.undrained.entry(lease_id.clone()).or_default() += 1;
         Some((lease_id, charge))
+    }
+}
+
+/// A tenant's call being admitted or settled by the store, counted while it waits (and not
+/// after, even if its caller gives up).
+struct AtTheStore<'a> {
+    book: &'a Mutex<Book>,
+    tenant_id: &'a str,
+}
+
+impl<'a> AtTheStore<'a> {
+    fn new(book: &'a Mutex<Book>, tenant_id: &'a str) -> AtTheStore<'a> {
+        *lock(book).at_store.entry(tenant_id.to_owned()).or_default() += 1;
+        AtTheStore { book, tenant_id }
+    }
+}
+
+impl Drop for AtTheStore<'_> {
+    fn drop(&mut self) {
+        let mut book = lock(self.book);
+        if let Some(waiting) = book.at_store.get_mut(self.tenant_id) {
+            *waiting -= 1;
+            if *waiting == 0 {
+                book.at_store.remove(self.tenant_id);
+            }
+        }
     }
 }
 
@@ -128,13 +163,18 @@ pub struct LeasedAccounts {
     /// this replica's own in it (locked while this process lives).
     journals: Option<(PathBuf, Mutex<Option<Owned>>)>,
     pending: mpsc::UnboundedSender<Pending>,
+    /// Without a journal: leased calls' usage waiting for the next write to the store, each
+    /// with its caller waiting for the write's outcome.
+    unwritten: Mutex<Vec<(LeasedUsage, oneshot::Sender<StoreResult<()>>)>>,
+    /// Held by the caller writing a batch of `unwritten`.
+    writing: tokio::sync::Mutex<()>,
     /// Makes lease ids unique to this replica.
     replica: String,
     next_lease: AtomicU64,
 }
 
-fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
-    book.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(guarded: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    guarded.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl LeasedAccounts {
@@ -188,11 +228,14 @@ impl LeasedAccounts {
                 calls: HashMap::new(),
                 demand: HashMap::new(),
                 busy_calls: lease::BUSY_CALLS,
+                at_store: HashMap::new(),
             })),
             taking: tokio::sync::Mutex::new(()),
             journal,
             journals,
             pending,
+            unwritten: Mutex::new(Vec::new()),
+            writing: tokio::sync::Mutex::new(()),
             replica,
             next_lease: AtomicU64::new(1),
         });
@@ -236,8 +279,13 @@ impl LeasedAccounts {
         let number = self.next_lease.fetch_add(1, Ordering::Relaxed);
         let lease_id = format!("{}{}:{number}", lease::ID_PREFIX, self.replica);
         let Some((leased, grant)) = self.inner.lease(call, &lease_id).await? else {
+            tracing::debug!(scope, "the store leased nothing: calls admitted one by one");
             return Ok(None);
         };
+        tracing::debug!(scope, lease_id, hold = %leased.hold, "lease taken");
+        if let Some(demand) = lock(&self.book).demand.get_mut(scope) {
+            demand.leased();
+        }
         let draws = leased.draws.iter().map(|draw| draw.amount).collect();
         if self.journal.is_some()
             && self
@@ -272,11 +320,36 @@ impl LeasedAccounts {
         self.write_now(usage).await
     }
 
+    /// Writes `usage` to the store with whatever other calls' usage is waiting: the first
+    /// caller to hold `writing` writes the batch, the others find theirs written.
     async fn write_now(&self, usage: LeasedUsage) -> StoreResult<()> {
-        let lease_id = usage.lease_id.clone();
-        let written = self.inner.settle_leased(std::slice::from_ref(&usage)).await;
-        self.drained(&lease_id, 1);
-        written.map(|_| ())
+        let (sender, mut written) = oneshot::channel();
+        lock(&self.unwritten).push((usage, sender));
+        loop {
+            let _writer = self.writing.lock().await;
+            match written.try_recv() {
+                Ok(outcome) => return outcome,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(StoreError::Unavailable(
+                        "the write of this call's usage was abandoned".into(),
+                    ));
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch: Vec<_> = {
+                let mut unwritten = lock(&self.unwritten);
+                let count = unwritten.len().min(MOST_PER_BATCH);
+                unwritten.drain(..count).collect()
+            };
+            let (usage, callers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let outcome = self.inner.settle_leased(&usage).await.map(|_| ());
+            for written in &usage {
+                self.drained(&written.lease_id, 1);
+            }
+            for caller in callers {
+                let _ = caller.send(outcome.clone());
+            }
+        }
     }
 
     fn drained(&self, lease_id: &str, count: u64) {
@@ -482,13 +555,17 @@ super::accounts_passing_to!(LeasedAccounts, inner, {
                 rate: taken.rate,
                 hold_posting: None,
             })),
-            None => self.inner.admit(admission).await,
+            None => {
+                let _crowd = AtTheStore::new(&self.book, &admission.tenant_id);
+                self.inner.admit(admission).await
+            }
         }
     }
 
     async fn settle(&self, usage: &UsageRecord) -> StoreResult<Settled> {
         let charge = lock(&self.book).settle(usage);
         let Some((lease_id, charge)) = charge else {
+            let _crowd = AtTheStore::new(&self.book, &usage.tenant_id);
             return self.inner.settle(usage).await;
         };
         let mut charged = charge.charged;
