@@ -26,8 +26,8 @@ from test_money import (
 )
 
 
-def one_call(ferry, key):
-    body = {"model": "money-model", "messages": MESSAGES, "max_tokens": 100}
+def one_call(ferry, key, model="money-model"):
+    body = {"model": model, "messages": MESSAGES, "max_tokens": 100}
     return httpx.post(f"{ferry.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 

@@ -121,7 +121,7 @@ class BalanceWatch:
         self.thread.join()
 
 
-async def fire(urls, key, count):
+async def fire(urls, key, count, model="money-model"):
     clients = [
         openai.AsyncOpenAI(
             base_url=f"{url}/v1",
@@ -136,7 +136,7 @@ async def fire(urls, key, count):
     async def one(index):
         client = clients[index % len(clients)]
         try:
-            raw = await client.chat.completions.with_raw_response.create(model="money-model", messages=MESSAGES, max_tokens=100)
+            raw = await client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES, max_tokens=100)
             completion = raw.parse()
             return {"ok": True, "request_id": raw.headers["x-request-id"], "cost": Decimal(completion.usage.model_extra["cost"])}
         except openai.APIStatusError as error:
@@ -206,8 +206,8 @@ class Load:
     """Worker threads calling whichever gateway is up, streamed and plain, recording every
     answer received whole (a plain 200, or a stream that reached `[DONE]`)."""
 
-    def __init__(self, key, url, threads=6):
-        self.key, self.url = key, url
+    def __init__(self, key, url, threads=6, model="money-model"):
+        self.key, self.url, self.model = key, url, model
         self.received = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -217,7 +217,7 @@ class Load:
         chooser = random.Random(seed)
         while not self.stop.is_set():
             url = self.url
-            body = {"model": "money-model", "messages": MESSAGES, "max_tokens": 50}
+            body = {"model": self.model, "messages": MESSAGES, "max_tokens": 50}
             headers = {"Authorization": f"Bearer {self.key}"}
             try:
                 if chooser.random() < 0.5:
