@@ -330,7 +330,7 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
         .zip(reasons)
         .enumerate()
         .map(|(index, (text, reason))| match reply.shape {
-            Shape::Chat => json!({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": null}),
+            Shape::Chat => json!({"index": index, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": reason, "logprobs": null}),
             Shape::Text => json!({"index": index, "text": text, "finish_reason": reason, "logprobs": null}),
         })
         .collect();

@@ -357,7 +357,7 @@ pub fn assemble_chat(chunks: &[Value]) -> Option<Value> {
         let finish_reason = finish_reason.filter(|reason| reason != "error")?;
         assembled.push(json!({
             "index": index,
-            "message": {"role": role, "content": content},
+            "message": {"role": role, "content": content, "refusal": null},
             "logprobs": null,
             "finish_reason": finish_reason,
         }));

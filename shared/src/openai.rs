@@ -449,6 +449,9 @@ impl Usage {
 pub struct AssistantMessage {
     pub role: ChatRole,
     pub content: Option<String>,
+    /// Always present (OpenAI's description requires it); null unless the model refused.
+    #[serde(default)]
+    pub refusal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
     pub tool_calls: Option<Value>,
@@ -460,6 +463,40 @@ pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: Option<String>,
+    /// Always present; null unless the backend gives log probabilities.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub logprobs: Option<Value>,
+}
+
+/// Adds to an answer (`chat.completion`, `text_completion`) or a streamed chunk, as a backend
+/// sent it, the fields OpenAI's description requires that may be null and that some
+/// OpenAI-compatible servers leave out: a choice's `logprobs`, a chat message's `content` and
+/// `refusal`, a streamed choice's `finish_reason` (and `delta`). Each is added as null (an
+/// empty delta); nothing the backend sent is changed or removed, since clients ignore fields
+/// they do not know.
+pub fn fill_required_fields(answer: &mut serde_json::Map<String, Value>) {
+    let Some(choices) = answer.get_mut("choices").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for choice in choices.iter_mut().filter_map(Value::as_object_mut) {
+        // A choice with neither a message nor text is a streamed one, even without its delta
+        // (an empty last chunk: `{"index": 0, "finish_reason": "stop"}`).
+        let streamed = choice.contains_key("delta")
+            || !(choice.contains_key("message") || choice.contains_key("text"));
+        if streamed {
+            choice
+                .entry("delta")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            choice.entry("finish_reason").or_insert(Value::Null);
+            continue;
+        }
+        choice.entry("logprobs").or_insert(Value::Null);
+        if let Some(message) = choice.get_mut("message").and_then(Value::as_object_mut) {
+            message.entry("content").or_insert(Value::Null);
+            message.entry("refusal").or_insert(Value::Null);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -509,6 +546,10 @@ pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
     pub finish_reason: Option<String>,
+    /// Always present; null unless the backend gives log probabilities.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub logprobs: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -576,6 +617,44 @@ pub struct ModelList {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn required_nullable_fields_a_backend_left_out_are_added_as_null() {
+        let filled = |answer: Value| {
+            let mut answer = answer.as_object().cloned().unwrap_or_default();
+            fill_required_fields(&mut answer);
+            Value::Object(answer)
+        };
+        let chat = json!({"object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"},
+            {"index": 1, "message": {"role": "assistant", "tool_calls": []}, "finish_reason": "tool_calls",
+             "logprobs": {"content": [], "refusal": null}},
+        ], "usage": {"cost": "0.1"}});
+        assert_eq!(
+            filled(chat),
+            json!({"object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": null},
+                 "finish_reason": "stop", "logprobs": null},
+                {"index": 1, "message": {"role": "assistant", "tool_calls": [], "content": null, "refusal": null},
+                 "finish_reason": "tool_calls", "logprobs": {"content": [], "refusal": null}},
+            ], "usage": {"cost": "0.1"}})
+        );
+        let text = json!({"choices": [{"index": 0, "text": "hi", "finish_reason": "length"}]});
+        assert_eq!(
+            filled(text),
+            json!({"choices": [{"index": 0, "text": "hi", "finish_reason": "length", "logprobs": null}]})
+        );
+        let chunks = json!({"choices": [{"index": 0, "delta": {"content": "h"}}, {"index": 1, "finish_reason": "stop"}]});
+        assert_eq!(
+            filled(chunks),
+            json!({"choices": [
+                {"index": 0, "delta": {"content": "h"}, "finish_reason": null},
+                {"index": 1, "finish_reason": "stop", "delta": {}},
+            ]})
+        );
+        let embeddings = json!({"object": "list", "data": [{"embedding": [0.5]}]});
+        assert_eq!(filled(embeddings.clone()), embeddings);
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -509,6 +509,8 @@ export interface components {
         };
         AssistantMessage: {
             content?: string | null;
+            /** @description Always present (OpenAI's description requires it); null unless the model refused. */
+            refusal?: string | null;
             role: components["schemas"]["ChatRole"];
             tool_calls?: Record<string, never>[] | null;
         };
@@ -560,6 +562,8 @@ export interface components {
             finish_reason?: string | null;
             /** Format: int32 */
             index: number;
+            /** @description Always present; null unless the backend gives log probabilities. */
+            logprobs?: Record<string, never> | null;
             message: components["schemas"]["AssistantMessage"];
         };
         /** @description `POST /v1/chat/completions`. */
@@ -608,6 +612,8 @@ export interface components {
             finish_reason?: string | null;
             /** Format: int32 */
             index: number;
+            /** @description Always present; null unless the backend gives log probabilities. */
+            logprobs?: Record<string, never> | null;
             text: string;
         };
         /** @description `POST /v1/completions` (legacy text completions). */

@@ -465,6 +465,7 @@ async fn complete(
         Err(not_settled) => return Err(ErrorResponse::from(not_settled.to_api_error())),
     }
     if let Some(object) = answer.as_object_mut() {
+        ferry_core::openai::fill_required_fields(object);
         object.insert("model".into(), Value::String(model_id));
         object.insert(
             "usage".into(),

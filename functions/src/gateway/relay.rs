@@ -342,6 +342,7 @@ fn rewrite(data: &str, meter: &Meter, include_usage: bool, progress: &mut Progre
             .first_token_after
             .get_or_insert_with(|| meter.elapsed());
     }
+    ferry_core::openai::fill_required_fields(object);
     object.insert("model".into(), Value::String(meter.model_id().to_owned()));
     let reported = object
         .get("usage")
