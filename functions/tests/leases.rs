@@ -133,6 +133,26 @@ async fn settle_down(ferry: &Leased, calls: usize) {
     }
 }
 
+/// How many holds (one per call admitted alone, one per lease) the tenant's ledger has.
+async fn holds(ferry: &Leased) -> usize {
+    let ledger = ferry
+        .store
+        .transactions(
+            &ferry.tenant_id,
+            &PageRequest {
+                limit: 1000,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    ledger
+        .items
+        .iter()
+        .filter(|transaction| transaction.kind == TransactionKind::Hold)
+        .count()
+}
+
 async fn assert_reconciles(store: &SqliteStore) {
     let (ledger, tenants) = store.figures().await.unwrap();
     let found = discrepancies(&ledger, &tenants);
@@ -153,22 +173,7 @@ async fn leased_calls_are_charged_what_their_answers_say_and_the_books_reconcile
         balance.available_usd,
         "the tenant paid exactly what its answers said"
     );
-    let ledger = ferry
-        .store
-        .transactions(
-            &ferry.tenant_id,
-            &PageRequest {
-                limit: 1000,
-                after: None,
-            },
-        )
-        .await
-        .unwrap();
-    let holds = ledger
-        .items
-        .iter()
-        .filter(|transaction| transaction.kind == TransactionKind::Hold)
-        .count();
+    let holds = holds(&ferry).await;
     assert!(
         holds <= lease::BUSY_CALLS as usize + 4,
         "{holds} holds: once busy, the calls took from leases, not one each"
@@ -185,21 +190,7 @@ async fn calls_crowding_the_store_are_leased_for_before_the_scope_is_counted_bus
     let (costs, refused) = call_many(&ferry, 200).await;
     assert_eq!((costs.len(), refused), (200, 0));
     settle_down(&ferry, 200).await;
-    let holds = ferry
-        .store
-        .transactions(
-            &ferry.tenant_id,
-            &PageRequest {
-                limit: 1000,
-                after: None,
-            },
-        )
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|transaction| transaction.kind == TransactionKind::Hold)
-        .count();
+    let holds = holds(&ferry).await;
     assert!(
         holds < 50,
         "{holds} holds: calls waiting behind {} others at the store took from a lease",

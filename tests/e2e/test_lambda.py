@@ -119,15 +119,22 @@ class Emulator:
         self.api.stop()
 
 
-@pytest.fixture(scope="module")
-def aws():
-    """moto, one request at a time (see serial_moto.py), and a table and bucket in it."""
+def start_moto():
+    """moto, one request at a time (see serial_moto.py), with the bucket `ferry-exports`: its
+    process, its URL and an S3 client of it."""
     port = free_port()
     moto = Process([VENV_BIN / "python", ROOT / "stores/aws/tests/moto/serial_moto.py", "127.0.0.1", port])
     wait_for_port(port)
     endpoint = f"http://127.0.0.1:{port}"
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t")
     s3.create_bucket(Bucket="ferry-exports")
+    return moto, endpoint, s3
+
+
+@pytest.fixture(scope="module")
+def aws():
+    """moto, and a table and bucket in it."""
+    moto, endpoint, s3 = start_moto()
     env = {
         **AWS,
         "AWS_ENDPOINT_URL": endpoint,

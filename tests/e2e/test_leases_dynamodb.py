@@ -4,30 +4,23 @@ leased call's usage is in the table before its answer. The balance is spent exac
 call it pays for, over three gateways; a lease holder killed mid-load loses nothing: its lease
 expires, the billing function's `expire_holds` gives the credit back, and the books reconcile."""
 
-import asyncio
 import time
 from decimal import Decimal
 from types import SimpleNamespace
 
-import boto3
 import httpx
 import pytest
 
 from conftest import ferry_binary, make_key
-from test_lambda import AWS, ROOT, VENV_BIN, Process, free_port, wait_for_port
-from test_leases import one_call
-from test_money import Load, balance, events, fire, hold_amount, ledger, register, tenant_with_key
+from test_lambda import AWS, Process, start_moto
+from test_leases import one_call, spend_to_the_last_call
+from test_money import Load, balance, events, hold_amount, ledger, register, tenant_with_key
 
 
 @pytest.fixture(scope="module")
 def aws():
-    """moto, one request at a time (see serial_moto.py), with a bucket for the billing function."""
-    port = free_port()
-    moto = Process([VENV_BIN / "python", ROOT / "stores/aws/tests/moto/serial_moto.py", "127.0.0.1", port])
-    wait_for_port(port)
-    endpoint = f"http://127.0.0.1:{port}"
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t")
-    s3.create_bucket(Bucket="ferry-exports")
+    """moto, one request at a time, with a bucket for the billing function."""
+    moto, endpoint, _ = start_moto()
     yield {
         **AWS,
         "AWS_ENDPOINT_URL": endpoint,
@@ -97,33 +90,11 @@ def test_three_gateway_functions_spend_a_balance_to_its_last_call(aws, admin, bi
         tenant_id, key = tenant_with_key(admin, credit=str(credit))
         wait_for_key(started, key)
 
-        answered = []
-        while len(answered) < calls_paid_for:
-            # Sixty at once: as many as moto, one request at a time, answers within the SDK's
-            # timeout on a busy machine.
-            results = asyncio.run(fire([g.url for g in started], key, min(60, 2 * calls_paid_for), model=model))
-            served = [r for r in results if r["ok"]]
-            for refusal in (r for r in results if not r["ok"]):
-                # Near the end, the balance too small to lease, the calls race each other at the
-                # store; one that lost too many races is refused as `overloaded`, and not charged.
-                assert refusal["status"] == 402 or refusal["error"]["code"] == "overloaded", refusal
-            answered += served
-            if not served:
-                break
-        # One at a time, waiting out credit other gateways' leases still hold, until the balance
-        # itself refuses.
-        deadline = time.monotonic() + 60
-        while True:
-            answer = one_call(started[len(answered) % 3], key, model=model)
-            if answer.status_code == 200:
-                answered.append({"request_id": answer.headers["x-request-id"], "cost": Decimal(answer.json()["usage"]["cost"])})
-                continue
-            assert answer.status_code in (402, 503), answer.text
-            if answer.json()["error"]["code"] == "insufficient_credit":
-                break
-            assert time.monotonic() < deadline, "credit held by leases comes back"
-            time.sleep(0.3)
-
+        # Sixty at once: as many as moto, one request at a time, answers within the SDK's
+        # timeout on a busy machine. Near the end, the balance too small to lease, the calls
+        # race each other at the store; one that lost too many races is refused as
+        # `overloaded`, and not charged.
+        answered = spend_to_the_last_call(started, key, calls_paid_for, burst=60, model=model, overloaded_allowed=True, seconds=60)
         assert len(answered) == calls_paid_for
         wait_until_nothing_held(admin, tenant_id)
         available, held = balance(admin, tenant_id)
