@@ -67,6 +67,17 @@ def spend_to_the_last_call(gateways, key, calls_paid_for, burst, model="money-mo
         time.sleep(0.3)
 
 
+def assert_each_answer_charged_once(recorded, received):
+    """Each answer received (request id: stated cost) has one usage event, of that cost; what
+    all the events charged."""
+    by_id = {e["request_id"]: e for e in recorded}
+    assert len(by_id) == len(recorded), "one usage event per request id"
+    for request_id, cost in received.items():
+        assert by_id[request_id]["status"] == 200, by_id[request_id]
+        assert Decimal(by_id[request_id]["cost"]) == cost, "each answer charged what it said"
+    return sum(Decimal(e["cost"]) for e in recorded)
+
+
 def wait_until_nothing_held(ferry, tenant_id, seconds=20):
     deadline = time.monotonic() + seconds
     while balance(ferry, tenant_id)[1] != 0:
@@ -129,13 +140,7 @@ def test_a_lease_holder_killed_mid_load_is_made_good_by_the_gateway_that_lives(t
 
         # The survivor adopts the dead gateway's journal (within seconds) and gives its lease back.
         wait_until_nothing_held(survivor, tenant_id)
-        recorded = events(survivor, tenant_id)
-        by_id = {e["request_id"]: e for e in recorded}
-        assert len(by_id) == len(recorded), "one usage event per request id"
-        for request_id, cost in received.items():
-            assert by_id[request_id]["status"] == 200, by_id[request_id]
-            assert Decimal(by_id[request_id]["cost"]) == cost, "each answer charged what it said"
-        charged = sum(Decimal(e["cost"]) for e in recorded)
+        charged = assert_each_answer_charged_once(events(survivor, tenant_id), received)
         assert balance(survivor, tenant_id) == (start - charged, 0)
         leftovers = [path for path in (data_dir / "journal").iterdir() if not path.name.startswith(".")]
         assert len(leftovers) == 1, "only the survivor's own journal is left"

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ferry_binary, make_key
 from test_lambda import AWS, Process, start_moto
-from test_leases import one_call, spend_to_the_last_call
+from test_leases import assert_each_answer_charged_once, one_call, spend_to_the_last_call
 from test_money import Load, balance, events, hold_amount, ledger, register, tenant_with_key
 
 
@@ -139,14 +139,8 @@ def test_a_killed_lease_holder_loses_nothing_once_its_lease_expires(aws, admin, 
             time.sleep(1)
             billing("expire_holds")
 
-        recorded = events(admin, tenant_id)
-        by_id = {e["request_id"]: e for e in recorded}
-        assert len(by_id) == len(recorded), "one usage event per request id"
-        for request_id, cost in received.items():
-            assert by_id[request_id]["status"] == 200, by_id[request_id]
-            assert Decimal(by_id[request_id]["cost"]) == cost, "each answer charged what it said"
-        charged = sum(Decimal(e["cost"]) for e in recorded)
-        # The first call ("wait_for_model") is in the events too.
+        # The first call (`wait_for_model`'s) is in the events too.
+        charged = assert_each_answer_charged_once(events(admin, tenant_id), received)
         assert balance(admin, tenant_id) == (start - charged, 0)
         assert_reconciles(billing)
     finally:
