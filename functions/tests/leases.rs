@@ -28,6 +28,12 @@ struct Leased {
 }
 
 async fn start(directory: &std::path::Path, credit: &str) -> Leased {
+    start_journaled(directory, credit, true).await
+}
+
+/// As `ferry serve` runs (`journaled`), or as a replica with no disk that outlives it does:
+/// each leased call's usage written to the store before its answer.
+async fn start_journaled(directory: &std::path::Path, credit: &str, journaled: bool) -> Leased {
     let store = Arc::new(SqliteStore::open(&directory.join("ferry.db")).unwrap());
     let mut state = AppState::for_tests(store.clone(), FakeUpstream::new());
     // As `ferry serve` runs: tenants, models and prices read through a cache, so 300 calls at
@@ -38,12 +44,9 @@ async fn start(directory: &std::path::Path, credit: &str) -> Leased {
         Duration::from_secs(5),
     ));
     state.store = cached.clone();
-    let leased = LeasedAccounts::open(
-        cached,
-        Some((&directory.join("journal"), Durability::ProcessCrash)),
-    )
-    .await
-    .unwrap();
+    let journal = directory.join("journal");
+    let journal = journaled.then_some((journal.as_path(), Durability::ProcessCrash));
+    let leased = LeasedAccounts::open(cached, journal).await.unwrap();
     state.accounts = leased.clone();
     let test = TestApp::start(state, &RouterConfig::default()).await;
     let operator = test.operator_key.clone();
@@ -178,6 +181,30 @@ async fn leased_calls_are_charged_what_their_answers_say_and_the_books_reconcile
         holds <= lease::BUSY_CALLS as usize + 4,
         "{holds} holds: once busy, the calls took from leases, not one each"
     );
+    assert_reconciles(&ferry.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_journal_calls_finishing_together_share_a_write_and_are_each_charged_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let ferry = start_journaled(directory.path(), "100", false).await;
+    let (costs, refused) = call_many(&ferry, 300).await;
+    assert_eq!((costs.len(), refused), (300, 0));
+    // Written before their answers: every call is in the store already.
+    let events = ferry
+        .store
+        .usage_events(&ferry.tenant_id, None, 0, u64::MAX, 100_000)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 300);
+    settle_down(&ferry, 300).await;
+    let stated: i64 = costs.iter().map(|cost| cost.nanos()).sum();
+    let balance = ferry.store.balance(&ferry.tenant_id).await.unwrap();
+    assert_eq!(
+        Money::from_nanos(100_000_000_000 - stated),
+        balance.available_usd
+    );
+    assert!(holds(&ferry).await < 50, "the calls took from leases");
     assert_reconciles(&ferry.store).await;
 }
 

@@ -166,11 +166,19 @@ pub struct LeasedAccounts {
     /// Without a journal: leased calls' usage waiting for the next write to the store, each
     /// with its caller waiting for the write's outcome.
     unwritten: Mutex<Vec<(LeasedUsage, oneshot::Sender<StoreResult<()>>)>>,
-    /// Held by the caller writing a batch of `unwritten`.
-    writing: tokio::sync::Mutex<()>,
+    /// Held while a batch of `unwritten` is being written.
+    writing: Arc<tokio::sync::Mutex<()>>,
     /// Makes lease ids unique to this replica.
     replica: String,
     next_lease: AtomicU64,
+}
+
+/// Notes that `count` of a lease's settled calls are in the store.
+fn drained(book: &Mutex<Book>, lease_id: &str, count: u64) {
+    let mut book = lock(book);
+    if let Some(undrained) = book.undrained.get_mut(lease_id) {
+        *undrained = undrained.saturating_sub(count);
+    }
 }
 
 fn lock<T>(guarded: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -235,7 +243,7 @@ impl LeasedAccounts {
             journals,
             pending,
             unwritten: Mutex::new(Vec::new()),
-            writing: tokio::sync::Mutex::new(()),
+            writing: Arc::new(tokio::sync::Mutex::new(())),
             replica,
             next_lease: AtomicU64::new(1),
         });
@@ -321,12 +329,14 @@ impl LeasedAccounts {
     }
 
     /// Writes `usage` to the store with whatever other calls' usage is waiting: the first
-    /// caller to hold `writing` writes the batch, the others find theirs written.
+    /// caller to take `writing` starts a write of the batch, the others find theirs written.
+    /// The write runs as a task of its own, so a caller that gives up (its client left) does
+    /// not abandon the others' usage halfway through a write that may have committed.
     async fn write_now(&self, usage: LeasedUsage) -> StoreResult<()> {
         let (sender, mut written) = oneshot::channel();
         lock(&self.unwritten).push((usage, sender));
         loop {
-            let _writer = self.writing.lock().await;
+            let writer = self.writing.clone().lock_owned().await;
             match written.try_recv() {
                 Ok(outcome) => return outcome,
                 Err(oneshot::error::TryRecvError::Closed) => {
@@ -341,22 +351,26 @@ impl LeasedAccounts {
                 let count = unwritten.len().min(MOST_PER_BATCH);
                 unwritten.drain(..count).collect()
             };
-            let (usage, callers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let outcome = self.inner.settle_leased(&usage).await.map(|_| ());
-            for written in &usage {
-                self.drained(&written.lease_id, 1);
-            }
-            for caller in callers {
-                let _ = caller.send(outcome.clone());
-            }
+            let (inner, book) = (self.inner.clone(), self.book.clone());
+            let write = tokio::spawn(async move {
+                let _writer = writer;
+                let (usage, callers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let outcome = inner.settle_leased(&usage).await.map(|_| ());
+                for written in &usage {
+                    drained(&book, &written.lease_id, 1);
+                }
+                for caller in callers {
+                    let _ = caller.send(outcome.clone());
+                }
+            });
+            // Its outcome arrives through `written` (this caller's usage may be in a later
+            // batch, past `MOST_PER_BATCH`).
+            let _ = write.await;
         }
     }
 
     fn drained(&self, lease_id: &str, count: u64) {
-        let mut book = lock(&self.book);
-        if let Some(undrained) = book.undrained.get_mut(lease_id) {
-            *undrained = undrained.saturating_sub(count);
-        }
+        drained(&self.book, lease_id, count);
     }
 
     /// Leases for a scope once it makes `calls` calls a window (a benchmark that must see a
