@@ -14,10 +14,7 @@ use ferry_core::billing;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::http::StatusCode;
-use serde_json::json;
-
-use crate::{Scenario, Setup, send, set_up, settled_in_store};
+use crate::{Scenario, Setup, call_while, set_up, settled_in_store};
 
 /// Callers at once.
 const CALLERS: usize = 4;
@@ -70,34 +67,10 @@ pub async fn writes_per_call(calls: usize) -> anyhow::Result<()> {
 
 /// Makes `calls` calls, `callers` at a time; how many were answered (all must be).
 async fn call_n(setup: &Setup, calls: usize, callers: usize) -> anyhow::Result<u64> {
-    let body = json!({"model": "bench-model", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16});
     let left = Arc::new(AtomicU64::new(u64::try_from(calls)?));
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let (app, key, body, left) = (
-                setup.app.clone(),
-                setup.key.clone(),
-                body.clone(),
-                left.clone(),
-            );
-            tokio::spawn(async move {
-                let mut answered = 0u64;
-                while left
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    let (status, answer) =
-                        send(&app, "POST", "/v1/chat/completions", &key, &body).await?;
-                    ensure!(status == StatusCode::OK, "call failed: {status} {answer}");
-                    answered += 1;
-                }
-                anyhow::Ok(answered)
-            })
-        })
-        .collect();
-    let mut answered = 0;
-    for task in tasks {
-        answered += task.await??;
-    }
-    Ok(answered)
+    call_while(setup, callers, move || {
+        left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    })
+    .await
 }

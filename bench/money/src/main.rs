@@ -8,7 +8,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -242,35 +241,11 @@ async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> 
     };
     let journal = directory.join("journal");
     let setup = set_up(scenario, store, Some((&journal, durability))).await?;
-    let body = json!({"model": "bench-model", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16});
-    let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let duration = duration();
-    let callers: Vec<_> = (0..CALLERS)
-        .map(|_| {
-            let (app, key, body, done) = (
-                setup.app.clone(),
-                setup.key.clone(),
-                body.clone(),
-                done.clone(),
-            );
-            tokio::spawn(async move {
-                while started.elapsed() < duration {
-                    let (status, answer) =
-                        send(&app, "POST", "/v1/chat/completions", &key, &body).await?;
-                    ensure!(status == StatusCode::OK, "call failed: {status} {answer}");
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for caller in callers {
-        caller.await??;
-    }
+    let calls = call_while(&setup, CALLERS, move || started.elapsed() < duration).await?;
     settled_in_store(&setup).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let calls = done.load(Ordering::Relaxed);
     // Every call must be in the books, and the books must balance.
     let (ledger, tenants) = setup.accounts.figures().await?;
     let problems = billing::discrepancies(&ledger, &tenants);
@@ -286,6 +261,41 @@ async fn run(scenario: Scenario, options: SqliteOptions) -> anyhow::Result<f64> 
     drop(setup);
     std::fs::remove_dir_all(&directory)?;
     Ok(calls as f64 / seconds)
+}
+
+/// `callers` callers each making calls one after another while `more()` says so; how many were
+/// answered (every one must be).
+async fn call_while(
+    setup: &Setup,
+    callers: usize,
+    more: impl Fn() -> bool + Clone + Send + 'static,
+) -> anyhow::Result<u64> {
+    let body = json!({"model": "bench-model", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16});
+    let callers: Vec<_> = (0..callers)
+        .map(|_| {
+            let (app, key, body, more) = (
+                setup.app.clone(),
+                setup.key.clone(),
+                body.clone(),
+                more.clone(),
+            );
+            tokio::spawn(async move {
+                let mut answered = 0u64;
+                while more() {
+                    let (status, answer) =
+                        send(&app, "POST", "/v1/chat/completions", &key, &body).await?;
+                    ensure!(status == StatusCode::OK, "call failed: {status} {answer}");
+                    answered += 1;
+                }
+                anyhow::Ok(answered)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for caller in callers {
+        answered += caller.await??;
+    }
+    Ok(answered)
 }
 
 /// `--only WORD`: run only the rows whose scenario name contains it (e.g. `leased`, to profile
