@@ -306,34 +306,34 @@ pub(crate) fn close_hold(
     Ok(plan.charged)
 }
 
+/// Whether `sql` (a `SELECT 1 ... WHERE request_id = ?1`) finds a row for `request_id`.
+fn has_row(connection: &Connection, sql: &str, request_id: &str) -> StoreResult<bool> {
+    let found: Option<i64> = row(connection, sql, [request_id], |row| row.get(0))
+        .optional()
+        .map_err(unavailable)?;
+    Ok(found.is_some())
+}
+
 /// Whether a usage event is recorded for `request_id`.
 pub(crate) fn usage_recorded(connection: &Connection, request_id: &str) -> StoreResult<bool> {
-    let seen: Option<i64> = row(
+    has_row(
         connection,
         "SELECT 1 FROM usage_events WHERE request_id = ?1",
-        [request_id],
-        |row| row.get(0),
+        request_id,
     )
-    .optional()
-    .map_err(unavailable)?;
-    Ok(seen.is_some())
 }
 
 /// A request id already admitted is a conflict, whatever the buckets and balance say now (a
 /// retried report of edge hits relies on it).
 pub(crate) fn refuse_if_admitted(connection: &Connection, request_id: &str) -> StoreResult<()> {
-    let admitted: Option<i64> = row(
+    if has_row(
         connection,
         "SELECT 1 FROM holds WHERE request_id = ?1",
-        [request_id],
-        |row| row.get(0),
-    )
-    .optional()
-    .map_err(unavailable)?;
-    match admitted {
-        Some(_) => Err(StoreError::Conflict(format!("request {request_id}"))),
-        None => Ok(()),
+        request_id,
+    )? {
+        return Err(StoreError::Conflict(format!("request {request_id}")));
     }
+    Ok(())
 }
 
 /// What admission decides on: the buckets, the balance and the caps' counters.
