@@ -369,10 +369,6 @@ impl LeasedAccounts {
         }
     }
 
-    fn drained(&self, lease_id: &str, count: u64) {
-        drained(&self.book, lease_id, count);
-    }
-
     /// Leases for a scope once it makes `calls` calls a window (a benchmark that must see a
     /// slow local store's calls leased sets 1).
     pub fn set_busy_calls(&self, calls: u64) {
@@ -449,8 +445,6 @@ impl LeasedAccounts {
     }
 }
 
-/// Writes replayed usage to the store and gives back the leases it names that were never
-/// given back, counting all they drew as used.
 /// Writes to the store the journals under `root` whose replicas are gone (a crash, a
 /// `kill -9`): their calls' usage (a duplicate changes nothing) and the leases they never
 /// gave back, all they drew counted as used. Then removes them.
@@ -466,6 +460,8 @@ async fn adopt_orphans(
     Ok(())
 }
 
+/// Writes replayed usage to the store and gives back the leases it names that were never
+/// given back, counting all they drew as used.
 async fn replay(inner: &dyn Accounts, records: &[Vec<u8>]) -> Result<(), LeaseSetupError> {
     let mut usage = Vec::new();
     let mut leases: Vec<(String, Vec<u64>)> = Vec::new();
@@ -538,7 +534,7 @@ async fn drain(
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         for written in &usage {
-            accounts.drained(&written.lease_id, 1);
+            drained(&accounts.book, &written.lease_id, 1);
         }
         if let (Some(journal), Some(last)) = (&accounts.journal, sequences.into_iter().max())
             && let Err(error) = journal.drained(last)
