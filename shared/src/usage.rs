@@ -3,6 +3,54 @@
 use crate::model::Price;
 use crate::money::Money;
 use crate::openai::Usage;
+use crate::ports::UsageRecord;
+
+/// What usage events add to a usage rollup (a day's per model and key, a key's month): the
+/// sums reports read instead of the events. A batch of events sums these per rollup first, so
+/// each rollup is written once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollupTotals {
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_nanos: i64,
+}
+
+impl RollupTotals {
+    /// One event's part.
+    pub fn of(usage: &UsageRecord) -> RollupTotals {
+        let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        RollupTotals {
+            requests: 1,
+            prompt_tokens: signed(usage.prompt_tokens),
+            cached_tokens: signed(usage.cached_tokens),
+            completion_tokens: signed(usage.completion_tokens),
+            cost_nanos: usage.cost.nanos(),
+        }
+    }
+
+    pub fn add(&mut self, other: RollupTotals) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+    }
+
+    /// Each total by its column's (or attribute's) name in the stores.
+    pub fn named(&self) -> [(&'static str, i64); 5] {
+        [
+            ("requests", self.requests),
+            ("prompt_tokens", self.prompt_tokens),
+            ("cached_tokens", self.cached_tokens),
+            ("completion_tokens", self.completion_tokens),
+            ("cost_nanos", self.cost_nanos),
+        ]
+    }
+}
 
 const TOKENS_PER_MTOK: i128 = 1_000_000;
 

@@ -19,6 +19,7 @@ use ferry_core::ports::{
     StoreError, StoreResult, StoredModel, Tenant, TenantPolicy, UsageRecord, split_cursor,
 };
 use ferry_core::principal::Role;
+use ferry_core::usage::RollupTotals;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 mod accounts;
@@ -1005,32 +1006,18 @@ pub(crate) fn insert_usage_event(
     Ok(inserted == 1)
 }
 
-/// Requests, prompt, cached and completion tokens, and cost, summed.
-type UsageSums = [i64; 5];
-
 /// Usage events' additions to the rollups, summed per row: a batch of events moves each row
 /// once. Per day and model, one row per key and one (`*`) for all of the tenant's keys (what
 /// reports not broken down by key read); per month, one row per key.
 #[derive(Default)]
 pub(crate) struct UsageRollups {
-    days: BTreeMap<(String, String, String, String), UsageSums>,
-    key_months: BTreeMap<(String, String, String), UsageSums>,
+    days: BTreeMap<(String, String, String, String), RollupTotals>,
+    key_months: BTreeMap<(String, String, String), RollupTotals>,
 }
 
 impl UsageRollups {
     pub(crate) fn add(&mut self, usage: &UsageRecord) {
-        let sums = [
-            1,
-            to_sql_int(usage.prompt_tokens),
-            to_sql_int(usage.cached_tokens),
-            to_sql_int(usage.completion_tokens),
-            usage.cost.nanos(),
-        ];
-        let add = |totals: &mut UsageSums| {
-            for (total, add) in totals.iter_mut().zip(sums) {
-                *total = total.saturating_add(add);
-            }
-        };
+        let sums = RollupTotals::of(usage);
         let day = Date::of_unix(usage.created_at).to_string();
         let key = usage.key_id.as_deref().unwrap_or("");
         for key in [key, ALL_KEYS] {
@@ -1040,19 +1027,24 @@ impl UsageRollups {
                 usage.model.clone(),
                 key.to_owned(),
             );
-            add(self.days.entry(row).or_default());
+            self.days.entry(row).or_default().add(sums);
         }
         let month = Month::of_unix(usage.created_at).to_string();
-        add(self
-            .key_months
+        self.key_months
             .entry((usage.tenant_id.clone(), month, key.to_owned()))
-            .or_default());
+            .or_default()
+            .add(sums);
     }
 
     pub(crate) fn write(self, connection: &Connection) -> rusqlite::Result<()> {
-        for ((tenant_id, day, model, key), [requests, prompt, cached, completion, cost]) in
-            self.days
-        {
+        for ((tenant_id, day, model, key), totals) in self.days {
+            let RollupTotals {
+                requests,
+                prompt_tokens,
+                cached_tokens,
+                completion_tokens,
+                cost_nanos,
+            } = totals;
             run(
                 connection,
                 "INSERT INTO usage_rollups (tenant_id, day, model, key_id, requests, prompt_tokens,
@@ -1063,12 +1055,27 @@ impl UsageRollups {
                 cached_tokens = cached_tokens + excluded.cached_tokens,
                 completion_tokens = completion_tokens + excluded.completion_tokens,
                 cost_nanos = cost_nanos + excluded.cost_nanos",
-                params![tenant_id, day, model, key, requests, prompt, cached, completion, cost],
+                params![
+                    tenant_id,
+                    day,
+                    model,
+                    key,
+                    requests,
+                    prompt_tokens,
+                    cached_tokens,
+                    completion_tokens,
+                    cost_nanos
+                ],
             )?;
         }
-        for ((tenant_id, month, key), [requests, prompt, cached, completion, cost]) in
-            self.key_months
-        {
+        for ((tenant_id, month, key), totals) in self.key_months {
+            let RollupTotals {
+                requests,
+                prompt_tokens,
+                cached_tokens,
+                completion_tokens,
+                cost_nanos,
+            } = totals;
             run(
                 connection,
                 "INSERT INTO usage_key_months VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -1079,7 +1086,14 @@ impl UsageRollups {
                 completion_tokens = completion_tokens + excluded.completion_tokens,
                 cost_nanos = cost_nanos + excluded.cost_nanos",
                 params![
-                    tenant_id, month, key, requests, prompt, cached, completion, cost
+                    tenant_id,
+                    month,
+                    key,
+                    requests,
+                    prompt_tokens,
+                    cached_tokens,
+                    completion_tokens,
+                    cost_nanos
                 ],
             )?;
         }

@@ -29,6 +29,7 @@ use ferry_core::ports::{
     UsageRecord, split_cursor,
 };
 use ferry_core::ratelimit;
+use ferry_core::usage::RollupTotals;
 use futures_util::future::try_join_all;
 
 use super::DynamoStore;
@@ -108,22 +109,14 @@ pub(super) struct RollupAdds {
 struct RollupItem {
     /// The attributes it names (its day, model, key).
     named: Vec<(&'static str, String)>,
-    /// Requests, prompt, cached and completion tokens, cost.
-    totals: [i64; 5],
+    totals: RollupTotals,
 }
 
 impl RollupAdds {
     pub(super) fn add(&mut self, usage: &UsageRecord) {
         let day = Date::of_unix(usage.created_at).to_string();
         let month = Month::of_unix(usage.created_at).to_string();
-        let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        let sums = [
-            1,
-            signed(usage.prompt_tokens),
-            signed(usage.cached_tokens),
-            signed(usage.completion_tokens),
-            usage.cost.nanos(),
-        ];
+        let sums = RollupTotals::of(usage);
         let mut named = vec![
             (ROLLUP_DAY, day.clone()),
             (ROLLUP_MODEL, usage.model.clone()),
@@ -146,17 +139,15 @@ impl RollupAdds {
         );
     }
 
-    fn sum(&mut self, key: Key, named: Vec<(&'static str, String)>, sums: [i64; 5]) {
-        let item = self
-            .items
+    fn sum(&mut self, key: Key, named: Vec<(&'static str, String)>, sums: RollupTotals) {
+        self.items
             .entry((key.pk, key.sk))
             .or_insert_with(|| RollupItem {
                 named,
-                totals: [0; 5],
-            });
-        for (total, add) in item.totals.iter_mut().zip(sums) {
-            *total = total.saturating_add(add);
-        }
+                totals: RollupTotals::default(),
+            })
+            .totals
+            .add(sums);
     }
 
     /// How many items [`RollupAdds::write`] writes.
@@ -170,16 +161,7 @@ impl RollupAdds {
             for (name, value) in named {
                 change = change.set(name, item::s(&value));
             }
-            for (name, total) in [
-                "requests",
-                "prompt_tokens",
-                "cached_tokens",
-                "completion_tokens",
-                "cost_nanos",
-            ]
-            .into_iter()
-            .zip(totals)
-            {
+            for (name, total) in totals.named() {
                 change = change.add(name, total);
             }
             writes.update(table, &Key::new(pk, sk), None, change)?;
