@@ -65,6 +65,7 @@ fn on_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
 }
 
+/// How admission treats money: the defaults, with `FERRY_HOLD_TTL_SECONDS` where it is set.
 fn money_config() -> anyhow::Result<MoneyConfig> {
     let mut money = MoneyConfig::default();
     if let Some(seconds) = value(env::HOLD_TTL_SECONDS) {
