@@ -78,6 +78,11 @@ def assert_each_answer_charged_once(recorded, received):
     return sum(Decimal(e["cost"]) for e in recorded)
 
 
+def leases(ferry, tenant_id):
+    """The tenant's holds that are credit leases."""
+    return [t for t in ledger(ferry, tenant_id) if t["kind"] == "hold" and t["request_id"].startswith("lease:")]
+
+
 def wait_until_nothing_held(ferry, tenant_id, seconds=20):
     deadline = time.monotonic() + seconds
     while balance(ferry, tenant_id)[1] != 0:
@@ -129,8 +134,13 @@ def test_a_lease_holder_killed_mid_load_is_made_good_by_the_gateway_that_lives(t
         register(doomed, upstream, upstream_model="echo")
         start = Decimal("100")
         tenant_id, key = tenant_with_key(doomed, credit=str(start))
-        with Load(key, doomed.url, threads=4) as on_doomed, Load(key, survivor.url, threads=4) as on_survivor:
-            time.sleep(2)
+        # Busy enough to lease on a loaded machine too (calls crowding the store), and killed
+        # only once it holds a lease and has answered a good many calls.
+        with Load(key, doomed.url, threads=8) as on_doomed, Load(key, survivor.url, threads=8) as on_survivor:
+            deadline = time.monotonic() + 30
+            while len(on_doomed.received) < 32 or not leases(doomed, tenant_id):
+                assert time.monotonic() < deadline, "the gateways answer, from leases"
+                time.sleep(0.2)
             doomed.kill()
             time.sleep(2)
         received = {**on_doomed.received, **on_survivor.received}

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ferry_binary, make_key
 from test_lambda import AWS, Process, start_moto
-from test_leases import assert_each_answer_charged_once, one_call, spend_to_the_last_call
+from test_leases import assert_each_answer_charged_once, leases, one_call, spend_to_the_last_call
 from test_money import Load, balance, events, hold_amount, ledger, register, tenant_with_key
 
 
@@ -146,10 +146,6 @@ def test_a_killed_lease_holder_loses_nothing_once_its_lease_expires(aws, admin, 
     finally:
         survivor.stop()
         doomed.stop()
-
-
-def leases(admin, tenant_id):
-    return [t for t in ledger(admin, tenant_id) if t["kind"] == "hold" and t["request_id"].startswith("lease:")]
 
 
 def wait_for_key(gateways, key, seconds=15):
