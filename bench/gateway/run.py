@@ -48,9 +48,9 @@ def start(command, env=None):
     raise RuntimeError(f"{command[0]} did not start")
 
 
-def call(url, key, body):
+def call(url, key, body, timeout=10):
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.load(response)
 
 
@@ -102,7 +102,7 @@ def start_litellm(mock_url, workdir):
     key = "sk-bench-" + secrets.token_hex(8)
     process = subprocess.Popen(
         [str(VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
+        stdout=subprocess.DEVNULL, stderr=open(pathlib.Path(workdir) / "litellm.log", "w"), cwd=workdir,
         env={**os.environ, "LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -234,7 +234,13 @@ def main():
         call(f"{ferry_url}/v1/chat/completions", key, {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]})
         if args.litellm:
             litellm, litellm_url, litellm_key = start_litellm(mock_url, data_dir)
-            call(f"{litellm_url}/v1/chat/completions", litellm_key, {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]})
+            # LiteLLM's first call imports and builds a great deal (seconds here, more on a loaded
+            # machine); it is the warm-up, not a measurement, so it may take its time.
+            try:
+                call(f"{litellm_url}/v1/chat/completions", litellm_key, {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}, timeout=120)
+            except OSError:
+                print(pathlib.Path(data_dir, "litellm.log").read_text()[-4000:], file=sys.stderr)
+                raise
 
         if args.streams:
             hold_streams(args, ferry, ferry_url, key, slow_url)
