@@ -17,11 +17,7 @@ models=${FERRY_MODELS_DIR:-target/ferry-models}
 target/debug/ferry models pull smollm2-135m-instruct --models-dir "$models" >/dev/null
 python3 bench/engine/bench.py --ferry target/debug/ferry --no-llama-cpp --rounds 1 --tokens 4 \
     --streams 1,2 --model "$models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [[ -d ${FERRY_TRACES:-../shared/data/traces} ]]; then
-    bash bench/replay/run.sh --debug
-else
-    echo "bench/replay: no traces beside this checkout; tests/e2e/test_pool.py replays a synthetic one"
-fi
+bash bench/replay/run.sh --debug --tiny
 # DynamoDB writes per call, on moto served one request at a time (as the AWS adapter's tests do).
 moto_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 .venv/bin/python stores/aws/tests/moto/serial_moto.py 127.0.0.1 "$moto_port" >/dev/null 2>&1 &

@@ -1,19 +1,23 @@
 //! `ferry pool replay`: a recorded request trace through the real autoscaling policy on a
-//! simulated clock, side by side with Knative's KPA and an always-on pool. `ferry pool
-//! manifests`: a pool deployment as a Knative Service.
+//! simulated clock, side by side with Knative's KPA and an always-on pool; with `--sweep`,
+//! each policy's frontier of GPU-seconds against p99 queueing delay. `ferry pool manifests`: a
+//! pool deployment as a Knative Service.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use ferry_core::autoscale::ScalingConfig;
-use ferry_core::calendar::Date;
-use ferry_core::replay::{self, ActivatorLimits, Capacity, Outcome, TraceRequest};
+use ferry_core::replay::{
+    self, ActivatorLimits, Capacity, Knobs, Outcome, SweepPoint, TimeUnit, TraceRequest,
+};
 use ferry_scaler::knative::KnativeDeployment;
 
 #[derive(clap::Subcommand)]
 pub enum PoolCommand {
-    /// Replay a trace (CSV: TIMESTAMP,ContextTokens,GeneratedTokens, as the Azure LLM
-    /// inference traces of 2023) and print what each policy costs and makes callers wait.
+    /// Replay a trace and print what each policy costs and makes callers wait. A trace is a
+    /// CSV with an arrival time and prompt and output token counts (the Azure LLM inference
+    /// traces' TIMESTAMP,ContextTokens,GeneratedTokens; BurstGPT's columns) or JSON lines
+    /// (Mooncake's timestamp, input_length, output_length).
     Replay(ReplayArgs),
     /// Print the Knative Service that runs a pool deployment on Kubernetes: `ferry worker`
     /// pods on GPU nodes, scaled from zero by Knative.
@@ -96,12 +100,34 @@ enum PolicyArg {
     All,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TimeUnitArg {
+    S,
+    Ms,
+}
+
 #[derive(clap::Args)]
 pub struct ReplayArgs {
     #[arg(long)]
     trace: PathBuf,
     #[arg(long, value_enum, default_value = "all")]
     policy: PolicyArg,
+    /// Sweep each policy's target utilisation and window over the same grid and print its
+    /// frontier (the settings nothing beats on both GPU-seconds and p99 queueing delay), then
+    /// Ferry's against KPA's at matched p99.
+    #[arg(long)]
+    sweep: bool,
+    /// With --sweep: write every setting's outcome here as CSV (bench/replay/plot.py draws
+    /// the frontiers from it).
+    #[arg(long, requires = "sweep")]
+    csv: Option<PathBuf>,
+    /// What a bare number in the trace's time column counts (default: ms for JSON lines, s
+    /// for CSV).
+    #[arg(long, value_enum)]
+    time_unit: Option<TimeUnitArg>,
+    /// Spread arrivals out by this factor (4: four times slower, so idle gaps appear).
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
     /// Sequences one replica decodes at once.
     #[arg(long, default_value_t = 16)]
     max_batch: u32,
@@ -136,7 +162,7 @@ pub fn run(command: PoolCommand) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let trace = read_trace(&args.trace)?;
+    let trace = read_trace(&args)?;
     let capacity = Capacity {
         max_batch: args.max_batch,
         prefill_tokens_per_s: args.prefill_tokens_per_s,
@@ -149,6 +175,21 @@ pub fn run(command: PoolCommand) -> anyhow::Result<()> {
         deadline_ms: (args.deadline_seconds * 1000.0) as u64,
     };
     let target = f64::from(args.max_batch);
+    let span_s = trace.last().map_or(0, |request| request.arrival_ms) as f64 / 1000.0;
+    println!(
+        "{}: {} requests over {:.0} s; replicas of {} sequences and {} KV tokens at {} tok/s each, prefill {} tok/s, cold start {} s",
+        args.trace.display(),
+        trace.len(),
+        span_s,
+        args.max_batch,
+        args.kv_tokens,
+        args.decode_tokens_per_s,
+        args.prefill_tokens_per_s,
+        args.cold_start_seconds
+    );
+    if args.sweep {
+        return sweep(&args, &trace, capacity, limits);
+    }
     let policies: Vec<(&str, ScalingConfig)> = [
         (
             PolicyArg::Ferry,
@@ -171,17 +212,6 @@ pub fn run(command: PoolCommand) -> anyhow::Result<()> {
     .filter(|(which, _, _)| args.policy == PolicyArg::All || args.policy == *which)
     .map(|(_, name, config)| (name, config))
     .collect();
-    let span_s = trace.last().map_or(0, |request| request.arrival_ms) as f64 / 1000.0;
-    println!(
-        "{}: {} requests over {:.0} s; replicas of {} sequences at {} tok/s each, prefill {} tok/s, cold start {} s",
-        args.trace.display(),
-        trace.len(),
-        span_s,
-        args.max_batch,
-        args.decode_tokens_per_s,
-        args.prefill_tokens_per_s,
-        args.cold_start_seconds
-    );
     println!(
         "{:<10} {:>12} {:>12} {:>13} {:>14} {:>14} {:>8}",
         "policy",
@@ -220,61 +250,141 @@ pub fn run(command: PoolCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `TIMESTAMP,ContextTokens,GeneratedTokens` with timestamps like `2023-11-16 18:17:03.9799600`,
-/// as milliseconds from the first request, in arrival order.
-fn read_trace(path: &Path) -> anyhow::Result<Vec<TraceRequest>> {
+fn read_trace(args: &ReplayArgs) -> anyhow::Result<Vec<TraceRequest>> {
+    let path = &args.trace;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading trace {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (number, line) in text.lines().enumerate().skip(1) {
-        if line.trim().is_empty() {
-            continue;
+    let unit = args.time_unit.map(|unit| match unit {
+        TimeUnitArg::S => TimeUnit::Seconds,
+        TimeUnitArg::Ms => TimeUnit::Milliseconds,
+    });
+    if !(args.time_scale.is_finite() && args.time_scale > 0.0) {
+        bail!("--time-scale must be a positive number");
+    }
+    replay::parse_trace(&text, unit, args.time_scale)
+        .with_context(|| format!("reading trace {}", path.display()))
+}
+
+/// Each policy over the same grid of knobs: its frontier, and Ferry's against KPA's.
+fn sweep(
+    args: &ReplayArgs,
+    trace: &[TraceRequest],
+    capacity: Capacity,
+    limits: ActivatorLimits,
+) -> anyhow::Result<()> {
+    let target = f64::from(args.max_batch);
+    let grid = Knobs::grid();
+    // The two policies' sweeps on two threads: each is a few hundred pure replays.
+    let (ferry, kpa) = std::thread::scope(|scope| {
+        let ferry = scope.spawn(|| {
+            replay::sweep(
+                trace,
+                ScalingConfig::llm_aware(target, args.max_replicas),
+                &grid,
+                capacity,
+                limits,
+            )
+        });
+        let kpa = replay::sweep(
+            trace,
+            ScalingConfig::kpa(target, args.max_replicas),
+            &grid,
+            capacity,
+            limits,
+        );
+        let ferry = ferry
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (ferry, kpa)
+    });
+    let (ferry_frontier, kpa_frontier) = (replay::frontier(&ferry), replay::frontier(&kpa));
+    println!(
+        "sweep: target utilisation 50-100 % x window 15-240 s, {} settings a policy; frontier (settings nothing beats on both GPU-seconds and p99; none dropped a request):",
+        grid.len()
+    );
+    println!(
+        "{:<7} {:>12} {:>8} {:>12} {:>12} {:>12} {:>13}",
+        "policy",
+        "utilisation",
+        "window s",
+        "GPU-seconds",
+        "queue p99 ms",
+        "cold starts",
+        "most replicas"
+    );
+    for (name, frontier) in [("ferry", &ferry_frontier), ("kpa", &kpa_frontier)] {
+        for point in frontier {
+            println!(
+                "{:<7} {:>11.0}% {:>8} {:>12.0} {:>12} {:>12} {:>13}",
+                name,
+                point.knobs.target_utilization * 100.0,
+                point.knobs.stable_window_ms / 1000,
+                point.outcome.gpu_seconds,
+                point.outcome.queue_p99_ms,
+                point.outcome.cold_starts,
+                point.outcome.most_replicas
+            );
         }
-        let row = || -> Option<(f64, u64, u64)> {
-            let mut fields = line.split(',');
-            let at = unix_seconds(fields.next()?.trim())?;
-            let prompt = fields.next()?.trim().parse().ok()?;
-            let output = fields.next()?.trim().parse().ok()?;
-            Some((at, prompt, output))
-        };
-        let parsed =
-            row().with_context(|| format!("{}:{}: not a trace row", path.display(), number + 1))?;
-        rows.push(parsed);
     }
-    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let Some(first) = rows.first().map(|row| row.0) else {
-        bail!("{}: no requests", path.display());
-    };
-    Ok(rows
-        .into_iter()
-        .map(|(at, prompt_tokens, output_tokens)| TraceRequest {
-            arrival_ms: ((at - first) * 1000.0).round() as u64,
-            prompt_tokens,
-            output_tokens,
-        })
-        .collect())
+    if let Some(path) = &args.csv {
+        write_sweep_csv(path, &[("ferry", &ferry), ("kpa", &kpa)])?;
+        println!("every setting: {}", path.display());
+    }
+    match replay::compare(&ferry_frontier, &kpa_frontier) {
+        Some(comparison) => {
+            println!(
+                "ferry against kpa at matched p99 (the least GPU-seconds each spends for that p99 or better):"
+            );
+            println!(
+                "{:>12} {:>12} {:>12} {:>7}",
+                "queue p99 ms", "ferry GPU-s", "kpa GPU-s", "ratio"
+            );
+            for (p99, ours, theirs) in &comparison.matched {
+                println!(
+                    "{:>12} {:>12.0} {:>12.0} {:>7.2}",
+                    p99,
+                    ours,
+                    theirs,
+                    ours / theirs.max(f64::EPSILON)
+                );
+            }
+            println!(
+                "ferry / kpa GPU-seconds at matched p99: {:.3} to {:.3} ({})",
+                comparison.best_ratio(),
+                comparison.worst_ratio(),
+                if comparison.worst_ratio() <= 1.0 {
+                    "ferry's frontier is at or below kpa's"
+                } else {
+                    "ferry's frontier is above kpa's somewhere"
+                }
+            );
+        }
+        None => println!("no comparison: a policy has no setting that served every request"),
+    }
+    Ok(())
 }
 
-/// `YYYY-MM-DD HH:MM:SS[.fraction]` (UTC) as seconds since the epoch.
-fn unix_seconds(text: &str) -> Option<f64> {
-    let (date, time) = text.split_once(' ')?;
-    let date: Date = date.parse().ok()?;
-    let mut time = time.split(':');
-    let hours = time.next()?.parse::<u32>().ok()?;
-    let minutes = time.next()?.parse::<u32>().ok()?;
-    let seconds = time.next()?.parse::<f64>().ok()?;
-    Some(date.start_unix() as f64 + f64::from(hours * 3_600 + minutes * 60) + seconds)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_azure_timestamps() {
-        assert_eq!(unix_seconds("1970-01-01 00:00:01.5"), Some(1.5));
-        assert_eq!(unix_seconds("2023-11-16 18:17:03.0"), Some(1_700_158_623.0));
-        assert_eq!(unix_seconds("2023-11-16"), None);
-        assert_eq!(unix_seconds("2023-11-16 18:xx:03"), None);
+fn write_sweep_csv(path: &Path, sweeps: &[(&str, &Vec<SweepPoint>)]) -> anyhow::Result<()> {
+    let mut csv = String::from(
+        "policy,target_utilization,stable_window_s,gpu_seconds,queue_p50_ms,queue_p99_ms,cold_starts,most_replicas,dropped,on_frontier\n",
+    );
+    for (name, points) in sweeps {
+        let frontier = replay::frontier(points);
+        for point in points.iter() {
+            let outcome = &point.outcome;
+            csv.push_str(&format!(
+                "{name},{},{},{:.1},{},{},{},{},{},{}\n",
+                point.knobs.target_utilization,
+                point.knobs.stable_window_ms / 1000,
+                outcome.gpu_seconds,
+                outcome.queue_p50_ms,
+                outcome.queue_p99_ms,
+                outcome.cold_starts,
+                outcome.most_replicas,
+                outcome.dropped,
+                frontier.contains(point)
+            ));
+        }
     }
+    std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))
 }

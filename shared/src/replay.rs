@@ -1,14 +1,21 @@
 //! Replays a request trace through an autoscaling policy on a simulated clock: what the pool
 //! would have cost (GPU-seconds, cold starts) and what callers would have waited (queueing
 //! delay, drops). The policy is the real `autoscale::Autoscaler`; the replicas are a capacity
-//! model: each serves up to `max_batch` sequences at once, a sequence takes its prompt at
-//! `prefill_tokens_per_s` and generates at `decode_tokens_per_s`, and a new replica is ready
-//! `cold_start_ms` after it is asked for.
+//! model: each serves up to `max_batch` sequences at once whose contexts (prompt and output)
+//! fit its KV cache together, as a paged-attention engine admits them (a request longer than
+//! the cache runs alone); a sequence takes its prompt at `prefill_tokens_per_s` and generates
+//! at `decode_tokens_per_s`, and a new replica is ready `cold_start_ms` after it is asked for.
+
+mod frontier;
+mod trace;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use crate::autoscale::{Autoscaler, Load, ScalingConfig};
+
+pub use frontier::{Comparison, Knobs, SweepPoint, compare, frontier, sweep};
+pub use trace::{TimeUnit, TraceError, parse_trace};
 
 /// One request of a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +69,17 @@ struct Replica {
 impl Replica {
     fn ready(&self, now_ms: u64) -> bool {
         now_ms >= self.ready_at_ms && !self.draining
+    }
+
+    fn kv_tokens(&self) -> u64 {
+        self.running.iter().map(|(_, tokens)| *tokens).sum()
+    }
+
+    /// Whether a sequence of `context` tokens can start here now.
+    fn admits(&self, context: u64, capacity: &Capacity) -> bool {
+        self.running.is_empty()
+            || (self.running.len() < capacity.max_batch as usize
+                && self.kv_tokens() + context <= capacity.kv_tokens)
     }
 }
 
@@ -231,23 +249,23 @@ impl<'t> Simulation<'t> {
         }
     }
 
-    /// Fills free slots, least-loaded ready replica first.
+    /// Fills free slots in arrival order (the head waits for room rather than be passed),
+    /// least-loaded ready replica first.
     fn dispatch(&mut self) {
         let now_ms = self.now_ms;
+        let capacity = self.capacity;
         while let Some(request) = self.queue.front() {
-            let max_batch = self.capacity.max_batch as usize;
+            let context = request.prompt_tokens + request.output_tokens;
             let Some(replica) = self
                 .replicas
                 .iter_mut()
-                .filter(|replica| replica.ready(now_ms) && replica.running.len() < max_batch)
-                .min_by_key(|replica| replica.running.len())
+                .filter(|replica| replica.ready(now_ms) && replica.admits(context, &capacity))
+                .min_by_key(|replica| (replica.running.len(), replica.kv_tokens()))
             else {
                 break;
             };
-            let finish = now_ms + service_ms(request, &self.capacity);
-            replica
-                .running
-                .push((finish, request.prompt_tokens + request.output_tokens));
+            let finish = now_ms + service_ms(request, &capacity);
+            replica.running.push((finish, context));
             self.completions.push(Reverse(finish));
             self.waits.push(now_ms - request.arrival_ms);
             self.queue.pop_front();
@@ -266,10 +284,7 @@ impl<'t> Simulation<'t> {
                 .replicas
                 .iter()
                 .filter(|r| r.ready(now_ms))
-                .map(|r| {
-                    r.running.iter().map(|(_, tokens)| *tokens).sum::<u64>() as f64
-                        / self.capacity.kv_tokens.max(1) as f64
-                })
+                .map(|r| r.kv_tokens() as f64 / self.capacity.kv_tokens.max(1) as f64)
                 .fold(0.0, f64::max),
         };
         let desired = self.scaler.observe(now_ms, ready, load).replicas;
