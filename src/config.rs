@@ -104,7 +104,7 @@ pub struct PoolSection {
     pub max_queue: Option<usize>,
     /// How long a call may wait for a replica (a cold start included). Default 120.
     pub queue_deadline_seconds: Option<f64>,
-    /// The window the policy looks back over before scaling in. Default 45 (kpa: 60).
+    /// The window the policy averages the load over to scale in. Default 60.
     pub stable_window_seconds: Option<f64>,
     /// How long the last replica stays once the deployment is idle. Default 30.
     pub scale_to_zero_grace_seconds: Option<f64>,

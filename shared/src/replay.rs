@@ -280,12 +280,6 @@ impl<'t> Simulation<'t> {
         let load = Load {
             queued: self.queue.len() as u32,
             running: self.replicas.iter().map(|r| r.running.len() as u32).sum(),
-            kv_use: self
-                .replicas
-                .iter()
-                .filter(|r| r.ready(now_ms))
-                .map(|r| r.kv_tokens() as f64 / self.capacity.kv_tokens.max(1) as f64)
-                .fold(0.0, f64::max),
         };
         let desired = self.scaler.observe(now_ms, ready, load).replicas;
         let live = self.replicas.iter().filter(|r| !r.draining).count() as u32;

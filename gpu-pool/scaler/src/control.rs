@@ -147,7 +147,6 @@ async fn run(pool: Arc<Pool>, deployment: Arc<Deployment>) {
                     ?reason,
                     queued = load.queued,
                     running = load.running,
-                    kv_use = load.kv_use,
                     "scaling"
                 ),
             }

@@ -431,7 +431,6 @@ impl Deployment {
                 // still occupies the replica.
                 let unreported = replica.in_flight.saturating_sub(replica.load.queued);
                 load.running += replica.load.running.max(unreported);
-                load.kv_use = load.kv_use.max(replica.load.kv_use);
             }
         }
         (ready, load)
