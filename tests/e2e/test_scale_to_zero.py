@@ -267,7 +267,9 @@ def test_a_prewarm_hint_starts_a_replica_before_any_call_and_lapses(make_ferry):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "body"
     assert httpx.post(f"{pool}/pool/nowhere/prewarm", json={"replicas": 1, "seconds": 5}).status_code == 404
 
-    assert httpx.post(f"{pool}/pool/local/prewarm", json={"replicas": 1, "seconds": 4}).status_code == 202
+    # Long enough to outlast a cold start on a loaded machine (seconds here), short enough to
+    # watch it lapse.
+    assert httpx.post(f"{pool}/pool/local/prewarm", json={"replicas": 1, "seconds": 15}).status_code == 202
     wait_for(lambda: cold_starts_ms(ferry), 120, "the pre-warmed replica to load")
     [replica] = httpx.get(f"{pool}/pool").json()["deployments"][0]["replicas"]
     assert replica["state"] == "ready"
