@@ -204,6 +204,7 @@ impl FakeUpstream {
         UpstreamError::Status {
             status,
             message: format!("{name} failed"),
+            param: None,
             retry_after_seconds,
         }
     }
@@ -331,6 +332,7 @@ async fn over_http(
             status,
             message,
             retry_after_seconds,
+            ..
         }) => {
             let body = json!({"error": {"message": message, "type": "server_error"}});
             let mut response =

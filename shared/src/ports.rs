@@ -705,6 +705,8 @@ pub enum UpstreamError {
     Status {
         status: u16,
         message: String,
+        /// The request field the upstream's error named, for an invalid request.
+        param: Option<String>,
         retry_after_seconds: Option<u64>,
     },
     #[error("the upstream broke the protocol: {0}")]
@@ -788,12 +790,17 @@ impl UpstreamError {
                 ErrorKind::UpstreamTimeout,
                 "the model backend did not answer in time",
             ),
-            // The backend judged the request itself invalid (`failure()` says `Final`).
-            UpstreamError::Status { message, .. } if self.recovery() == Recovery::Final => {
-                ApiError::new(
+            // The backend judged the request itself invalid (`failure()` says `Final`): the
+            // field it named is the caller's own, since the body is forwarded as sent.
+            UpstreamError::Status { message, param, .. } if self.recovery() == Recovery::Final => {
+                let error = ApiError::new(
                     ErrorKind::InvalidRequest,
                     format!("the model backend rejected the request: {message}"),
-                )
+                );
+                match param {
+                    Some(param) => error.with_param(param.clone()),
+                    None => error,
+                }
             }
             UpstreamError::Status {
                 status: 429 | 503,
@@ -870,6 +877,7 @@ mod tests {
         let status = |status: u16| UpstreamError::Status {
             status,
             message: "m".into(),
+            param: Some("response_format".into()),
             retry_after_seconds: None,
         };
         let cases = [
@@ -891,6 +899,12 @@ mod tests {
         for (error, expected) in cases {
             assert_eq!(error.to_api_error().kind.status(), expected, "{error:?}");
         }
+        // An invalid request names the caller's field the backend named; nothing else does.
+        assert_eq!(
+            status(400).to_api_error().param.as_deref(),
+            Some("response_format")
+        );
+        assert_eq!(status(500).to_api_error().param, None);
     }
 
     #[test]
@@ -898,6 +912,7 @@ mod tests {
         let status = |status: u16| UpstreamError::Status {
             status,
             message: "m".into(),
+            param: None,
             retry_after_seconds: Some(2),
         };
         let anywhere = |retry_after_ms| Recovery::Retryable { retry_after_ms };

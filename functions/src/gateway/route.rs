@@ -194,6 +194,7 @@ pub async fn call<'a>(
                 UpstreamError::Status {
                     status: 503,
                     message: "the deployment's circuit breaker is open".into(),
+                    param: None,
                     retry_after_seconds: Some(open_ms.div_ceil(1000)),
                 },
                 Recovery::Elsewhere,

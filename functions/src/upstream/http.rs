@@ -56,16 +56,19 @@ fn classify(error: reqwest::Error) -> UpstreamError {
 }
 
 /// The upstream's own error message, if it sent an OpenAI-style error body.
-fn upstream_message(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|value| {
-            value
-                .pointer("/error/message")
-                .and_then(|message| message.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+/// An error body's message (OpenAI's shape, else its first bytes) and the field it names.
+fn upstream_message(body: &[u8]) -> (String, Option<String>) {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let field = |pointer: &str| {
+        value
+            .as_ref()
+            .and_then(|value| value.pointer(pointer))
+            .and_then(|text| text.as_str())
+            .map(str::to_owned)
+    };
+    let message = field("/error/message")
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    (message, field("/error/param"))
 }
 
 #[async_trait]
@@ -100,9 +103,11 @@ impl Upstream for HttpUpstream {
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse().ok());
             let body = response.bytes().await.unwrap_or_default();
+            let (message, param) = upstream_message(&body);
             return Err(UpstreamError::Status {
                 status: status.as_u16(),
-                message: upstream_message(&body),
+                message,
+                param,
                 retry_after_seconds,
             });
         }
