@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::grammar::OutputConstraint;
 use crate::sampling::SamplingParams;
 use crate::template::TemplateMessage;
 
@@ -27,6 +28,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Independent completions of the same prompt (`n`); choice `i` samples with `seed + i`.
     pub n: usize,
+    /// What the output must be (`response_format`); every sampled token keeps it so.
+    pub constraint: Option<OutputConstraint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,6 +81,13 @@ pub enum EngineError {
     /// Prompt plus requested completion do not fit the model's context.
     #[error("{0}")]
     ContextExceeded(String),
+    /// A request field asks for what this engine cannot do as asked (a schema it cannot
+    /// enforce): refused, never served differently.
+    #[error("{message}")]
+    Unsupported {
+        param: &'static str,
+        message: String,
+    },
     #[error("the engine's queue is full")]
     Overloaded,
     #[error("the engine is unavailable: {0}")]

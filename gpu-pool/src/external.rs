@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::engine::{
     Engine, EngineError, EngineStats, Event, EventStream, FinishReason, GenerateRequest, Prompt,
 };
+use crate::grammar::OutputConstraint;
 
 pub struct ExternalEngine {
     base_url: String,
@@ -58,6 +59,16 @@ impl Engine for ExternalEngine {
         }
         if !request.stop.is_empty() {
             body["stop"] = json!(request.stop);
+        }
+        // The external engine enforces it (vLLM, SGLang and TGI do, with the same libraries).
+        match &request.constraint {
+            Some(OutputConstraint::JsonObject) => {
+                body["response_format"] = json!({"type": "json_object"});
+            }
+            Some(OutputConstraint::JsonSchema(schema)) => {
+                body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}});
+            }
+            None => {}
         }
         let response = self
             .http

@@ -9,6 +9,7 @@ pub mod device;
 pub mod embed;
 pub mod engine;
 pub mod external;
+pub mod grammar;
 pub mod llama;
 pub mod native;
 pub mod sampling;

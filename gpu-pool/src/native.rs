@@ -8,17 +8,19 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc as std_mpsc};
+use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use candle_core::Device;
+use llguidance::Matcher;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use crate::engine::{
     Engine, EngineError, EngineStats, Event, EventStream, FinishReason, GenerateRequest, Prompt,
 };
+use crate::grammar::{self, GrammarError, Grammars};
 use crate::llama::{GgufFile, KvCache, Llama, LoadError, WeightFormat};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopOutcome};
@@ -72,6 +74,8 @@ struct Job {
     max_tokens: usize,
     stop: Vec<String>,
     n: usize,
+    /// The output's grammar, ready at its start; each choice takes a copy.
+    matcher: Option<Matcher>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -82,6 +86,10 @@ pub struct NativeEngine {
     template: ChatTemplate,
     context_length: usize,
     vocab_size: usize,
+    end_tokens: Vec<u32>,
+    /// Built on the first constrained request (the vocabulary's trie takes a while), so
+    /// a replica that never sees one does not pay for it at its cold start.
+    grammars: OnceLock<Result<Grammars, String>>,
     config: BatchingConfig,
 }
 
@@ -130,6 +138,8 @@ impl NativeEngine {
         let tokenizer = Arc::new(tokenizer);
         let shared = Arc::new(Shared::default());
         let (jobs, receiver) = std_mpsc::channel();
+        let mut end_token_list: Vec<u32> = end_tokens.iter().copied().collect();
+        end_token_list.sort_unstable();
         let scheduler = Scheduler {
             model,
             tokenizer: tokenizer.clone(),
@@ -149,7 +159,28 @@ impl NativeEngine {
             template,
             context_length,
             vocab_size,
+            end_tokens: end_token_list,
+            grammars: OnceLock::new(),
             config,
+        })
+    }
+
+    /// A matcher for the request's constraint, or why it cannot be enforced.
+    fn matcher(&self, constraint: &grammar::OutputConstraint) -> Result<Matcher, EngineError> {
+        let grammars = self
+            .grammars
+            .get_or_init(|| {
+                Grammars::new(self.tokenizer.clone(), &self.end_tokens, self.vocab_size)
+                    .map_err(|error| error.to_string())
+            })
+            .as_ref()
+            .map_err(|error| EngineError::Unavailable(error.clone()))?;
+        grammars.matcher(constraint).map_err(|error| match error {
+            GrammarError::Unsupported(message) => EngineError::Unsupported {
+                param: "response_format",
+                message: format!("this JSON schema cannot be enforced: {message}"),
+            },
+            GrammarError::Vocabulary(message) => EngineError::Unavailable(message),
         })
     }
 
@@ -204,6 +235,11 @@ impl Engine for NativeEngine {
                 self.context_length
             )));
         }
+        let matcher = request
+            .constraint
+            .as_ref()
+            .map(|constraint| self.matcher(constraint))
+            .transpose()?;
         if self.shared.queue_depth.load(Ordering::Relaxed) >= self.config.max_queue {
             return Err(EngineError::Overloaded);
         }
@@ -214,6 +250,7 @@ impl Engine for NativeEngine {
             max_tokens: request.max_tokens.unwrap_or(room),
             stop: request.stop,
             n: request.n.max(1),
+            matcher,
             events,
         };
         self.shared.queue_depth.fetch_add(1, Ordering::Relaxed);
@@ -252,6 +289,8 @@ struct Sequence {
     sampler: Sampler,
     detokenizer: Detokenizer,
     stop: StopMatcher,
+    /// Keeps the output inside the request's grammar, where it has one.
+    matcher: Option<Matcher>,
     events: mpsc::UnboundedSender<Event>,
     done: bool,
 }
@@ -348,11 +387,14 @@ impl Scheduler {
                 sampler: Sampler::new(sampling),
                 detokenizer: Detokenizer::new(),
                 stop: StopMatcher::new(job.stop.clone()),
+                matcher: job.matcher.as_ref().map(Matcher::deep_clone),
                 events: job.events.clone(),
                 done: false,
             };
-            let token = sequence.sampler.sample(&logits);
-            self.accept(&mut sequence, token);
+            let mut logits = logits.clone();
+            if let Some(token) = self.sample(&mut sequence, &mut logits) {
+                self.accept(&mut sequence, token);
+            }
             if !sequence.done {
                 self.running.push(sequence);
             }
@@ -385,9 +427,10 @@ impl Scheduler {
             }
         };
         let mut running = std::mem::take(&mut self.running);
-        for (sequence, logits) in running.iter_mut().zip(logits) {
-            let token = sequence.sampler.sample(&logits);
-            self.accept(sequence, token);
+        for (sequence, mut logits) in running.iter_mut().zip(logits) {
+            if let Some(token) = self.sample(sequence, &mut logits) {
+                self.accept(sequence, token);
+            }
         }
         self.running = running;
         let rate = tokens.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -400,6 +443,30 @@ impl Scheduler {
         self.shared
             .tokens_per_second_bits
             .store(smoothed.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The next token: within the sequence's grammar, where it has one (the grammar then
+    /// takes it in). `None` when the grammar broke: the sequence has failed.
+    fn sample(&self, sequence: &mut Sequence, logits: &mut [f32]) -> Option<u32> {
+        let Some(matcher) = sequence.matcher.as_mut() else {
+            return Some(sequence.sampler.sample(logits));
+        };
+        let constrained = matcher.compute_mask().and_then(|allowed| {
+            grammar::mask_logits(&allowed, logits);
+            let token = sequence.sampler.sample(logits);
+            matcher.consume_token(token).map(|()| token)
+        });
+        match constrained {
+            Ok(token) => Some(token),
+            Err(error) => {
+                tracing::error!(%error, "constrained decoding failed");
+                let _ = sequence.events.send(Event::Failed(format!(
+                    "constrained decoding failed: {error}"
+                )));
+                sequence.done = true;
+                None
+            }
+        }
     }
 
     /// Takes one sampled token into a sequence: emit its text, or finish.
@@ -427,6 +494,12 @@ impl Scheduler {
             return finish(sequence, FinishReason::Stop, rest);
         }
         let piece = sequence.detokenizer.push(&self.tokenizer, token);
+        // The grammar is complete and allows nothing more: the output is whole.
+        if sequence.matcher.as_ref().is_some_and(Matcher::is_stopped) {
+            let held = sequence.detokenizer.finish(&self.tokenizer);
+            let rest = stop_or_flush(&mut sequence.stop, &(piece + &held));
+            return finish(sequence, FinishReason::Stop, rest);
+        }
         match sequence.stop.push(&piece) {
             StopOutcome::Stopped(text) => finish(sequence, FinishReason::Stop, text),
             StopOutcome::Continue(text) => {

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::embed::{EmbedError, EmbeddingEngine, EmbeddingInput};
 use crate::engine::{Engine, EngineError, Event, EventStream, GenerateRequest, Prompt};
+use crate::grammar::OutputConstraint;
 use crate::sampling::SamplingParams;
 use crate::template::TemplateMessage;
 
@@ -58,6 +59,7 @@ pub fn router(models: WorkerModels) -> Router {
 fn engine_failure(error: EngineError, prompt_param: &str) -> ErrorResponse {
     ErrorResponse::from(match error {
         EngineError::Invalid(message) => ApiError::invalid(prompt_param, message),
+        EngineError::Unsupported { param, message } => ApiError::invalid(param, message),
         EngineError::ContextExceeded(message) => {
             ApiError::invalid("max_tokens", message).with_code("context_length_exceeded")
         }
@@ -176,6 +178,7 @@ async fn chat_completions(
         max_tokens: request.max_output_tokens().map(|tokens| tokens as usize),
         stop: stop_sequences(&request.stop),
         n,
+        constraint: output_constraint(&parsed.raw)?,
     };
     respond(
         &model,
@@ -219,6 +222,7 @@ async fn completions(
         max_tokens: Some(request.max_tokens.unwrap_or(16) as usize),
         stop: stop_sequences(&request.stop),
         n,
+        constraint: None,
     };
     respond(
         &model,
@@ -265,6 +269,33 @@ async fn respond(
         Ok(stream(events, reply))
     } else {
         whole(events, reply).await
+    }
+}
+
+/// `response_format` as a constraint on the output: `json_object`, or `json_schema` with its
+/// `schema` (OpenAI's `strict` or not, the engine enforces the schema either way).
+fn output_constraint(raw: &Value) -> Result<Option<OutputConstraint>, ApiError> {
+    let format = &raw["response_format"];
+    match format["type"].as_str() {
+        None | Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(OutputConstraint::JsonObject)),
+        Some("json_schema") => match &format["json_schema"]["schema"] {
+            schema @ (Value::Object(_) | Value::Bool(true)) => {
+                Ok(Some(OutputConstraint::JsonSchema(schema.clone())))
+            }
+            Value::Null => Err(ApiError::invalid(
+                "response_format.json_schema.schema",
+                "response_format json_schema needs json_schema.schema, a JSON Schema object",
+            )),
+            _ => Err(ApiError::invalid(
+                "response_format.json_schema.schema",
+                "json_schema.schema must be a JSON Schema object",
+            )),
+        },
+        Some(_) => Err(ApiError::invalid(
+            "response_format.type",
+            "response_format.type must be text, json_object or json_schema",
+        )),
     }
 }
 
