@@ -123,6 +123,17 @@ def test_chat_completions_plain_and_streamed(served, validate, model):
         validate("CreateChatCompletionStreamResponse", chunk, f"{model}'s chunk {index}")
 
 
+def test_a_structured_output_plain_and_streamed(served, validate):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}}, "required": ["name"], "additionalProperties": False}
+    body = {"model": CHAT, "messages": MESSAGES, "max_tokens": 40, "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}}
+    answer = post(served, "/v1/chat/completions", body)
+    assert answer.status_code == 200, answer.text
+    validate("CreateChatCompletionResponse", answer.json(), "a structured answer")
+    json.loads(answer.json()["choices"][0]["message"]["content"])
+    for index, chunk in enumerate(stream_events(served, "/v1/chat/completions", {**body, "stream": True})):
+        validate("CreateChatCompletionStreamResponse", chunk, f"a structured answer's chunk {index}")
+
+
 @pytest.mark.parametrize("model", [CHAT, "upstream-model"])
 def test_completions_plain_and_streamed(served, validate, model):
     answer = post(served, "/v1/completions", {"model": model, "prompt": "Colours:", "max_tokens": 8})

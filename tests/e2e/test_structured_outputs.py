@@ -1,0 +1,208 @@
+"""Structured outputs on the native engine, end to end: `ferry serve` with SmolLM2-135M, the
+OpenAI SDK, `response_format` with a JSON schema. The engine masks every sampled token to the
+schema's grammar, so a 135M model's answers parse and validate every time; a schema it cannot
+enforce is a 400 naming what it cannot do, before anything runs."""
+
+import concurrent.futures
+import datetime
+import json
+
+import jsonschema
+import openai
+import pydantic
+import pytest
+
+from conftest import Ferry, model_cache
+
+CHAT = "smollm2-135m-instruct"
+FRESH = {"extra_headers": {"Cache-Control": "no-store"}}
+
+NAME = {"type": "string", "minLength": 1, "maxLength": 30}
+SCHEMAS = {
+    "one string": {"type": "object", "properties": {"name": NAME}, "required": ["name"], "additionalProperties": False},
+    "bounded integer": {"type": "object", "properties": {"age": {"type": "integer", "minimum": 18, "maximum": 99}}, "required": ["age"], "additionalProperties": False},
+    # A number's digits are unbounded unless the schema bounds them: multipleOf does.
+    "exclusive number bounds": {"type": "object", "properties": {"score": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10, "multipleOf": 0.25}}, "required": ["score"], "additionalProperties": False},
+    "boolean": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False},
+    "string enum": {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}}, "required": ["color"], "additionalProperties": False},
+    "number enum": {"type": "object", "properties": {"size": {"enum": [1, 2.5, 10]}}, "required": ["size"], "additionalProperties": False},
+    "const": {"type": "object", "properties": {"version": {"const": "v1"}, "name": NAME}, "required": ["version", "name"], "additionalProperties": False},
+    "nested object": {
+        "type": "object",
+        "properties": {"person": {"type": "object", "properties": {"name": NAME, "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"], "additionalProperties": False}},
+        "required": ["person"],
+        "additionalProperties": False,
+    },
+    "three levels deep": {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "object", "properties": {"c": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["c"], "additionalProperties": False}}, "required": ["b"], "additionalProperties": False}},
+        "required": ["a"],
+        "additionalProperties": False,
+    },
+    "array of strings": {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 15}, "minItems": 1, "maxItems": 4}}, "required": ["tags"], "additionalProperties": False},
+    "array of objects": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "maxItems": 3, "items": {"type": "object", "properties": {"sku": NAME, "qty": {"type": "integer", "minimum": 1, "maximum": 50}}, "required": ["sku", "qty"], "additionalProperties": False}}},
+        "required": ["items"],
+        "additionalProperties": False,
+    },
+    "nested arrays": {"type": "object", "properties": {"grid": {"type": "array", "maxItems": 3, "items": {"type": "array", "maxItems": 3, "items": {"type": "integer", "minimum": 0, "maximum": 9}}}}, "required": ["grid"], "additionalProperties": False},
+    "top-level array": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100}, "minItems": 2, "maxItems": 5},
+    "tuple with prefixItems": {"type": "array", "prefixItems": [{"type": "string", "maxLength": 20}, {"type": "integer", "minimum": 0, "maximum": 1000}], "items": False},
+    "anyOf of scalars": {"type": "object", "properties": {"id": {"anyOf": [{"type": "string", "maxLength": 12}, {"type": "integer", "minimum": 0, "maximum": 10000}]}}, "required": ["id"], "additionalProperties": False},
+    "anyOf of objects": {
+        "type": "object",
+        "properties": {
+            "shape": {
+                "anyOf": [
+                    {"type": "object", "properties": {"kind": {"const": "circle"}, "radius": {"type": "number", "minimum": 0, "maximum": 100}}, "required": ["kind", "radius"], "additionalProperties": False},
+                    {"type": "object", "properties": {"kind": {"const": "square"}, "side": {"type": "number", "minimum": 0, "maximum": 100}}, "required": ["kind", "side"], "additionalProperties": False},
+                ]
+            }
+        },
+        "required": ["shape"],
+        "additionalProperties": False,
+    },
+    "oneOf with disjoint branches": {"type": "object", "properties": {"value": {"oneOf": [{"type": "boolean"}, {"type": "null"}]}}, "required": ["value"], "additionalProperties": False},
+    "allOf": {"allOf": [{"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 5}}, "required": ["a"]}, {"type": "object", "properties": {"b": {"type": "boolean"}}, "required": ["b"]}], "additionalProperties": False, "properties": {"a": {}, "b": {}}},
+    "$ref and $defs": {
+        "type": "object",
+        "$defs": {"point": {"type": "object", "properties": {"x": {"type": "integer", "minimum": -10, "maximum": 10}, "y": {"type": "integer", "minimum": -10, "maximum": 10}}, "required": ["x", "y"], "additionalProperties": False}},
+        "properties": {"from": {"$ref": "#/$defs/point"}, "to": {"$ref": "#/$defs/point"}},
+        "required": ["from", "to"],
+        "additionalProperties": False,
+    },
+    "nullable": {"type": "object", "properties": {"nickname": {"type": ["string", "null"], "maxLength": 20}}, "required": ["nickname"], "additionalProperties": False},
+    "optional properties": {"type": "object", "properties": {"name": NAME, "email": {"type": "string", "format": "email", "maxLength": 40}, "phone": {"type": "string", "pattern": "^[0-9]{3}-[0-9]{4}$"}}, "required": ["name"], "additionalProperties": False},
+    # (An open map, additionalProperties as a schema, is enforced too, but nothing bounds its
+    # number of keys: a 135M model may write keys until max_tokens. Not in the validity suite.)
+    "fixed-length array": {"type": "object", "properties": {"rgb": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}, "minItems": 3, "maxItems": 3}}, "required": ["rgb"], "additionalProperties": False},
+    "negative integer range": {"type": "object", "properties": {"celsius": {"type": "integer", "minimum": -40, "maximum": -1}}, "required": ["celsius"], "additionalProperties": False},
+    "string lengths": {"type": "object", "properties": {"code": {"type": "string", "minLength": 3, "maxLength": 5}}, "required": ["code"], "additionalProperties": False},
+    "string pattern": {"type": "object", "properties": {"ticket": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"}}, "required": ["ticket"], "additionalProperties": False},
+    "format date": {"type": "object", "properties": {"day": {"type": "string", "format": "date"}}, "required": ["day"], "additionalProperties": False},
+    "format date-time": {"type": "object", "properties": {"at": {"type": "string", "format": "date-time"}}, "required": ["at"], "additionalProperties": False},
+    "format email": {"type": "object", "properties": {"email": {"type": "string", "format": "email", "maxLength": 40}}, "required": ["email"], "additionalProperties": False},
+    "format uuid": {"type": "object", "properties": {"id": {"type": "string", "format": "uuid"}}, "required": ["id"], "additionalProperties": False},
+    "format ipv4": {"type": "object", "properties": {"ip": {"type": "string", "format": "ipv4"}}, "required": ["ip"], "additionalProperties": False},
+    "multipleOf": {"type": "object", "properties": {"even": {"type": "integer", "multipleOf": 2, "minimum": 0, "maximum": 100}}, "required": ["even"], "additionalProperties": False},
+    "mixed record": {
+        "type": "object",
+        "properties": {
+            "title": NAME,
+            "year": {"type": "integer", "minimum": 1900, "maximum": 2030},
+            "rating": {"type": "number", "minimum": 0, "maximum": 5},
+            "genres": {"type": "array", "items": {"enum": ["drama", "comedy", "action"]}, "maxItems": 3},
+            "watched": {"type": "boolean"},
+        },
+        "required": ["title", "year", "rating", "genres", "watched"],
+        "additionalProperties": False,
+    },
+}
+
+# JSON Schema formats that jsonschema leaves unchecked without optional packages.
+FORMATS = jsonschema.FormatChecker()
+
+
+@FORMATS.checks("date-time", raises=ValueError)
+def _date_time(text):
+    datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    return True
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    server = Ferry(tmp_path_factory.mktemp("ferry-structured"), env={"FERRY_MODELS_DIR": model_cache()}, args=(), start_timeout=600)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(served):
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.operator_key, max_retries=0, timeout=300)
+
+
+def ask(client, name, schema, seed, stream=False):
+    messages = [{"role": "user", "content": f"Answer with JSON only ({name}): make up an example."}]
+    response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+    if stream:
+        chunks = client.chat.completions.create(model=CHAT, messages=messages, response_format=response_format, temperature=1.0, seed=seed, max_tokens=400, stream=True, **FRESH)
+        text, reason = "", None
+        for chunk in chunks:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                reason = chunk.choices[0].finish_reason or reason
+        return text, reason
+    reply = client.chat.completions.create(model=CHAT, messages=messages, response_format=response_format, temperature=1.0, seed=seed, max_tokens=400, **FRESH)
+    return reply.choices[0].message.content, reply.choices[0].finish_reason
+
+
+def test_every_answer_parses_and_validates_for_every_schema(client):
+    assert len(SCHEMAS) >= 30
+    for schema in SCHEMAS.values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    # Two sampled answers a schema (temperature 1, different seeds), eight at a time: the
+    # engine batches them, each with its own mask.
+    cases = [(name, schema, seed) for name, schema in SCHEMAS.items() for seed in (1, 2)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda case: (case, ask(client, *case)), cases))
+    failures = []
+    for (name, schema, seed), (text, reason) in answers:
+        try:
+            assert reason == "stop", f"finish_reason {reason}"
+            jsonschema.validate(json.loads(text), schema, format_checker=FORMATS)
+        except (AssertionError, ValueError, jsonschema.ValidationError) as error:
+            failures.append(f"{name} (seed {seed}): {error}: {text!r}")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_streamed_structured_answer_is_the_same_json_in_pieces(client):
+    schema = SCHEMAS["mixed record"]
+    text, reason = ask(client, "a film", schema, seed=7, stream=True)
+    assert reason == "stop"
+    jsonschema.validate(json.loads(text), schema)
+    whole, _ = ask(client, "a film", schema, seed=7)
+    assert text == whole, "the same seed gives the same answer, streamed or not"
+
+
+def test_json_object_mode_answers_an_object(client):
+    reply = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Give me a JSON object describing a cat."}], response_format={"type": "json_object"}, temperature=1.0, seed=3, max_tokens=200, **FRESH)
+    assert reply.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=30)
+    country: str = pydantic.Field(max_length=30)
+    population: int = pydantic.Field(ge=0, le=100_000_000)
+
+
+def test_the_sdks_parse_helper_returns_a_pydantic_object(client):
+    completion = client.chat.completions.parse(model=CHAT, messages=[{"role": "user", "content": "Describe Paris."}], response_format=City, temperature=0, max_tokens=200, **FRESH)
+    city = completion.choices[0].message.parsed
+    assert isinstance(city, City), completion
+    assert city.population >= 0
+
+
+@pytest.mark.parametrize(
+    ("schema", "keyword"),
+    [
+        ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+        ({"type": "object", "properties": {"card": {"type": "string", "format": "credit-card"}}}, "credit-card"),
+        ({"type": "integer", "minimum": 5, "maximum": 1}, "nsatisfiable"),
+        ({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "minProperties": 1}, "min/maxProperties"),
+    ],
+)
+def test_a_schema_the_engine_cannot_enforce_is_a_400_naming_what(client, schema, keyword):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Hi"}], response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}, max_tokens=10, **FRESH)
+    error = refused.value.body
+    assert refused.value.status_code == 400
+    assert error["param"] == "response_format", error
+    assert keyword in error["message"], error
+
+
+def test_a_json_schema_without_its_schema_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Hi"}], response_format={"type": "json_schema", "json_schema": {"name": "x"}}, max_tokens=10, **FRESH)
+    assert refused.value.body["param"] == "response_format.json_schema.schema"
