@@ -25,6 +25,8 @@ step_bg "venv: bench/gateway/requirements.txt" cached_venv bench/gateway/.venv b
 # The console's side: its packages (Vite, Vitest, Playwright, axe, an OpenID provider) and the
 # system's Chromium, which Playwright drives (its own browser download cannot work here).
 step_bg "npm ci: console" cached_node_modules console
+# The official OpenAI Node SDK, for the end-to-end test that streams a tool call with it.
+step_bg "npm ci: tests/e2e/node" cached_node_modules tests/e2e/node
 ensure_chromium() {
     command -v chromium >/dev/null && return
     export DEBIAN_FRONTEND=noninteractive
@@ -79,6 +81,7 @@ wait_step "npm ci: console"
 step_bg "console: lint, unit tests, build" console_checks
 
 wait_step "venv: tests/e2e/requirements.txt"
+wait_step "npm ci: tests/e2e/node"
 wait_step "models: pull"
 step "cargo test" env MOTO_SERVER="$PWD/.venv/bin/moto_server" \
     cargo test --workspace --locked --features ferry/aws,ferry-bench-money/aws

@@ -68,7 +68,8 @@ impl Engine for ExternalEngine {
             Some(OutputConstraint::JsonSchema(schema)) => {
                 body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}});
             }
-            None => {}
+            // Tool calls reach an external engine as `tools`, never as a grammar.
+            Some(OutputConstraint::Lark(_)) | None => {}
         }
         let response = self
             .http

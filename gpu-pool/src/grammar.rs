@@ -24,6 +24,21 @@ pub enum OutputConstraint {
     JsonObject,
     /// JSON that validates against this schema.
     JsonSchema(Value),
+    /// A Lark grammar in llguidance's dialect (`%json {...}` embeds a schema): how a tool
+    /// call is told apart from text.
+    Lark(String),
+}
+
+/// How JSON is written under a constraint: one way (", " and ": ", no other whitespace), since
+/// a small model given free whitespace may spend its whole budget on newlines.
+pub fn compact(mut schema: Value) -> Value {
+    if let Some(object) = schema.as_object_mut() {
+        object.insert(
+            "x-guidance".into(),
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
+    }
+    schema
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,21 +108,18 @@ impl Grammars {
 
     /// A fresh matcher for one sequence, or why the constraint cannot be served.
     pub fn matcher(&self, constraint: &OutputConstraint) -> Result<Matcher, GrammarError> {
-        let mut schema = match constraint {
-            OutputConstraint::JsonObject => json!({"type": "object"}),
-            OutputConstraint::JsonSchema(schema) => schema.clone(),
+        let grammar = match constraint {
+            OutputConstraint::JsonObject => {
+                TopLevelGrammar::from_json_schema(compact(json!({"type": "object"})))
+            }
+            OutputConstraint::JsonSchema(schema) => {
+                TopLevelGrammar::from_json_schema(compact(schema.clone()))
+            }
+            OutputConstraint::Lark(grammar) => TopLevelGrammar::from_lark(grammar.clone()),
         };
-        // One way to write the JSON (", " and ": ", no other whitespace): a small model given
-        // free whitespace may spend its whole budget on newlines.
-        if let Some(object) = schema.as_object_mut() {
-            object.insert(
-                "x-guidance".into(),
-                json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
-            );
-        }
         let parser = self
             .factory
-            .create_parser(TopLevelGrammar::from_json_schema(schema))
+            .create_parser(grammar)
             .map_err(|error| GrammarError::Unsupported(error.to_string()))?;
         let matcher = Matcher::new(Ok(parser));
         match matcher.get_error() {

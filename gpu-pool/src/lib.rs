@@ -18,4 +18,5 @@ pub mod source;
 mod stop;
 pub mod template;
 pub mod tokenizer;
+pub mod tools;
 pub mod worker;

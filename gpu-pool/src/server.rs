@@ -25,6 +25,7 @@ use crate::engine::{Engine, EngineError, Event, EventStream, GenerateRequest, Pr
 use crate::grammar::OutputConstraint;
 use crate::sampling::SamplingParams;
 use crate::template::TemplateMessage;
+use crate::tools::{self, CALL_CLOSE, CALL_OPEN, Tools};
 
 pub struct ChatModel {
     pub id: String,
@@ -141,6 +142,12 @@ struct Reply {
     created: u64,
     n: usize,
     include_usage: bool,
+    /// The tools the model may call: its answers may be calls.
+    tools: Option<Tools>,
+}
+
+fn call_id() -> String {
+    format!("call_{}", ferry_core::ids::uuid_v7(0, random()).simple())
 }
 
 async fn chat_completions(
@@ -151,21 +158,75 @@ async fn chat_completions(
     let request = parsed.typed;
     request.validate()?;
     let model = chat_model(&models, &request.model)?;
-    let messages = request
-        .messages
-        .iter()
-        .map(|message| TemplateMessage {
+    refuse_logprobs(&parsed.raw)?;
+    let tools = Tools::from_request(&parsed.raw)?;
+    let mut constraint = output_constraint(&parsed.raw)?;
+    if let Some(tools) = &tools {
+        if constraint.is_some() {
+            return Err(ApiError::invalid(
+                "response_format",
+                "this model cannot combine response_format with tools; send one or the other (or tool_choice none)",
+            )
+            .into());
+        }
+        constraint = Some(tools.constraint());
+    }
+    let mut messages = Vec::with_capacity(request.messages.len() + 1);
+    for (index, message) in request.messages.iter().enumerate() {
+        if let Some(MessageContent::Parts(parts)) = &message.content
+            && let Some(part) = parts.iter().find(|part| part.r#type != "text")
+        {
+            return Err(ApiError::invalid(
+                format!("messages[{index}].content"),
+                format!(
+                    "this model reads text only; a `{}` part cannot be given to it",
+                    part.r#type
+                ),
+            )
+            .into());
+        }
+        let mut content = message
+            .content
+            .as_ref()
+            .map(MessageContent::text)
+            .unwrap_or_default();
+        // The model's own earlier calls, in the shape it writes them.
+        if let Some(Value::Array(calls)) = &message.tool_calls {
+            for call in calls {
+                let function = &call["function"];
+                let arguments = match &function["arguments"] {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                content.push_str(&format!(
+                    "{CALL_OPEN}{{\"name\": {}, \"arguments\": {arguments}}}{CALL_CLOSE}",
+                    function["name"]
+                ));
+            }
+        }
+        messages.push(TemplateMessage {
             role: serde_json::to_value(message.role)
                 .ok()
                 .and_then(|role| role.as_str().map(str::to_owned))
                 .unwrap_or_default(),
-            content: message
-                .content
-                .as_ref()
-                .map(MessageContent::text)
-                .unwrap_or_default(),
-        })
-        .collect();
+            content,
+        });
+    }
+    if let Some(tools) = &tools {
+        let instructions = tools.instructions();
+        match messages.first_mut() {
+            Some(first) if first.role == "system" || first.role == "developer" => {
+                first.content = format!("{}\n\n{instructions}", first.content);
+            }
+            _ => messages.insert(
+                0,
+                TemplateMessage {
+                    role: "system".into(),
+                    content: instructions,
+                },
+            ),
+        }
+    }
     let n = request.n.unwrap_or(1) as usize;
     let generate = GenerateRequest {
         prompt: Prompt::Chat(messages),
@@ -178,7 +239,7 @@ async fn chat_completions(
         max_tokens: request.max_output_tokens().map(|tokens| tokens as usize),
         stop: stop_sequences(&request.stop),
         n,
-        constraint: output_constraint(&parsed.raw)?,
+        constraint,
     };
     respond(
         &model,
@@ -186,6 +247,7 @@ async fn chat_completions(
         Shape::Chat,
         &request.stream_options,
         request.is_stream(),
+        tools,
     )
     .await
 }
@@ -198,6 +260,7 @@ async fn completions(
     let request = parsed.typed;
     request.validate()?;
     let model = chat_model(&models, &request.model)?;
+    refuse_logprobs(&parsed.raw)?;
     let prompt = match &request.prompt {
         TextOrTokens::Text(text) => Prompt::Text(text.clone()),
         TextOrTokens::Tokens(tokens) => Prompt::Tokens(tokens.clone()),
@@ -230,6 +293,7 @@ async fn completions(
         Shape::Text,
         &request.stream_options,
         request.is_stream(),
+        None,
     )
     .await
 }
@@ -241,6 +305,7 @@ async fn respond(
     shape: Shape,
     stream_options: &Option<StreamOptions>,
     streamed: bool,
+    tools: Option<Tools>,
 ) -> Result<Response, ErrorResponse> {
     let n = generate.n;
     let prompt_param = match shape {
@@ -264,12 +329,31 @@ async fn respond(
         include_usage: stream_options
             .as_ref()
             .is_some_and(|options| options.include_usage),
+        tools,
     };
     if streamed {
         Ok(stream(events, reply))
     } else {
         whole(events, reply).await
     }
+}
+
+/// Log probabilities are not returned yet: asking for them is refused, not answered without.
+fn refuse_logprobs(raw: &Value) -> Result<(), ApiError> {
+    let asked = |field: &str| match &raw[field] {
+        Value::Null | Value::Bool(false) => false,
+        Value::Number(number) => number.as_u64() != Some(0),
+        _ => true,
+    };
+    for field in ["logprobs", "top_logprobs"] {
+        if asked(field) {
+            return Err(ApiError::invalid(
+                field,
+                "this model does not return log probabilities",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `response_format` as a constraint on the output: `json_object`, or `json_schema` with its
@@ -361,7 +445,17 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
         .zip(reasons)
         .enumerate()
         .map(|(index, (text, reason))| match reply.shape {
-            Shape::Chat => json!({"index": index, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": reason, "logprobs": null}),
+            Shape::Chat => match reply
+                .tools
+                .as_ref()
+                .filter(|_| reason == Some("stop"))
+                .and_then(|tools| tools::read_call(&text, tools))
+            {
+                Some(call) => json!({"index": index, "message": {"role": "assistant", "content": null, "refusal": null,
+                    "tool_calls": [{"id": call_id(), "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]},
+                    "finish_reason": "tool_calls", "logprobs": null}),
+                None => json!({"index": index, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": reason, "logprobs": null}),
+            },
             Shape::Text => json!({"index": index, "text": text, "finish_reason": reason, "logprobs": null}),
         })
         .collect();
@@ -376,9 +470,21 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
     .into_response())
 }
 
+/// One streamed choice's progress through a possible tool call.
+#[derive(Default)]
+struct CallStream {
+    /// Text not yet sent: the start of an answer that may be a call, or a call's last bytes.
+    held: String,
+    /// Known to be text: sent as content from here on.
+    text: bool,
+    /// The call's header went out (its id and name); arguments follow.
+    header_sent: bool,
+}
+
 struct StreamState {
     events: EventStream,
     reply: Reply,
+    calls: Vec<CallStream>,
     prompt_tokens: usize,
     completion_tokens: usize,
     finished: usize,
@@ -417,6 +523,93 @@ impl StreamState {
         }
     }
 
+    /// A text delta of an answer that may be a tool call: text passes as content once it is
+    /// clearly text; a call's header (id, name) goes out once its name is whole, then its
+    /// arguments as they come, holding back the call's closing bytes; `last` flushes.
+    fn tool_delta(&mut self, index: usize, text: &str, last: bool) -> String {
+        let Some(tools) = self.reply.tools.clone() else {
+            return String::new();
+        };
+        let (open, close) = tools.markers();
+        let Some(call) = self.calls.get_mut(index) else {
+            return String::new();
+        };
+        call.held.push_str(text);
+        if call.text {
+            let content = std::mem::take(&mut call.held);
+            return if content.is_empty() {
+                String::new()
+            } else {
+                self.chunk(
+                    json!([self.choice(index, Some(&content), false, None)]),
+                    None,
+                )
+            };
+        }
+        let mut out = String::new();
+        if !call.header_sent {
+            let undecided = !open.is_empty() && open.starts_with(call.held.as_str());
+            let is_call = open.is_empty() || call.held.starts_with(open);
+            if !is_call && (last || !undecided) {
+                // Text after all (an `auto` answer that did not open a call).
+                call.text = true;
+                let content = std::mem::take(&mut call.held);
+                if !content.is_empty() {
+                    out.push_str(&self.chunk(
+                        json!([self.choice(index, Some(&content), false, None)]),
+                        None,
+                    ));
+                }
+                return out;
+            }
+            let Some((name, head)) = call.held.strip_prefix(open).and_then(tools::name_in_head)
+            else {
+                if last {
+                    // Cut off before its name was whole: what there is, as text.
+                    call.text = true;
+                    let content = std::mem::take(&mut call.held);
+                    out.push_str(&self.chunk(
+                        json!([self.choice(index, Some(&content), false, None)]),
+                        None,
+                    ));
+                }
+                return out;
+            };
+            call.held.drain(..open.len() + head);
+            call.header_sent = true;
+            let header = json!({"index": 0, "id": call_id(), "type": "function", "function": {"name": name, "arguments": ""}});
+            out.push_str(&self.tool_chunk(index, header));
+        }
+        let Some(call) = self.calls.get_mut(index) else {
+            return out;
+        };
+        // The call's JSON ends with `}` and the closing marker: never part of the arguments.
+        let keep = if last { 0 } else { 1 + close.len() };
+        let mut send = call.held.len().saturating_sub(keep);
+        while !call.held.is_char_boundary(send) {
+            send -= 1;
+        }
+        let mut fragment: String = call.held.drain(..send).collect();
+        if last {
+            let tail = format!("}}{close}");
+            if let Some(stripped) = fragment.strip_suffix(tail.as_str()) {
+                fragment = stripped.to_owned();
+            }
+        }
+        if !fragment.is_empty() {
+            let delta = json!({"index": 0, "function": {"arguments": fragment}});
+            out.push_str(&self.tool_chunk(index, delta));
+        }
+        out
+    }
+
+    fn tool_chunk(&self, index: usize, call: Value) -> String {
+        self.chunk(
+            json!([{"index": index, "delta": {"tool_calls": [call]}, "finish_reason": null, "logprobs": null}]),
+            None,
+        )
+    }
+
     /// The SSE text for one engine event (possibly several chunks), and whether the stream ends.
     fn render(&mut self, event: Event) -> String {
         match event {
@@ -433,6 +626,9 @@ impl StreamState {
                 }
             }
             Event::Delta { index, text } => {
+                if self.reply.tools.is_some() && self.reply.shape == Shape::Chat {
+                    return self.tool_delta(index, &text, false);
+                }
                 self.chunk(json!([self.choice(index, Some(&text), false, None)]), None)
             }
             Event::Finished {
@@ -442,9 +638,18 @@ impl StreamState {
             } => {
                 self.completion_tokens += completion_tokens;
                 self.finished += 1;
-                let mut out = self.chunk(
-                    json!([self.choice(index, None, false, Some(reason.as_str()))]),
-                    None,
+                let mut out = String::new();
+                let mut reason = reason.as_str();
+                if self.reply.tools.is_some() && self.reply.shape == Shape::Chat {
+                    out.push_str(&self.tool_delta(index, "", true));
+                    if self.calls.get(index).is_some_and(|call| call.header_sent)
+                        && reason == "stop"
+                    {
+                        reason = "tool_calls";
+                    }
+                }
+                out.push_str(
+                    &self.chunk(json!([self.choice(index, None, false, Some(reason))]), None),
                 );
                 if self.finished == self.reply.n {
                     if self.reply.include_usage {
@@ -479,8 +684,10 @@ impl StreamState {
 /// Streams events as SSE. The body owns the event stream: when the caller disconnects the
 /// body is dropped, the stream with it, and the engine frees the sequence's slot.
 fn stream(events: EventStream, reply: Reply) -> Response {
+    let calls = (0..reply.n).map(|_| CallStream::default()).collect();
     let state = StreamState {
         events,
+        calls,
         reply,
         prompt_tokens: 0,
         completion_tokens: 0,

@@ -1,11 +1,14 @@
-"""Structured outputs on the native engine, end to end: `ferry serve` with SmolLM2-135M, the
-OpenAI SDK, `response_format` with a JSON schema. The engine masks every sampled token to the
-schema's grammar, so a 135M model's answers parse and validate every time; a schema it cannot
-enforce is a 400 naming what it cannot do, before anything runs."""
+"""Structured outputs and tool calls on the native engine, end to end: `ferry serve` with
+SmolLM2-135M, the OpenAI SDKs (Python, and Node for a streamed tool call), `response_format`
+with a JSON schema, `tools` and `tool_choice`. The engine masks every sampled token to a
+grammar, so a 135M model's answers and calls parse and validate every time; what it cannot do
+as asked is a 400 naming the field, before anything runs."""
 
 import concurrent.futures
 import datetime
 import json
+import os
+import subprocess
 
 import jsonschema
 import openai
@@ -206,3 +209,86 @@ def test_a_json_schema_without_its_schema_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Hi"}], response_format={"type": "json_schema", "json_schema": {"name": "x"}}, max_tokens=10, **FRESH)
     assert refused.value.body["param"] == "response_format.json_schema.schema"
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"], "additionalProperties": False},
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "The time in a timezone.", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 30}}, "required": ["zone"], "additionalProperties": False}}}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_a_required_tool_call_has_an_id_and_arguments_that_validate(client):
+    reply = client.chat.completions.create(model=CHAT, messages=ASK_WEATHER, tools=[WEATHER, TIME], tool_choice="required", temperature=1.0, seed=4, max_tokens=120, **FRESH)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function"
+    tool = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]
+    jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+
+
+def test_a_named_tool_call_streams_its_arguments_as_deltas(client):
+    chunks = list(client.chat.completions.create(model=CHAT, messages=ASK_WEATHER, tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_weather"}}, temperature=1.0, seed=5, max_tokens=120, stream=True, **FRESH))
+    deltas = [call for chunk in chunks if chunk.choices for call in (chunk.choices[0].delta.tool_calls or [])]
+    assert deltas[0].id.startswith("call_") and deltas[0].function.name == "get_weather"
+    assert len(deltas) >= 3, "the arguments arrive in pieces"
+    arguments = "".join(delta.function.arguments or "" for delta in deltas)
+    jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_a_tool_result_goes_back_and_the_model_answers_in_text(client):
+    first = client.chat.completions.create(model=CHAT, messages=ASK_WEATHER, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=120, **FRESH)
+    call = first.choices[0].message.tool_calls[0]
+    messages = [*ASK_WEATHER, first.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21, "sky": "clear"})}]
+    # tool_choice none: the model may not call again; it answers from the result.
+    second = client.chat.completions.create(model=CHAT, messages=messages, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=60, **FRESH)
+    assert second.choices[0].finish_reason in ("stop", "length")
+    assert second.choices[0].message.content and not second.choices[0].message.tool_calls
+
+
+def test_auto_answers_either_text_or_a_well_formed_call(client):
+    seen = set()
+    for seed in range(6):
+        for messages in (ASK_WEATHER, [{"role": "user", "content": "Say hello."}]):
+            choice = client.chat.completions.create(model=CHAT, messages=messages, tools=[WEATHER], temperature=1.0, seed=seed, max_tokens=120, **FRESH).choices[0]
+            if choice.message.tool_calls:
+                seen.add("call")
+                assert choice.finish_reason == "tool_calls"
+                jsonschema.validate(json.loads(choice.message.tool_calls[0].function.arguments), WEATHER["function"]["parameters"])
+            else:
+                seen.add("text")
+                assert choice.message.content and not choice.message.content.startswith("<tool_call>")
+    assert "text" in seen, seen
+
+
+def test_what_the_engine_cannot_do_is_refused_naming_the_field(client):
+    cases = [
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}]}]}, "messages[0].content"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+    ]
+    for extra, param in cases:
+        body = {"model": CHAT, "messages": ASK_WEATHER, "max_tokens": 10, **extra}
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(**body, **FRESH)
+        assert refused.value.body["param"] == param, (extra, refused.value.body)
+
+
+def test_the_node_sdk_streams_a_tool_call(served):
+    result = subprocess.run(["node", "tests/e2e/node/tool_call.mjs", CHAT], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "FERRY_URL": served.url, "FERRY_KEY": served.operator_key})
+    assert result.returncode == 0, result.stderr
+    call = json.loads(result.stdout)
+    assert call["id"].startswith("call_") and call["name"] == "get_weather", call
+    assert call["finish_reason"] == "tool_calls" and call["deltas"] >= 3, call
+    jsonschema.validate(json.loads(call["arguments"]), WEATHER["function"]["parameters"])
