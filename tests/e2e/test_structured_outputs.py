@@ -8,8 +8,10 @@ import concurrent.futures
 import datetime
 import json
 import os
+import socket
 import subprocess
 
+import httpx
 import jsonschema
 import openai
 import pydantic
@@ -115,7 +117,15 @@ def _date_time(text):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    server = Ferry(tmp_path_factory.mktemp("ferry-structured"), env={"FERRY_MODELS_DIR": model_cache()}, args=(), start_timeout=600)
+    data_dir = tmp_path_factory.mktemp("ferry-structured")
+    # The pool's activator at a known address: one test registers the worker behind it as a
+    # plain upstream.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (data_dir / "ferry.toml").write_text(f'[pool]\nactivator_addr = "127.0.0.1:{port}"\n')
+    server = Ferry(data_dir, env={"FERRY_MODELS_DIR": model_cache()}, args=(), start_timeout=600)
+    server.activator = f"http://127.0.0.1:{port}"
     yield server
     server.stop()
 
@@ -292,3 +302,27 @@ def test_the_node_sdk_streams_a_tool_call(served):
     assert call["id"].startswith("call_") and call["name"] == "get_weather", call
     assert call["finish_reason"] == "tool_calls" and call["deltas"] >= 3, call
     jsonschema.validate(json.loads(call["arguments"]), WEATHER["function"]["parameters"])
+
+
+def test_through_an_upstream_that_enforces_them_the_request_is_forwarded_as_sent(served, client):
+    """The local worker registered as a plain upstream (as a vLLM server would be): the gateway
+    forwards `tools`, `tool_choice` and `response_format` untouched, and its refusals keep
+    their `param`."""
+    activator = served.activator
+    registered = httpx.post(f"{served.url}/admin/v1/models", headers={"Authorization": f"Bearer {served.operator_key}"},
+                            json={"id": "worker-upstream", "deployments": [{"id": "w", "upstream": {"url": f"{activator}/local/v1", "model": CHAT}}]}, timeout=30)
+    assert registered.status_code in (200, 201), registered.text
+    reply = client.chat.completions.create(model="worker-upstream", messages=ASK_WEATHER, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=120, **FRESH)
+    assert reply.choices[0].finish_reason == "tool_calls"
+    jsonschema.validate(json.loads(reply.choices[0].message.tool_calls[0].function.arguments), WEATHER["function"]["parameters"])
+    schema = SCHEMAS["mixed record"]
+    text, reason = "", None
+    for chunk in client.chat.completions.create(model="worker-upstream", messages=[{"role": "user", "content": "A film as JSON."}], response_format={"type": "json_schema", "json_schema": {"name": "film", "schema": schema}}, temperature=0, max_tokens=200, stream=True, **FRESH):
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            reason = chunk.choices[0].finish_reason or reason
+    assert reason == "stop"
+    jsonschema.validate(json.loads(text), schema)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="worker-upstream", messages=ASK_WEATHER, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}, max_tokens=10, **FRESH)
+    assert refused.value.body["param"] == "response_format" and "uniqueItems" in refused.value.body["message"]
