@@ -1120,10 +1120,10 @@ export interface components {
             /**
              * @default {
              *       "error_percent": 50,
+             *       "window_ms": 60000,
              *       "min_calls": 10,
              *       "open_ms": 30000,
-             *       "probes": 1,
-             *       "window_ms": 60000
+             *       "probes": 1
              *     }
              */
             breaker: components["schemas"]["BreakerPolicy"];
