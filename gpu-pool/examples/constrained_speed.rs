@@ -33,6 +33,7 @@ fn request(seed: u64, constrained: bool) -> GenerateRequest {
         max_tokens: Some(MAX_TOKENS),
         stop: Vec::new(),
         n: 1,
+        logprobs: None,
         constraint: constrained.then(|| {
             OutputConstraint::JsonSchema(serde_json::json!({
                 "type": "array",

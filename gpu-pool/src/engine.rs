@@ -19,6 +19,15 @@ pub enum Prompt {
     Tokens(Vec<u32>),
 }
 
+/// A generated token's log probability under the model (after any grammar's mask), and the
+/// likeliest tokens at its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     pub prompt: Prompt,
@@ -30,6 +39,8 @@ pub struct GenerateRequest {
     pub n: usize,
     /// What the output must be (`response_format`); every sampled token keeps it so.
     pub constraint: Option<OutputConstraint>,
+    /// Report each token's log probability, with this many likeliest alternatives.
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,12 +62,13 @@ impl FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Sent first, once the prompt is tokenized.
-    Started {
-        prompt_tokens: usize,
-    },
+    Started { prompt_tokens: usize },
     Delta {
         index: usize,
         text: String,
+        /// The tokens this text came from, when log probabilities were asked for (a token's
+        /// text may be held back and arrive with a later delta).
+        logprobs: Vec<TokenLogprob>,
     },
     Finished {
         index: usize,

@@ -37,6 +37,13 @@ impl ExternalEngine {
 #[async_trait]
 impl Engine for ExternalEngine {
     async fn generate(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
+        if request.logprobs.is_some() {
+            return Err(EngineError::Unsupported {
+                param: "logprobs",
+                message: "this worker does not relay log probabilities from its external engine"
+                    .into(),
+            });
+        }
         let (path, mut body) = match &request.prompt {
             Prompt::Chat(messages) => ("/chat/completions", json!({"messages": messages})),
             Prompt::Text(text) => ("/completions", json!({"prompt": text})),
@@ -161,6 +168,7 @@ async fn relay(response: reqwest::Response, sender: &mpsc::UnboundedSender<Event
                     chunks_by_choice[index] += 1;
                     if sender
                         .send(Event::Delta {
+                            logprobs: Vec::new(),
                             index,
                             text: text.to_owned(),
                         })

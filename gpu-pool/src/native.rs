@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{
     Engine, EngineError, EngineStats, Event, EventStream, FinishReason, GenerateRequest, Prompt,
+    TokenLogprob,
 };
 use crate::grammar::{self, GrammarError, Grammars};
 use crate::llama::{GgufFile, KvCache, Llama, LoadError, WeightFormat};
@@ -76,6 +77,7 @@ struct Job {
     n: usize,
     /// The output's grammar, ready at its start; each choice takes a copy.
     matcher: Option<Matcher>,
+    logprobs: Option<usize>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -251,6 +253,7 @@ impl Engine for NativeEngine {
             stop: request.stop,
             n: request.n.max(1),
             matcher,
+            logprobs: request.logprobs,
             events,
         };
         self.shared.queue_depth.fetch_add(1, Ordering::Relaxed);
@@ -291,6 +294,9 @@ struct Sequence {
     stop: StopMatcher,
     /// Keeps the output inside the request's grammar, where it has one.
     matcher: Option<Matcher>,
+    /// Log probabilities asked for (with this many alternatives), and those not yet sent.
+    logprobs: Option<usize>,
+    pending_logprobs: Vec<TokenLogprob>,
     events: mpsc::UnboundedSender<Event>,
     done: bool,
 }
@@ -388,6 +394,8 @@ impl Scheduler {
                 detokenizer: Detokenizer::new(),
                 stop: StopMatcher::new(job.stop.clone()),
                 matcher: job.matcher.as_ref().map(Matcher::deep_clone),
+                logprobs: job.logprobs,
+                pending_logprobs: Vec::new(),
                 events: job.events.clone(),
                 done: false,
             };
@@ -449,7 +457,9 @@ impl Scheduler {
     /// takes it in). `None` when the grammar broke: the sequence has failed.
     fn sample(&self, sequence: &mut Sequence, logits: &mut [f32]) -> Option<u32> {
         let Some(matcher) = sequence.matcher.as_mut() else {
-            return Some(sequence.sampler.sample(logits));
+            let token = sequence.sampler.sample(logits);
+            self.note_logprob(sequence, logits, token);
+            return Some(token);
         };
         let constrained = matcher.compute_mask().and_then(|allowed| {
             grammar::mask_logits(&allowed, logits);
@@ -457,7 +467,10 @@ impl Scheduler {
             matcher.consume_token(token).map(|()| token)
         });
         match constrained {
-            Ok(token) => Some(token),
+            Ok(token) => {
+                self.note_logprob(sequence, logits, token);
+                Some(token)
+            }
             Err(error) => {
                 tracing::error!(%error, "constrained decoding failed");
                 let _ = sequence.events.send(Event::Failed(format!(
@@ -469,16 +482,53 @@ impl Scheduler {
         }
     }
 
+    /// The token's log probability (log-softmax of the logits it was sampled from, before
+    /// temperature) and the likeliest alternatives, where the request asked for them.
+    fn note_logprob(&self, sequence: &mut Sequence, logits: &[f32], token: u32) {
+        let Some(alternatives) = sequence.logprobs else {
+            return;
+        };
+        let finite = || logits.iter().copied().filter(|logit| logit.is_finite());
+        let max = finite().fold(f32::NEG_INFINITY, f32::max);
+        let total: f64 = finite().map(|logit| f64::from(logit - max).exp()).sum();
+        let log_total = max + total.ln() as f32;
+        let text = |id: u32| self.tokenizer.decode(&[id], false).unwrap_or_default();
+        let mut top: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, logit)| logit.is_finite())
+            .map(|(id, logit)| (id as u32, *logit))
+            .collect();
+        let keep = alternatives.min(top.len());
+        if keep > 0 && keep < top.len() {
+            top.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1));
+        }
+        top.truncate(keep);
+        top.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let logprob = logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |logit| logit - log_total);
+        sequence.pending_logprobs.push(TokenLogprob {
+            token: text(token),
+            logprob,
+            top: top
+                .into_iter()
+                .map(|(id, logit)| (text(id), logit - log_total))
+                .collect(),
+        });
+    }
+
     /// Takes one sampled token into a sequence: emit its text, or finish.
     fn accept(&self, sequence: &mut Sequence, token: u32) {
         self.shared.generated.fetch_add(1, Ordering::Relaxed);
         sequence.generated += 1;
         sequence.last_token = token;
         let finish = |sequence: &mut Sequence, reason: FinishReason, text: String| {
-            if !text.is_empty() {
+            if !text.is_empty() || !sequence.pending_logprobs.is_empty() {
                 let _ = sequence.events.send(Event::Delta {
                     index: sequence.index,
                     text,
+                    logprobs: std::mem::take(&mut sequence.pending_logprobs),
                 });
             }
             let _ = sequence.events.send(Event::Finished {
@@ -489,6 +539,8 @@ impl Scheduler {
             sequence.done = true;
         };
         if self.end_tokens.contains(&token) {
+            // The end of text is not part of the answer, nor of its log probabilities.
+            sequence.pending_logprobs.pop();
             let held = sequence.detokenizer.finish(&self.tokenizer);
             let rest = stop_or_flush(&mut sequence.stop, &held);
             return finish(sequence, FinishReason::Stop, rest);
@@ -514,6 +566,7 @@ impl Scheduler {
                         .send(Event::Delta {
                             index: sequence.index,
                             text,
+                            logprobs: std::mem::take(&mut sequence.pending_logprobs),
                         })
                         .is_err()
                 {

@@ -21,7 +21,9 @@ use ferry_http::ErrorResponse;
 use serde_json::{Value, json};
 
 use crate::embed::{EmbedError, EmbeddingEngine, EmbeddingInput};
-use crate::engine::{Engine, EngineError, Event, EventStream, GenerateRequest, Prompt};
+use crate::engine::{
+    Engine, EngineError, Event, EventStream, GenerateRequest, Prompt, TokenLogprob,
+};
 use crate::grammar::OutputConstraint;
 use crate::sampling::SamplingParams;
 use crate::template::TemplateMessage;
@@ -144,6 +146,8 @@ struct Reply {
     include_usage: bool,
     /// The tools the model may call: its answers may be calls.
     tools: Option<Tools>,
+    /// Log probabilities were asked for.
+    logprobs: bool,
 }
 
 fn call_id() -> String {
@@ -158,7 +162,7 @@ async fn chat_completions(
     let request = parsed.typed;
     request.validate()?;
     let model = chat_model(&models, &request.model)?;
-    refuse_logprobs(&parsed.raw)?;
+    let logprobs = chat_logprobs(&parsed.raw)?;
     let tools = Tools::from_request(&parsed.raw)?;
     let mut constraint = output_constraint(&parsed.raw)?;
     if let Some(tools) = &tools {
@@ -240,6 +244,7 @@ async fn chat_completions(
         stop: stop_sequences(&request.stop),
         n,
         constraint,
+        logprobs,
     };
     respond(
         &model,
@@ -260,7 +265,7 @@ async fn completions(
     let request = parsed.typed;
     request.validate()?;
     let model = chat_model(&models, &request.model)?;
-    refuse_logprobs(&parsed.raw)?;
+    let logprobs = completion_logprobs(&parsed.raw)?;
     let prompt = match &request.prompt {
         TextOrTokens::Text(text) => Prompt::Text(text.clone()),
         TextOrTokens::Tokens(tokens) => Prompt::Tokens(tokens.clone()),
@@ -286,6 +291,7 @@ async fn completions(
         stop: stop_sequences(&request.stop),
         n,
         constraint: None,
+        logprobs,
     };
     respond(
         &model,
@@ -308,6 +314,7 @@ async fn respond(
     tools: Option<Tools>,
 ) -> Result<Response, ErrorResponse> {
     let n = generate.n;
+    let logprobs = generate.logprobs.is_some();
     let prompt_param = match shape {
         Shape::Chat => "messages",
         Shape::Text => "prompt",
@@ -330,6 +337,7 @@ async fn respond(
             .as_ref()
             .is_some_and(|options| options.include_usage),
         tools,
+        logprobs,
     };
     if streamed {
         Ok(stream(events, reply))
@@ -338,22 +346,77 @@ async fn respond(
     }
 }
 
-/// Log probabilities are not returned yet: asking for them is refused, not answered without.
-fn refuse_logprobs(raw: &Value) -> Result<(), ApiError> {
-    let asked = |field: &str| match &raw[field] {
-        Value::Null | Value::Bool(false) => false,
-        Value::Number(number) => number.as_u64() != Some(0),
-        _ => true,
+/// Chat's `logprobs: true` and `top_logprobs` (0 to 20 alternatives a token).
+fn chat_logprobs(raw: &Value) -> Result<Option<usize>, ApiError> {
+    let top = match &raw["top_logprobs"] {
+        Value::Null => None,
+        value => match value.as_u64().filter(|top| *top <= 20) {
+            Some(top) => Some(top as usize),
+            None => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "top_logprobs is a whole number from 0 to 20",
+                ));
+            }
+        },
     };
-    for field in ["logprobs", "top_logprobs"] {
-        if asked(field) {
-            return Err(ApiError::invalid(
-                field,
-                "this model does not return log probabilities",
-            ));
-        }
+    match &raw["logprobs"] {
+        Value::Bool(true) => Ok(Some(top.unwrap_or(0))),
+        Value::Null | Value::Bool(false) if top.is_none() => Ok(None),
+        Value::Null | Value::Bool(false) => Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        )),
+        _ => Err(ApiError::invalid("logprobs", "logprobs is true or false")),
     }
-    Ok(())
+}
+
+/// The legacy completions' `logprobs`: how many alternatives a token (0 to 5).
+fn completion_logprobs(raw: &Value) -> Result<Option<usize>, ApiError> {
+    match &raw["logprobs"] {
+        Value::Null => Ok(None),
+        value => match value.as_u64().filter(|top| *top <= 5) {
+            Some(top) => Ok(Some(top as usize)),
+            None => Err(ApiError::invalid(
+                "logprobs",
+                "logprobs is a whole number from 0 to 5",
+            )),
+        },
+    }
+}
+
+/// Log probabilities as a chat answer carries them (`{"content": [...], "refusal": null}`).
+fn chat_logprobs_value(tokens: &[TokenLogprob]) -> Value {
+    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|token| {
+            let mut value = entry(&token.token, token.logprob);
+            value["top_logprobs"] = token
+                .top
+                .iter()
+                .map(|(text, logprob)| entry(text, *logprob))
+                .collect();
+            value
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// As a legacy completion carries them: parallel lists, offsets into the choice's text.
+fn text_logprobs_value(tokens: &[TokenLogprob], start: usize) -> Value {
+    let mut offset = start;
+    let mut offsets = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        offsets.push(offset);
+        offset += token.token.len();
+    }
+    json!({
+        "tokens": tokens.iter().map(|token| &token.token).collect::<Vec<_>>(),
+        "token_logprobs": tokens.iter().map(|token| token.logprob).collect::<Vec<_>>(),
+        "top_logprobs": tokens.iter().map(|token| token.top.iter().map(|(text, logprob)| (text.clone(), json!(logprob))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+        "text_offset": offsets,
+    })
 }
 
 /// `response_format` as a constraint on the output: `json_object`, or `json_schema` with its
@@ -399,6 +462,7 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Usage {
 
 async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorResponse> {
     let mut texts = vec![String::new(); reply.n];
+    let mut token_logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); reply.n];
     let mut reasons = vec![None; reply.n];
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     let mut exact = None;
@@ -407,9 +471,16 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
             Event::Started {
                 prompt_tokens: count,
             } => prompt_tokens = count,
-            Event::Delta { index, text } => {
+            Event::Delta {
+                index,
+                text,
+                logprobs,
+            } => {
                 if let Some(choice) = texts.get_mut(index) {
                     choice.push_str(&text);
+                }
+                if let Some(choice) = token_logprobs.get_mut(index) {
+                    choice.extend(logprobs);
                 }
             }
             Event::Finished {
@@ -444,7 +515,16 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
         .into_iter()
         .zip(reasons)
         .enumerate()
-        .map(|(index, (text, reason))| match reply.shape {
+        .map(|(index, (text, reason))| {
+            let tokens = token_logprobs.get(index).map_or(&[][..], Vec::as_slice);
+            let logprobs = match (reply.logprobs, reply.shape) {
+                (false, _) => Value::Null,
+                (true, Shape::Chat) => chat_logprobs_value(tokens),
+                (true, Shape::Text) => text_logprobs_value(tokens, 0),
+            };
+            (index, text, reason, logprobs)
+        })
+        .map(|(index, text, reason, logprobs)| match reply.shape {
             Shape::Chat => match reply
                 .tools
                 .as_ref()
@@ -453,10 +533,10 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
             {
                 Some(call) => json!({"index": index, "message": {"role": "assistant", "content": null, "refusal": null,
                     "tool_calls": [{"id": call_id(), "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]},
-                    "finish_reason": "tool_calls", "logprobs": null}),
-                None => json!({"index": index, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": reason, "logprobs": null}),
+                    "finish_reason": "tool_calls", "logprobs": logprobs}),
+                None => json!({"index": index, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": reason, "logprobs": logprobs}),
             },
-            Shape::Text => json!({"index": index, "text": text, "finish_reason": reason, "logprobs": null}),
+            Shape::Text => json!({"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}),
         })
         .collect();
     let object = match reply.shape {
@@ -485,6 +565,8 @@ struct StreamState {
     events: EventStream,
     reply: Reply,
     calls: Vec<CallStream>,
+    /// Bytes of text each choice has streamed (a legacy completion's `text_offset`).
+    text_offsets: Vec<usize>,
     prompt_tokens: usize,
     completion_tokens: usize,
     finished: usize,
@@ -625,11 +707,28 @@ impl StreamState {
                     String::new()
                 }
             }
-            Event::Delta { index, text } => {
+            Event::Delta {
+                index,
+                text,
+                logprobs,
+            } => {
                 if self.reply.tools.is_some() && self.reply.shape == Shape::Chat {
                     return self.tool_delta(index, &text, false);
                 }
-                self.chunk(json!([self.choice(index, Some(&text), false, None)]), None)
+                let mut choice = self.choice(index, Some(&text), false, None);
+                if self.reply.logprobs {
+                    choice["logprobs"] = match self.reply.shape {
+                        Shape::Chat => chat_logprobs_value(&logprobs),
+                        Shape::Text => {
+                            let start = self.text_offsets.get(index).copied().unwrap_or(0);
+                            text_logprobs_value(&logprobs, start)
+                        }
+                    };
+                }
+                if let Some(offset) = self.text_offsets.get_mut(index) {
+                    *offset += text.len();
+                }
+                self.chunk(json!([choice]), None)
             }
             Event::Finished {
                 index,
@@ -688,6 +787,7 @@ fn stream(events: EventStream, reply: Reply) -> Response {
     let state = StreamState {
         events,
         calls,
+        text_offsets: vec![0; reply.n],
         reply,
         prompt_tokens: 0,
         completion_tokens: 0,

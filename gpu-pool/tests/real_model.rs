@@ -75,6 +75,7 @@ fn ask(question: &str, temperature: f64, seed: u64, max_tokens: usize) -> Genera
         stop: Vec::new(),
         n: 1,
         constraint: None,
+        logprobs: None,
     }
 }
 
@@ -329,6 +330,38 @@ async fn a_json_schema_holds_for_every_sampled_answer() {
                 "{answer}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn log_probabilities_come_with_each_token_greedy_ones_the_likeliest() {
+    let mut request = ask("What is the capital of France?", 0.0, 0, 12);
+    request.logprobs = Some(3);
+    let mut events = engine().generate(request).await.unwrap();
+    let (mut text, mut tokens) = (String::new(), Vec::new());
+    while let Some(event) = events.recv().await {
+        if let Event::Delta {
+            text: piece,
+            logprobs,
+            ..
+        } = event
+        {
+            text.push_str(&piece);
+            tokens.extend(logprobs);
+        }
+    }
+    assert!(!tokens.is_empty());
+    assert_eq!(
+        tokens.iter().map(|t| t.token.as_str()).collect::<String>(),
+        text
+    );
+    for token in &tokens {
+        assert!(token.logprob <= 0.0, "{token:?}");
+        assert_eq!(token.top.len(), 3, "{token:?}");
+        // Greedy: the chosen token is the likeliest, first among the alternatives.
+        assert_eq!(token.top[0].0, token.token, "{token:?}");
+        assert!((token.top[0].1 - token.logprob).abs() < 1e-4, "{token:?}");
+        assert!(token.top.windows(2).all(|pair| pair[0].1 >= pair[1].1));
     }
 }
 

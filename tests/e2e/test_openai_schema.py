@@ -123,6 +123,23 @@ def test_chat_completions_plain_and_streamed(served, validate, model):
         validate("CreateChatCompletionStreamResponse", chunk, f"{model}'s chunk {index}")
 
 
+def test_log_probabilities_plain_and_streamed(served, validate):
+    body = {"model": CHAT, "messages": MESSAGES, "max_tokens": 8, "logprobs": True, "top_logprobs": 2}
+    answer = post(served, "/v1/chat/completions", body)
+    assert answer.status_code == 200, answer.text
+    validate("CreateChatCompletionResponse", answer.json(), "an answer with log probabilities")
+    content = answer.json()["choices"][0]["logprobs"]["content"]
+    assert content and all(len(entry["top_logprobs"]) == 2 for entry in content)
+    for index, chunk in enumerate(stream_events(served, "/v1/chat/completions", {**body, "stream": True})):
+        validate("CreateChatCompletionStreamResponse", chunk, f"a chunk with log probabilities {index}")
+    completion = post(served, "/v1/completions", {"model": CHAT, "prompt": "Colours:", "max_tokens": 6, "logprobs": 2})
+    assert completion.status_code == 200, completion.text
+    validate("CreateCompletionResponse", completion.json(), "a completion with log probabilities")
+    logprobs = completion.json()["choices"][0]["logprobs"]
+    assert "".join(logprobs["tokens"]) == completion.json()["choices"][0]["text"]
+    assert len(logprobs["token_logprobs"]) == len(logprobs["tokens"]) == len(logprobs["text_offset"])
+
+
 def test_a_structured_output_plain_and_streamed(served, validate):
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}}, "required": ["name"], "additionalProperties": False}
     body = {"model": CHAT, "messages": MESSAGES, "max_tokens": 40, "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}}

@@ -285,7 +285,8 @@ def test_what_the_engine_cannot_do_is_refused_naming_the_field(client):
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}]}]}, "messages[0].content"),
-        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 25}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
     ]
     for extra, param in cases:
         body = {"model": CHAT, "messages": ASK_WEATHER, "max_tokens": 10, **extra}
