@@ -37,6 +37,14 @@ impl ExternalEngine {
 #[async_trait]
 impl Engine for ExternalEngine {
     async fn generate(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
+        // An `auto` tool choice is a grammar only Ferry's engine runs: refused, not served
+        // unconstrained. (`required` and a named function are JSON schemas, forwarded below.)
+        if matches!(request.constraint, Some(OutputConstraint::Lark(_))) {
+            return Err(EngineError::Unsupported {
+                param: "tool_choice",
+                message: "this worker's external engine cannot choose between text and a tool call under Ferry's grammar; use tool_choice required or a named function, or register the external server as an upstream to use its own tool calling".into(),
+            });
+        }
         if request.logprobs.is_some() {
             return Err(EngineError::Unsupported {
                 param: "logprobs",
@@ -75,7 +83,6 @@ impl Engine for ExternalEngine {
             Some(OutputConstraint::JsonSchema(schema)) => {
                 body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}});
             }
-            // Tool calls reach an external engine as `tools`, never as a grammar.
             Some(OutputConstraint::Lark(_)) | None => {}
         }
         let response = self

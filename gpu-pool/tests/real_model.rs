@@ -704,6 +704,40 @@ async fn the_external_engine_wraps_an_openai_compatible_server() {
         Some((direct.prompt_tokens, direct.completion_tokens))
     );
 
+    // A schema goes to the external server as response_format, and holds.
+    let mut structured = ask("Describe Paris as JSON.", 0.0, 0, 60);
+    let schema = serde_json::json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"], "additionalProperties": false});
+    structured.constraint = Some(OutputConstraint::JsonSchema(schema));
+    let mut events = external.generate(structured).await.unwrap();
+    let mut json_text = String::new();
+    while let Some(event) = events.recv().await {
+        if let Event::Delta { text: piece, .. } = event {
+            json_text.push_str(&piece);
+        }
+    }
+    let answer: serde_json::Value = serde_json::from_str(&json_text).unwrap();
+    assert!(answer["city"].is_string(), "{answer}");
+    // What it cannot pass on is refused, not served unconstrained or without.
+    let mut auto_tools = ask("hi", 0.0, 0, 4);
+    auto_tools.constraint = Some(OutputConstraint::Lark("start: \"a\"".into()));
+    assert!(matches!(
+        external.generate(auto_tools).await,
+        Err(EngineError::Unsupported {
+            param: "tool_choice",
+            ..
+        })
+    ));
+    let mut with_logprobs = ask("hi", 0.0, 0, 4);
+    with_logprobs.logprobs = Some(1);
+    assert!(matches!(
+        external.generate(with_logprobs).await,
+        Err(EngineError::Unsupported {
+            param: "logprobs",
+            ..
+        })
+    ));
+
     let unreachable = ExternalEngine::new("http://127.0.0.1:9/v1", "smol", reqwest::Client::new());
     assert!(unreachable.generate(ask("hi", 0.0, 0, 4)).await.is_err());
 }
