@@ -1038,13 +1038,6 @@ impl UsageRollups {
 
     pub(crate) fn write(self, connection: &Connection) -> rusqlite::Result<()> {
         for ((tenant_id, day, model, key), totals) in self.days {
-            let RollupTotals {
-                requests,
-                prompt_tokens,
-                cached_tokens,
-                completion_tokens,
-                cost_nanos,
-            } = totals;
             run(
                 connection,
                 "INSERT INTO usage_rollups (tenant_id, day, model, key_id, requests, prompt_tokens,
@@ -1060,22 +1053,15 @@ impl UsageRollups {
                     day,
                     model,
                     key,
-                    requests,
-                    prompt_tokens,
-                    cached_tokens,
-                    completion_tokens,
-                    cost_nanos
+                    totals.requests,
+                    totals.prompt_tokens,
+                    totals.cached_tokens,
+                    totals.completion_tokens,
+                    totals.cost_nanos
                 ],
             )?;
         }
         for ((tenant_id, month, key), totals) in self.key_months {
-            let RollupTotals {
-                requests,
-                prompt_tokens,
-                cached_tokens,
-                completion_tokens,
-                cost_nanos,
-            } = totals;
             run(
                 connection,
                 "INSERT INTO usage_key_months VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -1089,11 +1075,11 @@ impl UsageRollups {
                     tenant_id,
                     month,
                     key,
-                    requests,
-                    prompt_tokens,
-                    cached_tokens,
-                    completion_tokens,
-                    cost_nanos
+                    totals.requests,
+                    totals.prompt_tokens,
+                    totals.cached_tokens,
+                    totals.completion_tokens,
+                    totals.cost_nanos
                 ],
             )?;
         }
