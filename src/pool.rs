@@ -327,7 +327,13 @@ fn sweep(
         }
     }
     if let Some(path) = &args.csv {
-        write_sweep_csv(path, &[("ferry", &ferry), ("kpa", &kpa)])?;
+        write_sweep_csv(
+            path,
+            &[
+                ("ferry", &ferry, &ferry_frontier),
+                ("kpa", &kpa, &kpa_frontier),
+            ],
+        )?;
         println!("every setting: {}", path.display());
     }
     match replay::compare(&ferry_frontier, &kpa_frontier) {
@@ -364,12 +370,15 @@ fn sweep(
     Ok(())
 }
 
-fn write_sweep_csv(path: &Path, sweeps: &[(&str, &Vec<SweepPoint>)]) -> anyhow::Result<()> {
+/// Every setting of each sweep, marked where it is on that sweep's frontier.
+fn write_sweep_csv(
+    path: &Path,
+    sweeps: &[(&str, &Vec<SweepPoint>, &Vec<SweepPoint>)],
+) -> anyhow::Result<()> {
     let mut csv = String::from(
         "policy,target_utilization,stable_window_s,gpu_seconds,queue_p50_ms,queue_p99_ms,cold_starts,most_replicas,dropped,on_frontier\n",
     );
-    for (name, points) in sweeps {
-        let frontier = replay::frontier(points);
+    for (name, points, frontier) in sweeps {
         for point in points.iter() {
             let outcome = &point.outcome;
             csv.push_str(&format!(
