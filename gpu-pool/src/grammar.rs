@@ -82,7 +82,7 @@ impl Grammars {
         end_tokens: &[u32],
         vocab_size: usize,
     ) -> Result<Grammars, GrammarError> {
-        let vocabulary_error = |error: String| GrammarError::Vocabulary(error);
+        let vocabulary_error = GrammarError::Vocabulary;
         let described: Value = tokenizer
             .to_string(false)
             .map_err(|error| vocabulary_error(error.to_string()))

@@ -359,7 +359,7 @@ impl Scheduler {
         }
     }
 
-    fn admit(&mut self, job: Job) {
+    fn admit(&mut self, mut job: Job) {
         if job.events.is_closed() {
             return;
         }
@@ -367,7 +367,7 @@ impl Scheduler {
             prompt_tokens: job.prompt.len(),
         });
         let mut cache = self.model.new_cache();
-        let logits = match self.model.prefill(&job.prompt, &mut cache) {
+        let mut logits = match self.model.prefill(&job.prompt, &mut cache) {
             Ok(logits) => logits,
             Err(error) => {
                 tracing::error!(%error, "prefill failed");
@@ -378,7 +378,10 @@ impl Scheduler {
             }
         };
         for index in 0..job.n {
-            // KV tensors are immutable and shared: the `n` choices reuse one prefill.
+            // KV tensors are immutable and shared: the `n` choices reuse one prefill. The
+            // last choice takes the prefill's logits and grammar; the others, copies (a
+            // grammar's mask is applied to the logits in place).
+            let last = index + 1 == job.n;
             let cache = KvCache::clone_of(&cache);
             let sampling = SamplingParams {
                 seed: job.sampling.seed.wrapping_add(index as u64),
@@ -393,13 +396,21 @@ impl Scheduler {
                 sampler: Sampler::new(sampling),
                 detokenizer: Detokenizer::new(),
                 stop: StopMatcher::new(job.stop.clone()),
-                matcher: job.matcher.as_ref().map(Matcher::deep_clone),
+                matcher: if last {
+                    job.matcher.take()
+                } else {
+                    job.matcher.as_ref().map(Matcher::deep_clone)
+                },
                 logprobs: job.logprobs,
                 pending_logprobs: Vec::new(),
                 events: job.events.clone(),
                 done: false,
             };
-            let mut logits = logits.clone();
+            let mut logits = if last {
+                std::mem::take(&mut logits)
+            } else {
+                logits.clone()
+            };
             if let Some(token) = self.sample(&mut sequence, &mut logits) {
                 self.accept(&mut sequence, token);
             }

@@ -619,10 +619,9 @@ impl StreamState {
     /// clearly text; a call's header (id, name) goes out once its name is whole, then its
     /// arguments as they come, holding back the call's closing bytes; `last` flushes.
     fn tool_delta(&mut self, index: usize, text: &str, last: bool) -> String {
-        let Some(tools) = self.reply.tools.clone() else {
+        let Some((open, close)) = self.reply.tools.as_ref().map(Tools::markers) else {
             return String::new();
         };
-        let (open, close) = tools.markers();
         let Some(call) = self.calls.get_mut(index) else {
             return String::new();
         };

@@ -254,11 +254,10 @@ pub fn call_head(name: &str) -> Option<String> {
 /// The name in a call's JSON once its head is complete: `{"name": "f", "arguments": `.
 pub fn name_in_head(text: &str) -> Option<(String, usize)> {
     let rest = text.strip_prefix("{\"name\": ")?;
-    let (name, _) = serde_json::Deserializer::from_str(rest)
+    let name = serde_json::Deserializer::from_str(rest)
         .into_iter::<String>()
         .next()?
-        .ok()
-        .map(|name| (name, ()))?;
+        .ok()?;
     let head = call_head(&name)?;
     text.starts_with(&head).then_some((name, head.len()))
 }
