@@ -364,6 +364,23 @@ fn sweep(
                     "ferry's frontier is above kpa's somewhere"
                 }
             );
+            // What any policy could still save: how far the frontiers sit above the work.
+            let bound = replay::work_bound_gpu_seconds(trace, &capacity);
+            let over_bound = |pick: fn(&(u64, f64, f64)) -> f64| {
+                let spent = comparison.matched.iter().map(pick);
+                let (low, high) = spent.fold((f64::INFINITY, 0.0_f64), |(low, high), gpu| {
+                    (low.min(gpu), high.max(gpu))
+                });
+                (
+                    low / bound.max(f64::EPSILON),
+                    high / bound.max(f64::EPSILON),
+                )
+            };
+            let ((ferry_low, ferry_high), (kpa_low, kpa_high)) =
+                (over_bound(|point| point.1), over_bound(|point| point.2));
+            println!(
+                "work bound: no policy spends less than {bound:.0} GPU-seconds here (the trace's work perfectly packed, no replica idle, none cold); over the matched range ferry spends {ferry_low:.2}x to {ferry_high:.2}x that, kpa {kpa_low:.2}x to {kpa_high:.2}x"
+            );
         }
         None => println!("no comparison: a policy has no setting that served every request"),
     }

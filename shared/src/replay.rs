@@ -89,6 +89,26 @@ fn service_ms(request: &TraceRequest, capacity: &Capacity) -> u64 {
     (seconds * 1000.0).ceil() as u64
 }
 
+/// The fewest GPU-seconds any policy could spend on `trace`: its work perfectly packed, with no
+/// replica ever idle and none starting cold. A replica's batch slots and its KV cache are each
+/// a budget every running sequence draws on (a sequence longer than the cache has a replica to
+/// itself), so the pool's GPU-seconds are at least each budget's total draw. How far a
+/// policy's frontier sits above this says how much any policy could still save.
+pub fn work_bound_gpu_seconds(trace: &[TraceRequest], capacity: &Capacity) -> f64 {
+    let (mut slot_ms, mut kv_ms) = (0.0, 0.0);
+    for request in trace {
+        let service = service_ms(request, capacity) as f64;
+        let context = request.prompt_tokens + request.output_tokens;
+        slot_ms += service / f64::from(capacity.max_batch.max(1));
+        kv_ms += if context > capacity.kv_tokens {
+            service
+        } else {
+            service * context as f64 / capacity.kv_tokens.max(1) as f64
+        };
+    }
+    f64::max(slot_ms, kv_ms) / 1000.0
+}
+
 /// Runs `trace` (sorted by arrival) to completion under `config`.
 pub fn replay(
     trace: &[TraceRequest],
@@ -361,6 +381,39 @@ mod tests {
                 output_tokens,
             })
             .collect()
+    }
+
+    #[test]
+    fn no_policy_spends_less_than_the_work_bound() {
+        // Four 1,000-token sequences of 1 s each on replicas of 4 slots and 2,000 KV
+        // tokens: the KV cache binds (two at a time), so 2 GPU-seconds at the least.
+        let trace = every(10, 4, 0)
+            .into_iter()
+            .map(|request| TraceRequest {
+                prompt_tokens: 10_000,
+                output_tokens: 0,
+                ..request
+            })
+            .collect::<Vec<_>>();
+        let capacity = Capacity {
+            kv_tokens: 20_000,
+            ..CAPACITY
+        };
+        assert_eq!(work_bound_gpu_seconds(&trace, &capacity), 2.0);
+        // A sequence longer than the cache has a replica to itself.
+        let long = Capacity {
+            kv_tokens: 5_000,
+            ..CAPACITY
+        };
+        assert_eq!(work_bound_gpu_seconds(&trace, &long), 4.0);
+        for config in [
+            ScalingConfig::llm_aware(4.0, 4),
+            ScalingConfig::kpa(4.0, 4),
+            ScalingConfig::always_on(4),
+        ] {
+            let outcome = replay(&trace, config, capacity, LIMITS);
+            assert!(outcome.gpu_seconds >= 2.0, "{config:?}: {outcome:?}");
+        }
     }
 
     #[test]
