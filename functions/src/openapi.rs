@@ -15,6 +15,7 @@ use crate::{admin, gateway, pool, session};
         gateway::embeddings,
         gateway::list_models,
         gateway::get_model,
+        gateway::messages::create_message,
         admin::create_tenant,
         admin::list_tenants,
         admin::get_tenant,

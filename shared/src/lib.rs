@@ -5,6 +5,7 @@
 //! rule here is a plain function with table tests, and the crate builds for `wasm32-wasip1`.
 
 pub mod admission;
+pub mod anthropic;
 pub mod api_key;
 pub mod autoscale;
 pub mod billing;

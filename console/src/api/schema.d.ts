@@ -457,6 +457,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/messages": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Creates a message (Anthropic's Messages API), streamed as Anthropic's server-sent events
+         *     when `stream` is true. Authenticates with `x-api-key` or `Authorization: Bearer`.
+         */
+        post: operations["create_message"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/models": {
         parameters: {
             query?: never;
@@ -645,6 +665,8 @@ export interface components {
             object: string;
             usage?: null | components["schemas"]["Usage"];
         };
+        /** @description A message's content: a string, or content blocks. */
+        Content: string | components["schemas"]["InputBlock"][];
         ContentPart: {
             text?: string | null;
             type: string;
@@ -734,6 +756,42 @@ export interface components {
             /** @description Always present, `null` when no single parameter is at fault (as OpenAI does). */
             param?: string | null;
             type: string;
+        };
+        ImageSource: {
+            data: string;
+            media_type: string;
+            /** @enum {string} */
+            type: "base64";
+        } | {
+            /** @enum {string} */
+            type: "url";
+            url: string;
+        };
+        InputBlock: {
+            text: string;
+            /** @enum {string} */
+            type: "text";
+        } | {
+            source: components["schemas"]["ImageSource"];
+            /** @enum {string} */
+            type: "image";
+        } | {
+            id: string;
+            input: Record<string, never>;
+            name: string;
+            /** @enum {string} */
+            type: "tool_use";
+        } | {
+            /** @description A string or content blocks (described loosely: the blocks hold this one). */
+            content?: Record<string, never> | null;
+            is_error?: boolean | null;
+            tool_use_id: string;
+            /** @enum {string} */
+            type: "tool_result";
+        };
+        InputMessage: {
+            content: components["schemas"]["Content"];
+            role: components["schemas"]["Role"];
         };
         Invoice: {
             /**
@@ -962,8 +1020,57 @@ export interface components {
             next_cursor?: string | null;
             object: string;
         };
+        /** @description The answer: Anthropic's `message` object. */
+        Message: {
+            content: components["schemas"]["OutputBlock"][];
+            id: string;
+            model: string;
+            /** @description Always `assistant`. */
+            role: string;
+            /** @description `end_turn`, `max_tokens`, `stop_sequence`, `tool_use` or `refusal`. */
+            stop_reason?: string | null;
+            stop_sequence?: string | null;
+            /** @description Always `message`. */
+            type: string;
+            usage: components["schemas"]["MessageUsage"];
+        };
         /** @description Message content: plain text, or an array of typed parts (`{"type":"text","text":…}`, images…). */
         MessageContent: string | components["schemas"]["ContentPart"][];
+        /** @description Tokens in and out; Ferry adds `cost` (USD, exact), as on its OpenAI answers. */
+        MessageUsage: {
+            cost?: string | null;
+            /** Format: int64 */
+            input_tokens: number;
+            /** Format: int64 */
+            output_tokens: number;
+        };
+        /** @description `POST /v1/messages`. */
+        MessagesRequest: {
+            /**
+             * Format: int32
+             * @description The most tokens to generate; required, as Anthropic's API requires it.
+             */
+            max_tokens: number;
+            messages: components["schemas"]["InputMessage"][];
+            metadata?: null | components["schemas"]["Metadata"];
+            model: string;
+            output_config?: null | components["schemas"]["OutputConfig"];
+            stop_sequences?: string[] | null;
+            stream?: boolean | null;
+            system?: null | components["schemas"]["SystemPrompt"];
+            /** Format: double */
+            temperature?: number | null;
+            tool_choice?: null | components["schemas"]["ToolChoice"];
+            tools?: components["schemas"]["Tool"][] | null;
+            /** Format: int32 */
+            top_k?: number | null;
+            /** Format: double */
+            top_p?: number | null;
+        };
+        Metadata: {
+            /** @description The caller's own end user, recorded on the call's usage as OpenAI's `user` is. */
+            user_id?: string | null;
+        };
         ModelList: {
             data: components["schemas"]["ModelObject"][];
             object: string;
@@ -1009,6 +1116,25 @@ export interface components {
              */
             effective_from?: number | null;
             price: components["schemas"]["Price"];
+        };
+        OutputBlock: {
+            text: string;
+            /** @enum {string} */
+            type: "text";
+        } | {
+            id: string;
+            input: Record<string, never>;
+            name: string;
+            /** @enum {string} */
+            type: "tool_use";
+        };
+        OutputConfig: {
+            format?: null | components["schemas"]["OutputFormat"];
+        };
+        OutputFormat: {
+            schema: Record<string, never>;
+            /** @enum {string} */
+            type: "json_schema";
         };
         PoolDeployment: {
             name: string;
@@ -1186,6 +1312,8 @@ export interface components {
             /** @description Send a last chunk with `usage` (and no choices) before `[DONE]`. */
             include_usage?: boolean;
         };
+        /** @description `system`: a string or text blocks. */
+        SystemPrompt: string | components["schemas"]["InputBlock"][];
         Tenant: {
             billing: components["schemas"]["Billing"];
             budgets?: components["schemas"]["Budget"][];
@@ -1216,6 +1344,30 @@ export interface components {
         };
         /** @description A prompt or embedding input: text, texts, tokens, or token arrays. */
         TextOrTokens: string | string[] | number[] | number[][];
+        /** @description A client tool (Anthropic's server tools, which have their own `type`, are not served). */
+        Tool: {
+            description?: string | null;
+            input_schema?: Record<string, never> | null;
+            name: string;
+            type?: string | null;
+        };
+        ToolChoice: {
+            disable_parallel_tool_use?: boolean | null;
+            /** @enum {string} */
+            type: "auto";
+        } | {
+            disable_parallel_tool_use?: boolean | null;
+            /** @enum {string} */
+            type: "any";
+        } | {
+            disable_parallel_tool_use?: boolean | null;
+            name: string;
+            /** @enum {string} */
+            type: "tool";
+        } | {
+            /** @enum {string} */
+            type: "none";
+        };
         /** @description Calls and tokens summed over some group of usage events. */
         Totals: {
             /** Format: int64 */
@@ -2735,6 +2887,94 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_message: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MessagesRequest"];
+            };
+        };
+        responses: {
+            /** @description A message, or an SSE stream of Anthropic's message events */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            402: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

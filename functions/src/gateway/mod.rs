@@ -1,5 +1,5 @@
 //! The OpenAI-compatible gateway: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//! `/v1/models`. Each handler validates its request into a [`CallShape`] and hands it to
+//! `/v1/models`, and Anthropic's `/v1/messages` (`messages`, translated to a chat call). Each handler validates its request into a [`CallShape`] and hands it to
 //! [`call::serve`], the call's sequence — plan, admit, answer from the cache or forward,
 //! settle — whose steps each have a module: `admit` (shared with the billing of edge hits),
 //! `route` (attempts behind circuit breakers), `relay` (streams), `meter` (usage, pricing,
@@ -10,6 +10,7 @@ mod admit;
 mod cached;
 mod call;
 mod grants;
+pub mod messages;
 mod meter;
 mod relay;
 pub mod route;
@@ -44,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route(ferry_core::edge::HITS_PATH, post(crate::edge::report_hits))
+        .merge(messages::routes())
 }
 
 /// Creates a chat completion, streamed as server-sent events when `stream` is true.
