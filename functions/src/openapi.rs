@@ -16,6 +16,7 @@ use crate::{admin, gateway, pool, session};
         gateway::list_models,
         gateway::get_model,
         gateway::messages::create_message,
+        gateway::responses::create_response,
         admin::create_tenant,
         admin::list_tenants,
         admin::get_tenant,

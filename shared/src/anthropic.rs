@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 use crate::openai::ChatCompletionRequest;
+use crate::sse::{StreamDialect, named_event};
 
 /// `POST /v1/messages`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -615,13 +616,8 @@ impl StreamTranslator {
         }
     }
 
-    /// Whether the stream has said all it will (its end, or an error).
-    pub fn ended(&self) -> bool {
-        self.ended
-    }
-
     /// The events one chunk makes.
-    pub fn chunk(&mut self, chunk: &Value) -> Vec<StreamEvent> {
+    pub fn events(&mut self, chunk: &Value) -> Vec<StreamEvent> {
         let mut events = Vec::new();
         if self.ended {
             return events;
@@ -636,7 +632,7 @@ impl StreamTranslator {
                 Some("insufficient_quota") => 402,
                 _ => 500,
             };
-            return self.error(status, message);
+            return self.error_events(status, message);
         }
         self.start(chunk, &mut events);
         if let Some(usage) = chunk.get("usage").filter(|usage| !usage.is_null()) {
@@ -693,7 +689,7 @@ impl StreamTranslator {
     }
 
     /// The events that end a stream whose `[DONE]` arrived.
-    pub fn done(&mut self) -> Vec<StreamEvent> {
+    pub fn end_events(&mut self) -> Vec<StreamEvent> {
         let mut events = Vec::new();
         if self.ended {
             return events;
@@ -721,7 +717,7 @@ impl StreamTranslator {
     }
 
     /// The one event a failed stream ends with.
-    pub fn error(&mut self, status: u16, message: &str) -> Vec<StreamEvent> {
+    pub fn error_events(&mut self, status: u16, message: &str) -> Vec<StreamEvent> {
         if self.ended {
             return Vec::new();
         }
@@ -771,9 +767,29 @@ impl StreamTranslator {
     }
 }
 
-/// Renders one event as server-sent events carry it.
-pub fn render_event((name, data): &StreamEvent) -> String {
-    format!("event: {name}\ndata: {data}\n\n")
+fn render(events: &[StreamEvent]) -> String {
+    events
+        .iter()
+        .map(|(name, data)| named_event(name, &data.to_string()))
+        .collect()
+}
+
+impl StreamDialect for StreamTranslator {
+    fn chunk(&mut self, chunk: &Value) -> String {
+        render(&self.events(chunk))
+    }
+
+    fn done(&mut self) -> String {
+        render(&self.end_events())
+    }
+
+    fn broken(&mut self, message: &str) -> String {
+        render(&self.error_events(502, message))
+    }
+
+    fn ended(&self) -> bool {
+        self.ended
+    }
 }
 
 #[cfg(test)]
@@ -927,9 +943,9 @@ mod tests {
             json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
             json!({"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}),
         ] {
-            events.extend(stream.chunk(&chunk));
+            events.extend(stream.events(&chunk));
         }
-        events.extend(stream.done());
+        events.extend(stream.end_events());
         assert_eq!(
             names(&events),
             [
@@ -956,14 +972,14 @@ mod tests {
                 "usage": {"input_tokens": 5, "output_tokens": 9}})
         );
         assert!(stream.ended());
-        assert!(stream.done().is_empty());
+        assert!(stream.end_events().is_empty());
     }
 
     #[test]
     fn an_error_chunk_ends_the_stream_with_an_error_event() {
         let mut stream = StreamTranslator::new("m", &[]);
-        stream.chunk(&json!({"id": "1", "choices": [{"index": 0, "delta": {"content": "a"}}]}));
-        let events = stream.chunk(
+        stream.events(&json!({"id": "1", "choices": [{"index": 0, "delta": {"content": "a"}}]}));
+        let events = stream.events(
             &json!({"id": "1", "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
             "error": {"message": "backend went away", "type": "upstream_error"}}),
         );
@@ -974,7 +990,7 @@ mod tests {
                 json!({"type": "error", "error": {"type": "api_error", "message": "backend went away"}})
             )]
         );
-        assert!(stream.done().is_empty());
+        assert!(stream.end_events().is_empty());
     }
 
     #[test]

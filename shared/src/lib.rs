@@ -26,6 +26,7 @@ pub mod ports;
 pub mod principal;
 pub mod ratelimit;
 pub mod replay;
+pub mod responses;
 pub mod route;
 pub mod session;
 pub mod sse;

@@ -25,6 +25,24 @@ pub fn data_event(payload: &str) -> String {
 
 pub const DONE_EVENT: &str = "data: [DONE]\n\n";
 
+/// Turns a chat completion's stream, chunk by chunk, into another API's stream (Anthropic's
+/// messages, OpenAI's Responses): each call returns the SSE text to send for what it was given.
+pub trait StreamDialect {
+    /// One parsed chunk of the chat stream.
+    fn chunk(&mut self, chunk: &serde_json::Value) -> String;
+    /// The chat stream's `[DONE]`.
+    fn done(&mut self) -> String;
+    /// The chat stream ended without its end or an error event of its own.
+    fn broken(&mut self, message: &str) -> String;
+    /// Whether the translated stream has said all it will.
+    fn ended(&self) -> bool;
+}
+
+/// Renders one named event (`event:` and one `data:` line).
+pub fn named_event(name: &str, payload: &str) -> String {
+    format!("event: {name}\ndata: {payload}\n\n")
+}
+
 #[derive(Debug, Default)]
 pub struct SseParser {
     buffer: Vec<u8>,

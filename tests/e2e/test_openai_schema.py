@@ -178,6 +178,49 @@ def test_the_model_list_and_a_model(served, validate):
     validate("Model", one.json(), "a model")
 
 
+def named_stream_events(served, path, body):
+    """Each event of a stream of named events (the Responses API's), parsed."""
+    events = []
+    with httpx.stream("POST", f"{served.url}{path}", json=body, headers={**auth(served.operator_key), **FRESH}, timeout=120) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: ") :]))
+    return events
+
+
+RESPONSE_CASES = {
+    "text": {"input": "Name a colour.", "instructions": "Answer in one word.", "max_output_tokens": 8},
+    "cut short": {"input": [{"role": "user", "content": [{"type": "input_text", "text": "Name a colour."}]}], "max_output_tokens": 2},
+    "function call": {
+        "input": "Weather in Paris?",
+        "tools": [{"type": "function", "name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"], "additionalProperties": False}, "strict": True}],
+        "tool_choice": "required",
+        "max_output_tokens": 40,
+    },
+    "json schema": {
+        "input": "Name a colour.",
+        "text": {"format": {"type": "json_schema", "name": "colour", "schema": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}}, "required": ["name"], "additionalProperties": False}, "strict": True}},
+        "max_output_tokens": 30,
+    },
+}
+
+
+@pytest.mark.parametrize("case", RESPONSE_CASES)
+@pytest.mark.parametrize("model", [CHAT, "upstream-model"])
+def test_responses_plain_and_streamed(served, validate, model, case):
+    if model == "upstream-model" and case != "text":
+        pytest.skip("the mock upstream echoes text only")
+    body = {"model": model, **RESPONSE_CASES[case]}
+    answer = post(served, "/v1/responses", body)
+    assert answer.status_code == 200, answer.text
+    validate("Response", answer.json(), f"{model}'s {case} response")
+    events = named_stream_events(served, "/v1/responses", {**body, "stream": True})
+    assert events[-1]["type"] in ("response.completed", "response.incomplete")
+    for index, event in enumerate(events):
+        validate("ResponseStreamEvent", event, f"{model}'s {case} event {index} ({event['type']})")
+
+
 def test_every_error_status_answers_an_error_body(served, validate, upstream):
     admin = f"{served.url}/admin/v1"
     operator = auth(served.operator_key)
@@ -230,6 +273,7 @@ CHECKED_ROUTES = {
     ("POST", "/v1/embeddings"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{id}"),
+    ("POST", "/v1/responses"),
 }
 # Doors in another provider's dialect, checked against that provider's own reference.
 CHECKED_ELSEWHERE = {

@@ -511,6 +511,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/responses": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Creates a model response (OpenAI's Responses API, without stored state: `store: false`),
+         *     streamed as `response.*` server-sent events when `stream` is true.
+         */
+        post: operations["create_response"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1226,6 +1246,37 @@ export interface components {
         ResponseFormat: {
             /** @description `text`, `json_object` or `json_schema`. */
             type: string;
+        };
+        /** @description `POST /v1/responses`. */
+        ResponsesRequest: {
+            /**
+             * @description A string (one user message) or input items: messages (`role`, `content` as a string or
+             *     `input_text`/`input_image`/`output_text` parts), `function_call` and
+             *     `function_call_output`.
+             */
+            input: Record<string, never>;
+            instructions?: string | null;
+            /** Format: int32 */
+            max_output_tokens?: number | null;
+            metadata?: Record<string, never> | null;
+            model: string;
+            parallel_tool_calls?: boolean | null;
+            /** @description Refused: responses are not stored. */
+            previous_response_id?: string | null;
+            /** @description Only `false` (or absent): responses are not stored. */
+            store?: boolean | null;
+            stream?: boolean | null;
+            /** Format: double */
+            temperature?: number | null;
+            /** @description `{"format": {"type": "text" | "json_object" | "json_schema", …}}`. */
+            text?: Record<string, never> | null;
+            /** @description `auto`, `none`, `required` or `{"type": "function", "name"}`. */
+            tool_choice?: Record<string, never> | null;
+            /** @description Function tools: `{"type": "function", "name", "description", "parameters", "strict"}`. */
+            tools?: Record<string, never>[] | null;
+            /** Format: double */
+            top_p?: number | null;
+            user?: string | null;
         };
         /** @enum {string} */
         Role: "operator" | "tenant-admin" | "member";
@@ -3032,6 +3083,94 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_response: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResponsesRequest"];
+            };
+        };
+        responses: {
+            /** @description A `response` object, or an SSE stream of `response.*` events */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": Record<string, never>;
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            402: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

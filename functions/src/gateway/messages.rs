@@ -4,25 +4,21 @@
 //! whole or streamed, is translated back. The routes speak Anthropic's dialect at the edges
 //! too: `x-api-key` authenticates, and every failure has Anthropic's error shape.
 
-use std::convert::Infallible;
-
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use ferry_core::anthropic::{self, Message, MessagesRequest, StreamTranslator};
 use ferry_core::call::{CallShape, OutputAsk};
 use ferry_core::error::ErrorBody;
 use ferry_core::ports::Endpoint;
-use ferry_core::sse::SseParser;
-use ferry_core::{ApiError, ErrorKind};
-use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::call::{self, Caller};
+use super::dialect;
 use super::directives;
 use crate::app::{self, AppState, RequestId, RequestLog};
 use crate::error::HandlerResult;
@@ -87,95 +83,15 @@ pub async fn create_message(
         return Ok(response);
     }
     if request.is_stream() {
-        Ok(translate_stream(response, &request.model, stops))
+        Ok(dialect::stream(
+            response,
+            StreamTranslator::new(&request.model, &stops),
+        ))
     } else {
-        translate_whole(response, &request.model, &stops).await
-    }
-}
-
-/// A whole chat completion as a message; the call's headers (cache, rate limits) stay.
-async fn translate_whole(
-    response: Response,
-    model: &str,
-    stops: &[String],
-) -> HandlerResult<Response> {
-    let (mut parts, body) = response.into_parts();
-    let unreadable = || {
-        ApiError::new(
-            ErrorKind::UpstreamFailed,
-            "The model backend's answer could not be read.",
-        )
-    };
-    let bytes = axum::body::to_bytes(body, usize::MAX)
+        dialect::whole(response, |chat| {
+            anthropic::message_from_chat(chat, &request.model, &stops)
+        })
         .await
-        .map_err(|_| unreadable())?;
-    let chat: Value = serde_json::from_slice(&bytes).map_err(|_| unreadable())?;
-    let message = anthropic::message_from_chat(&chat, model, stops);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let mut translated = Json(message).into_response();
-    for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE {
-            translated.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
-    *translated.status_mut() = parts.status;
-    Ok(translated)
-}
-
-/// A chat completion's stream as Anthropic's events, chunk by chunk as it arrives.
-fn translate_stream(response: Response, model: &str, stops: Vec<String>) -> Response {
-    let (parts, body) = response.into_parts();
-    let state = Translating {
-        upstream: body.into_data_stream(),
-        parser: SseParser::new(),
-        translator: StreamTranslator::new(model, &stops),
-    };
-    let events = futures_util::stream::unfold(state, |mut state| async move {
-        loop {
-            if state.translator.ended() {
-                return None;
-            }
-            let out = match state.upstream.next().await {
-                Some(Ok(bytes)) => state.feed(&bytes),
-                // The chat stream broke without its own error event: end as Anthropic would.
-                Some(Err(_)) | None => state
-                    .translator
-                    .error(502, "The model's stream ended early.")
-                    .iter()
-                    .map(anthropic::render_event)
-                    .collect(),
-            };
-            if !out.is_empty() {
-                return Some((Ok::<_, Infallible>(Bytes::from(out)), state));
-            }
-        }
-    });
-    Response::from_parts(parts, Body::from_stream(events))
-}
-
-struct Translating {
-    upstream: axum::body::BodyDataStream,
-    parser: SseParser,
-    translator: StreamTranslator,
-}
-
-impl Translating {
-    fn feed(&mut self, bytes: &[u8]) -> String {
-        let mut out = String::new();
-        for event in self.parser.feed(bytes) {
-            let events = if event.is_done() {
-                self.translator.done()
-            } else {
-                match serde_json::from_str::<Value>(&event.data) {
-                    Ok(chunk) => self.translator.chunk(&chunk),
-                    Err(_) => continue,
-                }
-            };
-            for event in &events {
-                out.push_str(&anthropic::render_event(event));
-            }
-        }
-        out
     }
 }
 

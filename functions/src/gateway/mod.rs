@@ -1,18 +1,21 @@
 //! The OpenAI-compatible gateway: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//! `/v1/models`, and Anthropic's `/v1/messages` (`messages`, translated to a chat call). Each handler validates its request into a [`CallShape`] and hands it to
-//! [`call::serve`], the call's sequence — plan, admit, answer from the cache or forward,
-//! settle — whose steps each have a module: `admit` (shared with the billing of edge hits),
-//! `route` (attempts behind circuit breakers), `relay` (streams), `meter` (usage, pricing,
-//! settlement, metrics), `cached` (the response cache's part in a call) and `grants` (what an
-//! edge may keep).
+//! `/v1/models`, and the chat call's other dialects, OpenAI's `/v1/responses` and Anthropic's
+//! `/v1/messages` (`responses`, `messages`; translated by `dialect`). Each handler validates its
+//! request into a [`CallShape`] and hands it to [`call::serve`], the call's sequence — plan,
+//! admit, answer from the cache or forward, settle — whose steps each have a module: `admit`
+//! (shared with the billing of edge hits), `route` (attempts behind circuit breakers), `relay`
+//! (streams), `meter` (usage, pricing, settlement, metrics), `cached` (the response cache's part
+//! in a call) and `grants` (what an edge may keep).
 
 mod admit;
 mod cached;
 mod call;
+mod dialect;
 mod grants;
 pub mod messages;
 mod meter;
 mod relay;
+pub mod responses;
 pub mod route;
 
 use axum::extract::{Path, State};
@@ -42,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses::create_response))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route(ferry_core::edge::HITS_PATH, post(crate::edge::report_hits))
