@@ -267,6 +267,8 @@ async fn bill(state: &AppState, keys: &EdgeKeys, hit: &Hit) -> Result<Billed, Re
         route: ferry_core::ports::NO_ROUTE.into(),
         attempts: 0,
         created_at: hit.at_ms / 1000,
+        user: None,
+        metadata: Default::default(),
     };
     match state.accounts.settle(&record).await? {
         Settled::Recorded { .. } => Ok(Billed::Now),

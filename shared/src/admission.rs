@@ -557,6 +557,8 @@ impl Hold {
             route: crate::ports::NO_ROUTE.into(),
             attempts: 0,
             created_at: self.created_at_ms / 1000,
+            user: None,
+            metadata: Default::default(),
         }
     }
 

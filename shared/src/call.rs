@@ -5,6 +5,8 @@
 //! The gateway asks the store only for what the plan needs (the model, its prices, the
 //! tenant), then runs it: `plan → admit → answer from cache | forward → settle`.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use crate::admission::{Admission, Draw, TYPICAL_OUTPUT_TOKENS, TokenEstimate, spend_caps};
@@ -56,6 +58,70 @@ pub struct CallPlan {
     /// backend stops where the hold assumes.
     pub set_max_tokens: Option<u32>,
     pub cache: Decision,
+    /// Whom the caller says the call is for, recorded on its usage.
+    pub attribution: Attribution,
+}
+
+/// Whom a call is for below its tenant, as the caller says: its own end user (OpenAI's `user`;
+/// Anthropic's `metadata.user_id` arrives as it) and the call's `metadata`, so an operator's
+/// customer can bill its own users. Bounded as OpenAI bounds them; recorded on usage events and
+/// grouped by in reports, never a metric label.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attribution {
+    pub user: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+pub const MAX_USER_CHARS: usize = 256;
+pub const MAX_METADATA_PAIRS: usize = 16;
+pub const MAX_METADATA_KEY_CHARS: usize = 64;
+pub const MAX_METADATA_VALUE_CHARS: usize = 512;
+
+impl Attribution {
+    /// The attribution a request's body carries; a field out of bounds is a 400 naming it.
+    pub fn of(body: &Value) -> Result<Attribution, ApiError> {
+        let user = match body.get("user") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(user)) if user.chars().count() <= MAX_USER_CHARS => {
+                Some(user.clone())
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "user",
+                    format!("user must be a string of at most {MAX_USER_CHARS} characters"),
+                ));
+            }
+        };
+        let metadata = match body.get("metadata") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(pairs)) if pairs.len() <= MAX_METADATA_PAIRS => {
+                let mut metadata = BTreeMap::new();
+                for (key, value) in pairs {
+                    match value {
+                        Value::String(value)
+                            if key.chars().count() <= MAX_METADATA_KEY_CHARS
+                                && value.chars().count() <= MAX_METADATA_VALUE_CHARS =>
+                        {
+                            metadata.insert(key.clone(), value.clone());
+                        }
+                        _ => return Err(metadata_error()),
+                    }
+                }
+                metadata
+            }
+            Some(_) => return Err(metadata_error()),
+        };
+        Ok(Attribution { user, metadata })
+    }
+}
+
+fn metadata_error() -> ApiError {
+    ApiError::invalid(
+        "metadata",
+        format!(
+            "metadata must be an object of at most {MAX_METADATA_PAIRS} string values, keys of at most {MAX_METADATA_KEY_CHARS} characters and values of at most {MAX_METADATA_VALUE_CHARS}"
+        ),
+    )
 }
 
 /// Plans a call of `shape` (whose JSON is `body`) to `model`. A `max_tokens` above the
@@ -97,6 +163,7 @@ pub fn plan(model: &ModelSpec, shape: &CallShape, body: &Value) -> Result<CallPl
         ),
         set_max_tokens,
         cache: cache::decide(shape.endpoint, body, &shape.directives),
+        attribution: Attribution::of(body)?,
     })
 }
 
@@ -183,6 +250,39 @@ pub fn admission(ask: &AdmissionAsk<'_>, tenant: &Tenant, hold_ttl_ms: u64) -> A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attribution_is_read_from_the_body_within_bounds() {
+        let body = serde_json::json!({"user": "u-1", "metadata": {"project": "apollo"}});
+        let attribution = Attribution::of(&body).unwrap();
+        assert_eq!(attribution.user.as_deref(), Some("u-1"));
+        assert_eq!(attribution.metadata["project"], "apollo");
+        assert_eq!(
+            Attribution::of(&serde_json::json!({})).unwrap(),
+            Attribution::default()
+        );
+        let refused = |body: Value| Attribution::of(&body).unwrap_err().param;
+        let long = "x".repeat(MAX_USER_CHARS + 1);
+        assert_eq!(
+            refused(serde_json::json!({"user": long})).as_deref(),
+            Some("user")
+        );
+        assert_eq!(
+            refused(serde_json::json!({"user": 7})).as_deref(),
+            Some("user")
+        );
+        assert_eq!(
+            refused(serde_json::json!({"metadata": {"n": 1}})).as_deref(),
+            Some("metadata")
+        );
+        let many: serde_json::Map<String, Value> = (0..=MAX_METADATA_PAIRS)
+            .map(|index| (index.to_string(), Value::from("v")))
+            .collect();
+        assert_eq!(
+            refused(serde_json::json!({ "metadata": many })).as_deref(),
+            Some("metadata")
+        );
+    }
     use crate::admission::{Budget, BudgetPeriod, Enforcement};
     use crate::ports::Billing;
     use crate::principal::{KeyPolicy, Role};

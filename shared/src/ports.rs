@@ -1,6 +1,7 @@
 //! The ports: what the functions need from the outside world, as traits. Adapters (SQLite,
 //! DynamoDB, an HTTP upstream, the GPU pool) implement them at the edges.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use async_trait::async_trait;
@@ -238,6 +239,12 @@ pub struct UsageRecord {
     pub attempts: u32,
     /// Unix seconds when the call was admitted: the period it is billed in.
     pub created_at: u64,
+    /// The caller's own end user, as it said (`call::Attribution`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The call's `metadata`, as the caller sent it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// The route of a call no backend answered (an expired hold, a cache or edge hit).

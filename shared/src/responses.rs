@@ -133,6 +133,10 @@ impl ResponsesRequest {
         if let Some(user) = &self.user {
             chat.insert("user".into(), Value::from(user.clone()));
         }
+        // Carried to the call's usage (`call::Attribution`), as a chat call's metadata is.
+        if let Some(metadata) = self.metadata.as_ref().filter(|m| !m.is_empty()) {
+            chat.insert("metadata".into(), Value::Object(metadata.clone()));
+        }
         let chat = Value::Object(chat);
         let typed: ChatCompletionRequest = serde_json::from_value(chat.clone())
             .map_err(|error| ApiError::invalid("input", error.to_string()))?;

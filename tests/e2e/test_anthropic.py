@@ -189,6 +189,11 @@ def test_an_upstream_model_answers_too_and_the_call_is_billed(served, upstream):
     assert Decimal(message.usage.model_extra["cost"]) == cost
     tenant = admin(served, "GET", f"/tenants/{tenant_id}").json()
     assert Decimal(tenant["available_usd"]) == Decimal("1") - cost
+    # Attributed to the caller's own end user, and reported by it.
+    (event,) = admin(served, "GET", f"/tenants/{tenant_id}/usage/events").json()["data"]
+    assert event["user"] == "end-user-7" and event["endpoint"] == "chat.completions"
+    (row,) = admin(served, "GET", f"/tenants/{tenant_id}/usage", params={"group_by": "user"}).json()["data"]
+    assert row["user"] == "end-user-7" and row["requests"] == 1 and Decimal(row["cost_usd"]) == cost
 
     events = raw_events(served, {"model": "upstream-model", "max_tokens": 20, "messages": [{"role": "user", "content": "one two"}]}, key=key)
     text = "".join(data["delta"]["text"] for name, data in events if name == "content_block_delta")

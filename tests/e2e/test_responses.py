@@ -122,7 +122,8 @@ def test_an_upstream_model_answers_and_the_call_is_billed(served, upstream):
     tenant = admin(served, "POST", "/tenants", json={"name": "Responders", "billing": "prepaid"}).json()
     assert admin(served, "POST", f"/tenants/{tenant['id']}/credits", json={"amount_usd": "1"}).status_code == 201
     key = admin(served, "POST", f"/tenants/{tenant['id']}/keys", json={"name": "app", "role": "member"}).json()["key"]
-    response = client_of(served, key).responses.create(model="upstream-model", input="hello there", user="end-user-9", **FRESH)
+    response = client_of(served, key).responses.create(model="upstream-model", input="hello there", user="end-user-9", metadata={"project": "apollo"}, **FRESH)
+    assert response.metadata == {"project": "apollo"}
     assert response.output_text == "You said: hello there"
     assert upstream.requests[-1]["body"]["user"] == "end-user-9"
     usage = response.usage
@@ -130,6 +131,8 @@ def test_an_upstream_model_answers_and_the_call_is_billed(served, upstream):
     assert Decimal(usage.model_extra["cost"]) == cost
     after = admin(served, "GET", f"/tenants/{tenant['id']}").json()
     assert Decimal(after["available_usd"]) == Decimal("1") - cost
+    (event,) = admin(served, "GET", f"/tenants/{tenant['id']}/usage/events").json()["data"]
+    assert event["user"] == "end-user-9" and event["metadata"] == {"project": "apollo"}
 
 
 def test_stored_state_is_refused_naming_the_field(served):

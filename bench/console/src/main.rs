@@ -195,6 +195,8 @@ async fn seed(
                 route: "weighted".into(),
                 attempts: 1,
                 created_at: now - 90 * DAY + random.next() % (90 * DAY),
+                user: None,
+                metadata: Default::default(),
             }
         })
         .collect();

@@ -1019,6 +1019,10 @@ export interface components {
                 key_id?: string | null;
                 /** Format: int64 */
                 latency_ms: number;
+                /** @description The call's `metadata`, as the caller sent it. */
+                metadata?: {
+                    [key: string]: string;
+                };
                 model: string;
                 /** Format: int64 */
                 prompt_tokens: number;
@@ -1034,6 +1038,8 @@ export interface components {
                 tenant_id: string;
                 /** Format: int64 */
                 ttft_ms?: number | null;
+                /** @description The caller's own end user, as it said (`call::Attribution`). */
+                user?: string | null;
             }[];
             /** @description Whether another page follows; ask for it with `after=<next_cursor>`. */
             has_more: boolean;
@@ -1509,6 +1515,10 @@ export interface components {
             key_id?: string | null;
             /** Format: int64 */
             latency_ms: number;
+            /** @description The call's `metadata`, as the caller sent it. */
+            metadata?: {
+                [key: string]: string;
+            };
             model: string;
             /** Format: int64 */
             prompt_tokens: number;
@@ -1524,6 +1534,8 @@ export interface components {
             tenant_id: string;
             /** Format: int64 */
             ttft_ms?: number | null;
+            /** @description The caller's own end user, as it said (`call::Attribution`). */
+            user?: string | null;
         };
         /** @description Spend by day, model and key over a period. */
         UsageReport: {
@@ -1539,6 +1551,8 @@ export interface components {
             day?: string | null;
             key_id?: string | null;
             model?: string | null;
+            /** @description Grouped by user: the end user the caller named (absent: calls that named none). */
+            user?: string | null;
         };
         /** @description What the replica's last `/stats` said. */
         WorkerLoad: {
@@ -2599,7 +2613,10 @@ export interface operations {
                 from?: string | null;
                 /** @description Up to and including this UTC date, or before this unix second; default: now. */
                 to?: string | null;
-                /** @description Any of `day`, `model`, `key`, comma-separated. */
+                /**
+                 * @description Any of `day`, `model`, `key` and `user` (the end user a call named: OpenAI's `user`,
+                 *     Anthropic's `metadata.user_id`), comma-separated.
+                 */
                 group_by?: string | null;
                 /** @description Only the this-many groups that cost the most, dearest first. */
                 limit?: number | null;

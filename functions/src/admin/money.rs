@@ -232,7 +232,8 @@ pub struct UsageQuery {
     pub from: Option<String>,
     /// Up to and including this UTC date, or before this unix second; default: now.
     pub to: Option<String>,
-    /// Any of `day`, `model`, `key`, comma-separated.
+    /// Any of `day`, `model`, `key` and `user` (the end user a call named: OpenAI's `user`,
+    /// Anthropic's `metadata.user_id`), comma-separated.
     pub group_by: Option<String>,
     /// Only the this-many groups that cost the most, dearest first.
     pub limit: Option<u32>,

@@ -26,7 +26,7 @@ use crate::app::{AppState, RequestId, RequestLog};
 use crate::cache::Keeper;
 use crate::clock;
 use crate::error::{ErrorResponse, HandlerResult, add_headers};
-use ferry_core::call::AdmissionAsk;
+use ferry_core::call::{AdmissionAsk, Attribution};
 
 /// Who is calling, as the handler knows them, and when the call began.
 pub(super) struct Caller<'a> {
@@ -120,6 +120,7 @@ async fn run(
         &shape,
         prices[0].clone(),
         now_ms,
+        plan.attribution.clone(),
     );
     let served = Served {
         principal,
@@ -374,6 +375,7 @@ fn meter(
     shape: &CallShape,
     price: Option<Price>,
     now_ms: u64,
+    attribution: Attribution,
 ) -> Meter {
     Meter::new(MeterParams {
         accounts: caller.state.accounts.clone(),
@@ -386,6 +388,7 @@ fn meter(
         admitted_at: now_ms / 1000,
         time_limit: caller.state.money.call_time_limit(),
         metrics: caller.state.metrics.clone(),
+        attribution,
     })
 }
 

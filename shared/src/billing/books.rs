@@ -369,6 +369,8 @@ mod tests {
             route: "first".into(),
             attempts: 1,
             created_at: at,
+            user: None,
+            metadata: Default::default(),
         }
     }
 

@@ -118,10 +118,13 @@ pub struct GroupBy {
     pub day: bool,
     pub model: bool,
     pub key: bool,
+    /// The caller's own end user (`UsageRecord::user`); read from the events, as the rollups
+    /// do not keep it.
+    pub user: bool,
 }
 
 impl GroupBy {
-    /// `day,model,key` in any order and subset.
+    /// `day,model,key,user` in any order and subset.
     pub fn parse(text: &str) -> Result<GroupBy, String> {
         let mut group = GroupBy::default();
         for part in text
@@ -133,7 +136,12 @@ impl GroupBy {
                 "day" => group.day = true,
                 "model" => group.model = true,
                 "key" => group.key = true,
-                other => return Err(format!("cannot group by `{other}`; use day, model or key")),
+                "user" => group.user = true,
+                other => {
+                    return Err(format!(
+                        "cannot group by `{other}`; use day, model, key or user"
+                    ));
+                }
             }
         }
         Ok(group)
@@ -150,6 +158,9 @@ pub struct UsageRow {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Grouped by user: the end user the caller named (absent: calls that named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     #[serde(flatten)]
     pub totals: Totals,
 }
@@ -181,11 +192,18 @@ pub struct ReportPlan {
 
 const DAY: u64 = 86_400;
 
-/// The plan for `[from, to)` at `now`. A range reaching past `now` reads its last day from
-/// the rollups whole: no event after `now` exists yet, so the day's rollup is exact.
-pub fn plan_report(from: u64, to: u64, now: u64) -> ReportPlan {
+/// The plan for `[from, to)` at `now`, grouped by `group`. A range reaching past `now` reads
+/// its last day from the rollups whole: no event after `now` exists yet, so the day's rollup is
+/// exact. Grouped by user, every event of the range is read (the rollups have no user).
+pub fn plan_report(group: GroupBy, from: u64, to: u64, now: u64) -> ReportPlan {
     if from >= to {
         return ReportPlan::default();
+    }
+    if group.user {
+        return ReportPlan {
+            rollup_days: None,
+            event_ranges: vec![(from, to)],
+        };
     }
     let first_whole = from.div_ceil(DAY) * DAY;
     let end_whole = if to >= now {
@@ -232,8 +250,13 @@ pub struct ReportBuilder {
     rows: std::collections::BTreeMap<ReportGroup, Totals>,
 }
 
-/// A report row's day, model and key, each `None` when not grouped by.
-type ReportGroup = (Option<String>, Option<String>, Option<String>);
+/// A report row's day, model, key and user, each `None` when not grouped by.
+type ReportGroup = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 impl ReportBuilder {
     pub fn new(group: GroupBy) -> ReportBuilder {
@@ -252,6 +275,7 @@ impl ReportBuilder {
             } else {
                 None
             },
+            None,
         );
         self.rows.entry(key).or_default().merge(&row.totals);
     }
@@ -267,6 +291,11 @@ impl ReportBuilder {
             } else {
                 None
             },
+            if self.group.user {
+                usage.user.clone()
+            } else {
+                None
+            },
         );
         self.rows.entry(key).or_default().add(usage);
     }
@@ -274,10 +303,11 @@ impl ReportBuilder {
     pub fn finish(self) -> Vec<UsageRow> {
         self.rows
             .into_iter()
-            .map(|((day, model, key_id), totals)| UsageRow {
+            .map(|((day, model, key_id, user), totals)| UsageRow {
                 day,
                 model,
                 key_id,
+                user,
                 totals,
             })
             .collect()
@@ -307,6 +337,8 @@ mod tests {
             route: crate::ports::NO_ROUTE.into(),
             attempts: 0,
             created_at: 1_795_600_000,
+            user: None,
+            metadata: Default::default(),
         }
     }
 
@@ -340,9 +372,10 @@ mod tests {
             GroupBy {
                 day: true,
                 model: true,
-                key: false
+                ..GroupBy::default()
             }
         );
+        assert!(GroupBy::parse("user,model").unwrap().user);
         assert_eq!(GroupBy::parse("").unwrap(), GroupBy::default());
         assert!(GroupBy::parse("tenant").is_err());
     }
@@ -362,7 +395,7 @@ mod tests {
         let d = |n: u64| calendar::Date::of_unix(n * day);
         // Whole days, in the past: rollups only.
         assert_eq!(
-            plan_report(10 * day, 12 * day, 20 * day),
+            plan_report(GroupBy::default(), 10 * day, 12 * day, 20 * day),
             ReportPlan {
                 rollup_days: Some((d(10), d(12))),
                 event_ranges: vec![]
@@ -370,7 +403,7 @@ mod tests {
         );
         // Cut at both ends, in the past.
         assert_eq!(
-            plan_report(10 * day + 5, 12 * day + 7, 20 * day),
+            plan_report(GroupBy::default(), 10 * day + 5, 12 * day + 7, 20 * day),
             ReportPlan {
                 rollup_days: Some((d(11), d(12))),
                 event_ranges: vec![(10 * day + 5, 11 * day), (12 * day, 12 * day + 7)],
@@ -378,7 +411,7 @@ mod tests {
         );
         // Up to now: today's rollup is whole.
         assert_eq!(
-            plan_report(10 * day, 12 * day + 7, 12 * day + 7),
+            plan_report(GroupBy::default(), 10 * day, 12 * day + 7, 12 * day + 7),
             ReportPlan {
                 rollup_days: Some((d(10), d(13))),
                 event_ranges: vec![]
@@ -386,21 +419,23 @@ mod tests {
         );
         // Inside one day: events only.
         assert_eq!(
-            plan_report(10 * day + 5, 10 * day + 9, 20 * day),
+            plan_report(GroupBy::default(), 10 * day + 5, 10 * day + 9, 20 * day),
             ReportPlan {
                 rollup_days: None,
                 event_ranges: vec![(10 * day + 5, 10 * day + 9)]
             }
         );
-        assert_eq!(plan_report(5, 5, 9), ReportPlan::default());
+        assert_eq!(
+            plan_report(GroupBy::default(), 5, 5, 9),
+            ReportPlan::default()
+        );
     }
 
     #[test]
     fn rollups_and_events_sum_into_the_same_groups() {
         let mut report = ReportBuilder::new(GroupBy {
-            day: false,
             model: true,
-            key: false,
+            ..GroupBy::default()
         });
         let totals = |requests, cost| Totals {
             requests,

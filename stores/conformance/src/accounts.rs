@@ -101,6 +101,8 @@ pub fn usage(request_id: &str, tenant_id: &str, cost: Money) -> UsageRecord {
         route: ferry_core::ports::NO_ROUTE.into(),
         attempts: 0,
         created_at: T0 / 1000,
+        user: None,
+        metadata: Default::default(),
     }
 }
 
@@ -1163,11 +1165,60 @@ pub async fn usage_reports_from_rollups_agree_with_the_events_at_any_range<H: Ha
         call.key_id = key_id.map(str::to_owned);
         call.model = model.into();
         call.created_at = created_at;
+        // The caller's own end users, on some calls.
+        call.user = match request_id {
+            "r1" | "r2" => Some("alice".into()),
+            "r3" => Some("bob".into()),
+            _ => None,
+        };
+        if request_id == "r1" {
+            call.metadata.insert("project".into(), "apollo".into());
+        }
         assert!(matches!(
             store.settle(&call).await.unwrap(),
             Settled::Recorded { .. }
         ));
     }
+    // Attribution is kept on the event, and a report grouped by user sums each user's calls.
+    let events = store
+        .usage_events("a", None, day0, day0 + day, 10)
+        .await
+        .unwrap();
+    let first = events
+        .iter()
+        .find(|event| event.request_id == "r1")
+        .unwrap();
+    assert_eq!(first.user.as_deref(), Some("alice"));
+    assert_eq!(
+        first.metadata.get("project").map(String::as_str),
+        Some("apollo")
+    );
+    let by_user = GroupBy {
+        user: true,
+        ..GroupBy::default()
+    };
+    let report = store
+        .usage_report("a", None, day0, day0 + 3 * day, by_user)
+        .await
+        .unwrap();
+    let users: Vec<(Option<&str>, u64, Money)> = report
+        .iter()
+        .map(|row| {
+            (
+                row.user.as_deref(),
+                row.totals.requests,
+                row.totals.cost_usd,
+            )
+        })
+        .collect();
+    assert_eq!(
+        users,
+        [
+            (None, 2, usd("0.000024")),
+            (Some("alice"), 2, usd("0.000003")),
+            (Some("bob"), 1, usd("0.000004")),
+        ]
+    );
     // A settlement replayed is not counted twice.
     let mut again = usage("r1", "a", usd("0.000001"));
     again.key_id = Some("key_x".into());
@@ -1178,6 +1229,7 @@ pub async fn usage_reports_from_rollups_agree_with_the_events_at_any_range<H: Ha
         day: true,
         model: true,
         key: true,
+        user: true,
     };
     let ranges = [
         (day0, day0 + 3 * day),            // whole days
@@ -1197,7 +1249,11 @@ pub async fn usage_reports_from_rollups_agree_with_the_events_at_any_range<H: Ha
             GroupBy {
                 model: true,
                 key: true,
-                day: false,
+                ..GroupBy::default()
+            },
+            GroupBy {
+                user: true,
+                ..GroupBy::default()
             },
         ] {
             let report = store

@@ -66,6 +66,8 @@ fn unbilled_usage(request_id: &str, tenant_id: &str) -> UsageRecord {
         route: ferry_core::ports::NO_ROUTE.into(),
         attempts: 0,
         created_at: 20,
+        user: None,
+        metadata: Default::default(),
     }
 }
 

@@ -793,7 +793,7 @@ impl Accounts for SqliteStore {
         to: u64,
         group: GroupBy,
     ) -> StoreResult<Vec<UsageRow>> {
-        let plan = billing::plan_report(from, to, clock::unix_seconds());
+        let plan = billing::plan_report(group, from, to, clock::unix_seconds());
         let tenant_id = tenant_id.to_owned();
         let key_id = key_id.map(str::to_owned);
         self.with(move |connection| {

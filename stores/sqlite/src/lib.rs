@@ -214,6 +214,9 @@ const MIGRATIONS: &[&str] = &[
     // Idempotency keys are kept within their tenant (`ports::PostRequest::scoped_idempotency_key`).
     "UPDATE ledger_transactions SET idempotency_key = tenant_id || '/' || idempotency_key
      WHERE idempotency_key IS NOT NULL;",
+    // Attribution: the caller's own end user and the call's metadata (JSON), where given.
+    "ALTER TABLE usage_events ADD COLUMN end_user TEXT;
+     ALTER TABLE usage_events ADD COLUMN metadata TEXT;",
 ];
 
 /// What a commit survives once `SqliteStore` has answered.
@@ -497,7 +500,7 @@ fn model_from_row(row: &Row<'_>) -> rusqlite::Result<StoredModel> {
 }
 
 pub(crate) const USAGE_COLUMNS: &str = "request_id, tenant_id, key_id, model, deployment, endpoint, prompt_tokens, cached_tokens, \
-     completion_tokens, cost_nanos, status, latency_ms, ttft_ms, created_at, cache_status, route, attempts";
+     completion_tokens, cost_nanos, status, latency_ms, ttft_ms, created_at, cache_status, route, attempts, end_user, metadata";
 
 pub(crate) fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     Ok(UsageRecord {
@@ -518,6 +521,11 @@ pub(crate) fn usage_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
         cache_status: row.get(14)?,
         route: row.get(15)?,
         attempts: u32::try_from(row.get::<_, i64>(16)?).unwrap_or(0),
+        user: row.get(17)?,
+        metadata: row
+            .get::<_, Option<String>>(18)?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -980,7 +988,7 @@ pub(crate) fn insert_usage_event(
 ) -> rusqlite::Result<bool> {
     let inserted = run(connection,
         &format!(
-            "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+            "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
              ON CONFLICT (request_id) DO NOTHING"
         ),
         params![
@@ -1001,6 +1009,10 @@ pub(crate) fn insert_usage_event(
             usage.cache_status,
             usage.route,
             i64::from(usage.attempts),
+            usage.user,
+            (!usage.metadata.is_empty())
+                .then(|| serde_json::to_string(&usage.metadata).ok())
+                .flatten(),
         ],
     )?;
     Ok(inserted == 1)

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use ferry_core::Money;
 use ferry_core::cache::CacheStatus;
+use ferry_core::call::Attribution;
 use ferry_core::model::Price;
 use ferry_core::openai::{PromptTokensDetails, Usage};
 use ferry_core::ports::{Accounts, Endpoint};
@@ -55,6 +56,8 @@ pub struct MeterParams<'a> {
     /// hold would be free.
     pub time_limit: Duration,
     pub metrics: Arc<Metrics>,
+    /// Whom the caller says the call is for.
+    pub attribution: Attribution,
 }
 
 impl Meter {
@@ -70,6 +73,7 @@ impl Meter {
                 deployment_id: params.deployment_id,
                 endpoint: params.endpoint,
                 admitted_at: params.admitted_at,
+                attribution: params.attribution,
             },
             observation: Observation::begin(params.metrics, params.endpoint),
             price: params.price,

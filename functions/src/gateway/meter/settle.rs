@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_core::call::Attribution;
 use ferry_core::openai::Usage;
 use ferry_core::ports::{Accounts, Endpoint, Settled, StoreError, UsageRecord};
 use ferry_core::{ApiError, ErrorKind, Money};
@@ -22,6 +23,7 @@ pub(super) struct Settlement {
     pub endpoint: Endpoint,
     /// Unix seconds.
     pub admitted_at: u64,
+    pub attribution: Attribution,
 }
 
 /// What the call did, for its usage record.
@@ -55,6 +57,8 @@ impl Settlement {
             route: outcome.route.to_owned(),
             attempts: outcome.attempts,
             created_at: self.admitted_at,
+            user: self.attribution.user.clone(),
+            metadata: self.attribution.metadata.clone(),
         }
     }
 }

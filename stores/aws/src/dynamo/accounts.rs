@@ -1066,7 +1066,7 @@ impl Accounts for DynamoStore {
         to: u64,
         group: GroupBy,
     ) -> StoreResult<Vec<UsageRow>> {
-        let plan = billing::plan_report(from, to, clock::unix_millis() / 1000);
+        let plan = billing::plan_report(group, from, to, clock::unix_millis() / 1000);
         let mut report = ReportBuilder::new(group);
         if let Some((first, end)) = plan.rollup_days {
             // A report not broken down by key nor for one key reads the all-keys rollups.
