@@ -74,6 +74,8 @@ pub enum Event {
         index: usize,
         reason: FinishReason,
         completion_tokens: usize,
+        /// The stop sequence that ended it, if one did.
+        stop_sequence: Option<String>,
     },
     /// Exact totals, when the engine learns them only at the end (an external server's
     /// usage chunk); they replace the counts of `Started` and `Finished`.

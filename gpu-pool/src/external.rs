@@ -134,6 +134,7 @@ async fn relay(response: reqwest::Response, sender: &mpsc::UnboundedSender<Event
     let mut parser = SseParser::new();
     let mut chunks_by_choice = vec![0usize; n];
     let mut finishes: Vec<Option<FinishReason>> = vec![None; n];
+    let mut stops: Vec<Option<String>> = vec![None; n];
     let mut usage = None;
     if sender.send(Event::Started { prompt_tokens: 0 }).is_err() {
         return;
@@ -190,6 +191,11 @@ async fn relay(response: reqwest::Response, sender: &mpsc::UnboundedSender<Event
                     } else {
                         FinishReason::Stop
                     });
+                    // vLLM names the stop sequence that ended it (a token id is not one).
+                    stops[index] = choice
+                        .get("stop_reason")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
                 }
             }
         }
@@ -206,12 +212,13 @@ async fn relay(response: reqwest::Response, sender: &mpsc::UnboundedSender<Event
             completion_tokens,
         });
     }
-    for (index, reason) in finishes.into_iter().enumerate() {
+    for ((index, reason), stop_sequence) in finishes.into_iter().enumerate().zip(stops) {
         let reason = reason.unwrap_or(FinishReason::Stop);
         let _ = sender.send(Event::Finished {
             index,
             reason,
             completion_tokens: chunks_by_choice[index],
+            stop_sequence,
         });
     }
 }

@@ -546,6 +546,7 @@ impl Scheduler {
                 index: sequence.index,
                 reason,
                 completion_tokens: sequence.generated,
+                stop_sequence: sequence.stop.matched().map(str::to_owned),
             });
             sequence.done = true;
         };

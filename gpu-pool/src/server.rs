@@ -474,6 +474,8 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
     let mut texts = vec![String::new(); reply.n];
     let mut token_logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); reply.n];
     let mut reasons = vec![None; reply.n];
+    // vLLM's extension: the stop sequence that ended a choice, if one did.
+    let mut stops: Vec<Option<String>> = vec![None; reply.n];
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     let mut exact = None;
     while let Some(event) = events.recv().await {
@@ -497,9 +499,13 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
                 index,
                 reason,
                 completion_tokens: count,
+                stop_sequence,
             } => {
                 if let Some(slot) = reasons.get_mut(index) {
                     *slot = Some(reason.as_str());
+                }
+                if let Some(slot) = stops.get_mut(index) {
+                    *slot = stop_sequence;
                 }
                 completion_tokens += count;
             }
@@ -524,17 +530,18 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
     let choices: Vec<Value> = texts
         .into_iter()
         .zip(reasons)
+        .zip(stops)
         .enumerate()
-        .map(|(index, (text, reason))| {
+        .map(|(index, ((text, reason), stop))| {
             let tokens = token_logprobs.get(index).map_or(&[][..], Vec::as_slice);
             let logprobs = match (reply.logprobs, reply.shape) {
                 (false, _) => Value::Null,
                 (true, Shape::Chat) => chat_logprobs_value(tokens),
                 (true, Shape::Text) => text_logprobs_value(tokens, 0),
             };
-            (index, text, reason, logprobs)
+            (index, text, reason, logprobs, stop)
         })
-        .map(|(index, text, reason, logprobs)| match reply.shape {
+        .map(|(index, text, reason, logprobs, stop)| match reply.shape {
             Shape::Chat => match reply
                 .tools
                 .as_ref()
@@ -544,9 +551,9 @@ async fn whole(mut events: EventStream, reply: Reply) -> Result<Response, ErrorR
                 Some(call) => json!({"index": index, "message": {"role": "assistant", "content": null, "refusal": null,
                     "tool_calls": [{"id": call_id(), "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]},
                     "finish_reason": "tool_calls", "logprobs": logprobs}),
-                None => json!({"index": index, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": reason, "logprobs": logprobs}),
+                None => json!({"index": index, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": reason, "logprobs": logprobs, "stop_reason": stop}),
             },
-            Shape::Text => json!({"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}),
+            Shape::Text => json!({"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs, "stop_reason": stop}),
         })
         .collect();
     let object = match reply.shape {
@@ -743,6 +750,7 @@ impl StreamState {
                 index,
                 reason,
                 completion_tokens,
+                stop_sequence,
             } => {
                 self.completion_tokens += completion_tokens;
                 self.finished += 1;
@@ -756,9 +764,9 @@ impl StreamState {
                         reason = "tool_calls";
                     }
                 }
-                out.push_str(
-                    &self.chunk(json!([self.choice(index, None, false, Some(reason))]), None),
-                );
+                let mut last = self.choice(index, None, false, Some(reason));
+                last["stop_reason"] = json!(stop_sequence);
+                out.push_str(&self.chunk(json!([last]), None));
                 if self.finished == self.reply.n {
                     if self.reply.include_usage {
                         let (prompt, completion) = self

@@ -5,6 +5,8 @@
 pub struct StopMatcher {
     stops: Vec<String>,
     pending: String,
+    /// The stop sequence that ended the text, once one has.
+    matched: Option<String>,
 }
 
 /// What the caller may see after pushing more text.
@@ -21,6 +23,7 @@ impl StopMatcher {
         StopMatcher {
             stops: stops.into_iter().filter(|stop| !stop.is_empty()).collect(),
             pending: String::new(),
+            matched: None,
         }
     }
 
@@ -32,10 +35,11 @@ impl StopMatcher {
         let earliest = self
             .stops
             .iter()
-            .filter_map(|stop| self.pending.find(stop.as_str()))
-            .min();
-        if let Some(position) = earliest {
+            .filter_map(|stop| Some((self.pending.find(stop.as_str())?, stop)))
+            .min_by_key(|(position, _)| *position);
+        if let Some((position, stop)) = earliest {
             let emitted = self.pending[..position].to_owned();
+            self.matched = Some(stop.clone());
             self.pending.clear();
             return StopOutcome::Stopped(emitted);
         }
@@ -56,6 +60,11 @@ impl StopMatcher {
         let emitted = self.pending[..cut].to_owned();
         self.pending.drain(..cut);
         StopOutcome::Continue(emitted)
+    }
+
+    /// The stop sequence that ended the text, if one did (what vLLM reports as `stop_reason`).
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// The text still held back when generation ends for another reason.
@@ -101,5 +110,13 @@ mod tests {
                 "{stops:?} {pieces:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_earliest_stop_in_the_text_is_the_one_matched() {
+        let mut matcher = StopMatcher::new(vec!["b".into(), "ab".into(), "zz".into()]);
+        assert_eq!(matcher.matched(), None);
+        assert_eq!(matcher.push("xab"), StopOutcome::Stopped("x".into()));
+        assert_eq!(matcher.matched(), Some("ab"));
     }
 }

@@ -127,7 +127,12 @@ def test_stop_sequences_and_max_tokens(served):
     stopped = client.messages.create(model=CHAT, max_tokens=40, system=SYSTEM, messages=QUESTION, stop_sequences=[word], **GREEDY)
     assert word not in stopped.content[0].text
     assert whole.content[0].text.startswith(stopped.content[0].text)
-    assert stopped.stop_reason in ("end_turn", "stop_sequence")
+    # The engine says which stop sequence ended it.
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", word)
+    with client.messages.stream(model=CHAT, max_tokens=40, system=SYSTEM, messages=QUESTION, stop_sequences=["zzz", word], **GREEDY) as stream:
+        streamed = stream.get_final_message()
+    assert (streamed.stop_reason, streamed.stop_sequence) == ("stop_sequence", word)
+    assert streamed.content[0].text == stopped.content[0].text
 
 
 def test_a_tool_call_whole_and_streamed_then_its_result(served):
