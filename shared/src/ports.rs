@@ -629,11 +629,19 @@ pub trait Accounts: Send + Sync {
     async fn figures(&self) -> StoreResult<(LedgerFigures, Vec<TenantFigures>)>;
 }
 
-/// Where exports go: a bucket (S3) or a local directory, addressed by `/`-separated keys.
+/// Where exports and uploaded files go: a bucket (S3) or a local directory, addressed by
+/// `/`-separated keys.
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     /// Writes the whole object at once: readers see the old object or the new, never a part.
     async fn put(&self, key: &str, body: Bytes) -> StoreResult<()>;
+    /// The whole object, or `None` where there is none.
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
+    /// Removes the object; false where there was none.
+    async fn delete(&self, key: &str) -> StoreResult<bool>;
+    /// The keys of the objects directly in `folder` (a key prefix without its last `/`), in
+    /// key order.
+    async fn list(&self, folder: &str) -> StoreResult<Vec<String>>;
     /// Where `key` is, for people (a path or a URL).
     fn locate(&self, key: &str) -> String;
 }

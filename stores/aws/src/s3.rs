@@ -79,7 +79,89 @@ impl ObjectStore for S3ObjectStore {
         Ok(())
     }
 
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key)?)
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(error) if error.code() == Some("NoSuchKey") => return Ok(None),
+            Err(error) => return Err(self.failed(key, &error)),
+        };
+        let body = object.body.collect().await.map_err(|error| {
+            StoreError::Unavailable(format!("s3://{}/{key}: {error}", self.bucket))
+        })?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        let object_key = self.object_key(key)?;
+        // DeleteObject says nothing of whether there was one: ask first.
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                return Ok(false);
+            }
+            Err(error) => return Err(self.failed(key, &error)),
+        }
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(object_key)
+            .send()
+            .await
+            .map_err(|error| self.failed(key, &error))?;
+        Ok(true)
+    }
+
+    async fn list(&self, folder: &str) -> StoreResult<Vec<String>> {
+        let prefix = format!("{}/", self.object_key(folder)?);
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|error| self.failed(folder, &error))?;
+            for object in page.contents() {
+                if let Some(key) = object.key().and_then(|key| key.strip_prefix(&self.prefix)) {
+                    keys.push(key.to_owned());
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     fn locate(&self, key: &str) -> String {
         format!("s3://{}/{}{key}", self.bucket, self.prefix)
+    }
+}
+
+impl S3ObjectStore {
+    fn failed(&self, key: &str, error: &impl ProvideErrorMetadata) -> StoreError
+    where
+        Self: Sized,
+    {
+        StoreError::Unavailable(format!(
+            "s3://{}/{key}: {}",
+            self.bucket,
+            error.message().unwrap_or("the request failed")
+        ))
     }
 }

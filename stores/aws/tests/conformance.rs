@@ -64,6 +64,8 @@ mod objects {
             objects.locate("invoices/period=2100-01/inv_a.json"),
             format!("s3://{bucket}/exports/invoices/period=2100-01/inv_a.json")
         );
+        let files = S3ObjectStore::from_config(&config, &bucket, "files/", true);
+        ferry_store_conformance::objects::objects_are_written_read_listed_and_deleted(&files).await;
         for bad in ["", "../escape", "a//b", "a/./b"] {
             assert!(
                 matches!(

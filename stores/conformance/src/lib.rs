@@ -3,7 +3,7 @@
 //! models, sessions, the shared cache; what one tenant or key does never shows through
 //! another's) and the `Accounts` port in [`accounts`] (idempotent settlement and postings,
 //! holds, budgets, token buckets, prices, closing a month; every case ends with the books
-//! reconciling where they should).
+//! reconciling where they should), and the `ObjectStore` port in [`objects`].
 //!
 //! An adapter implements [`Harness`] (how to make a fresh, empty store) and expands
 //! [`conformance_tests!`] in its tests, which makes one `#[tokio::test]` per case.
@@ -21,6 +21,7 @@ use ferry_core::ports::{Accounts, SharedCache, Store};
 
 pub mod accounts;
 pub mod leases;
+pub mod objects;
 pub mod store;
 
 /// What the suite tests: a store with both ports and the shared cache.

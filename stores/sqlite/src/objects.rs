@@ -53,6 +53,58 @@ impl ObjectStore for LocalObjectStore {
         Ok(())
     }
 
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        let path = self.path_of(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(StoreError::Unavailable(format!(
+                "{}: {error}",
+                path.display()
+            ))),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(StoreError::Unavailable(format!(
+                "{}: {error}",
+                path.display()
+            ))),
+        }
+    }
+
+    async fn list(&self, folder: &str) -> StoreResult<Vec<String>> {
+        let path = self.path_of(folder)?;
+        let mut entries = match tokio::fs::read_dir(&path).await {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: {error}",
+                    path.display()
+                )));
+            }
+        };
+        let mut keys = Vec::new();
+        let unavailable =
+            |error: std::io::Error| StoreError::Unavailable(format!("{}: {error}", path.display()));
+        while let Some(entry) = entries.next_entry().await.map_err(unavailable)? {
+            let is_file = entry.file_type().await.map_err(unavailable)?.is_file();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // A write in progress is not an object yet.
+            if is_file && !name.ends_with(".partial") {
+                keys.push(format!("{folder}/{name}"));
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     fn locate(&self, key: &str) -> String {
         self.root.join(key).display().to_string()
     }
@@ -83,6 +135,14 @@ mod tests {
                 "{bad}"
             );
         }
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn keeps_the_object_store_contract() {
+        let root = std::env::temp_dir().join(format!("ferry-objects-c-{}", std::process::id()));
+        let store = LocalObjectStore::new(&root);
+        ferry_store_conformance::objects::objects_are_written_read_listed_and_deleted(&store).await;
         std::fs::remove_dir_all(root).unwrap();
     }
 }
