@@ -151,6 +151,9 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
             stores.answers,
         ),
         edge: edge_keys()?,
+        // A function's replicas share no directory: files need the deployment's bucket,
+        // which the functions are not wired to yet.
+        files: None,
     };
     let surface = match function {
         Function::Gateway => Surface::Gateway,

@@ -187,6 +187,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         },
+        files: Some(Arc::new(ferry_store_sqlite::LocalObjectStore::new(
+            config.data_dir.join("files"),
+        ))),
     };
     if let Some(pool) = &pool {
         state
@@ -202,6 +205,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_calls_in_flight: config.max_calls_in_flight,
             metrics_token: args.metrics_token.clone().filter(|token| !token.is_empty()),
             pool_url,
+            ..RouterConfig::default()
         },
     );
     let listener = TcpListener::bind(config.addr)

@@ -12,7 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ferry_core::ports::{Accounts, Store, Upstream};
+use ferry_core::ports::{Accounts, ObjectStore, Store, Upstream};
 use ferry_core::principal::Principal;
 use ferry_core::{ApiError, ErrorKind};
 use serde_json::json;
@@ -44,6 +44,8 @@ pub struct AppState {
     pub breakers: Arc<Breakers>,
     /// What `/metrics` exports.
     pub metrics: Arc<Metrics>,
+    /// Where uploaded files (batch input) are kept; `None`: this deployment keeps none.
+    pub files: Option<Arc<dyn ObjectStore>>,
 }
 
 /// How admission treats money.
@@ -82,6 +84,8 @@ impl Default for MoneyConfig {
 pub struct RouterConfig {
     /// Larger request bodies are refused with 413 before they are read whole.
     pub max_request_body_bytes: usize,
+    /// Larger uploads to `/v1/files` are refused with 413.
+    pub max_file_bytes: usize,
     /// Model calls served at once, waiting on their upstream included (a stream counts until
     /// its last byte, or its reader leaving); more get 503 `overloaded` at once. A bound on memory and queueing, set
     /// well above what a replica's upstreams keep busy (calls to a model take seconds).
@@ -97,6 +101,7 @@ impl Default for RouterConfig {
     fn default() -> RouterConfig {
         RouterConfig {
             max_request_body_bytes: 8 * 1024 * 1024,
+            max_file_bytes: 200 * 1024 * 1024,
             max_calls_in_flight: 4096,
             metrics_token: None,
             pool_url: None,
@@ -126,9 +131,11 @@ pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> R
     let in_flight = Arc::new(Semaphore::new(config.max_calls_in_flight));
     let mut router = Router::new();
     if surface != Surface::Admin {
-        router = router.merge(
-            gateway::routes().layer(middleware::from_fn_with_state(in_flight, shed_when_full)),
-        );
+        router = router
+            .merge(
+                gateway::routes().layer(middleware::from_fn_with_state(in_flight, shed_when_full)),
+            )
+            .merge(gateway::files::routes(config.max_file_bytes));
     }
     if surface != Surface::Gateway {
         router = router
@@ -156,7 +163,10 @@ pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> R
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_body_bytes))
         .layer(middleware::from_fn_with_state(
-            config.max_request_body_bytes,
+            BodyLimits {
+                request: config.max_request_body_bytes,
+                file: config.max_file_bytes,
+            },
             refuse_declared_oversize,
         ))
         .layer(middleware::from_fn(console::secure_headers))
@@ -212,11 +222,23 @@ fn closing(mut response: Response) -> Response {
 /// A body that says up front it is larger than the limit (`Content-Length`) is refused at
 /// once, before a byte of it is read: the limit alone would only stop reading it once the
 /// limit had arrived, holding the connection open for a body it will refuse.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    request: usize,
+    /// Uploads to `/v1/files`.
+    file: usize,
+}
+
 async fn refuse_declared_oversize(
-    State(limit): State<usize>,
+    State(limits): State<BodyLimits>,
     request: Request,
     next: Next,
 ) -> Response {
+    let limit = if request.uri().path() == "/v1/files" {
+        limits.file
+    } else {
+        limits.request
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -51,6 +51,7 @@ impl AppState {
             money: MoneyConfig::default(),
             cache: ResponseCache::new(DEFAULT_CAPACITY_BYTES),
             edge: None,
+            files: None,
         }
     }
 }

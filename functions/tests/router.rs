@@ -535,6 +535,46 @@ async fn a_body_over_the_configured_limit_is_refused_with_413() {
 }
 
 #[tokio::test]
+async fn uploads_have_a_limit_of_their_own() {
+    let ferry = Ferry::start_with(RouterConfig {
+        max_request_body_bytes: 1024,
+        max_file_bytes: 8 * 1024,
+        ..RouterConfig::default()
+    })
+    .await;
+    let member = ferry.set_up_acme().await;
+    // Over the request limit, within the file limit: it reaches the handler (and this
+    // deployment keeps no files).
+    let within = json!({"padding": "x".repeat(4096)});
+    let answer = ferry.post("/v1/files", &member.key, &within).await;
+    assert_error_code(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable_error",
+        "files_unavailable",
+    );
+    // Declared over the file limit: refused before a byte is read.
+    let never = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/files")
+        .header(header::AUTHORIZATION, format!("Bearer {}", member.key))
+        .header(header::CONTENT_TYPE, "multipart/form-data; boundary=x")
+        .header(header::CONTENT_LENGTH, (16 * 1024).to_string())
+        .body(Body::from_stream(never))
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), ferry.send(request))
+        .await
+        .expect("refused at once, not read");
+    assert_error_code(
+        &answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "request_too_large",
+    );
+}
+
+#[tokio::test]
 async fn a_body_declared_over_the_limit_is_refused_before_it_is_read() {
     let ferry = Ferry::start_with(RouterConfig {
         max_request_body_bytes: 1024,

@@ -26,6 +26,7 @@ pub enum IdKind {
     Completion,
     Usage,
     Transaction,
+    File,
 }
 
 impl IdKind {
@@ -36,6 +37,7 @@ impl IdKind {
             IdKind::Completion => "chatcmpl",
             IdKind::Usage => "use",
             IdKind::Transaction => "txn",
+            IdKind::File => "file",
         }
     }
 }

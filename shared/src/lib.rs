@@ -16,6 +16,7 @@ pub mod calendar;
 pub mod call;
 pub mod edge;
 pub mod error;
+pub mod files;
 pub mod ids;
 pub mod lease;
 pub mod ledger;

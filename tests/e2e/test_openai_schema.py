@@ -221,6 +221,21 @@ def test_responses_plain_and_streamed(served, validate, model, case):
         validate("ResponseStreamEvent", event, f"{model}'s {case} event {index} ({event['type']})")
 
 
+def test_files_uploaded_listed_read_and_deleted(served, validate):
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": CHAT, "messages": MESSAGES}}
+    content = (json.dumps(line) + "\n").encode()
+    headers = auth(served.operator_key)
+    uploaded = httpx.post(f"{served.url}/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": "batch"}, headers=headers, timeout=30)
+    assert uploaded.status_code == 200, uploaded.text
+    validate("OpenAIFile", uploaded.json(), "an uploaded file")
+    file_id = uploaded.json()["id"]
+    validate("OpenAIFile", httpx.get(f"{served.url}/v1/files/{file_id}", headers=headers).json(), "a file")
+    validate("ListFilesResponse", httpx.get(f"{served.url}/v1/files", headers=headers).json(), "the file list")
+    # The content is the file's own bytes, which no schema describes.
+    assert httpx.get(f"{served.url}/v1/files/{file_id}/content", headers=headers).content == content
+    validate("DeleteFileResponse", httpx.delete(f"{served.url}/v1/files/{file_id}", headers=headers).json(), "a deleted file")
+
+
 def test_every_error_status_answers_an_error_body(served, validate, upstream):
     admin = f"{served.url}/admin/v1"
     operator = auth(served.operator_key)
@@ -274,6 +289,11 @@ CHECKED_ROUTES = {
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{id}"),
     ("POST", "/v1/responses"),
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files"),
+    ("GET", "/v1/files/{id}"),
+    ("GET", "/v1/files/{id}/content"),
+    ("DELETE", "/v1/files/{id}"),
 }
 # Doors in another provider's dialect, checked against that provider's own reference.
 CHECKED_ELSEWHERE = {

@@ -457,6 +457,62 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/files": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's files, newest first, a page at a time. */
+        get: operations["list"];
+        put?: never;
+        /**
+         * Uploads a file: multipart with `file` and `purpose` (`batch`). A batch file is checked line
+         *     by line; the first fault is a 400 naming its line, and nothing is kept.
+         */
+        post: operations["upload"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/files/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A file's record. */
+        get: operations["retrieve"];
+        put?: never;
+        post?: never;
+        /** Deletes a file. */
+        delete: operations["delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/files/{id}/content": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A file's content, as uploaded (or as a batch wrote it). */
+        get: operations["content"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/messages": {
         parameters: {
             query?: never;
@@ -724,6 +780,12 @@ export interface components {
             /** @description Why: shown in the ledger. Required for adjustments. */
             memo?: string | null;
         };
+        DeletedFile: {
+            deleted: boolean;
+            id: string;
+            /** @description Always `file`. */
+            object: string;
+        };
         Deployment: {
             id: string;
             upstream: components["schemas"]["UpstreamTarget"];
@@ -776,6 +838,38 @@ export interface components {
             /** @description Always present, `null` when no single parameter is at fault (as OpenAI does). */
             param?: string | null;
             type: string;
+        };
+        FileList: {
+            data: components["schemas"]["FileObject"][];
+            first_id?: string | null;
+            has_more: boolean;
+            last_id?: string | null;
+            /** @description Always `list`. */
+            object: string;
+        };
+        /** @description The file object of OpenAI's Files API. */
+        FileObject: {
+            /** Format: int64 */
+            bytes: number;
+            /**
+             * Format: int64
+             * @description Unix seconds.
+             */
+            created_at: number;
+            /**
+             * Format: int64
+             * @description Unix seconds; files are kept until deleted.
+             */
+            expires_at?: number | null;
+            filename: string;
+            id: string;
+            /** @description Always `file`. */
+            object: string;
+            /** @description `batch` (input) or `batch_output` (a batch's results and errors). */
+            purpose: string;
+            /** @description Always `processed`: a file is checked before it is kept. */
+            status: string;
+            status_details?: string | null;
         };
         ImageSource: {
             data: string;
@@ -2952,6 +3046,181 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list: {
+        parameters: {
+            query?: {
+                /** @description Only files of this purpose. */
+                purpose?: string | null;
+                /** @description At most this many (1 to 10,000; default 10,000). */
+                limit?: number | null;
+                /** @description The files after this one, in the order asked for. */
+                after?: string | null;
+                /** @description `desc` (newest first, the default) or `asc`. */
+                order?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileList"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    upload: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description `file` (JSON lines) and `purpose` (`batch`) */
+        requestBody?: {
+            content: {
+                "multipart/form-data": unknown;
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileObject"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description File id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileObject"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description File id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeletedFile"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    content: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description File id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The file's bytes */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": unknown;
                 };
             };
             404: {

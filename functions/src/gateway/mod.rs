@@ -11,6 +11,7 @@ mod admit;
 mod cached;
 mod call;
 mod dialect;
+pub mod files;
 mod grants;
 pub mod messages;
 mod meter;
