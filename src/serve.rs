@@ -198,6 +198,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let answers = state.cache.clone();
     let metrics = state.metrics.clone();
+    // Batches run in this process, resumed where they were after a restart.
+    tokio::spawn(ferry_functions::batch_runner::run(
+        state.clone(),
+        Duration::from_secs(1),
+    ));
     let router = ferry_functions::router(
         state,
         &RouterConfig {

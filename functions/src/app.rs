@@ -135,7 +135,8 @@ pub fn router_for(surface: Surface, state: AppState, config: &RouterConfig) -> R
             .merge(
                 gateway::routes().layer(middleware::from_fn_with_state(in_flight, shed_when_full)),
             )
-            .merge(gateway::files::routes(config.max_file_bytes));
+            .merge(gateway::files::routes(config.max_file_bytes))
+            .merge(gateway::batches::routes());
     }
     if surface != Surface::Gateway {
         router = router

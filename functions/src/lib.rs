@@ -7,6 +7,7 @@
 pub mod admin;
 mod app;
 pub mod auth;
+pub mod batch_runner;
 pub mod billing;
 mod body;
 pub mod cache;

@@ -1031,6 +1031,7 @@ mod tests {
             output_per_mtok_usd: usd("2"),
             per_call_usd: Some(usd("0.001")),
             cache_hit_usd: None,
+            batch_discount_percent: None,
         };
         let estimate = TokenEstimate::new(936, 0, 100, 100);
         assert_eq!(estimate.prompt_max, 1000);

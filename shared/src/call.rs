@@ -47,6 +47,8 @@ pub struct CallShape {
     pub media_parts: u64,
     /// What the caller asked of the response cache.
     pub directives: Directives,
+    /// A request of a batch (the Batch API): priced at the batch discount.
+    pub batch: bool,
 }
 
 /// What a call may do, before it is admitted.
@@ -307,6 +309,7 @@ mod tests {
             body_bytes: 100,
             media_parts: 0,
             directives: Directives::default(),
+            batch: false,
         }
     }
 
@@ -383,6 +386,7 @@ mod tests {
             output_per_mtok_usd: output.parse().unwrap(),
             per_call_usd: None,
             cache_hit_usd: None,
+            batch_discount_percent: None,
         };
         let dear = estimate.worst_case_cost(&price("4"));
         assert_eq!(

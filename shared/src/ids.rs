@@ -27,6 +27,7 @@ pub enum IdKind {
     Usage,
     Transaction,
     File,
+    Batch,
 }
 
 impl IdKind {
@@ -38,6 +39,7 @@ impl IdKind {
             IdKind::Usage => "use",
             IdKind::Transaction => "txn",
             IdKind::File => "file",
+            IdKind::Batch => "batch",
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod anthropic;
 pub mod api_key;
 pub mod autoscale;
+pub mod batches;
 pub mod billing;
 pub mod bloom;
 pub mod body;

@@ -49,7 +49,14 @@ pub struct Price {
     pub per_call_usd: Option<Money>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_hit_usd: Option<Money>,
+    /// What a batch request (the Batch API) saves on every amount above, in percent (0 to
+    /// 100); [`DEFAULT_BATCH_DISCOUNT_PERCENT`] when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_discount_percent: Option<u8>,
 }
+
+/// Batch requests cost half, as OpenAI's and Anthropic's do, unless a price says otherwise.
+pub const DEFAULT_BATCH_DISCOUNT_PERCENT: u8 = 50;
 
 /// `POST /admin/v1/models`, and a model as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +180,39 @@ impl Price {
                 format!("{prefix}{param}"),
                 "prices must not be negative",
             )),
+            None if self
+                .batch_discount_percent
+                .is_some_and(|percent| percent > 100) =>
+            {
+                Err(ApiError::invalid(
+                    format!("{prefix}batch_discount_percent"),
+                    "batch_discount_percent must be between 0 and 100",
+                ))
+            }
             None => Ok(()),
+        }
+    }
+
+    /// The price of a batch request: every amount less the batch discount, rounded down to the
+    /// nanodollar (in the caller's favour).
+    pub fn for_batch(&self) -> Price {
+        let percent = i128::from(
+            100 - self
+                .batch_discount_percent
+                .unwrap_or(DEFAULT_BATCH_DISCOUNT_PERCENT)
+                .min(100),
+        );
+        let discounted = |amount: Money| {
+            let nanos = i128::from(amount.nanos()) * percent / 100;
+            Money::from_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
+        };
+        Price {
+            input_per_mtok_usd: discounted(self.input_per_mtok_usd),
+            cached_input_per_mtok_usd: self.cached_input_per_mtok_usd.map(discounted),
+            output_per_mtok_usd: discounted(self.output_per_mtok_usd),
+            per_call_usd: self.per_call_usd.map(discounted),
+            cache_hit_usd: self.cache_hit_usd.map(discounted),
+            batch_discount_percent: self.batch_discount_percent,
         }
     }
 }
@@ -199,6 +238,39 @@ impl ModelSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_price_is_discounted_and_rounded_down() {
+        let usd = |text: &str| text.parse::<Money>().unwrap();
+        let price = Price {
+            input_per_mtok_usd: usd("0.15"),
+            output_per_mtok_usd: usd("0.000000003"),
+            per_call_usd: Some(usd("0.001")),
+            ..Price::default()
+        };
+        let half = price.for_batch();
+        assert_eq!(half.input_per_mtok_usd, usd("0.075"));
+        assert_eq!(half.output_per_mtok_usd, usd("0.000000001"));
+        assert_eq!(half.per_call_usd, Some(usd("0.0005")));
+        let none = Price {
+            batch_discount_percent: Some(0),
+            ..price.clone()
+        };
+        assert_eq!(none.for_batch().input_per_mtok_usd, usd("0.15"));
+        let free = Price {
+            batch_discount_percent: Some(100),
+            ..price.clone()
+        };
+        assert_eq!(free.for_batch().per_call_usd, Some(Money::ZERO));
+        let too_much = Price {
+            batch_discount_percent: Some(101),
+            ..price
+        };
+        assert_eq!(
+            too_much.validate("price.").unwrap_err().param.as_deref(),
+            Some("price.batch_discount_percent")
+        );
+    }
     use serde_json::json;
 
     fn spec(value: serde_json::Value) -> ModelSpec {

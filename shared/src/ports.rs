@@ -856,6 +856,7 @@ mod tests {
                 output_per_mtok_usd: Money::ZERO,
                 per_call_usd: None,
                 cache_hit_usd: None,
+                batch_discount_percent: None,
             },
         };
         let records = [

@@ -39,7 +39,7 @@ impl Role {
 }
 
 /// How the caller proved who they are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Credential {
     ApiKey { key_id: String },
     Jwt { subject: String, issuer: String },
@@ -86,8 +86,9 @@ pub fn is_caller_id(text: &str) -> bool {
         })
 }
 
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An authenticated caller. Serializable so work done later on its behalf (a batch) runs as
+/// it was admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     /// `None` only for operators, who belong to no tenant.
     pub tenant_id: Option<String>,
@@ -100,7 +101,7 @@ pub struct Principal {
 }
 
 /// What an API key adds to its tenant's limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyPolicy {
     pub limits: RateLimits,
     pub budgets: Vec<Budget>,

@@ -105,6 +105,7 @@ mod tests {
             output_per_mtok_usd: output.parse().unwrap(),
             per_call_usd: per_call.map(|text| text.parse().unwrap()),
             cache_hit_usd: None,
+            batch_discount_percent: None,
         }
     }
 

@@ -236,6 +236,25 @@ def test_files_uploaded_listed_read_and_deleted(served, validate):
     validate("DeleteFileResponse", httpx.delete(f"{served.url}/v1/files/{file_id}", headers=headers).json(), "a deleted file")
 
 
+def test_a_batch_created_retrieved_listed_and_cancelled(served, validate):
+    lines = [{"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "upstream-model", "messages": MESSAGES, "max_tokens": 4}} for n in range(2)]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    headers = auth(served.operator_key)
+    file_id = httpx.post(f"{served.url}/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": "batch"}, headers=headers, timeout=30).json()["id"]
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h", "metadata": {"job": "x"}}
+    created = post(served, "/v1/batches", body)
+    assert created.status_code == 200, created.text
+    validate("Batch", created.json(), "a created batch")
+    batch_id = created.json()["id"]
+    validate("ListBatchesResponse", httpx.get(f"{served.url}/v1/batches", headers=headers).json(), "the batch list")
+    cancelled = post(served, f"/v1/batches/{batch_id}/cancel", {})
+    if cancelled.status_code == 200:
+        validate("Batch", cancelled.json(), "a cancelled batch")
+    else:  # it finished first
+        assert cancelled.status_code == 409, cancelled.text
+    validate("Batch", httpx.get(f"{served.url}/v1/batches/{batch_id}", headers=headers).json(), "a batch")
+
+
 def test_every_error_status_answers_an_error_body(served, validate, upstream):
     admin = f"{served.url}/admin/v1"
     operator = auth(served.operator_key)
@@ -294,6 +313,10 @@ CHECKED_ROUTES = {
     ("GET", "/v1/files/{id}"),
     ("GET", "/v1/files/{id}/content"),
     ("DELETE", "/v1/files/{id}"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/{id}"),
+    ("POST", "/v1/batches/{id}/cancel"),
 }
 # Doors in another provider's dialect, checked against that provider's own reference.
 CHECKED_ELSEWHERE = {

@@ -406,6 +406,64 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/batches": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's batches, newest first. */
+        get: operations["list"];
+        put?: never;
+        /**
+         * Creates a batch from an uploaded file. Every request must call `endpoint` with a model the
+         *     caller may use; the first that does not is a 400 naming its line.
+         */
+        post: operations["create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/batches/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A batch, with its progress. */
+        get: operations["retrieve"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/batches/{id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancels a batch: requests not yet run are not, and the files say so; what ran is kept and
+         *     billed.
+         */
+        post: operations["cancel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/chat/completions": {
         parameters: {
             query?: never;
@@ -610,6 +668,49 @@ export interface components {
             role: components["schemas"]["ChatRole"];
             tool_calls?: Record<string, never>[] | null;
         };
+        /** @description The batch object of OpenAI's Batch API. */
+        Batch: {
+            /** Format: int64 */
+            cancelled_at?: number | null;
+            /** Format: int64 */
+            cancelling_at?: number | null;
+            /** Format: int64 */
+            completed_at?: number | null;
+            completion_window: string;
+            /** Format: int64 */
+            created_at: number;
+            endpoint: string;
+            error_file_id?: string | null;
+            /** Format: int64 */
+            expired_at?: number | null;
+            /** Format: int64 */
+            expires_at?: number | null;
+            /** Format: int64 */
+            failed_at?: number | null;
+            /** Format: int64 */
+            finalizing_at?: number | null;
+            id: string;
+            /** Format: int64 */
+            in_progress_at?: number | null;
+            input_file_id: string;
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /** @description Always `batch`. */
+            object: string;
+            output_file_id?: string | null;
+            request_counts: components["schemas"]["RequestCounts"];
+            /** @description `in_progress`, `finalizing`, `completed`, `expired`, `cancelling` or `cancelled`. */
+            status: string;
+        };
+        BatchList: {
+            data: components["schemas"]["Batch"][];
+            first_id?: string | null;
+            has_more: boolean;
+            last_id?: string | null;
+            /** @description Always `list`. */
+            object: string;
+        };
         /** @enum {string} */
         Billing: "prepaid" | "postpaid";
         /** @description When a deployment's breaker opens, and how it closes again. */
@@ -746,6 +847,18 @@ export interface components {
         ContentPart: {
             text?: string | null;
             type: string;
+        };
+        /** @description `POST /v1/batches`. */
+        CreateBatch: {
+            /** @description Only `24h`. */
+            completion_window: string;
+            /**
+             * @description `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` or `/v1/responses`: every
+             *     request of the file must call it.
+             */
+            endpoint: string;
+            input_file_id: string;
+            metadata?: Record<string, never> | null;
         };
         CreateKey: {
             /** @description Spend caps per UTC day or month for this key. */
@@ -1309,6 +1422,12 @@ export interface components {
         };
         /** @description Prices per million tokens and per call, in exact USD. */
         Price: {
+            /**
+             * Format: int32
+             * @description What a batch request (the Batch API) saves on every amount above, in percent (0 to
+             *     100); [`DEFAULT_BATCH_DISCOUNT_PERCENT`] when not set.
+             */
+            batch_discount_percent?: number | null;
             cache_hit_usd?: null | components["schemas"]["Money"];
             cached_input_per_mtok_usd?: null | components["schemas"]["Money"];
             input_per_mtok_usd: components["schemas"]["Money"];
@@ -1343,6 +1462,14 @@ export interface components {
         };
         /** @enum {string} */
         ReplicaState: "starting" | "ready" | "draining" | "lost";
+        RequestCounts: {
+            /** Format: int64 */
+            completed: number;
+            /** Format: int64 */
+            failed: number;
+            /** Format: int64 */
+            total: number;
+        };
         ResponseFormat: {
             /** @description `text`, `json_object` or `json_schema`. */
             type: string;
@@ -2867,6 +2994,153 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list: {
+        parameters: {
+            query?: {
+                /** @description At most this many (1 to 100; default 20). */
+                limit?: number | null;
+                /** @description The batches after this one, newest first. */
+                after?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BatchList"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateBatch"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Batch"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Batch id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Batch"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    cancel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Batch id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Batch"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -96,7 +96,12 @@ async fn run(
     let now_ms = caller.now_ms;
     let (mut route, outage) =
         plan_route(state, principal, &model.spec, &shape, &plan, &body).await?;
-    let prices = prices(state, &model.spec, &route, now_ms).await?;
+    let mut prices = prices(state, &model.spec, &route, now_ms).await?;
+    if shape.batch {
+        for price in prices.iter_mut().flatten() {
+            *price = price.for_batch();
+        }
+    }
     let deployment = route.candidates()[0];
     let rate = admit_call(
         &caller,

@@ -37,7 +37,7 @@ pub fn routes(max_file_bytes: usize) -> Router<AppState> {
 }
 
 /// The deployment's file store, or why there is none.
-fn store(state: &AppState) -> Result<&Arc<dyn ObjectStore>, ApiError> {
+pub(crate) fn store(state: &AppState) -> Result<&Arc<dyn ObjectStore>, ApiError> {
     state.files.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorKind::NoCapacity,
@@ -117,7 +117,7 @@ pub async fn upload(
     Ok(Json(record))
 }
 
-fn record_bytes(record: &FileObject) -> Result<Bytes, ApiError> {
+pub(crate) fn record_bytes(record: &FileObject) -> Result<Bytes, ApiError> {
     serde_json::to_vec(record)
         .map(Bytes::from)
         .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))
@@ -135,7 +135,7 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
 }
 
 /// One of the caller's files, if it is theirs.
-async fn find(state: &AppState, tenant: &str, id: &str) -> Result<FileObject, ApiError> {
+pub(crate) async fn find(state: &AppState, tenant: &str, id: &str) -> Result<FileObject, ApiError> {
     let missing = || {
         ApiError::new(
             ErrorKind::NotFound,

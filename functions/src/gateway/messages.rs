@@ -75,6 +75,7 @@ pub async fn create_message(
         body_bytes: body.byte_len,
         media_parts: images as u64,
         directives: directives(&headers)?,
+        batch: false,
     };
     let caller = Caller::new(&state, request_id, &log, &principal);
     let response = call::serve(caller, &request.model, shape, chat).await?;

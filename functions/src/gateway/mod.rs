@@ -8,6 +8,7 @@
 //! in a call) and `grants` (what an edge may keep).
 
 mod admit;
+pub mod batches;
 mod cached;
 mod call;
 mod dialect;
@@ -66,6 +67,7 @@ pub async fn chat_completions(
     Extension(request_id): Extension<RequestId>,
     Extension(log): Extension<RequestLog>,
     app::Caller(principal): app::Caller,
+    batch: Option<Extension<BatchCall>>,
     headers: HeaderMap,
     body: JsonBody<ChatCompletionRequest>,
 ) -> HandlerResult<Response> {
@@ -95,6 +97,7 @@ pub async fn chat_completions(
         body_bytes: body.byte_len,
         media_parts: request.media_parts(),
         directives: directives(&headers)?,
+        batch: batch.is_some(),
     };
     let caller = Caller::new(&state, request_id, &log, &principal);
     call::serve(caller, &request.model, shape, body.raw).await
@@ -110,6 +113,7 @@ pub async fn completions(
     Extension(request_id): Extension<RequestId>,
     Extension(log): Extension<RequestLog>,
     app::Caller(principal): app::Caller,
+    batch: Option<Extension<BatchCall>>,
     headers: HeaderMap,
     body: JsonBody<CompletionRequest>,
 ) -> HandlerResult<Response> {
@@ -135,6 +139,7 @@ pub async fn completions(
         body_bytes: body.byte_len,
         media_parts: 0,
         directives: directives(&headers)?,
+        batch: batch.is_some(),
     };
     let caller = Caller::new(&state, request_id, &log, &principal);
     call::serve(caller, &request.model, shape, body.raw).await
@@ -150,6 +155,7 @@ pub async fn embeddings(
     Extension(request_id): Extension<RequestId>,
     Extension(log): Extension<RequestLog>,
     app::Caller(principal): app::Caller,
+    batch: Option<Extension<BatchCall>>,
     headers: HeaderMap,
     body: JsonBody<EmbeddingRequest>,
 ) -> HandlerResult<Response> {
@@ -162,6 +168,7 @@ pub async fn embeddings(
         body_bytes: body.byte_len,
         media_parts: 0,
         directives: directives(&headers)?,
+        batch: batch.is_some(),
     };
     let caller = Caller::new(&state, request_id, &log, &principal);
     call::serve(caller, &body.typed.model, shape, body.raw).await
@@ -215,6 +222,11 @@ fn model_object(model: &StoredModel) -> ModelObject {
         owned_by: "ferry".into(),
     }
 }
+
+/// Marks a call as a request of a batch: set only by the batch runner, which calls the
+/// handlers itself (an HTTP request never carries it).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchCall;
 
 fn directives(headers: &HeaderMap) -> Result<Directives, ApiError> {
     let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());

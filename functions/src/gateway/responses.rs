@@ -14,7 +14,7 @@ use ferry_core::responses::{self, ResponseContext, ResponsesRequest, StreamTrans
 use serde_json::Value;
 
 use super::call::{self, Caller};
-use super::{dialect, directives};
+use super::{BatchCall, dialect, directives};
 use crate::app::{self, AppState, RequestId, RequestLog};
 use crate::clock;
 use crate::error::HandlerResult;
@@ -34,6 +34,7 @@ pub async fn create_response(
     Extension(request_id): Extension<RequestId>,
     Extension(log): Extension<RequestLog>,
     app::Caller(principal): app::Caller,
+    batch: Option<Extension<BatchCall>>,
     headers: HeaderMap,
     body: JsonBody<ResponsesRequest>,
 ) -> HandlerResult<Response> {
@@ -62,6 +63,7 @@ pub async fn create_response(
         body_bytes: body.byte_len,
         media_parts,
         directives: directives(&headers)?,
+        batch: batch.is_some(),
     };
     let caller = Caller::new(&state, request_id, &log, &principal);
     let response = call::serve(caller, &request.model, shape, chat).await?;

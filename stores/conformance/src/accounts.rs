@@ -881,6 +881,7 @@ fn price(per_mtok: &str) -> Price {
         output_per_mtok_usd: usd(per_mtok),
         per_call_usd: None,
         cache_hit_usd: None,
+        batch_discount_percent: None,
     }
 }
 

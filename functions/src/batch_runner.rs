@@ -1,0 +1,322 @@
+//! Drives batches to completion: each request of each active batch runs through the gateway's
+//! own handler for its endpoint, as the caller who created the batch, so admission, limits,
+//! holds, routing, metering and billing are a call's. A few requests of a batch at a time:
+//! batches fill idle capacity, they do not crowd out interactive calls.
+//!
+//! It survives restarts: what a request left is an object of its own, written once the call
+//! has settled, and a restarted runner skips what is there; a request that was running when
+//! the process died runs again under the same request id, which settlement is idempotent on,
+//! so it is never charged twice.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bytes::Bytes;
+use ferry_core::batches::{self, LineResult, StoredBatch};
+use ferry_core::files::{self, BatchLine, FileObject};
+use ferry_core::ids::{self, IdKind};
+use ferry_core::ports::ObjectStore;
+use ferry_core::{ApiError, ErrorKind};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::app::{self, AppState, RequestId, RequestLog};
+use crate::clock;
+use crate::extract::JsonBody;
+use crate::gateway;
+
+/// Requests of one batch running at once.
+const CONCURRENCY: usize = 4;
+/// Results between two saves of a batch's counts (and looks at whether it was cancelled).
+const CHECK_EVERY: usize = 16;
+
+/// Runs until the process ends, looking for work every `interval`.
+pub async fn run(state: AppState, interval: Duration) {
+    loop {
+        if let Err(error) = tick(&state).await {
+            tracing::warn!(%error, "batches: a pass failed; retrying");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One pass over the active batches.
+pub async fn tick(state: &AppState) -> Result<(), ApiError> {
+    let Some(objects) = state.files.clone() else {
+        return Ok(());
+    };
+    for key in objects.list(batches::ACTIVE_FOLDER).await? {
+        let Some(batch_id) = key.rsplit('/').next().map(str::to_owned) else {
+            continue;
+        };
+        let Some(tenant) = objects.get(&key).await? else {
+            continue;
+        };
+        let tenant = String::from_utf8_lossy(&tenant).into_owned();
+        if let Err(error) = drive(state, objects.as_ref(), &tenant, &batch_id).await {
+            tracing::warn!(%error, batch = %batch_id, "batches: a batch failed to advance");
+        }
+    }
+    Ok(())
+}
+
+/// Runs what is left of one batch, then finishes it.
+async fn drive(
+    state: &AppState,
+    objects: &dyn ObjectStore,
+    tenant: &str,
+    batch_id: &str,
+) -> Result<(), ApiError> {
+    let mut stored = gateway::batches::load(state, tenant, batch_id).await?;
+    if !stored.batch.is_active() {
+        objects.delete(&batches::active_key(batch_id)).await?;
+        return Ok(());
+    }
+    let content = objects
+        .get(&files::content_key(tenant, &stored.batch.input_file_id))
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorKind::Internal, "the batch's input file is gone"))?;
+    let lines = files::parse_batch_input(&content)?;
+    let mut results = done(objects, tenant, batch_id).await?;
+    let pending: Vec<&BatchLine> = lines
+        .iter()
+        .filter(|line| !results.contains_key(&line.line))
+        .collect();
+    for chunk in pending.chunks(CHECK_EVERY) {
+        if stored.batch.status == "cancelling" || stored.batch.has_expired(clock::unix_seconds()) {
+            break;
+        }
+        let calls: Vec<_> = chunk
+            .iter()
+            .map(|line| run_line(state, &stored, line))
+            .collect();
+        let ran: Vec<(usize, LineResult)> = futures_util::stream::iter(calls)
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        for (line, result) in ran {
+            results.insert(line, result);
+        }
+        // Counts for whoever polls, and a cancellation since the last look.
+        let latest = gateway::batches::load(state, tenant, batch_id).await?;
+        stored.batch.status = latest.batch.status;
+        stored.batch.cancelling_at = latest.batch.cancelling_at;
+        count(&mut stored, &results);
+        gateway::batches::save(state, &stored).await?;
+    }
+    finish(state, objects, &mut stored, &lines, &results).await
+}
+
+/// The results already kept, by line.
+async fn done(
+    objects: &dyn ObjectStore,
+    tenant: &str,
+    batch_id: &str,
+) -> Result<BTreeMap<usize, LineResult>, ApiError> {
+    let mut results = BTreeMap::new();
+    for key in objects
+        .list(&batches::results_folder(tenant, batch_id))
+        .await?
+    {
+        let (Some(line), Some(bytes)) = (batches::line_of_result(&key), objects.get(&key).await?)
+        else {
+            continue;
+        };
+        if let Ok(result) = serde_json::from_slice::<LineResult>(&bytes) {
+            results.insert(line, result);
+        }
+    }
+    Ok(results)
+}
+
+fn count(stored: &mut StoredBatch, results: &BTreeMap<usize, LineResult>) {
+    let succeeded = results.values().filter(|result| result.succeeded()).count() as u64;
+    stored.batch.request_counts.completed = succeeded;
+    stored.batch.request_counts.failed = results.len() as u64 - succeeded;
+}
+
+/// Runs one request and keeps what it left.
+async fn run_line(
+    state: &AppState,
+    stored: &StoredBatch,
+    line: &BatchLine,
+) -> Result<(usize, LineResult), ApiError> {
+    let request_id = batches::request_id(&stored.batch.id, line.line);
+    let response = dispatch(state, stored, &request_id, line).await;
+    let status_code = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))?;
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let result = LineResult {
+        custom_id: line.custom_id.clone(),
+        request_id,
+        status_code,
+        body,
+    };
+    let kept = serde_json::to_vec(&result)
+        .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))?;
+    gateway::files::store(state)?
+        .put(
+            &batches::result_key(&stored.tenant, &stored.batch.id, line.line),
+            Bytes::from(kept),
+        )
+        .await?;
+    Ok((line.line, result))
+}
+
+/// The request, through its endpoint's own handler.
+async fn dispatch(
+    state: &AppState,
+    stored: &StoredBatch,
+    request_id: &str,
+    line: &BatchLine,
+) -> Response {
+    let byte_len = line.body.to_string().len();
+    let caller = app::Caller(stored.principal.clone());
+    let (id, log) = (
+        Extension(RequestId(request_id.to_owned())),
+        Extension(RequestLog::default()),
+    );
+    let state = State(state.clone());
+    let headers = HeaderMap::new();
+    let batch = Some(Extension(gateway::BatchCall));
+    let answer = match line.url.as_str() {
+        "/v1/chat/completions" => match body(line, byte_len) {
+            Ok(body) => {
+                gateway::chat_completions(state, id, log, caller, batch, headers, body).await
+            }
+            Err(error) => Err(error.into()),
+        },
+        "/v1/completions" => match body(line, byte_len) {
+            Ok(body) => gateway::completions(state, id, log, caller, batch, headers, body).await,
+            Err(error) => Err(error.into()),
+        },
+        "/v1/embeddings" => match body(line, byte_len) {
+            Ok(body) => gateway::embeddings(state, id, log, caller, batch, headers, body).await,
+            Err(error) => Err(error.into()),
+        },
+        "/v1/responses" => match body(line, byte_len) {
+            Ok(body) => {
+                gateway::responses::create_response(state, id, log, caller, batch, headers, body)
+                    .await
+            }
+            Err(error) => Err(error.into()),
+        },
+        other => Err(ApiError::invalid("url", format!("{other} is not served in a batch")).into()),
+    };
+    match answer {
+        Ok(response) => response,
+        Err(error) => axum::response::IntoResponse::into_response(error),
+    }
+}
+
+/// A request's body as its endpoint's handler takes it.
+fn body<T: serde::de::DeserializeOwned>(
+    line: &BatchLine,
+    byte_len: usize,
+) -> Result<JsonBody<T>, ApiError> {
+    let typed = serde_json::from_value(line.body.clone())
+        .map_err(|error| ApiError::invalid("body", error.to_string()))?;
+    Ok(JsonBody {
+        typed,
+        raw: line.body.clone(),
+        byte_len,
+    })
+}
+
+/// Writes the output and error files and ends the batch: completed, or cancelled or expired
+/// with what ran.
+async fn finish(
+    state: &AppState,
+    objects: &dyn ObjectStore,
+    stored: &mut StoredBatch,
+    lines: &[BatchLine],
+    results: &BTreeMap<usize, LineResult>,
+) -> Result<(), ApiError> {
+    let now = clock::unix_seconds();
+    let (status, not_run) = if results.len() == lines.len() {
+        ("completed", "")
+    } else if stored.batch.status == "cancelling" {
+        ("cancelled", "batch_cancelled")
+    } else if stored.batch.has_expired(now) {
+        ("expired", "batch_expired")
+    } else {
+        // More to do on the next pass.
+        return Ok(());
+    };
+    let batch_id = stored.batch.id.clone();
+    let (mut output, mut errors) = (String::new(), String::new());
+    for line in lines {
+        let text = match results.get(&line.line) {
+            Some(result) => result.output_line(&batch_id, line.line),
+            None => batches::not_run_line(&batch_id, line.line, &line.custom_id, not_run),
+        };
+        let file = match results.get(&line.line) {
+            Some(result) if result.succeeded() => &mut output,
+            _ => &mut errors,
+        };
+        file.push_str(&text);
+        file.push('\n');
+    }
+    stored.batch.finalizing_at = Some(now);
+    stored.batch.output_file_id =
+        keep_file(objects, &stored.tenant, &batch_id, "output", output).await?;
+    stored.batch.error_file_id =
+        keep_file(objects, &stored.tenant, &batch_id, "error", errors).await?;
+    count(stored, results);
+    stored.batch.status = status.into();
+    match status {
+        "completed" => stored.batch.completed_at = Some(now),
+        "cancelled" => stored.batch.cancelled_at = Some(now),
+        _ => stored.batch.expired_at = Some(now),
+    }
+    gateway::batches::save(state, stored).await?;
+    objects.delete(&batches::active_key(&batch_id)).await?;
+    tracing::info!(batch = %batch_id, status, requests = lines.len(), "batch finished");
+    Ok(())
+}
+
+/// A batch's output or error file, kept as the tenant's file; none when it would be empty.
+async fn keep_file(
+    objects: &dyn ObjectStore,
+    tenant: &str,
+    batch_id: &str,
+    kind: &str,
+    content: String,
+) -> Result<Option<String>, ApiError> {
+    if content.is_empty() {
+        return Ok(None);
+    }
+    let now_ms = clock::unix_millis();
+    let record = FileObject {
+        id: ids::object_id(IdKind::File, now_ms, clock::random_bytes()),
+        object: "file".into(),
+        bytes: content.len() as u64,
+        created_at: now_ms / 1000,
+        filename: format!("{batch_id}_{kind}.jsonl"),
+        purpose: "batch_output".into(),
+        status: "processed".into(),
+        status_details: None,
+        expires_at: None,
+    };
+    objects
+        .put(
+            &files::content_key(tenant, &record.id),
+            Bytes::from(content),
+        )
+        .await?;
+    objects
+        .put(
+            &files::record_key(tenant, &record.id),
+            gateway::files::record_bytes(&record)?,
+        )
+        .await?;
+    Ok(Some(record.id))
+}
