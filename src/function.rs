@@ -151,9 +151,9 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
             stores.answers,
         ),
         edge: edge_keys()?,
-        // A function's replicas share no directory: files need the deployment's bucket,
-        // which the functions are not wired to yet.
-        files: None,
+        files: stores.files,
+        // The deployed functions run no batches yet.
+        runs_batches: false,
     };
     let surface = match function {
         Function::Gateway => Surface::Gateway,
@@ -303,6 +303,8 @@ struct Stores {
     store: Arc<dyn Store>,
     accounts: Arc<dyn Accounts>,
     objects: Arc<dyn ObjectStore>,
+    /// Uploaded files (the gateway's Files API), if this deployment keeps them.
+    files: Option<Arc<dyn ObjectStore>>,
     /// The response cache's shared level.
     answers: Arc<dyn SharedCache>,
     /// Shared by many replicas (DynamoDB), not a file of this one.
@@ -336,6 +338,7 @@ impl Stores {
                     accounts: store,
                     answers,
                     objects: objects(function, &data_dir).await?,
+                    files: files(function, &data_dir).await?,
                     shared: false,
                 })
             }
@@ -363,6 +366,7 @@ async fn dynamodb(
         accounts: store.clone(),
         answers: store,
         objects: objects(function, data_dir).await?,
+        files: files(function, data_dir).await?,
         shared: true,
     })
 }
@@ -384,23 +388,52 @@ async fn objects(
     };
     match bucket {
         None => Ok(Arc::new(LocalObjectStore::new(data_dir.join("objects")))),
-        Some(bucket) => s3(bucket).await,
+        Some(bucket) => s3(bucket, S3Prefix::Exports).await,
     }
 }
 
+/// The gateway's uploaded files and batches: under `files/` and `batches/` in the S3 bucket if
+/// one is set, else in the data directory's `objects/`; on Lambda without a bucket, none (an instance's disk is
+/// its own).
+async fn files(
+    function: Function,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<Arc<dyn ObjectStore>>> {
+    if function != Function::Gateway {
+        return Ok(None);
+    }
+    match value(env::S3_BUCKET) {
+        Some(bucket) => Ok(Some(s3(bucket, S3Prefix::Files).await?)),
+        None if on_lambda() => Ok(None),
+        None => Ok(Some(Arc::new(LocalObjectStore::new(
+            data_dir.join("objects"),
+        )))),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum S3Prefix {
+    Exports,
+    Files,
+}
+
 #[cfg(feature = "aws")]
-async fn s3(bucket: String) -> anyhow::Result<Arc<dyn ObjectStore>> {
+async fn s3(bucket: String, prefix: S3Prefix) -> anyhow::Result<Arc<dyn ObjectStore>> {
     let config = ferry_aws::sdk_config().await;
+    let prefix = match prefix {
+        S3Prefix::Exports => ferry_aws::schema::EXPORTS_PREFIX,
+        S3Prefix::Files => ferry_aws::schema::GATEWAY_PREFIX,
+    };
     Ok(Arc::new(ferry_aws::S3ObjectStore::from_config(
         &config,
         bucket,
-        ferry_aws::schema::EXPORTS_PREFIX,
+        prefix,
         flag(env::S3_FORCE_PATH_STYLE),
     )))
 }
 
 #[cfg(not(feature = "aws"))]
-async fn s3(_: String) -> anyhow::Result<Arc<dyn ObjectStore>> {
+async fn s3(_: String, _: S3Prefix) -> anyhow::Result<Arc<dyn ObjectStore>> {
     anyhow::bail!(
         "{} is set but this build has no AWS support: build with `--features aws`",
         env::S3_BUCKET.name

@@ -187,9 +187,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         },
+        // Beside billing's exports: keys begin `files/` and `batches/`.
         files: Some(Arc::new(ferry_store_sqlite::LocalObjectStore::new(
-            config.data_dir.join("files"),
+            config.data_dir.join("objects"),
         ))),
+        runs_batches: true,
     };
     if let Some(pool) = &pool {
         state

@@ -46,6 +46,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Where uploaded files (batch input) are kept; `None`: this deployment keeps none.
     pub files: Option<Arc<dyn ObjectStore>>,
+    /// Whether a batch runner drives this deployment's batches (`ferry serve`'s does); without
+    /// one, batches are refused rather than left waiting.
+    pub runs_batches: bool,
 }
 
 /// How admission treats money.

@@ -56,17 +56,18 @@ pub const DYNAMODB_TABLE: Variable = Variable {
     read_by: ALL,
     required_by: ALL,
 };
-/// The S3 bucket billing exports invoices and usage to (under `exports/`); without it, a
-/// directory in `FERRY_DATA_DIR`.
+/// The S3 bucket billing exports invoices and usage to (under `exports/`) and the gateway
+/// keeps uploaded files and batches in (under `files/`, `batches/`); without it, a directory in
+/// `FERRY_DATA_DIR` (off Lambda; on Lambda the gateway then keeps no files).
 pub const S3_BUCKET: Variable = Variable {
     name: "FERRY_S3_BUCKET",
-    read_by: &[Function::Billing],
-    required_by: &[Function::Billing],
+    read_by: &[Function::Gateway, Function::Billing],
+    required_by: &[Function::Gateway, Function::Billing],
 };
 /// `true` for S3-compatible servers that need path-style addressing.
 pub const S3_FORCE_PATH_STYLE: Variable = Variable {
     name: "FERRY_S3_FORCE_PATH_STYLE",
-    read_by: &[Function::Billing],
+    read_by: &[Function::Gateway, Function::Billing],
     required_by: NONE,
 };
 /// Where the SQLite store (and local exports) live.

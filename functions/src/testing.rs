@@ -52,6 +52,7 @@ impl AppState {
             cache: ResponseCache::new(DEFAULT_CAPACITY_BYTES),
             edge: None,
             files: None,
+            runs_batches: false,
         }
     }
 }

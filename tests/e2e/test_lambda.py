@@ -195,7 +195,8 @@ def tenant(admin, worker):
 @pytest.fixture(scope="module")
 def gateway(aws):
     env, _ = aws
-    emulator = Emulator("gateway", env)
+    # Uploaded files go to the bucket, under files/.
+    emulator = Emulator("gateway", {**env, "FERRY_S3_BUCKET": "ferry-exports", "FERRY_S3_FORCE_PATH_STYLE": "true"})
     yield emulator
     emulator.stop()
 
@@ -250,6 +251,26 @@ def test_the_gateway_answers_through_a_function_url_streamed_and_not(admin, tena
     account = ok(admin.get(f"/tenants/{tenant_id}"))
     assert Decimal(account["held_usd"]) == 0
     assert Decimal(account["available_usd"]) == Decimal("1") - spent
+
+
+def test_the_gateway_keeps_uploaded_files_in_the_bucket(aws, tenant, gateway):
+    tenant_id, key = tenant
+    client = openai.OpenAI(base_url=f"{gateway.url}/lambda-url/_/v1", api_key=key, timeout=60, max_retries=0)
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "smol", "messages": MESSAGES}}
+    content = (json.dumps(line) + "\n").encode()
+    uploaded = client.files.create(file=("in.jsonl", content), purpose="batch")
+    assert client.files.retrieve(uploaded.id).bytes == len(content)
+    assert client.files.content(uploaded.id).read() == content
+    assert [file.id for file in client.files.list().data] == [uploaded.id]
+    _, s3 = aws
+    stored = s3.get_object(Bucket="ferry-exports", Key=f"files/{tenant_id}/{uploaded.id}.jsonl")["Body"].read()
+    assert stored == content
+    # The deployed functions run no batches yet: refused, not left waiting.
+    with pytest.raises(openai.InternalServerError) as refused:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert refused.value.status_code == 503 and refused.value.body["code"] == "batches_unavailable"
+    assert client.files.delete(uploaded.id).deleted
+    assert client.files.list().data == []
 
 
 def test_the_billing_function_runs_its_jobs_as_eventbridge_invokes_it(aws, admin, tenant, gateway, billing):

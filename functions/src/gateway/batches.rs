@@ -58,6 +58,14 @@ pub async fn create(
 ) -> HandlerResult<Json<Batch>> {
     let request = body.typed;
     let objects = store(&state)?;
+    if !state.runs_batches {
+        return Err(ApiError::new(
+            ErrorKind::NoCapacity,
+            "This deployment runs no batches: `ferry serve` does; the deployed functions do not yet.",
+        )
+        .with_code("batches_unavailable")
+        .into());
+    }
     if request.completion_window != batches::COMPLETION_WINDOW {
         return Err(ApiError::invalid("completion_window", "completion_window must be 24h").into());
     }

@@ -53,12 +53,24 @@ pub fn dynamodb_actions(function: &str) -> &'static [&'static str] {
 pub fn s3_actions(function: &str) -> &'static [&'static str] {
     match function {
         "billing" => &["s3:PutObject"],
+        // Uploaded files (the Files API) under `files/`, batches under `batches/`: written,
+        // read, listed, deleted.
+        "gateway" => &[
+            "s3:DeleteObject",
+            "s3:GetObject",
+            "s3:ListBucket",
+            "s3:PutObject",
+        ],
         _ => &[],
     }
 }
 
 /// The prefix under which billing writes its exports (invoices, usage).
 pub const EXPORTS_PREFIX: &str = "exports/";
+
+/// The gateway's objects (uploaded files under `files/`, batches under `batches/`) are keyed
+/// from the bucket's root.
+pub const GATEWAY_PREFIX: &str = "";
 
 #[cfg(test)]
 mod tests {
@@ -85,6 +97,10 @@ mod tests {
                 ("ConditionCheck::builder()", "dynamodb:ConditionCheckItem"),
                 (".put_object()", "s3:PutObject"),
                 (".get_object()", "s3:GetObject"),
+                // HeadObject is authorized as GetObject; ListObjectsV2 as ListBucket.
+                (".head_object()", "s3:GetObject"),
+                (".delete_object()", "s3:DeleteObject"),
+                (".list_objects_v2()", "s3:ListBucket"),
             ] {
                 if source.contains(marker) {
                     actions.insert(action.to_owned());

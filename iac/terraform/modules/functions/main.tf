@@ -46,6 +46,7 @@ locals {
     gateway = merge({
       FERRY_STORE          = "dynamodb"
       FERRY_DYNAMODB_TABLE = var.table_name
+      FERRY_S3_BUCKET      = var.bucket_name
       FERRY_LOG_JSON       = "true"
     }, local.oidc_environment, local.edge_environment)
     admin = merge({
@@ -93,15 +94,16 @@ locals {
     ]
   }
 
-  # S3, per function: only billing writes, and only its exports.
+  # S3, per function: billing writes its exports; the gateway keeps uploaded files (the Files
+  # API) under files/ and batches under batches/. These lists must equal `ferry_aws::schema::s3_actions`.
   s3_actions = {
-    gateway = []
+    gateway = ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
     admin   = []
     billing = ["s3:PutObject"]
   }
 
   s3_resources = {
-    gateway = []
+    gateway = ["${var.bucket_arn}/files/*", "${var.bucket_arn}/batches/*"]
     admin   = []
     billing = ["${var.bucket_arn}/exports/*"]
   }
@@ -165,9 +167,24 @@ data "aws_iam_policy_document" "function" {
   dynamic "statement" {
     for_each = length(local.s3_actions[each.key]) > 0 ? [1] : []
     content {
-      sid       = "Exports"
-      actions   = local.s3_actions[each.key]
+      sid       = "Objects"
+      actions   = [for action in local.s3_actions[each.key] : action if action != "s3:ListBucket"]
       resources = local.s3_resources[each.key]
+    }
+  }
+
+  # Listing is on the bucket, limited to the function's own prefix.
+  dynamic "statement" {
+    for_each = contains(local.s3_actions[each.key], "s3:ListBucket") ? [1] : []
+    content {
+      sid       = "List"
+      actions   = ["s3:ListBucket"]
+      resources = [var.bucket_arn]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["files/*", "batches/*"]
+      }
     }
   }
 

@@ -40,7 +40,7 @@ variable "table_arn" {
 }
 
 variable "bucket_name" {
-  description = "Name of the export bucket (FERRY_S3_BUCKET, billing only)."
+  description = "Name of the bucket (FERRY_S3_BUCKET): billing's exports, the gateway's uploaded files."
   type        = string
 
   validation {
