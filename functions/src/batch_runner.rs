@@ -3,12 +3,19 @@
 //! holds, routing, metering and billing are a call's. A few requests of a batch at a time:
 //! batches fill idle capacity, they do not crowd out interactive calls.
 //!
+//! A request refused for now (a rate limit, an overloaded or unreachable backend: 429, 502,
+//! 503, 504) is not a result: it is tried again after its `Retry-After`, while the batch's
+//! window lasts, and the batch waits meanwhile.
+//!
 //! It survives restarts: what a request left is an object of its own, written once the call
 //! has settled, and a restarted runner skips what is there; a request that was running when
 //! the process died runs again under the same request id, which settlement is idempotent on,
-//! so it is never charged twice.
+//! so it is never charged twice. One gap is left: a request whose charge was settled in the
+//! last moment before the process died, before its result was written, runs again and its
+//! second answer is withheld as a duplicate (503 `not_billed` in the error file): billed once,
+//! its answer lost. Closing it means keeping the answer before the charge settles.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use axum::Extension;
@@ -33,48 +40,77 @@ use crate::gateway;
 const CONCURRENCY: usize = 4;
 /// Results between two saves of a batch's counts (and looks at whether it was cancelled).
 const CHECK_EVERY: usize = 16;
+/// Statuses a request may get again later: limits, an overloaded or unreachable backend.
+const TRANSIENT: [u16; 4] = [429, 502, 503, 504];
+/// The longest a batch waits before its refused requests are tried again.
+const MOST_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Runs until the process ends, looking for work every `interval`.
 pub async fn run(state: AppState, interval: Duration) {
+    let mut backoffs = HashMap::new();
     loop {
-        if let Err(error) = tick(&state).await {
+        if let Err(error) = tick(&state, &mut backoffs).await {
             tracing::warn!(%error, "batches: a pass failed; retrying");
         }
         tokio::time::sleep(interval).await;
     }
 }
 
-/// One pass over the active batches.
-pub async fn tick(state: &AppState) -> Result<(), ApiError> {
+/// One pass over the active batches; `backoffs` holds when each batch whose requests were
+/// refused for now may be tried again.
+pub async fn tick(
+    state: &AppState,
+    backoffs: &mut HashMap<String, tokio::time::Instant>,
+) -> Result<(), ApiError> {
     let Some(objects) = state.files.clone() else {
         return Ok(());
     };
+    let now = tokio::time::Instant::now();
+    backoffs.retain(|_, until| *until > now);
     for key in objects.list(batches::ACTIVE_FOLDER).await? {
         let Some(batch_id) = key.rsplit('/').next().map(str::to_owned) else {
             continue;
         };
+        if backoffs.contains_key(&batch_id) {
+            continue;
+        }
         let Some(tenant) = objects.get(&key).await? else {
             continue;
         };
         let tenant = String::from_utf8_lossy(&tenant).into_owned();
-        if let Err(error) = drive(state, objects.as_ref(), &tenant, &batch_id).await {
-            tracing::warn!(%error, batch = %batch_id, "batches: a batch failed to advance");
+        match drive(state, objects.as_ref(), &tenant, &batch_id).await {
+            Ok(None) => {}
+            Ok(Some(wait)) => {
+                backoffs.insert(batch_id, now + wait);
+            }
+            Err(error) => {
+                tracing::warn!(%error, batch = %batch_id, "batches: a batch failed to advance");
+            }
         }
     }
     Ok(())
 }
 
-/// Runs what is left of one batch, then finishes it.
+/// What running a request came to.
+enum Ran {
+    /// Its result, kept.
+    Kept(usize, LineResult),
+    /// Refused for now: try again after this long.
+    Later(Duration),
+}
+
+/// Runs what is left of one batch, then finishes it; or, if some requests were refused for
+/// now, says how long the batch should wait before they are tried again.
 async fn drive(
     state: &AppState,
     objects: &dyn ObjectStore,
     tenant: &str,
     batch_id: &str,
-) -> Result<(), ApiError> {
+) -> Result<Option<Duration>, ApiError> {
     let mut stored = gateway::batches::load(state, tenant, batch_id).await?;
     if !stored.batch.is_active() {
         objects.delete(&batches::active_key(batch_id)).await?;
-        return Ok(());
+        return Ok(None);
     }
     let content = objects
         .get(&files::content_key(tenant, &stored.batch.input_file_id))
@@ -94,14 +130,20 @@ async fn drive(
             .iter()
             .map(|line| run_line(state, &stored, line))
             .collect();
-        let ran: Vec<(usize, LineResult)> = futures_util::stream::iter(calls)
+        let ran: Vec<Ran> = futures_util::stream::iter(calls)
             .buffer_unordered(CONCURRENCY)
             .collect::<Vec<_>>()
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        for (line, result) in ran {
-            results.insert(line, result);
+        let mut wait = None;
+        for ran in ran {
+            match ran {
+                Ran::Kept(line, result) => {
+                    results.insert(line, result);
+                }
+                Ran::Later(after) => wait = wait.max(Some(after)),
+            }
         }
         // Counts for whoever polls, and a cancellation since the last look.
         let latest = gateway::batches::load(state, tenant, batch_id).await?;
@@ -109,8 +151,12 @@ async fn drive(
         stored.batch.cancelling_at = latest.batch.cancelling_at;
         count(&mut stored, &results);
         gateway::batches::save(state, &stored).await?;
+        if wait.is_some() {
+            return Ok(wait);
+        }
     }
-    finish(state, objects, &mut stored, &lines, &results).await
+    finish(state, objects, &mut stored, &lines, &results).await?;
+    Ok(None)
 }
 
 /// The results already kept, by line.
@@ -141,19 +187,35 @@ fn count(stored: &mut StoredBatch, results: &BTreeMap<usize, LineResult>) {
     stored.batch.request_counts.failed = results.len() as u64 - succeeded;
 }
 
-/// Runs one request and keeps what it left.
+/// Runs one request and keeps what it left, unless it was refused for now.
 async fn run_line(
     state: &AppState,
     stored: &StoredBatch,
     line: &BatchLine,
-) -> Result<(usize, LineResult), ApiError> {
+) -> Result<Ran, ApiError> {
     let request_id = batches::request_id(&stored.batch.id, line.line);
     let response = dispatch(state, stored, &request_id, line).await;
     let status_code = response.status().as_u16();
+    let after = response
+        .headers()
+        .get(axum::http::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), Duration::from_secs);
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))?;
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    // An answer withheld because its charge was not recorded is final here: its request id
+    // may already be settled (it ran before a restart), and trying again would only be
+    // refused again.
+    let withheld = body["error"]["code"] == "not_billed";
+    if TRANSIENT.contains(&status_code) && !withheld {
+        tracing::debug!(batch = %stored.batch.id, line = line.line, status_code, "batches: refused for now");
+        return Ok(Ran::Later(
+            after.clamp(Duration::from_secs(1), MOST_BACKOFF),
+        ));
+    }
     let result = LineResult {
         custom_id: line.custom_id.clone(),
         request_id,
@@ -168,7 +230,7 @@ async fn run_line(
             Bytes::from(kept),
         )
         .await?;
-    Ok((line.line, result))
+    Ok(Ran::Kept(line.line, result))
 }
 
 /// The request, through its endpoint's own handler.

@@ -4,6 +4,7 @@ Its behaviour is chosen by the upstream model name, so one server covers every c
   "echo"          answers "You said: <last user message>", streamed word by word
   "broken"        answers 500
   "busy"          answers 429 with Retry-After
+  "busy-once"     answers 429 (Retry-After: 1) to a conversation the first time, then as "echo"
   "break-stream"  streams two chunks, then drops the connection
   "error-event"   streams one chunk, then its own error event, and closes
   "slow-stream"   streams one chunk every 50 ms for a long time (for disconnect tests)
@@ -28,6 +29,7 @@ class MockUpstream:
     def __init__(self):
         self.requests = []
         self.slow_chunks_sent = 0
+        self.refused_once = set()
         self.lock = threading.Lock()
         handler = _make_handler(self)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -99,6 +101,13 @@ def _make_handler(mock):
                 return self._json(500, {"error": {"message": "internal upstream detail 10.1.2.3", "type": "server_error"}})
             if model == "busy":
                 return self._json(429, {"error": {"message": "slow down"}}, {"Retry-After": "7"})
+            if model == "busy-once":
+                conversation = json.dumps(body.get("messages"), sort_keys=True)
+                with mock.lock:
+                    first = conversation not in mock.refused_once
+                    mock.refused_once.add(conversation)
+                if first:
+                    return self._json(429, {"error": {"message": "slow down"}}, {"Retry-After": "1"})
             slow = model == "slow-echo"
             if slow:
                 time.sleep(0.2)

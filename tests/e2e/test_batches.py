@@ -145,6 +145,22 @@ def test_a_batch_is_refused_when_a_request_cannot_run(served):
         client.batches.create(input_file_id="file_0000", endpoint="/v1/chat/completions", completion_window="24h")
 
 
+def test_requests_refused_for_now_are_tried_again_not_failed(served, upstream):
+    register(served, upstream, "flaky-model", "busy-once")
+    tenant_id, key = tenant_with_key(served)
+    client = client_of(served, key)
+    batch = submit(client, requests_for("flaky-model", 3))
+    done = wait_for(client, batch.id, {"completed"}, timeout=90)
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 0)
+    assert done.error_file_id is None
+    output = {line["custom_id"]: line["response"] for line in lines_of(client, done.output_file_id)}
+    assert {custom_id: response["status_code"] for custom_id, response in output.items()} == {f"req-{n}": 200 for n in range(3)}
+    # Each upstream refusal was a call that failed, unbilled; each request was billed once.
+    events, _ = spent(served, tenant_id)
+    billed = [event for event in events if event["request_id"].startswith(batch.id) and Decimal(event["cost"]) > 0]
+    assert len({event["request_id"] for event in billed}) == len(billed) == 3
+
+
 def test_a_cancelled_batch_says_which_requests_did_not_run(served):
     _, key = tenant_with_key(served)
     client = client_of(served, key)
