@@ -24,8 +24,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use ferry_core::batches::{self, LineResult, StoredBatch};
-use ferry_core::files::{self, BatchLine, FileObject};
-use ferry_core::ids::{self, IdKind};
+use ferry_core::files::{self, BatchLine};
 use ferry_core::ports::ObjectStore;
 use ferry_core::{ApiError, ErrorKind};
 use futures_util::StreamExt;
@@ -356,29 +355,14 @@ async fn keep_file(
     if content.is_empty() {
         return Ok(None);
     }
-    let now_ms = clock::unix_millis();
-    let record = FileObject {
-        id: ids::object_id(IdKind::File, now_ms, clock::random_bytes()),
-        object: "file".into(),
-        bytes: content.len() as u64,
-        created_at: now_ms / 1000,
-        filename: format!("{batch_id}_{kind}.jsonl"),
-        purpose: "batch_output".into(),
-        status: "processed".into(),
-        status_details: None,
-        expires_at: None,
-    };
-    objects
-        .put(
-            &files::content_key(tenant, &record.id),
-            Bytes::from(content),
-        )
-        .await?;
-    objects
-        .put(
-            &files::record_key(tenant, &record.id),
-            gateway::files::record_bytes(&record)?,
-        )
-        .await?;
+    let filename = format!("{batch_id}_{kind}.jsonl");
+    let record = gateway::files::keep(
+        objects,
+        tenant,
+        &filename,
+        "batch_output",
+        Bytes::from(content),
+    )
+    .await?;
     Ok(Some(record.id))
 }

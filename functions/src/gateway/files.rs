@@ -91,6 +91,21 @@ pub async fn upload(
     }
     let (filename, content) = file.ok_or_else(|| ApiError::invalid("file", "file is required"))?;
     files::parse_batch_input(&content)?;
+    let tenant = principal.billing_subject();
+    Ok(Json(
+        keep(objects.as_ref(), tenant, &filename, &purpose, content).await?,
+    ))
+}
+
+/// Keeps `content` as a new file of `tenant`'s: the content first, then its record, so a file
+/// that is listed has its content.
+pub(crate) async fn keep(
+    objects: &dyn ObjectStore,
+    tenant: &str,
+    filename: &str,
+    purpose: &str,
+    content: Bytes,
+) -> Result<FileObject, ApiError> {
     let now_ms = clock::unix_millis();
     let record = FileObject {
         id: ids::object_id(IdKind::File, now_ms, clock::random_bytes()),
@@ -98,26 +113,24 @@ pub async fn upload(
         bytes: content.len() as u64,
         created_at: now_ms / 1000,
         filename: filename.chars().take(255).collect(),
-        purpose,
+        purpose: purpose.to_owned(),
         status: "processed".into(),
         status_details: None,
         expires_at: None,
     };
-    let tenant = principal.billing_subject();
     objects
         .put(&files::content_key(tenant, &record.id), content)
         .await?;
-    // The record last: a file that is listed has its content.
     objects
         .put(
             &files::record_key(tenant, &record.id),
             record_bytes(&record)?,
         )
         .await?;
-    Ok(Json(record))
+    Ok(record)
 }
 
-pub(crate) fn record_bytes(record: &FileObject) -> Result<Bytes, ApiError> {
+fn record_bytes(record: &FileObject) -> Result<Bytes, ApiError> {
     serde_json::to_vec(record)
         .map(Bytes::from)
         .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))
