@@ -39,8 +39,8 @@ use crate::gateway;
 const CONCURRENCY: usize = 4;
 /// Results between two saves of a batch's counts (and looks at whether it was cancelled).
 const CHECK_EVERY: usize = 16;
-/// Statuses a request may get again later: limits, an overloaded or unreachable backend.
-const TRANSIENT: [u16; 4] = [429, 502, 503, 504];
+/// Statuses a request may get again later: an overloaded or unreachable backend.
+const TRANSIENT: [u16; 3] = [502, 503, 504];
 /// The longest a batch waits before its refused requests are tried again.
 const MOST_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -90,6 +90,18 @@ pub async fn tick(
     Ok(())
 }
 
+/// Whether an answer is a refusal that may not be one later: an overloaded or unreachable
+/// backend, or a limit that says when to come back (`Retry-After`: a rate limit, an in-flight
+/// budget). A 429 without one (a request larger than the limit allows) is final, as is an
+/// answer withheld because its charge was not recorded: its request id may already be
+/// settled (it ran before a restart), and trying again would be refused again.
+fn refused_for_now(status: u16, retry_after: Option<Duration>, body: &Value) -> bool {
+    if body["error"]["code"] == "not_billed" {
+        return false;
+    }
+    TRANSIENT.contains(&status) || (matches!(status, 402 | 429) && retry_after.is_some())
+}
+
 /// What running a request came to.
 enum Ran {
     /// Its result, kept.
@@ -111,10 +123,20 @@ async fn drive(
         objects.delete(&batches::active_key(batch_id)).await?;
         return Ok(None);
     }
-    let content = objects
+    let Some(content) = objects
         .get(&files::content_key(tenant, &stored.batch.input_file_id))
         .await?
-        .ok_or_else(|| ApiError::new(ErrorKind::Internal, "the batch's input file is gone"))?;
+    else {
+        fail(
+            state,
+            objects,
+            &mut stored,
+            "input_file_missing",
+            "The batch's input file was deleted before the batch finished.",
+        )
+        .await?;
+        return Ok(None);
+    };
     let lines = files::parse_batch_input(&content)?;
     let mut results = done(objects, tenant, batch_id).await?;
     let pending: Vec<&BatchLine> = lines
@@ -146,8 +168,10 @@ async fn drive(
         }
         // Counts for whoever polls, and a cancellation since the last look.
         let latest = gateway::batches::load(state, tenant, batch_id).await?;
-        stored.batch.status = latest.batch.status;
-        stored.batch.cancelling_at = latest.batch.cancelling_at;
+        if latest.batch.status == "cancelling" {
+            stored.batch.status = latest.batch.status;
+            stored.batch.cancelling_at = latest.batch.cancelling_at;
+        }
         count(&mut stored, &results);
         gateway::batches::save(state, &stored).await?;
         if wait.is_some() {
@@ -156,6 +180,28 @@ async fn drive(
     }
     finish(state, objects, &mut stored, &lines, &results).await?;
     Ok(None)
+}
+
+/// Ends a batch that cannot run at all.
+async fn fail(
+    state: &AppState,
+    objects: &dyn ObjectStore,
+    stored: &mut StoredBatch,
+    code: &str,
+    message: &str,
+) -> Result<(), ApiError> {
+    stored.batch.status = "failed".into();
+    stored.batch.failed_at = Some(clock::unix_seconds());
+    stored.batch.errors = Some(serde_json::json!({
+        "object": "list",
+        "data": [{"code": code, "message": message, "param": null, "line": null}],
+    }));
+    gateway::batches::save(state, stored).await?;
+    objects
+        .delete(&batches::active_key(&stored.batch.id))
+        .await?;
+    tracing::warn!(batch = %stored.batch.id, code, "batch failed");
+    Ok(())
 }
 
 /// The results already kept, by line.
@@ -192,25 +238,32 @@ async fn run_line(
     stored: &StoredBatch,
     line: &BatchLine,
 ) -> Result<Ran, ApiError> {
-    let request_id = batches::request_id(&stored.batch.id, line.line);
+    let objects = gateway::files::store(state)?;
+    let attempt_key = batches::attempt_key(&stored.tenant, &stored.batch.id, line.line);
+    let attempt: u32 = match objects.get(&attempt_key).await? {
+        Some(bytes) => String::from_utf8_lossy(&bytes).parse().unwrap_or(0),
+        None => 0,
+    };
+    let request_id = batches::request_id(&stored.batch.id, line.line, attempt);
     let response = dispatch(state, stored, &request_id, line).await;
     let status_code = response.status().as_u16();
-    let after = response
+    let retry_after = response
         .headers()
         .get(axum::http::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok())
-        .map_or(Duration::from_secs(1), Duration::from_secs);
+        .map(Duration::from_secs);
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))?;
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    // An answer withheld because its charge was not recorded is final here: its request id
-    // may already be settled (it ran before a restart), and trying again would only be
-    // refused again.
-    let withheld = body["error"]["code"] == "not_billed";
-    if TRANSIENT.contains(&status_code) && !withheld {
+    if refused_for_now(status_code, retry_after, &body) {
+        // The next attempt has an id of its own: this one may have been admitted.
+        objects
+            .put(&attempt_key, Bytes::from((attempt + 1).to_string()))
+            .await?;
         tracing::debug!(batch = %stored.batch.id, line = line.line, status_code, "batches: refused for now");
+        let after = retry_after.unwrap_or(Duration::from_secs(1));
         return Ok(Ran::Later(
             after.clamp(Duration::from_secs(1), MOST_BACKOFF),
         ));
@@ -359,6 +412,7 @@ async fn keep_file(
     let record = gateway::files::keep(
         objects,
         tenant,
+        Some(batches::result_file_id(batch_id, kind)),
         &filename,
         "batch_output",
         Bytes::from(content),

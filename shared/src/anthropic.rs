@@ -516,6 +516,14 @@ fn stop_reason(
     (Some(reason.to_owned()), None)
 }
 
+/// A backend that called a tool but said only `stop`: agent loops wait for `tool_use`.
+fn tool_finish(finish_reason: Option<&str>, called: bool) -> Option<&str> {
+    match finish_reason {
+        Some("stop") if called => Some("tool_calls"),
+        other => other,
+    }
+}
+
 /// A chat completion's id as a message's.
 fn message_id(chat_id: Option<&str>) -> String {
     let id = chat_id.unwrap_or_default();
@@ -551,8 +559,11 @@ pub fn message_from_chat(chat: &Value, model: &str, stops: &[String]) -> Message
             text: String::new(),
         });
     }
+    let called = content
+        .iter()
+        .any(|block| matches!(block, OutputBlock::ToolUse { .. }));
     let (stop_reason, stop_sequence) = stop_reason(
-        choice["finish_reason"].as_str(),
+        tool_finish(choice["finish_reason"].as_str(), called),
         choice["stop_reason"].as_str(),
         stops,
     );
@@ -599,6 +610,8 @@ pub struct StreamTranslator {
     matched_stop: Option<String>,
     usage: Value,
     ended: bool,
+    /// A tool_use block was sent.
+    called: bool,
 }
 
 impl StreamTranslator {
@@ -613,6 +626,7 @@ impl StreamTranslator {
             matched_stop: None,
             usage: Value::Null,
             ended: false,
+            called: false,
         }
     }
 
@@ -669,6 +683,7 @@ impl StreamTranslator {
                 });
                 let index = self.open_block(block, &mut events);
                 self.open = Some((index, Some(call_index)));
+                self.called = true;
             }
             if let Some(arguments) = call["function"]["arguments"]
                 .as_str()
@@ -697,7 +712,7 @@ impl StreamTranslator {
         self.start(&Value::Null, &mut events);
         self.close_block(&mut events);
         let (stop_reason, stop_sequence) = stop_reason(
-            self.finish_reason.as_deref().or(Some("stop")),
+            tool_finish(self.finish_reason.as_deref().or(Some("stop")), self.called),
             self.matched_stop.as_deref(),
             &self.stops,
         );
@@ -902,14 +917,25 @@ mod tests {
             "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "cost": "0.000001"},
         });
         let message = message_from_chat(&chat, "m", &["END".into()]);
+        // A call made: `tool_use`, whatever else the backend said.
         assert_eq!(
             serde_json::to_value(message).unwrap(),
             json!({
                 "id": "msg_abc", "type": "message", "role": "assistant",
                 "content": [{"type": "text", "text": "Hello"}, {"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}}],
-                "model": "m", "stop_reason": "stop_sequence", "stop_sequence": "END",
+                "model": "m", "stop_reason": "tool_use", "stop_sequence": null,
                 "usage": {"input_tokens": 7, "output_tokens": 3, "cost": "0.000001"},
             })
+        );
+        let stopped = json!({"id": "chatcmpl-abc", "choices": [{"index": 0, "finish_reason": "stop",
+            "stop_reason": "END", "message": {"role": "assistant", "content": "Hello"}}]});
+        let message = message_from_chat(&stopped, "m", &["END".into()]);
+        assert_eq!(
+            (
+                message.stop_reason.as_deref(),
+                message.stop_sequence.as_deref()
+            ),
+            (Some("stop_sequence"), Some("END"))
         );
         let cut = json!({"id": "x", "choices": [{"index": 0, "finish_reason": "length", "message": {"content": ""}}]});
         let message = message_from_chat(&cut, "m", &[]);

@@ -53,6 +53,10 @@ pub struct Batch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelled_at: Option<u64>,
     pub request_counts: RequestCounts,
+    /// Why the batch failed as a whole (`{"object": "list", "data": [{"code", "message"}]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub errors: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
 }
@@ -98,6 +102,7 @@ impl Batch {
                 total,
                 ..RequestCounts::default()
             },
+            errors: None,
             metadata,
         }
     }
@@ -158,10 +163,32 @@ pub fn is_batch_id(id: &str) -> bool {
     })
 }
 
-/// The request id of the call for `line`: the same on every run, so a request re-run after a
-/// crash settles as the duplicate it is.
-pub fn request_id(batch_id: &str, line: usize) -> String {
-    format!("{batch_id}-{line}")
+/// The request id of attempt `attempt` of the call for `line`: the same on every run of that
+/// attempt, so one re-run after a crash settles as the duplicate it is; a new one for each
+/// attempt after a refusal, since the refused attempt may have been admitted (its hold and its
+/// zero-cost usage keep its id).
+pub fn request_id(batch_id: &str, line: usize, attempt: u32) -> String {
+    match attempt {
+        0 => format!("{batch_id}-{line}"),
+        _ => format!("{batch_id}-{line}.{attempt}"),
+    }
+}
+
+/// Where the next attempt of a refused request is noted.
+pub fn attempt_key(tenant: &str, batch_id: &str, line: usize) -> String {
+    format!("batches/{tenant}/{batch_id}/attempts/{line:07}")
+}
+
+/// A cancellation asked for: a marker of its own, so the runner stays the batch record's only
+/// writer once the batch is running.
+pub fn cancel_key(tenant: &str, batch_id: &str) -> String {
+    format!("batches/{tenant}/{batch_id}/cancel")
+}
+
+/// The id of a batch's output or error file (`kind`: `output`, `error`): made from the batch's,
+/// so finishing twice writes the same file again rather than another.
+pub fn result_file_id(batch_id: &str, kind: &str) -> String {
+    format!("file_{}{kind}", batch_id.trim_start_matches("batch_"))
 }
 
 /// What one request left: its answer (or error) as the endpoint gave it.
@@ -213,7 +240,12 @@ mod tests {
 
     #[test]
     fn keys_and_ids_are_stable_and_safe() {
-        assert_eq!(request_id("batch_1", 7), "batch_1-7");
+        assert_eq!(request_id("batch_1", 7, 0), "batch_1-7");
+        assert_eq!(request_id("batch_1", 7, 2), "batch_1-7.2");
+        assert!(crate::files::is_file_id(&result_file_id(
+            "batch_01ab",
+            "output"
+        )));
         let key = result_key("tnt_a", "batch_1", 42);
         assert_eq!(key, "batches/tnt_a/batch_1/results/0000042.json");
         assert_eq!(line_of_result(&key), Some(42));

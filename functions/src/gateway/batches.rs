@@ -174,12 +174,21 @@ pub(crate) async fn load(
     if !batches::is_batch_id(id) {
         return Err(missing());
     }
-    let bytes = store(state)?
+    let objects = store(state)?;
+    let bytes = objects
         .get(&batches::record_key(tenant, id))
         .await?
         .ok_or_else(missing)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|error| ApiError::new(ErrorKind::Internal, format!("batch record: {error}")))
+    let mut stored: StoredBatch = serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::new(ErrorKind::Internal, format!("batch record: {error}")))?;
+    // A cancellation asked for and not yet acted on.
+    if stored.batch.status == "in_progress"
+        && let Some(at) = objects.get(&batches::cancel_key(tenant, id)).await?
+    {
+        stored.batch.status = "cancelling".into();
+        stored.batch.cancelling_at = String::from_utf8_lossy(&at).parse().ok();
+    }
+    Ok(stored)
 }
 
 /// A batch, with its progress.
@@ -205,13 +214,21 @@ pub async fn cancel(
     app::Caller(principal): app::Caller,
     Path(id): Path<String>,
 ) -> HandlerResult<Json<Batch>> {
-    let mut stored = load(&state, principal.billing_subject(), &id).await?;
+    let tenant = principal.billing_subject();
+    let mut stored = load(&state, tenant, &id).await?;
     match stored.batch.status.as_str() {
         "cancelling" => {}
         "in_progress" => {
+            // A marker the runner reads: it alone writes a running batch's record.
+            let now = clock::unix_seconds();
+            store(&state)?
+                .put(
+                    &batches::cancel_key(tenant, &stored.batch.id),
+                    Bytes::from(now.to_string()),
+                )
+                .await?;
             stored.batch.status = "cancelling".into();
-            stored.batch.cancelling_at = Some(clock::unix_seconds());
-            save(&state, &stored).await?;
+            stored.batch.cancelling_at = Some(now);
         }
         status => {
             return Err(ApiError::new(

@@ -93,22 +93,23 @@ pub async fn upload(
     files::parse_batch_input(&content)?;
     let tenant = principal.billing_subject();
     Ok(Json(
-        keep(objects.as_ref(), tenant, &filename, &purpose, content).await?,
+        keep(objects.as_ref(), tenant, None, &filename, &purpose, content).await?,
     ))
 }
 
-/// Keeps `content` as a new file of `tenant`'s: the content first, then its record, so a file
-/// that is listed has its content.
+/// Keeps `content` as a file of `tenant`'s (a new id unless `id` is given): the content first,
+/// then its record, so a file that is listed has its content.
 pub(crate) async fn keep(
     objects: &dyn ObjectStore,
     tenant: &str,
+    id: Option<String>,
     filename: &str,
     purpose: &str,
     content: Bytes,
 ) -> Result<FileObject, ApiError> {
     let now_ms = clock::unix_millis();
     let record = FileObject {
-        id: ids::object_id(IdKind::File, now_ms, clock::random_bytes()),
+        id: id.unwrap_or_else(|| ids::object_id(IdKind::File, now_ms, clock::random_bytes())),
         object: "file".into(),
         bytes: content.len() as u64,
         created_at: now_ms / 1000,

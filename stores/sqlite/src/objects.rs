@@ -43,7 +43,13 @@ impl ObjectStore for LocalObjectStore {
                 .await
                 .map_err(unavailable)?;
         }
-        let partial = path.with_extension("partial");
+        // A name of its own: two writers of one key (or of keys differing only in extension)
+        // never share a temporary file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let serial = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut partial = path.clone().into_os_string();
+        partial.push(format!(".{}.{serial}.partial", std::process::id()));
+        let partial = PathBuf::from(partial);
         tokio::fs::write(&partial, &body)
             .await
             .map_err(unavailable)?;
