@@ -151,6 +151,17 @@ def test_a_structured_output_plain_and_streamed(served, validate):
         validate("CreateChatCompletionStreamResponse", chunk, f"a structured answer's chunk {index}")
 
 
+def test_a_tool_call_plain_and_streamed(served, validate):
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"], "additionalProperties": False}}}
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 40, "tools": [tool], "tool_choice": "required"}
+    answer = post(served, "/v1/chat/completions", body)
+    assert answer.status_code == 200, answer.text
+    validate("CreateChatCompletionResponse", answer.json(), "a tool call")
+    assert answer.json()["choices"][0]["message"]["tool_calls"]
+    for index, chunk in enumerate(stream_events(served, "/v1/chat/completions", {**body, "stream": True})):
+        validate("CreateChatCompletionStreamResponse", chunk, f"a tool call's chunk {index}")
+
+
 @pytest.mark.parametrize("model", [CHAT, "upstream-model"])
 def test_completions_plain_and_streamed(served, validate, model):
     answer = post(served, "/v1/completions", {"model": model, "prompt": "Colours:", "max_tokens": 8})
