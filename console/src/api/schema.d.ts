@@ -681,6 +681,8 @@ export interface components {
             created_at: number;
             endpoint: string;
             error_file_id?: string | null;
+            /** @description Why the batch failed as a whole (`{"object": "list", "data": [{"code", "message"}]}`). */
+            errors?: Record<string, never> | null;
             /** Format: int64 */
             expired_at?: number | null;
             /** Format: int64 */
