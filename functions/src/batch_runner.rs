@@ -380,10 +380,8 @@ async fn finish(
         file.push('\n');
     }
     stored.batch.finalizing_at = Some(now);
-    stored.batch.output_file_id =
-        keep_file(objects, &stored.tenant, &batch_id, "output", output).await?;
-    stored.batch.error_file_id =
-        keep_file(objects, &stored.tenant, &batch_id, "error", errors).await?;
+    stored.batch.output_file_id = keep_file(objects, stored, &batch_id, "output", output).await?;
+    stored.batch.error_file_id = keep_file(objects, stored, &batch_id, "error", errors).await?;
     count(stored, results);
     stored.batch.status = status.into();
     match status {
@@ -400,7 +398,7 @@ async fn finish(
 /// A batch's output or error file, kept as the tenant's file; none when it would be empty.
 async fn keep_file(
     objects: &dyn ObjectStore,
-    tenant: &str,
+    stored: &StoredBatch,
     batch_id: &str,
     kind: &str,
     content: String,
@@ -409,9 +407,12 @@ async fn keep_file(
         return Ok(None);
     }
     let filename = format!("{batch_id}_{kind}.jsonl");
+    // The creator's, as the batch is.
+    let owner = stored.principal.credential.caller_id();
     let record = gateway::files::keep(
         objects,
-        tenant,
+        &stored.tenant,
+        &owner,
         Some(batches::result_file_id(batch_id, kind)),
         &filename,
         "batch_output",

@@ -32,6 +32,15 @@ pub struct FileObject {
     pub expires_at: Option<u64>,
 }
 
+/// A file as kept: the object, and the caller who made it (members see only their own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    #[serde(flatten)]
+    pub file: FileObject,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
 /// The purposes a file may be uploaded for.
 pub const UPLOAD_PURPOSES: [&str; 1] = ["batch"];
 

@@ -140,6 +140,12 @@ impl Principal {
     }
 
     /// The id usage is attributed to; operators' own calls are recorded under `operator`.
+    /// Whether this caller may see a tenant object made by `owner` (a caller id): a member sees
+    /// only its own, as with usage; administrators see all of their tenant's.
+    pub fn may_see_owned(&self, owner: Option<&str>) -> bool {
+        self.role != Role::Member || owner.is_none_or(|owner| owner == self.credential.caller_id())
+    }
+
     pub fn billing_subject(&self) -> &str {
         self.tenant_id.as_deref().unwrap_or("operator")
     }

@@ -96,3 +96,19 @@ def test_tenants_never_see_each_others_files(served):
     for bad in ("..%2F..%2Fferry.db", "file_..", "tnt_x"):
         answer = httpx.get(f"{served.url}/v1/files/{bad}/content", headers={"Authorization": f"Bearer {served.operator_key}"})
         assert answer.status_code == 404, answer.text
+
+
+def test_a_member_sees_only_its_own_files_and_an_admin_all(served):
+    tenant = admin(served, "POST", "/tenants", json={"name": "Shared"}).json()
+    key = lambda role: admin(served, "POST", f"/tenants/{tenant['id']}/keys", json={"name": role, "role": role}).json()["key"]  # noqa: E731
+    first, second, owner = client_of(served, key("member")), client_of(served, key("member")), client_of(served, key("tenant-admin"))
+    file = first.files.create(file=("a.jsonl", io.BytesIO(jsonl(LINES))), purpose="batch")
+    with pytest.raises(openai.NotFoundError):
+        second.files.retrieve(file.id)
+    with pytest.raises(openai.NotFoundError):
+        second.files.delete(file.id)
+    assert second.files.list().data == []
+    assert owner.files.retrieve(file.id).id == file.id
+    assert [f.id for f in owner.files.list().data] == [file.id]
+    assert first.files.retrieve(file.id).id == file.id
+

@@ -78,7 +78,7 @@ pub async fn create(
     }
     let metadata = Attribution::of(&serde_json::json!({"metadata": request.metadata}))?.metadata;
     let tenant = principal.billing_subject().to_owned();
-    let file = find_file(&state, &tenant, &request.input_file_id)
+    let file = find_file(&state, &principal, &request.input_file_id)
         .await
         .map_err(|error| error.with_param("input_file_id"))?;
     if file.purpose != "batch" {
@@ -158,6 +158,23 @@ pub(crate) async fn save(state: &AppState, stored: &StoredBatch) -> Result<(), A
     Ok(())
 }
 
+/// A batch the caller may see (its tenant's; a member's own), if there is one by that id.
+async fn visible(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<StoredBatch, ApiError> {
+    let stored = load(state, principal.billing_subject(), id).await?;
+    if !principal.may_see_owned(Some(&stored.principal.credential.caller_id())) {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("No such batch: {}", ferry_core::error::echoed(id)),
+        )
+        .with_param("batch_id"));
+    }
+    Ok(stored)
+}
+
 /// A tenant's batch, if there is one by that id.
 pub(crate) async fn load(
     state: &AppState,
@@ -199,9 +216,7 @@ pub async fn retrieve(
     app::Caller(principal): app::Caller,
     Path(id): Path<String>,
 ) -> HandlerResult<Json<Batch>> {
-    Ok(Json(
-        load(&state, principal.billing_subject(), &id).await?.batch,
-    ))
+    Ok(Json(visible(&state, &principal, &id).await?.batch))
 }
 
 /// Cancels a batch: requests not yet run are not, and the files say so; what ran is kept and
@@ -215,7 +230,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> HandlerResult<Json<Batch>> {
     let tenant = principal.billing_subject();
-    let mut stored = load(&state, tenant, &id).await?;
+    let mut stored = visible(&state, &principal, &id).await?;
     match stored.batch.status.as_str() {
         "cancelling" => {}
         "in_progress" => {
@@ -290,10 +305,17 @@ pub async fn list(
             None => return Err(ApiError::invalid("after", "after names no batch of yours").into()),
         }
     }
-    let has_more = ids.len() > limit;
     let mut data = Vec::with_capacity(limit);
-    for id in ids.iter().take(limit) {
-        data.push(load(&state, tenant, id).await?.batch);
+    let mut has_more = false;
+    for id in &ids {
+        let Ok(stored) = visible(&state, &principal, id).await else {
+            continue;
+        };
+        if data.len() == limit {
+            has_more = true;
+            break;
+        }
+        data.push(stored.batch);
     }
     Ok(Json(BatchList {
         object: "list".into(),

@@ -13,9 +13,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use ferry_core::error::ErrorBody;
-use ferry_core::files::{self, FileObject};
+use ferry_core::files::{self, FileObject, StoredFile};
 use ferry_core::ids::{self, IdKind};
 use ferry_core::ports::ObjectStore;
+use ferry_core::principal::Principal;
 use ferry_core::{ApiError, ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -91,9 +92,18 @@ pub async fn upload(
     }
     let (filename, content) = file.ok_or_else(|| ApiError::invalid("file", "file is required"))?;
     files::parse_batch_input(&content)?;
-    let tenant = principal.billing_subject();
+    let owner = principal.credential.caller_id();
     Ok(Json(
-        keep(objects.as_ref(), tenant, None, &filename, &purpose, content).await?,
+        keep(
+            objects.as_ref(),
+            principal.billing_subject(),
+            &owner,
+            None,
+            &filename,
+            &purpose,
+            content,
+        )
+        .await?,
     ))
 }
 
@@ -102,6 +112,7 @@ pub async fn upload(
 pub(crate) async fn keep(
     objects: &dyn ObjectStore,
     tenant: &str,
+    owner: &str,
     id: Option<String>,
     filename: &str,
     purpose: &str,
@@ -125,13 +136,16 @@ pub(crate) async fn keep(
     objects
         .put(
             &files::record_key(tenant, &record.id),
-            record_bytes(&record)?,
+            record_bytes(&StoredFile {
+                file: record.clone(),
+                owner: Some(owner.to_owned()),
+            })?,
         )
         .await?;
     Ok(record)
 }
 
-fn record_bytes(record: &FileObject) -> Result<Bytes, ApiError> {
+fn record_bytes(record: &StoredFile) -> Result<Bytes, ApiError> {
     serde_json::to_vec(record)
         .map(Bytes::from)
         .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))
@@ -148,8 +162,13 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
     )
 }
 
-/// One of the caller's files, if it is theirs.
-pub(crate) async fn find(state: &AppState, tenant: &str, id: &str) -> Result<FileObject, ApiError> {
+/// One of the caller's files, if it is theirs to see (its tenant's; a member's own).
+pub(crate) async fn find(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<FileObject, ApiError> {
+    let tenant = principal.billing_subject();
     let missing = || {
         ApiError::new(
             ErrorKind::NotFound,
@@ -164,8 +183,12 @@ pub(crate) async fn find(state: &AppState, tenant: &str, id: &str) -> Result<Fil
         .get(&files::record_key(tenant, id))
         .await?
         .ok_or_else(missing)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|error| ApiError::new(ErrorKind::Internal, format!("file record: {error}")))
+    let stored: StoredFile = serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::new(ErrorKind::Internal, format!("file record: {error}")))?;
+    if !principal.may_see_owned(stored.owner.as_deref()) {
+        return Err(missing());
+    }
+    Ok(stored.file)
 }
 
 /// A file's record.
@@ -176,7 +199,7 @@ pub async fn retrieve(
     app::Caller(principal): app::Caller,
     Path(id): Path<String>,
 ) -> HandlerResult<Json<FileObject>> {
-    Ok(Json(find(&state, principal.billing_subject(), &id).await?))
+    Ok(Json(find(&state, &principal, &id).await?))
 }
 
 /// A file's content, as uploaded (or as a batch wrote it).
@@ -189,7 +212,7 @@ pub async fn content(
     Path(id): Path<String>,
 ) -> HandlerResult<Response> {
     let tenant = principal.billing_subject();
-    let record = find(&state, tenant, &id).await?;
+    let record = find(&state, &principal, &id).await?;
     let bytes = store(&state)?
         .get(&files::content_key(tenant, &record.id))
         .await?
@@ -219,7 +242,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> HandlerResult<Json<DeletedFile>> {
     let tenant = principal.billing_subject();
-    let record = find(&state, tenant, &id).await?;
+    let record = find(&state, &principal, &id).await?;
     let objects = store(&state)?;
     // The record first: once it is gone the file is, whatever happens to the content.
     objects
@@ -299,7 +322,7 @@ pub async fn list(
     let mut data = Vec::new();
     let mut has_more = false;
     for id in ids {
-        let Ok(record) = find(&state, tenant, &id).await else {
+        let Ok(record) = find(&state, &principal, &id).await else {
             continue;
         };
         if query
