@@ -26,6 +26,7 @@ use bytes::Bytes;
 use ferry_core::batches::{self, LineResult, StoredBatch};
 use ferry_core::files::{self, BatchLine};
 use ferry_core::ports::ObjectStore;
+use ferry_core::principal::Credential;
 use ferry_core::{ApiError, ErrorKind};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -123,6 +124,7 @@ async fn drive(
         objects.delete(&batches::active_key(batch_id)).await?;
         return Ok(None);
     }
+    refresh_creator(state, &mut stored).await?;
     let Some(content) = objects
         .get(&files::content_key(tenant, &stored.batch.input_file_id))
         .await?
@@ -172,6 +174,7 @@ async fn drive(
             stored.batch.status = latest.batch.status;
             stored.batch.cancelling_at = latest.batch.cancelling_at;
         }
+        refresh_creator(state, &mut stored).await?;
         count(&mut stored, &results);
         gateway::batches::save(state, &stored).await?;
         if wait.is_some() {
@@ -180,6 +183,28 @@ async fn drive(
     }
     finish(state, objects, &mut stored, &lines, &results).await?;
     Ok(None)
+}
+
+/// The batch runs as its creator is now, not as it was: a key revoked (or expired) since
+/// stops its batch, as a cancellation would (what ran is kept); new limits, budgets or models
+/// apply. A token's caller has no record to read again and runs as it was admitted.
+async fn refresh_creator(state: &AppState, stored: &mut StoredBatch) -> Result<(), ApiError> {
+    let Credential::ApiKey { key_id } = &stored.principal.credential else {
+        return Ok(());
+    };
+    let public_id = key_id.strip_prefix("key_").unwrap_or(key_id);
+    match state.store.find_key(public_id).await? {
+        Some(record) if record.is_live(clock::unix_seconds()) => {
+            stored.principal = crate::auth::key_principal(record);
+        }
+        _ if stored.batch.status == "in_progress" => {
+            tracing::warn!(batch = %stored.batch.id, "batches: its key was revoked; stopping it");
+            stored.batch.status = "cancelling".into();
+            stored.batch.cancelling_at = Some(clock::unix_seconds());
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Ends a batch that cannot run at all.

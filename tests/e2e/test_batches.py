@@ -178,6 +178,20 @@ def test_a_cancelled_batch_says_which_requests_did_not_run(served):
         client.batches.cancel(batch.id)
 
 
+def test_revoking_its_key_stops_a_batch(served):
+    tenant_id, key = tenant_with_key(served)
+    client = client_of(served, key)
+    # The tenant's administrator still sees the batch once its creator's key is gone.
+    owner = admin(served, "POST", f"/tenants/{tenant_id}/keys", json={"name": "owner", "role": "tenant-admin"}).json()["key"]
+    batch = submit(client, requests_for("slow-model", 60))
+    started(client, batch.id)
+    assert admin(served, "DELETE", f"/keys/key_{key.split('_')[1]}").status_code == 200
+    done = wait_for(client_of(served, owner), batch.id, {"cancelled"})
+    assert done.request_counts.completed < 60
+    not_run = [line for line in lines_of(client_of(served, owner), done.error_file_id) if line["error"]]
+    assert not_run and {line["error"]["code"] for line in not_run} == {"batch_cancelled"}
+
+
 def test_a_batch_killed_mid_run_resumes_and_bills_each_request_once(tmp_path, upstream):
     operator = make_key()
     first = Ferry(tmp_path, operator_key=operator)

@@ -193,7 +193,8 @@ impl Authenticator {
     }
 }
 
-fn key_principal(record: KeyRecord) -> Principal {
+/// The principal a key's record makes (what authenticating with the key would give).
+pub(crate) fn key_principal(record: KeyRecord) -> Principal {
     Principal {
         tenant_id: record.tenant_id,
         role: record.role,
