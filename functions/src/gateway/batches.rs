@@ -18,7 +18,7 @@ use ferry_core::principal::Principal;
 use ferry_core::{ApiError, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use super::files::{find as find_file, store};
+use super::files::{find as find_file, record_ids, store};
 use crate::app::{self, AppState};
 use crate::clock;
 use crate::error::HandlerResult;
@@ -287,24 +287,13 @@ pub async fn list(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be between 1 and 100").into());
     }
-    let tenant = principal.billing_subject();
-    let mut ids: Vec<String> = store(&state)?
-        .list(&batches::folder(tenant))
-        .await?
-        .iter()
-        .filter_map(|key| key.rsplit('/').next()?.strip_suffix(".json"))
-        .map(str::to_owned)
-        .collect();
-    // Batch ids sort by creation time.
-    ids.reverse();
-    if let Some(after) = &query.after {
-        match ids.iter().position(|id| id == after) {
-            Some(position) => {
-                ids.drain(..=position);
-            }
-            None => return Err(ApiError::invalid("after", "after names no batch of yours").into()),
-        }
-    }
+    let ids = record_ids(
+        store(&state)?.as_ref(),
+        &batches::folder(principal.billing_subject()),
+        true,
+        query.after.as_deref(),
+    )
+    .await?;
     let mut data = Vec::with_capacity(limit);
     let mut has_more = false;
     for id in &ids {

@@ -16,6 +16,19 @@ use serde_json::Value;
 
 use crate::error::HandlerResult;
 
+/// The non-text content parts (images) of a translated chat request: each is bounded apart
+/// from the body's bytes (`CallShape::media_parts`).
+pub(super) fn media_parts(chat: &Value) -> u64 {
+    chat["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|message| message["content"].as_array())
+        .flatten()
+        .filter(|part| part["type"] != "text")
+        .count() as u64
+}
+
 /// A whole chat completion, translated by `translate`.
 pub(super) async fn whole<T: Serialize>(
     response: Response,

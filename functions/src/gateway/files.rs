@@ -271,6 +271,33 @@ pub struct FileListQuery {
     pub order: Option<String>,
 }
 
+/// The ids of the records (`{id}.json`) in `folder`, newest first or oldest first (ids sort by
+/// creation time), from the one after `after`: what a page of a list reads.
+pub(crate) async fn record_ids(
+    objects: &dyn ObjectStore,
+    folder: &str,
+    newest_first: bool,
+    after: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    let mut ids: Vec<String> = objects
+        .list(folder)
+        .await?
+        .iter()
+        .filter_map(|key| key.rsplit('/').next()?.strip_suffix(".json"))
+        .map(str::to_owned)
+        .collect();
+    if newest_first {
+        ids.reverse();
+    }
+    if let Some(after) = after {
+        let position = ids.iter().position(|id| id == after).ok_or_else(|| {
+            ApiError::invalid("after", "after names nothing of yours in this list")
+        })?;
+        ids.drain(..=position);
+    }
+    Ok(ids)
+}
+
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileList {
     /// Always `list`.
@@ -299,26 +326,13 @@ pub async fn list(
         Some(_) => return Err(ApiError::invalid("order", "order must be asc or desc").into()),
     };
     let tenant = principal.billing_subject();
-    let objects = store(&state)?;
-    // File ids sort by creation time, so record keys do.
-    let mut ids: Vec<String> = objects
-        .list(&files::folder(tenant))
-        .await?
-        .iter()
-        .filter_map(|key| key.rsplit('/').next()?.strip_suffix(".json"))
-        .map(str::to_owned)
-        .collect();
-    if newest_first {
-        ids.reverse();
-    }
-    if let Some(after) = &query.after {
-        match ids.iter().position(|id| id == after) {
-            Some(position) => {
-                ids.drain(..=position);
-            }
-            None => return Err(ApiError::invalid("after", "after names no file of yours").into()),
-        }
-    }
+    let ids = record_ids(
+        store(&state)?.as_ref(),
+        &files::folder(tenant),
+        newest_first,
+        query.after.as_deref(),
+    )
+    .await?;
     let mut data = Vec::new();
     let mut has_more = false;
     for id in ids {

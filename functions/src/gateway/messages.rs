@@ -52,14 +52,6 @@ pub async fn create_message(
 ) -> HandlerResult<Response> {
     let request = &body.typed;
     let chat = request.to_chat()?;
-    let images = chat["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|message| message["content"].as_array())
-        .flatten()
-        .filter(|part| part["type"] != "text")
-        .count();
     let shape = CallShape {
         endpoint: Endpoint::ChatCompletions,
         stream: request.is_stream(),
@@ -73,7 +65,7 @@ pub async fn create_message(
             default: None,
         }),
         body_bytes: body.byte_len,
-        media_parts: images as u64,
+        media_parts: dialect::media_parts(&chat),
         directives: directives(&headers)?,
         batch: false,
     };

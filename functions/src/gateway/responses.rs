@@ -40,14 +40,6 @@ pub async fn create_response(
 ) -> HandlerResult<Response> {
     let request = &body.typed;
     let chat = request.to_chat()?;
-    let media_parts = chat["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|message| message["content"].as_array())
-        .flatten()
-        .filter(|part| part["type"] != "text")
-        .count() as u64;
     let shape = CallShape {
         endpoint: Endpoint::ChatCompletions,
         stream: request.is_stream(),
@@ -61,7 +53,7 @@ pub async fn create_response(
             default: None,
         }),
         body_bytes: body.byte_len,
-        media_parts,
+        media_parts: dialect::media_parts(&chat),
         directives: directives(&headers)?,
         batch: batch.is_some(),
     };
